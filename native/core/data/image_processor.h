@@ -1,0 +1,57 @@
+// HuggingFace image processors (preprocessor_config.json) in C++: the same steps and the same
+// arithmetic as transformers, so that pixel_values match theirs. One implementation serves
+// inference (VisionModel.preprocess / predict) and training data loading.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "data/resample.h"
+#include "io/image.h"
+
+namespace vt {
+
+struct ImageProcessorConfig {
+  std::string processor_type;  // "ViTImageProcessor", "ConvNextImageProcessor", ...
+  bool do_resize = true;
+  // size: either an exact {height, width} or a {shortest_edge[, longest_edge]} rule.
+  std::optional<int> size_height, size_width, shortest_edge, longest_edge;
+  Resample resample = Resample::Bilinear;
+  bool do_center_crop = false;
+  std::optional<int> crop_height, crop_width;
+  std::optional<double> crop_pct;  // ConvNextImageProcessor
+  bool do_rescale = true;
+  double rescale_factor = 1.0 / 255.0;
+  bool do_normalize = true;
+  std::vector<double> image_mean{0.5, 0.5, 0.5};
+  std::vector<double> image_std{0.5, 0.5, 0.5};
+
+  // Reads preprocessor_config.json's fields (legacy spellings included, e.g. an integer
+  // "size", "feature_extractor_type"); throws vt::Error naming the bad field.
+  static ImageProcessorConfig from_json(const nlohmann::json& json);
+  nlohmann::json to_json() const;  // what save() writes back
+};
+
+class ImageProcessor {
+ public:
+  // `channels` is the model's num_channels: images are converted to it (1: L, 3: RGB, 4: RGBA).
+  ImageProcessor(ImageProcessorConfig config, int channels);
+
+  const ImageProcessorConfig& config() const { return config_; }
+
+  // One image -> [C, h, w] float32, the processor's steps in transformers' order.
+  torch::Tensor process(const Image& image) const;
+  // A batch -> [B, C, h, w]; images must come out the same size (they do for ViT-style fixed
+  // sizes), otherwise vt::Error says which differ.
+  torch::Tensor process_batch(const std::vector<Image>& images) const;
+
+ private:
+  ImageProcessorConfig config_;
+  int channels_;
+};
+
+}  // namespace vt

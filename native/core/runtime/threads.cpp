@@ -1,0 +1,64 @@
+#include "runtime/threads.h"
+
+#include <fstream>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include <torch/torch.h>
+
+namespace vt {
+
+namespace {
+
+// Counts distinct (physical id, core id) pairs in /proc/cpuinfo; 0 when they are not listed.
+int physical_cores_from_cpuinfo() {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  if (!cpuinfo) return 0;
+  std::set<std::pair<int, int>> cores;
+  int physical_id = 0;
+  std::string line;
+  while (std::getline(cpuinfo, line)) {
+    auto colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string key = line.substr(0, line.find_last_not_of(" \t", colon - 1) + 1);
+    std::string value = line.substr(colon + 1);
+    try {
+      if (key == "physical id") physical_id = std::stoi(value);
+      if (key == "core id") cores.emplace(physical_id, std::stoi(value));
+    } catch (const std::exception&) {
+      return 0;
+    }
+  }
+  return static_cast<int>(cores.size());
+}
+
+std::once_flag runtime_once;
+
+}  // namespace
+
+int default_compute_threads() {
+  static const int cores = [] {
+    int logical = static_cast<int>(std::thread::hardware_concurrency());
+    int physical = physical_cores_from_cpuinfo();
+    // In VMs every vCPU often reports core id 0: trust the physical count only when plausible.
+    if (physical > 1 && physical <= logical) return physical;
+    return logical > 0 ? logical : 1;
+  }();
+  return cores;
+}
+
+void set_compute_threads(int n) {
+  int threads = n > 0 ? n : default_compute_threads();
+  if (at::get_num_threads() != threads) at::set_num_threads(threads);
+}
+
+int compute_threads() { return at::get_num_threads(); }
+
+void ensure_runtime_initialized() {
+  std::call_once(runtime_once, [] { set_compute_threads(0); });
+}
+
+}  // namespace vt
