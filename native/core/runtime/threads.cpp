@@ -1,13 +1,13 @@
 #include "runtime/threads.h"
 
+#include <atomic>
 #include <fstream>
-#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
 #include <utility>
 
-#include <torch/torch.h>
+#include <ATen/Parallel.h>
 
 namespace vt {
 
@@ -22,7 +22,7 @@ int physical_cores_from_cpuinfo() {
   std::string line;
   while (std::getline(cpuinfo, line)) {
     auto colon = line.find(':');
-    if (colon == std::string::npos) continue;
+    if (colon == std::string::npos || colon == 0) continue;
     std::string key = line.substr(0, line.find_last_not_of(" \t", colon - 1) + 1);
     std::string value = line.substr(colon + 1);
     try {
@@ -35,7 +35,7 @@ int physical_cores_from_cpuinfo() {
   return static_cast<int>(cores.size());
 }
 
-std::once_flag runtime_once;
+std::atomic<int> configured_threads{0};
 
 }  // namespace
 
@@ -51,14 +51,18 @@ int default_compute_threads() {
 }
 
 void set_compute_threads(int n) {
-  int threads = n > 0 ? n : default_compute_threads();
-  if (at::get_num_threads() != threads) at::set_num_threads(threads);
+  configured_threads = n > 0 ? n : default_compute_threads();
+  apply_compute_threads();
 }
 
-int compute_threads() { return at::get_num_threads(); }
+int compute_threads() {
+  int n = configured_threads.load();
+  return n > 0 ? n : default_compute_threads();
+}
 
-void ensure_runtime_initialized() {
-  std::call_once(runtime_once, [] { set_compute_threads(0); });
+void apply_compute_threads() {
+  int threads = compute_threads();
+  if (at::get_num_threads() != threads) at::set_num_threads(threads);
 }
 
 }  // namespace vt

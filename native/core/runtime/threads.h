@@ -6,11 +6,12 @@ namespace vt {
 // Physical cores where they can be told apart from hyper-threads, else logical CPUs.
 int default_compute_threads();
 
-// Sets libtorch's intra-op threads (n <= 0: default_compute_threads()). Safe to call repeatedly.
+// Sets the intra-op thread count every later computation uses (n <= 0: the default).
 void set_compute_threads(int n);
 int compute_threads();
 
-// Called once before the first computation; idempotent.
-void ensure_runtime_initialized();
+// Applies the configured count on the calling thread. OpenMP keeps its team size per thread,
+// so every native job calls this first on whichever worker thread runs it.
+void apply_compute_threads();
 
 }  // namespace vt

@@ -1,0 +1,39 @@
+// Values crossing the N-API boundary: tensors ({dtype, shape, data}), images, options.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <napi.h>
+#include <torch/torch.h>
+
+#include "io/image.h"
+#include "models/module.h"
+
+namespace vt::addon {
+
+// Throws Napi::TypeError naming `what` (e.g. "pixelValues") for a malformed tensor object.
+torch::Tensor tensor_from_js(const Napi::Value& value, const std::string& what);
+// A contiguous CPU copy in a fresh typed array (float64 becomes float32).
+Napi::Object tensor_to_js(Napi::Env env, const torch::Tensor& tensor);
+
+// An image as given to preprocess/predict, copied off the JS heap so a worker can decode it.
+struct ImageSource {
+  std::string path;            // file path, or
+  std::vector<uint8_t> bytes;  // encoded bytes, or raw pixels when width > 0
+  int width = 0, height = 0, channels = 0;
+  std::string name;            // for error messages
+  Image load() const;          // decodes on the calling (worker) thread
+};
+std::vector<ImageSource> images_from_js(const Napi::Value& value, const std::string& what);
+
+ModelInputs model_inputs_from_js(const Napi::Value& value);
+
+// Option readers: absent or undefined gives nullopt; a wrong type throws naming the option.
+std::optional<std::string> optional_string(const Napi::Object& object, const char* key);
+std::optional<bool> optional_bool(const Napi::Object& object, const char* key);
+std::optional<int64_t> optional_int(const Napi::Object& object, const char* key);
+
+}  // namespace vt::addon

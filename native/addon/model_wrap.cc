@@ -1,0 +1,154 @@
+#include "model_wrap.h"
+
+#include "async_work.h"
+#include "convert.h"
+
+namespace vt::addon {
+
+namespace {
+
+Napi::Array strings_to_js(Napi::Env env, const std::vector<std::string>& items) {
+  Napi::Array array = Napi::Array::New(env, items.size());
+  for (size_t i = 0; i < items.size(); ++i) array.Set(static_cast<uint32_t>(i), items[i]);
+  return array;
+}
+
+Napi::Object tensors_to_js(Napi::Env env, const std::vector<std::pair<std::string, torch::Tensor>>& tensors) {
+  Napi::Object object = Napi::Object::New(env);
+  for (const auto& [name, tensor] : tensors) object.Set(name, tensor_to_js(env, tensor));
+  return object;
+}
+
+}  // namespace
+
+Napi::Function ModelWrap::define(Napi::Env env) {
+  return DefineClass(env, "NativeModel",
+                     {
+                         InstanceMethod<&ModelWrap::guarded<&ModelWrap::info>>("info"),
+                         InstanceMethod<&ModelWrap::guarded<&ModelWrap::forward>>("forward"),
+                         InstanceMethod<&ModelWrap::guarded<&ModelWrap::state_dict>>("stateDict"),
+                         InstanceMethod<&ModelWrap::guarded<&ModelWrap::preprocess>>("preprocess"),
+                         InstanceMethod<&ModelWrap::guarded<&ModelWrap::classify>>("classify"),
+                         InstanceMethod<&ModelWrap::guarded<&ModelWrap::save>>("save"),
+                         InstanceMethod<&ModelWrap::guarded<&ModelWrap::dispose>>("dispose"),
+                     });
+}
+
+ModelWrap::ModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ModelWrap>(info) {
+  if (info.Length() != 1 || !info[0].IsExternal()) {
+    throw Napi::TypeError::New(info.Env(), "NativeModel is created by loadModel(), not directly");
+  }
+  model_ = *info[0].As<Napi::External<std::shared_ptr<PretrainedModel>>>().Data();
+}
+
+std::shared_ptr<PretrainedModel> ModelWrap::model(Napi::Env env) const {
+  if (!model_) throw Napi::Error::New(env, "this model was disposed");
+  return model_;
+}
+
+Napi::Value ModelWrap::info(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto model = this->model(env);
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("architecture", model->architecture());
+  result.Set("modelType", task_name(model->task()));
+  result.Set("labels", strings_to_js(env, model->labels()));
+  result.Set("device", model->device_name());
+  result.Set("dtype", dtype_name(model->dtype()));
+  result.Set("config", model->config().dump());
+  result.Set("processorConfig", model->processor().config().to_json().dump());
+  const LoadReport& report = model->load_report();
+  Napi::Object load_report = Napi::Object::New(env);
+  load_report.Set("source", report.source);
+  load_report.Set("initialized", strings_to_js(env, report.initialized));
+  load_report.Set("unexpected", strings_to_js(env, report.unexpected));
+  load_report.Set("mismatched", strings_to_js(env, report.mismatched));
+  load_report.Set("adapted", strings_to_js(env, report.adapted));
+  result.Set("loadReport", load_report);
+  return result;
+}
+
+Napi::Value ModelWrap::forward(const Napi::CallbackInfo& info) {
+  auto model = this->model(info.Env());
+  auto inputs = std::make_shared<ModelInputs>(model_inputs_from_js(info[0]));
+  return run_async<ModelOutputs>(
+      info.Env(), [model, inputs] { return model->forward(*inputs); },
+      [](Napi::Env env, ModelOutputs& outputs) -> Napi::Value { return tensors_to_js(env, outputs); });
+}
+
+Napi::Value ModelWrap::state_dict(const Napi::CallbackInfo& info) {
+  auto model = this->model(info.Env());
+  return run_async<TensorMap>(
+      info.Env(), [model] { return model->state_dict(); },
+      [](Napi::Env env, TensorMap& state) -> Napi::Value {
+        Napi::Object object = Napi::Object::New(env);
+        for (const auto& [name, tensor] : state) object.Set(name, tensor_to_js(env, tensor));
+        return object;
+      });
+}
+
+Napi::Value ModelWrap::preprocess(const Napi::CallbackInfo& info) {
+  auto model = this->model(info.Env());
+  auto sources = images_from_js(info[0], "image");
+  return run_async<torch::Tensor>(
+      info.Env(),
+      [model, sources] {
+        std::vector<Image> images;
+        for (const auto& source : sources) images.push_back(source.load());
+        return model->preprocess(images);
+      },
+      [](Napi::Env env, torch::Tensor& pixel_values) -> Napi::Value {
+        Napi::Object result = Napi::Object::New(env);
+        result.Set("pixelValues", tensor_to_js(env, pixel_values));
+        return result;
+      });
+}
+
+Napi::Value ModelWrap::classify(const Napi::CallbackInfo& info) {
+  auto model = this->model(info.Env());
+  auto sources = images_from_js(info[0], "image");
+  int64_t top_k = 5;
+  if (info.Length() > 1 && info[1].IsObject()) top_k = optional_int(info[1].As<Napi::Object>(), "topK").value_or(5);
+  using Scores = std::vector<std::vector<ClassScore>>;
+  return run_async<Scores>(
+      info.Env(),
+      [model, sources, top_k] {
+        std::vector<Image> images;
+        for (const auto& source : sources) images.push_back(source.load());
+        return model->classify(images, top_k);
+      },
+      [](Napi::Env env, Scores& scores) -> Napi::Value {
+        Napi::Array result = Napi::Array::New(env, scores.size());
+        for (size_t i = 0; i < scores.size(); ++i) {
+          Napi::Array ranked = Napi::Array::New(env, scores[i].size());
+          for (size_t j = 0; j < scores[i].size(); ++j) {
+            Napi::Object entry = Napi::Object::New(env);
+            entry.Set("label", scores[i][j].label);
+            entry.Set("score", scores[i][j].score);
+            entry.Set("index", static_cast<double>(scores[i][j].index));
+            ranked.Set(static_cast<uint32_t>(j), entry);
+          }
+          result.Set(static_cast<uint32_t>(i), ranked);
+        }
+        return result;
+      });
+}
+
+Napi::Value ModelWrap::save(const Napi::CallbackInfo& info) {
+  auto model = this->model(info.Env());
+  if (info.Length() < 1 || !info[0].IsString() || info[0].As<Napi::String>().Utf8Value().empty()) {
+    throw Napi::TypeError::New(info.Env(), "save: expected a directory path");
+  }
+  std::string directory = info[0].As<Napi::String>();
+  return run_async<bool>(
+      info.Env(), [model, directory] { model->save(directory); return true; },
+      [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });
+}
+
+Napi::Value ModelWrap::dispose(const Napi::CallbackInfo& info) {
+  // Work already queued keeps its own reference and finishes; later calls are refused.
+  model_.reset();
+  return info.Env().Undefined();
+}
+
+}  // namespace vt::addon

@@ -1,0 +1,75 @@
+#include "common/atomic_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include "common/error.h"
+
+namespace vt {
+
+namespace {
+
+std::string directory_of(const std::string& path) {
+  std::filesystem::path target(path);
+  return target.has_parent_path() ? target.parent_path().string() : std::string(".");
+}
+
+}  // namespace
+
+AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
+  std::filesystem::path target(path_);
+  std::random_device random;
+  temp_path_ = (std::filesystem::path(directory_of(path_)) /
+                ("." + target.filename().string() + ".tmp-" + std::to_string(::getpid()) + "-" +
+                 std::to_string(random())))
+                   .string();
+  fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd_ < 0) fail(path_, ": cannot create a temporary file beside it (", std::strerror(errno), ")");
+}
+
+AtomicFile::~AtomicFile() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_) ::unlink(temp_path_.c_str());
+}
+
+void AtomicFile::write(const void* data, size_t size) {
+  VT_CHECK(fd_ >= 0 && !committed_, path_, ": write after commit");
+  const char* bytes = static_cast<const char*>(data);
+  size_t written = 0;
+  while (written < size) {
+    ssize_t n = ::write(fd_, bytes + written, size - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) fail(path_, ": write failed (", std::strerror(n < 0 ? errno : EIO), ")");
+    written += static_cast<size_t>(n);
+  }
+}
+
+void AtomicFile::commit() {
+  VT_CHECK(fd_ >= 0 && !committed_, path_, ": committed twice");
+  if (::fsync(fd_) != 0) fail(path_, ": cannot flush to disk (", std::strerror(errno), ")");
+  int closed = ::close(fd_);
+  fd_ = -1;
+  if (closed != 0) fail(path_, ": cannot close (", std::strerror(errno), ")");
+  if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {
+    fail(path_, ": cannot replace the file (", std::strerror(errno), ")");
+  }
+  committed_ = true;
+  int dir_fd = ::open(directory_of(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd >= 0) {
+    ::fsync(dir_fd);
+    ::close(dir_fd);
+  }
+}
+
+void write_file_atomically(const std::string& path, const std::string& bytes) {
+  AtomicFile file(path);
+  file.write(bytes.data(), bytes.size());
+  file.commit();
+}
+
+}  // namespace vt

@@ -1,0 +1,30 @@
+// Files are replaced, never rewritten in place: data goes to a temporary file beside the
+// target, is flushed to disk, then renamed over the target (and the directory is synced).
+// A failure at any point leaves the old file as it was and removes the temporary one.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+namespace vt {
+
+class AtomicFile {
+ public:
+  explicit AtomicFile(std::string path);  // creates the temporary file; throws naming `path`
+  ~AtomicFile();                          // removes the temporary file unless committed
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+
+  void write(const void* data, size_t size);
+  void commit();  // fsync, rename over the target, fsync the directory
+
+ private:
+  std::string path_;
+  std::string temp_path_;
+  int fd_ = -1;
+  bool committed_ = false;
+};
+
+void write_file_atomically(const std::string& path, const std::string& bytes);
+
+}  // namespace vt

@@ -1,0 +1,137 @@
+#include "models/layers.h"
+
+#include <cmath>
+#include <map>
+
+#include "common/error.h"
+
+namespace vt::layers {
+
+namespace {
+
+torch::Tensor gelu_tanh(const torch::Tensor& x) {
+  // transformers' NewGELUActivation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+  return 0.5 * x * (1.0 + torch::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * torch::pow(x, 3.0))));
+}
+
+const std::map<std::string, Activation>& activations() {
+  static const std::map<std::string, Activation> table = {
+      {"gelu", [](const torch::Tensor& x) { return torch::gelu(x); }},
+      {"gelu_python", [](const torch::Tensor& x) { return x * 0.5 * (1.0 + torch::erf(x / std::sqrt(2.0))); }},
+      {"gelu_new", gelu_tanh},
+      {"gelu_accurate", [](const torch::Tensor& x) {
+         return 0.5 * x * (1 + torch::tanh(std::sqrt(2 / M_PI) * (x + 0.044715 * torch::pow(x, 3))));
+       }},
+      {"gelu_pytorch_tanh", [](const torch::Tensor& x) { return torch::gelu(x, "tanh"); }},
+      {"gelu_fast", [](const torch::Tensor& x) {
+         return 0.5 * x * (1.0 + torch::tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)));
+       }},
+      {"gelu_10", [](const torch::Tensor& x) { return torch::clamp(torch::gelu(x), -10.0, 10.0); }},
+      {"quick_gelu", [](const torch::Tensor& x) { return x * torch::sigmoid(1.702 * x); }},
+      {"relu", [](const torch::Tensor& x) { return torch::relu(x); }},
+      {"relu6", [](const torch::Tensor& x) { return torch::clamp(x, 0.0, 6.0); }},
+      {"relu2", [](const torch::Tensor& x) { return torch::square(torch::relu(x)); }},
+      {"leaky_relu", [](const torch::Tensor& x) { return torch::leaky_relu(x); }},
+      {"silu", [](const torch::Tensor& x) { return torch::silu(x); }},
+      {"swish", [](const torch::Tensor& x) { return torch::silu(x); }},
+      {"mish", [](const torch::Tensor& x) { return torch::mish(x); }},
+      {"tanh", [](const torch::Tensor& x) { return torch::tanh(x); }},
+      {"sigmoid", [](const torch::Tensor& x) { return torch::sigmoid(x); }},
+      {"linear", [](const torch::Tensor& x) { return x; }},
+      {"laplace", [](const torch::Tensor& x) {
+         // transformers' LaplaceActivation with mu = 0.707107, sigma = 0.282095
+         auto z = (x - 0.707107) / (0.282095 * std::sqrt(2.0));
+         return 0.5 * (1.0 + torch::erf(z));
+       }},
+  };
+  return table;
+}
+
+}  // namespace
+
+Activation activation(const std::string& name) {
+  const auto& table = activations();
+  auto found = table.find(name);
+  if (found == table.end()) {
+    std::string known;
+    for (const auto& [key, fn] : table) known += (known.empty() ? "" : ", ") + key;
+    fail("unsupported activation \"", name, "\" (supported: ", known, ")");
+  }
+  return found->second;
+}
+
+LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool with_bias)
+    : in_features(in_features), out_features(out_features) {
+  weight = register_parameter("weight", torch::empty({out_features, in_features}));
+  if (with_bias) bias = register_parameter("bias", torch::zeros({out_features}));
+  // PyTorch's default (kaiming-uniform-like) bounds, until a model's init_weights runs.
+  double bound = in_features > 0 ? 1.0 / std::sqrt(static_cast<double>(in_features)) : 0.0;
+  torch::NoGradGuard no_grad;
+  weight.uniform_(-bound, bound);
+  if (with_bias) bias.uniform_(-bound, bound);
+}
+
+torch::Tensor LinearImpl::forward(const torch::Tensor& input) {
+  return torch::nn::functional::linear(input, weight, bias);
+}
+
+void LinearImpl::reset_parameters(double std) {
+  torch::NoGradGuard no_grad;
+  trunc_normal_(weight, 0.0, std);
+  if (bias.defined()) bias.zero_();
+}
+
+LayerNormImpl::LayerNormImpl(int64_t features, double eps) : features(features), eps(eps) {
+  weight = register_parameter("weight", torch::ones({features}));
+  bias = register_parameter("bias", torch::zeros({features}));
+}
+
+torch::Tensor LayerNormImpl::forward(const torch::Tensor& input) {
+  return torch::layer_norm(input, {features}, weight, bias, eps);
+}
+
+void LayerNormImpl::reset_parameters() {
+  torch::NoGradGuard no_grad;
+  weight.fill_(1.0);
+  bias.zero_();
+}
+
+torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const torch::Tensor& key,
+                                           const torch::Tensor& value,
+                                           const torch::Tensor& additive_mask, double dropout,
+                                           bool training) {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(query.size(-1)));
+  // Same order of operations as transformers: (q k^T) / sqrt(d), not q / sqrt(d) first.
+  auto scores = torch::matmul(query, key.transpose(-1, -2)) * scale;
+  if (additive_mask.defined()) scores = scores + additive_mask;
+  auto probs = scores.scalar_type() == torch::kFloat32 || scores.scalar_type() == torch::kFloat64
+                   ? torch::softmax(scores, -1)
+                   : torch::softmax(scores, -1, torch::kFloat32).to(scores.scalar_type());
+  if (dropout > 0.0 && training) probs = torch::dropout(probs, dropout, training);
+  return torch::matmul(probs, value);
+}
+
+void trunc_normal_(torch::Tensor& tensor, double mean, double std, double a, double b) {
+  torch::NoGradGuard no_grad;
+  auto norm_cdf = [](double x) { return (1.0 + std::erf(x / std::sqrt(2.0))) / 2.0; };
+  double low = norm_cdf((a - mean) / std);
+  double high = norm_cdf((b - mean) / std);
+  // Sampled in float32 like transformers' _init_weights, then cast back.
+  auto sample = torch::empty(tensor.sizes(), tensor.options().dtype(torch::kFloat32));
+  sample.uniform_(2 * low - 1, 2 * high - 1);
+  sample.erfinv_();
+  sample.mul_(std * std::sqrt(2.0));
+  sample.add_(mean);
+  sample.clamp_(a, b);
+  tensor.copy_(sample);
+}
+
+}  // namespace vt::layers
+
+namespace vt::layers {
+
+std::shared_ptr<torch::nn::Module> add_container(torch::nn::Module& parent, const std::string& name) {
+  return parent.register_module(name, std::make_shared<torch::nn::Module>(name));
+}
+
+}  // namespace vt::layers

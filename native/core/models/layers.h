@@ -1,0 +1,56 @@
+// Shared building blocks. Every architecture's linear layers, attention and normalization go
+// through these, so a faster kernel (oneDNN, fused attention, bf16) replaces them in one place.
+// Parameter names are PyTorch's (`weight`, `bias`), so HuggingFace keys load unchanged.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include <torch/torch.h>
+
+namespace vt::layers {
+
+// HuggingFace's ACT2FN by name ("gelu", "gelu_new", "relu", "silu", "quick_gelu", ...).
+using Activation = std::function<torch::Tensor(const torch::Tensor&)>;
+Activation activation(const std::string& name);  // throws vt::Error listing the known names
+
+class LinearImpl : public torch::nn::Module {
+ public:
+  LinearImpl(int64_t in_features, int64_t out_features, bool bias = true);
+  torch::Tensor forward(const torch::Tensor& input);
+  void reset_parameters(double std);  // trunc_normal(0, std) weight, zero bias, as HF's _init_weights
+  int64_t in_features, out_features;
+  torch::Tensor weight, bias;  // bias undefined when constructed without one
+};
+TORCH_MODULE(Linear);
+
+class LayerNormImpl : public torch::nn::Module {
+ public:
+  LayerNormImpl(int64_t features, double eps);
+  torch::Tensor forward(const torch::Tensor& input);
+  void reset_parameters();  // weight 1, bias 0
+  int64_t features;
+  double eps;
+  torch::Tensor weight, bias;
+};
+TORCH_MODULE(LayerNorm);
+
+// Scaled dot-product attention on [B, heads, T, head_dim] tensors; `additive_mask`, when defined,
+// broadcasts to [B, heads, Tq, Tk]. Softmax runs in float32 for reduced-precision inputs.
+torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const torch::Tensor& key,
+                                           const torch::Tensor& value,
+                                           const torch::Tensor& additive_mask, double dropout,
+                                           bool training);
+
+// PyTorch's nn.init.trunc_normal_ (bounds a, b are absolute values, as in PyTorch).
+void trunc_normal_(torch::Tensor& tensor, double mean, double std, double a = -2.0, double b = 2.0);
+
+}  // namespace vt::layers
+
+namespace vt::layers {
+
+// A module that only groups children under a name (transformers' `encoder`, `attention.output`),
+// so the parameter paths match checkpoint keys.
+std::shared_ptr<torch::nn::Module> add_container(torch::nn::Module& parent, const std::string& name);
+
+}  // namespace vt::layers

@@ -1,0 +1,94 @@
+#include "models/module.h"
+
+#include "common/error.h"
+#include "common/json_config.h"
+
+namespace vt {
+
+std::string task_name(Task task) {
+  switch (task) {
+    case Task::Classification: return "classification";
+    case Task::ObjectDetection: return "object_detection";
+    case Task::Segmentation: return "segmentation";
+  }
+  return "unknown";
+}
+
+Task task_from_name(const std::string& name) {
+  if (name == "classification") return Task::Classification;
+  if (name == "object_detection") return Task::ObjectDetection;
+  if (name == "segmentation") return Task::Segmentation;
+  fail("unknown model type \"", name, "\" (expected classification, object_detection or segmentation)");
+}
+
+torch::Tensor find_output(const ModelOutputs& outputs, const std::string& name) {
+  for (const auto& [key, value] : outputs) {
+    if (key == name) return value;
+  }
+  return {};
+}
+
+HeadConfig HeadConfig::from_json(const nlohmann::json& config, const std::string& source) {
+  JsonConfig fields(config, source);
+  HeadConfig head;
+  head.initializer_range = fields.get_number("initializer_range", 0.02);
+  head.problem_type = fields.get_string("problem_type", "");
+  static const std::set<std::string> problem_types = {
+      "", "regression", "single_label_classification", "multi_label_classification"};
+  if (!problem_types.count(head.problem_type)) {
+    fields.fail_field("problem_type",
+                      "one of regression, single_label_classification, multi_label_classification");
+  }
+  if (fields.has("id2label")) {
+    const auto& id2label = config.at("id2label");
+    if (!id2label.is_object()) fields.fail_field("id2label", "an object of {index: label}");
+    for (const auto& [key, value] : id2label.items()) {
+      size_t used = 0;
+      int64_t index = -1;
+      try {
+        index = std::stoll(key, &used);
+      } catch (const std::exception&) {
+      }
+      if (used != key.size() || index < 0) fail(source, ": id2label key \"", key, "\" is not a label index");
+      if (!value.is_string()) fail(source, ": id2label[", key, "] must be a string");
+      head.id2label[index] = value.get<std::string>();
+    }
+    for (int64_t i = 0; i < head.num_labels(); ++i) {
+      if (!head.id2label.count(i)) fail(source, ": id2label has no entry for index ", i);
+    }
+  } else {
+    // PretrainedConfig's default: num_labels (2 when absent) generic labels.
+    int64_t num_labels = fields.get_non_negative_int("num_labels", 2);
+    for (int64_t i = 0; i < num_labels; ++i) head.id2label[i] = "LABEL_" + std::to_string(i);
+  }
+  return head;
+}
+
+void VisionModule::initialize(const std::set<std::string>& keys, bool all) {
+  for (const auto& item : named_modules()) {
+    const std::string& name = item.key();
+    torch::nn::Module& module = *item.value();
+    bool selected = all;
+    if (!selected) {
+      auto owns = [&](const std::string& local) {
+        return keys.count(name.empty() ? local : name + "." + local) > 0;
+      };
+      for (const auto& parameter : module.named_parameters(/*recurse=*/false)) {
+        selected = selected || owns(parameter.key());
+      }
+      for (const auto& buffer : module.named_buffers(/*recurse=*/false)) {
+        selected = selected || owns(buffer.key());
+      }
+    }
+    if (selected) init_module(name, module);
+  }
+}
+
+std::map<std::string, torch::Tensor> VisionModule::named_state() {
+  std::map<std::string, torch::Tensor> state;
+  for (const auto& item : named_parameters()) state[item.key()] = item.value();
+  for (const auto& item : named_buffers()) state[item.key()] = item.value();
+  return state;
+}
+
+}  // namespace vt

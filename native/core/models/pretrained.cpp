@@ -1,0 +1,262 @@
+#include "models/pretrained.h"
+
+#include <filesystem>
+
+#include "common/error.h"
+#include "common/json_config.h"
+#include "io/safetensors.h"
+#include "models/losses.h"
+#include "runtime/threads.h"
+
+namespace vt {
+
+namespace fs = std::filesystem;
+
+torch::ScalarType model_dtype_from_name(const std::string& name) {
+  if (name == "float32") return torch::kFloat32;
+  if (name == "bfloat16") return torch::kBFloat16;
+  if (name == "float16") return torch::kFloat16;
+  fail("unsupported dtype \"", name, "\" (expected float32, bfloat16 or float16)");
+}
+
+std::string dtype_name(torch::ScalarType type) {
+  switch (type) {
+    case torch::kFloat32: return "float32";
+    case torch::kFloat16: return "float16";
+    case torch::kBFloat16: return "bfloat16";
+    case torch::kFloat64: return "float64";
+    case torch::kInt64: return "int64";
+    case torch::kInt32: return "int32";
+    case torch::kUInt8: return "uint8";
+    case torch::kBool: return "bool";
+    default: fail("tensor dtype ", type, " has no name in this API");
+  }
+}
+
+torch::Device device_from_name(const std::string& name) {
+  if (name == "auto") return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+  if (name == "cpu") return torch::Device(torch::kCPU);
+  if (name.rfind("cuda", 0) == 0) {
+    VT_CHECK(torch::cuda::is_available(), "device \"", name, "\" requested, but CUDA is not available here");
+    torch::Device device(name);
+    VT_CHECK(device.index() < static_cast<int>(torch::cuda::device_count()), "device \"", name, "\": only ",
+             torch::cuda::device_count(), " CUDA device(s) present");
+    return device;
+  }
+  fail("unsupported device \"", name, "\" (expected auto, cpu, cuda or cuda:N)");
+}
+
+namespace {
+
+// Module::to(dtype) would also convert integer buffers (BatchNorm's num_batches_tracked);
+// like PyTorch's Module.to, only floating-point tensors change dtype.
+void move_module(torch::nn::Module& module, torch::Device device, torch::ScalarType dtype) {
+  torch::NoGradGuard no_grad;
+  for (auto& parameter : module.parameters()) {
+    auto target = parameter.is_floating_point() ? dtype : parameter.scalar_type();
+    if (parameter.device() != device || parameter.scalar_type() != target) parameter.set_data(parameter.to(device, target));
+  }
+  for (auto& buffer : module.buffers()) {
+    auto target = buffer.is_floating_point() ? dtype : buffer.scalar_type();
+    if (buffer.device() != device || buffer.scalar_type() != target) buffer.set_data(buffer.to(device, target));
+  }
+}
+
+nlohmann::json id2label_json(const std::map<int64_t, std::string>& id2label) {
+  nlohmann::json json = nlohmann::json::object();
+  for (const auto& [index, label] : id2label) json[std::to_string(index)] = label;
+  return json;
+}
+
+// Applies the ModelConfig overrides to config.json's content, as from_pretrained's kwargs do.
+void apply_overrides(nlohmann::json& config, const LoadOptions& options, const std::string& source) {
+  if (options.num_classes || options.id2label) {
+    std::map<int64_t, std::string> id2label;
+    if (options.id2label) {
+      id2label = *options.id2label;
+      VT_CHECK(!options.num_classes || static_cast<int64_t>(id2label.size()) == *options.num_classes,
+               "id2label has ", id2label.size(), " entries but numClasses is ", *options.num_classes);
+    } else {
+      HeadConfig existing = HeadConfig::from_json(config, source);
+      if (existing.num_labels() == *options.num_classes) {
+        id2label = existing.id2label;
+      } else {
+        for (int64_t i = 0; i < *options.num_classes; ++i) id2label[i] = "LABEL_" + std::to_string(i);
+      }
+    }
+    config["id2label"] = id2label_json(id2label);
+    nlohmann::json label2id = nlohmann::json::object();
+    for (const auto& [index, label] : id2label) label2id[label] = index;
+    config["label2id"] = label2id;
+    config.erase("num_labels");
+  }
+  if (options.image_size) config["image_size"] = *options.image_size;
+  if (options.channels) config["num_channels"] = *options.channels;
+}
+
+// The processor of the directory, or transformers' defaults for the model's input size, with
+// the size and channel overrides applied.
+ImageProcessorConfig processor_config_for(const std::string& directory, const nlohmann::json& config,
+                                          const LoadOptions& options, int64_t channels) {
+  const fs::path path = fs::path(directory) / "preprocessor_config.json";
+  ImageProcessorConfig processor;
+  if (fs::is_regular_file(path)) {
+    processor = ImageProcessorConfig::from_json(read_json_file(path.string()));
+  } else {
+    auto [height, width] = JsonConfig(config, "config.json").get_size_pair("image_size", 224);
+    processor.processor_type = "ViTImageProcessor";
+    processor.size_height = height;
+    processor.size_width = width;
+  }
+  if (options.image_size) {
+    auto [height, width] = JsonConfig(config, "config.json").get_size_pair("image_size", *options.image_size);
+    if (processor.shortest_edge) {
+      processor.shortest_edge = static_cast<int>(std::min(height, width));
+    } else {
+      processor.size_height = static_cast<int>(height);
+      processor.size_width = static_cast<int>(width);
+    }
+    if (processor.do_center_crop) {
+      processor.crop_height = static_cast<int>(height);
+      processor.crop_width = static_cast<int>(width);
+    }
+  }
+  // A channel count other than the processor's: a uniform mean/std carries over, others cannot.
+  auto fit = [&](std::vector<double>& values, const char* field) {
+    if (static_cast<int64_t>(values.size()) == channels || values.size() == 1) return;
+    bool uniform = std::all_of(values.begin(), values.end(), [&](double v) { return v == values.front(); });
+    VT_CHECK(uniform && !values.empty(), path.string(), ": ", field, " has ", values.size(), " entries but the model takes ",
+             channels, " channels");
+    values.assign(static_cast<size_t>(channels), values.front());
+  };
+  fit(processor.image_mean, "image_mean");
+  fit(processor.image_std, "image_std");
+  return processor;
+}
+
+}  // namespace
+
+std::shared_ptr<PretrainedModel> PretrainedModel::load(const LoadOptions& options) {
+  apply_compute_threads();
+  const fs::path directory(options.directory);
+  VT_CHECK(fs::is_directory(directory), options.directory, ": not a directory");
+  const fs::path config_path = directory / "config.json";
+  VT_CHECK(fs::is_regular_file(config_path), options.directory, ": no config.json");
+  const std::string source = config_path.string();
+
+  std::shared_ptr<PretrainedModel> model(new PretrainedModel());
+  model->config_ = read_json_file(source);
+  VT_CHECK(model->config_.is_object(), source, ": expected a JSON object");
+  apply_overrides(model->config_, options, source);
+
+  const bool want_head = options.num_classes.has_value() || options.id2label.has_value();
+  const Architecture& architecture = select_architecture(model->config_, options.task, want_head, source);
+  model->architecture_ = architecture.name;
+  model->task_ = options.task;
+  model->config_["architectures"] = nlohmann::json::array({architecture.name});
+
+  if (options.seed) torch::manual_seed(*options.seed);
+  model->module_ = architecture.build(model->config_, source);
+  if (options.pretrained) {
+    std::string weights_source;
+    TensorMap checkpoint = read_checkpoint_directory(options.directory, &weights_source);
+    model->report_ = load_weights(*model->module_, checkpoint, weights_source, options.ignore_mismatched_sizes);
+  } else {
+    model->module_->initialize({}, /*all=*/true);
+    model->report_.source = "random initialisation";
+  }
+
+  HeadConfig head = HeadConfig::from_json(model->config_, source);
+  if (architecture.task) {
+    for (const auto& [index, label] : head.id2label) model->labels_.push_back(label);
+  }
+  const int64_t channels = JsonConfig(model->config_, source).get_positive_int("num_channels", 3);
+  model->processor_ = std::make_unique<ImageProcessor>(
+      processor_config_for(options.directory, model->config_, options, channels), static_cast<int>(channels));
+
+  model->device_ = device_from_name(options.device);
+  model->dtype_ = model_dtype_from_name(options.dtype);
+  VT_CHECK(!(model->dtype_ == torch::kFloat16 && model->device_.is_cpu()),
+           "dtype float16 needs a CUDA device; on CPU use bfloat16");
+  move_module(*model->module_, model->device_, model->dtype_);
+  model->module_->eval();
+  return model;
+}
+
+std::string PretrainedModel::device_name() const { return device_.str(); }
+
+ModelOutputs PretrainedModel::forward(const ModelInputs& raw_inputs) {
+  VT_CHECK(raw_inputs.pixel_values.defined(), "forward: pixel_values is required");
+  VT_CHECK(raw_inputs.pixel_values.is_floating_point(), "pixel_values: expected a floating-point tensor, got ",
+           raw_inputs.pixel_values.scalar_type());
+  std::lock_guard<std::mutex> lock(mutex_);
+  apply_compute_threads();
+  c10::InferenceMode inference;
+  module_->eval();
+  ModelInputs inputs;
+  inputs.pixel_values = raw_inputs.pixel_values.to(device_, dtype_);
+  if (raw_inputs.pixel_mask.defined()) inputs.pixel_mask = raw_inputs.pixel_mask.to(device_);
+  if (raw_inputs.labels.defined()) inputs.labels = raw_inputs.labels.to(device_);
+  for (const auto& target : raw_inputs.targets) {
+    Target moved;
+    if (target.class_labels.defined()) moved.class_labels = target.class_labels.to(device_);
+    if (target.boxes.defined()) moved.boxes = target.boxes.to(device_);
+    if (target.mask_labels.defined()) moved.mask_labels = target.mask_labels.to(device_);
+    inputs.targets.push_back(moved);
+  }
+  ModelOutputs outputs = module_->forward(inputs);
+  for (auto& [name, tensor] : outputs) {
+    if (name == "loss" || name.rfind("lossDict.", 0) == 0) tensor = tensor.to(torch::kFloat32);
+  }
+  return outputs;
+}
+
+TensorMap PretrainedModel::state_dict() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  TensorMap state;
+  for (const auto& [key, tensor] : module_->named_state()) {
+    state[key] = tensor.detach().to(torch::kCPU).contiguous().clone();
+  }
+  return state;
+}
+
+torch::Tensor PretrainedModel::preprocess(const std::vector<Image>& images) const {
+  VT_CHECK(!images.empty(), "preprocess: no images given");
+  return processor_->process_batch(images);
+}
+
+std::vector<std::vector<ClassScore>> PretrainedModel::classify(const std::vector<Image>& images, int64_t top_k) {
+  VT_CHECK(task_ == Task::Classification && !labels_.empty(), architecture_,
+           " has no classification head; load it with numClasses to add one");
+  VT_CHECK(top_k > 0, "topK must be a positive integer, got ", top_k);
+  ModelInputs inputs;
+  inputs.pixel_values = preprocess(images);
+  auto logits = find_output(forward(inputs), "logits").to(torch::kCPU, torch::kFloat32);
+  HeadConfig head = HeadConfig::from_json(config_, "config.json");
+  // transformers' image-classification pipeline: sigmoid for multi-label or single-logit heads.
+  bool sigmoid = head.problem_type == "multi_label_classification" || logits.size(-1) == 1;
+  auto scores = sigmoid ? torch::sigmoid(logits) : torch::softmax(logits, -1);
+  const int64_t k = std::min<int64_t>(top_k, scores.size(-1));
+  auto [values, indices] = scores.topk(k, -1);
+  std::vector<std::vector<ClassScore>> results(static_cast<size_t>(scores.size(0)));
+  for (int64_t b = 0; b < scores.size(0); ++b) {
+    for (int64_t j = 0; j < k; ++j) {
+      int64_t index = indices[b][j].item<int64_t>();
+      results[b].push_back({labels_.at(static_cast<size_t>(index)), values[b][j].item<double>(), index});
+    }
+  }
+  return results;
+}
+
+void PretrainedModel::save(const std::string& directory) {
+  fs::create_directories(directory);
+  nlohmann::json config = config_;
+  config["torch_dtype"] = dtype_name(dtype_);
+  TensorMap state = state_dict();
+  save_safetensors((fs::path(directory) / "model.safetensors").string(), state, {{"format", "pt"}});
+  write_json_file((fs::path(directory) / "preprocessor_config.json").string(), processor_->config().to_json());
+  // config.json last: a directory with a config.json is a complete model.
+  write_json_file((fs::path(directory) / "config.json").string(), config);
+}
+
+}  // namespace vt

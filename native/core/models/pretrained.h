@@ -1,0 +1,90 @@
+// A loaded model as users see it: the module, its config.json and image processor, device and
+// dtype, and the operations of the public VisionModel (forward, stateDict, preprocess, predict,
+// save). Thread-safe: calls on one model are serialised by its mutex.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "common/tensor_map.h"
+#include "data/image_processor.h"
+#include "io/image.h"
+#include "models/module.h"
+#include "models/registry.h"
+#include "models/weights.h"
+
+namespace vt {
+
+struct LoadOptions {
+  std::string directory;  // holds config.json, and the weights when pretrained
+  Task task = Task::Classification;
+  bool pretrained = true;
+  std::optional<int64_t> num_classes;
+  std::optional<std::map<int64_t, std::string>> id2label;
+  std::optional<int64_t> image_size;
+  std::optional<int64_t> channels;
+  bool ignore_mismatched_sizes = false;
+  std::string dtype = "float32";  // float32 | bfloat16 | float16
+  std::string device = "auto";    // auto | cpu | cuda | cuda:N
+  std::optional<uint64_t> seed;   // random initialisation seed (pretrained: false, new heads)
+};
+
+struct ClassScore {
+  std::string label;
+  double score = 0.0;
+  int64_t index = 0;
+};
+
+class PretrainedModel {
+ public:
+  static std::shared_ptr<PretrainedModel> load(const LoadOptions& options);
+
+  const std::string& architecture() const { return architecture_; }
+  Task task() const { return task_; }
+  const std::vector<std::string>& labels() const { return labels_; }
+  std::string device_name() const;
+  torch::ScalarType dtype() const { return dtype_; }
+  const LoadReport& load_report() const { return report_; }
+  const nlohmann::json& config() const { return config_; }
+  const ImageProcessor& processor() const { return *processor_; }
+  std::shared_ptr<VisionModule> module() const { return module_; }
+  std::mutex& mutex() { return mutex_; }
+
+  // Evaluation-mode forward without autograd; inputs are moved to the model's device and dtype.
+  ModelOutputs forward(const ModelInputs& inputs);
+  // Parameters and buffers under HuggingFace's keys, as contiguous CPU copies.
+  TensorMap state_dict();
+  // The image processor's pixel_values for these images, [B, C, H, W] float32.
+  torch::Tensor preprocess(const std::vector<Image>& images) const;
+  // Classification: the top_k labels of each image, best first.
+  std::vector<std::vector<ClassScore>> classify(const std::vector<Image>& images, int64_t top_k);
+  // config.json + model.safetensors + preprocessor_config.json, each written atomically.
+  void save(const std::string& directory);
+
+ private:
+  PretrainedModel() = default;
+  std::string architecture_;
+  Task task_ = Task::Classification;
+  std::vector<std::string> labels_;
+  nlohmann::json config_;
+  std::unique_ptr<ImageProcessor> processor_;
+  std::shared_ptr<VisionModule> module_;
+  torch::Device device_{torch::kCPU};
+  torch::ScalarType dtype_ = torch::kFloat32;
+  LoadReport report_;
+  std::mutex mutex_;
+};
+
+// "float32" <-> torch::kFloat32 etc. for the dtypes models run in.
+torch::ScalarType model_dtype_from_name(const std::string& name);
+std::string dtype_name(torch::ScalarType type);  // the contract's names: float32, bfloat16, int64, ...
+torch::Device device_from_name(const std::string& name);
+
+}  // namespace vt

@@ -1,0 +1,74 @@
+#include "models/registry.h"
+
+#include "common/error.h"
+#include "models/vit.h"
+
+namespace vt {
+
+const std::vector<Architecture>& architectures() {
+  static const std::vector<Architecture> table = {
+      {"ViTForImageClassification", "vit", Task::Classification,
+       {"google/vit-base-patch16-224", "google/vit-base-patch32-384", "google/vit-large-patch16-224"},
+       [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
+         return std::make_shared<vit::ViTForImageClassification>(vit::ViTConfig::from_json(config, source));
+       }},
+      {"ViTModel", "vit", std::nullopt,
+       {"google/vit-base-patch16-224-in21k", "google/vit-large-patch16-224-in21k"},
+       [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
+         return std::make_shared<vit::ViTModel>(vit::ViTConfig::from_json(config, source));
+       }},
+  };
+  return table;
+}
+
+const Architecture* find_architecture(const std::string& name) {
+  for (const auto& architecture : architectures()) {
+    if (architecture.name == name) return &architecture;
+  }
+  return nullptr;
+}
+
+namespace {
+
+std::string supported_names() {
+  std::string names;
+  for (const auto& architecture : architectures()) names += (names.empty() ? "" : ", ") + architecture.name;
+  return names;
+}
+
+const Architecture* task_class_of_family(const std::string& model_type, Task task) {
+  for (const auto& architecture : architectures()) {
+    if (architecture.model_type == model_type && architecture.task == task) return &architecture;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+const Architecture& select_architecture(const nlohmann::json& config, Task task, bool want_head,
+                                        const std::string& source) {
+  std::string declared;
+  if (config.contains("architectures") && config["architectures"].is_array() && !config["architectures"].empty() &&
+      config["architectures"][0].is_string()) {
+    declared = config["architectures"][0].get<std::string>();
+  }
+  std::string model_type;
+  if (config.contains("model_type") && config["model_type"].is_string()) {
+    model_type = config["model_type"].get<std::string>();
+  }
+  const Architecture* architecture = declared.empty() ? nullptr : find_architecture(declared);
+  if (!architecture && !declared.empty() && model_type.empty()) {
+    fail(source, ": architecture ", declared, " is not supported (supported: ", supported_names(), ")");
+  }
+  if (architecture) model_type = architecture->model_type;
+  if (model_type.empty()) fail(source, ": neither \"architectures\" nor \"model_type\" says what model this is");
+
+  if (architecture && architecture->task == task) return *architecture;
+  if (architecture && !architecture->task && !want_head) return *architecture;
+  if (const Architecture* task_class = task_class_of_family(model_type, task)) return *task_class;
+  fail(source, ": no ", task_name(task), " model for model_type \"", model_type, "\"",
+       declared.empty() ? std::string() : " (checkpoint class " + declared + ")",
+       "; supported architectures: ", supported_names());
+}
+
+}  // namespace vt
