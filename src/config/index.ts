@@ -1,0 +1,22 @@
+// The public configuration surface; src/index.ts re-exports from here.
+export { ConfigError, type ConfigIssue } from '../errors.js';
+export {
+  type Device,
+  type ModelConfig,
+  type ModelConfigInput,
+  ModelConfigSchema,
+  ModelType,
+  parseModelConfig,
+} from '../schemas/model-config.js';
+export {
+  type AugmentConfig,
+  type DatasetConfig,
+  type DatasetConfigInput,
+  DatasetConfigSchema,
+  type DatasetFormat,
+  parseTrainingConfig,
+  type TrainingConfig,
+  type TrainingConfigInput,
+  TrainingConfigSchema,
+} from '../schemas/training-config.js';
+export { loadConfig, parseProjectConfig, type ProjectConfig } from './project-config.js';

@@ -1,0 +1,34 @@
+/** One problem in a configuration: `path` is dotted, in the spelling the user wrote (`model.num_classes`). */
+export interface ConfigIssue {
+  path: string;
+  message: string;
+}
+
+/**
+ * A configuration that cannot be used. The message lists every problem, one per line, so a user
+ * fixes a file in one pass instead of one error per run.
+ */
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  readonly issues: ConfigIssue[];
+  /** The file (or other origin) the configuration came from, as the caller named it. */
+  readonly source: string | undefined;
+
+  /** `heading` replaces the default first line, `Invalid configuration[ in <source>]`. */
+  constructor(issues: ConfigIssue[], options: { source?: string; heading?: string } = {}) {
+    super(formatMessage(issues, options.source, options.heading));
+    this.issues = issues;
+    this.source = options.source;
+  }
+}
+
+function formatMessage(issues: ConfigIssue[], source?: string, heading?: string): string {
+  const only = issues.length === 1 ? issues[0] : undefined;
+  // A single whole-file problem ("config file not found: x") reads best as one line.
+  if (only && !only.path && heading === undefined) {
+    return source ? `${source}: ${only.message}` : only.message;
+  }
+  const head = heading ?? `Invalid configuration${source ? ` in ${source}` : ''}`;
+  const lines = issues.map((i) => `  ${i.path ? `${i.path}: ` : ''}${i.message}`);
+  return [`${head}:`, ...lines].join('\n');
+}
