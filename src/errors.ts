@@ -32,3 +32,15 @@ function formatMessage(issues: ConfigIssue[], source?: string, heading?: string)
   const lines = issues.map((i) => `  ${i.path ? `${i.path}: ` : ''}${i.message}`);
   return [`${head}:`, ...lines].join('\n');
 }
+
+/** No model directory was found for a modelName; `searched` lists every place looked at. */
+export class ModelNotFoundError extends Error {
+  override readonly name = 'ModelNotFoundError';
+  constructor(
+    readonly modelName: string,
+    readonly searched: string[],
+    hint?: string,
+  ) {
+    super(`model "${modelName}" was not found. Looked in:\n${searched.map((s) => `  - ${s}`).join('\n')}${hint ? `\n${hint}` : ''}`);
+  }
+}

@@ -1,0 +1,105 @@
+// The contract between native/addon and src/: every function the native module exports, with
+// its TypeScript type. src/ reaches the addon only through these declarations.
+
+export type NativeDType = 'float32' | 'float16' | 'bfloat16' | 'int64' | 'int32' | 'uint8' | 'bool';
+
+export interface NativeTensor {
+  dtype: NativeDType;
+  shape: number[];
+  data: Float32Array | Uint16Array | BigInt64Array | Int32Array | Uint8Array;
+}
+
+/** A file path, encoded JPEG/PNG bytes, or raw interleaved 8-bit pixels. */
+export type NativeImage = string | Uint8Array | { data: Uint8Array; width: number; height: number; channels: 1 | 3 | 4 };
+
+export interface NativeLoadOptions {
+  /** A local directory holding config.json (and the weights when pretrained). */
+  directory: string;
+  task?: 'classification' | 'object_detection' | 'segmentation';
+  pretrained?: boolean;
+  numClasses?: number;
+  id2label?: Record<number, string>;
+  imageSize?: number;
+  channels?: number;
+  ignoreMismatchedSizes?: boolean;
+  dtype?: 'float32' | 'bfloat16' | 'float16';
+  device?: string;
+  /** Seeds random initialisation (pretrained: false, new heads). */
+  seed?: number;
+}
+
+export interface NativeLoadReport {
+  /** The weights file read, or "random initialisation". */
+  source: string;
+  /** Head keys absent from the checkpoint, initialised afresh. */
+  initialized: string[];
+  /** Checkpoint keys the model has no place for (ignored). */
+  unexpected: string[];
+  /** "key: checkpoint [..] vs model [..]", re-initialised with ignoreMismatchedSizes. */
+  mismatched: string[];
+  /** Checkpoint tensors resampled to the model's shape (position embeddings). */
+  adapted: string[];
+}
+
+export interface NativeModelInfo {
+  architecture: string;
+  modelType: 'classification' | 'object_detection' | 'segmentation';
+  labels: string[];
+  device: string;
+  dtype: NativeDType;
+  /** config.json as the model uses it (overrides applied), JSON text. */
+  config: string;
+  /** preprocessor_config.json as the model uses it, JSON text. */
+  processorConfig: string;
+  loadReport: NativeLoadReport;
+}
+
+export interface NativeForwardInputs {
+  pixelValues: NativeTensor;
+  pixelMask?: NativeTensor;
+  labels?: NativeTensor | { classLabels: NativeTensor; boxes?: NativeTensor; maskLabels?: NativeTensor }[];
+}
+
+export interface NativeClassScore {
+  label: string;
+  score: number;
+  index: number;
+}
+
+export interface NativeModel {
+  info(): NativeModelInfo;
+  forward(inputs: NativeForwardInputs): Promise<Record<string, NativeTensor>>;
+  stateDict(): Promise<Record<string, NativeTensor>>;
+  preprocess(images: NativeImage[]): Promise<{ pixelValues: NativeTensor }>;
+  classify(images: NativeImage[], options: { topK: number }): Promise<NativeClassScore[][]>;
+  save(directory: string): Promise<void>;
+  dispose(): void;
+}
+
+export interface NativeArchitecture {
+  architecture: string;
+  /** config.json's model_type of the family, e.g. "vit". */
+  modelType: string;
+  /** The task of the head, null for base models. */
+  task: 'classification' | 'object_detection' | 'segmentation' | null;
+  checkpoints: string[];
+}
+
+export interface NativeRuntimeInfo {
+  torchVersion: string;
+  cudaAvailable: boolean;
+  cudaDevices: number;
+  computeThreads: number;
+  defaultComputeThreads: number;
+}
+
+export interface Binding {
+  loadModel(options: NativeLoadOptions): Promise<NativeModel>;
+  loadSafetensors(path: string): Promise<Record<string, NativeTensor>>;
+  saveSafetensors(path: string, tensors: Record<string, NativeTensor>, metadata?: Record<string, string>): Promise<void>;
+  decodeImage(image: NativeImage): Promise<{ width: number; height: number; channels: number; data: Uint8Array }>;
+  architectures(): NativeArchitecture[];
+  /** 0 restores the default (the machine's physical cores). */
+  setNumThreads(threads: number): void;
+  runtimeInfo(): NativeRuntimeInfo;
+}

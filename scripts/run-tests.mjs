@@ -1,0 +1,56 @@
+// Runs every test: the native core's ctest suite, then vitest. Ends with one line,
+// "N passed, N failed", counting both (also written to build/test-summary.txt for CI).
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const buildDir = join(root, 'build');
+mkdirSync(buildDir, { recursive: true });
+
+function run(command, args) {
+  return spawnSync(command, args, { cwd: root, stdio: 'inherit' }).status ?? 1;
+}
+
+let passed = 0;
+let failed = 0;
+let skipped = 0;
+
+// ctest: each GoogleTest case is one ctest test; its JUnit report gives the counts.
+const junit = join(buildDir, 'ctest-results.xml');
+const ctestStatus = run('ctest', ['--test-dir', buildDir, '--output-on-failure', '--output-junit', junit, '-j', '2']);
+if (existsSync(junit)) {
+  const xml = readFileSync(junit, 'utf8');
+  const cases = xml.match(/<testcase\b[^>]*>/g) ?? [];
+  for (const tag of cases) {
+    const status = /status="(\w+)"/.exec(tag)?.[1];
+    if (status === 'run') passed++;
+    else if (status === 'fail') failed++;
+    else skipped++;
+  }
+} else if (ctestStatus !== 0) {
+  failed++; // ctest itself failed to run
+}
+
+// vitest: the JSON reporter's totals.
+const vitestJson = join(buildDir, 'vitest-results.json');
+const vitestStatus = run('npx', ['--no-install', 'vitest', 'run', '--reporter=default', '--reporter=json', `--outputFile.json=${vitestJson}`]);
+if (existsSync(vitestJson)) {
+  const report = JSON.parse(readFileSync(vitestJson, 'utf8'));
+  passed += report.numPassedTests;
+  failed += report.numFailedTests;
+  skipped += report.numPendingTests + (report.numTodoTests ?? 0);
+  // A file that fails to load has no tests to count: count the file.
+  for (const file of report.testResults ?? []) {
+    if (file.status === 'failed' && (file.assertionResults ?? []).length === 0) failed++;
+  }
+} else if (vitestStatus !== 0) {
+  failed++;
+}
+
+const summary = `${passed} passed, ${failed} failed`;
+writeFileSync(join(buildDir, 'test-summary.txt'), `${summary}\n`);
+if (skipped > 0) console.log(`(${skipped} skipped, not counted as passed)`);
+console.log(summary);
+process.exit(failed > 0 || ctestStatus !== 0 || vitestStatus !== 0 ? 1 : 0);

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Everything visiontorch needs on Debian 12 with Node 20: Debian packages, npm packages, the native
+# build (offline, through node-api-headers) and the TypeScript build. Idempotent: when nothing
+# changed it only checks, in seconds. Run by `npm start` and `npm test`.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { printf 'visiontorch setup: %s\n' "$*" >&2; }
+
+# libtorch (CPU, with Gloo) and a threaded OpenBLAS for it; codecs; JSON; GoogleTest for the core's
+# ctest suite; Fashion-MNIST for the default fine-tuning job.
+DEB_PACKAGES=(
+  cmake make g++ pkg-config
+  libtorch-dev libopenblas0-pthread
+  libjpeg62-turbo-dev libpng-dev
+  nlohmann-json3-dev libgtest-dev
+  dataset-fashion-mnist
+)
+
+missing=()
+for package in "${DEB_PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$package")
+  fi
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -eq 0 ]]; then
+    as_root=()
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    as_root=(sudo)
+  else
+    say "these Debian packages are missing: ${missing[*]}"
+    say "installing them needs root: run 'sudo apt-get install ${missing[*]}' (or this command as root), then try again."
+    exit 1
+  fi
+  say "installing Debian packages: ${missing[*]}"
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# npm packages, reinstalled only when package-lock.json changed since the last install.
+lock_hash=$(sha256sum package-lock.json | cut -d' ' -f1)
+stamp=node_modules/.visiontorch-lock-hash
+if [[ ! -f $stamp || $(cat "$stamp") != "$lock_hash" ]]; then
+  say "installing npm packages"
+  # The package's own install step would build the addon; this script builds it below.
+  VISIONTORCH_SKIP_INSTALL_BUILD=1 npm ci --no-audit --no-fund --loglevel=error
+  echo "$lock_hash" >"$stamp"
+fi
+
+# Native addon and the core's tests; make does nothing when no source changed.
+jobs=$(nproc 2>/dev/null || echo 2)
+if ! npx --no-install cmake-js build --parallel "$jobs" --log-level error >build.log 2>&1; then
+  cat build.log >&2
+  say "the native build failed (log above, also in build.log)"
+  exit 1
+fi
+
+npx --no-install tsc -p tsconfig.json

@@ -1,0 +1,174 @@
+#!/usr/bin/env node
+/**
+ * The `visiontorch` command:
+ *   visiontorch train [config.yaml]
+ *   visiontorch predict --model <id|dir> [--type T] <image...> [--json]
+ *   visiontorch models [--type T] [--json]
+ *   visiontorch bench --model <id|dir> [--batch N] [--dtype D] [--json]
+ */
+import { parseArgs } from 'node:util';
+import { ConfigError } from '../errors.js';
+import { loadConfig } from '../config/project-config.js';
+import { HuggingFaceModelLoader } from '../models/loader.js';
+import { ModelType } from '../schemas/model-config.js';
+import { tensor } from '../tensor.js';
+
+const USAGE = `usage:
+  visiontorch train [config.yaml] [--json]            fine-tune the model of a YAML config (default config/model_config.yaml)
+  visiontorch predict --model <id|dir> [--type T] [--top-k K] <image...> [--json]
+  visiontorch models [--type T] [--json]              architectures this build implements
+  visiontorch bench --model <id|dir> [--type T] [--batch N] [--dtype D] [--iterations N] [--random-weights] [--json]
+model types: ${Object.values(ModelType).join(', ')}`;
+
+class UsageError extends Error {}
+
+function modelType(value: string | undefined): ModelType {
+  const type = value ?? ModelType.CLASSIFICATION;
+  if (!(Object.values(ModelType) as string[]).includes(type)) {
+    throw new UsageError(`--type must be one of ${Object.values(ModelType).join(', ')}, got "${type}"`);
+  }
+  return type as ModelType;
+}
+
+function positiveInt(name: string, value: string | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new UsageError(`--${name} must be a positive integer, got "${value}"`);
+  return n;
+}
+
+async function models(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { type: { type: 'string' }, json: { type: 'boolean' } } });
+  const list = HuggingFaceModelLoader.getAvailableModels(values.type === undefined ? undefined : modelType(values.type));
+  if (values.json) {
+    console.log(JSON.stringify(list, null, 2));
+    return;
+  }
+  for (const info of list) {
+    console.log(`${info.architecture.padEnd(34)} ${info.modelType.padEnd(17)} ${info.checkpoints.join(', ')}`);
+  }
+}
+
+async function predict(args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { model: { type: 'string' }, type: { type: 'string' }, 'top-k': { type: 'string' }, json: { type: 'boolean' } },
+  });
+  if (!values.model) throw new UsageError('predict needs --model <hub id or directory>');
+  if (positionals.length === 0) throw new UsageError('predict needs at least one image file');
+  const model = await HuggingFaceModelLoader.loadModel({ modelName: values.model, modelType: modelType(values.type) });
+  try {
+    const topK = positiveInt('top-k', values['top-k'], 5);
+    const predictions = await model.predict(positionals, { topK });
+    if (values.json) {
+      console.log(JSON.stringify(positionals.map((image, i) => ({ image, predictions: predictions[i] })), null, 2));
+      return;
+    }
+    positionals.forEach((image, i) => {
+      console.log(image);
+      for (const p of predictions[i] ?? []) console.log(`  ${p.score.toFixed(4)}  ${p.label}`);
+    });
+  } finally {
+    model.dispose();
+  }
+}
+
+async function bench(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      model: { type: 'string' },
+      type: { type: 'string' },
+      batch: { type: 'string' },
+      dtype: { type: 'string' },
+      iterations: { type: 'string' },
+      'random-weights': { type: 'boolean' },
+      json: { type: 'boolean' },
+    },
+  });
+  if (!values.model) throw new UsageError('bench needs --model <hub id or directory>');
+  const dtype = values.dtype ?? 'float32';
+  if (!['float32', 'bfloat16', 'float16'].includes(dtype)) throw new UsageError(`--dtype must be float32, bfloat16 or float16, got "${dtype}"`);
+  const batch = positiveInt('batch', values.batch, 1);
+  const iterations = positiveInt('iterations', values.iterations, 10);
+  const loadStart = performance.now();
+  // --random-weights: a config.json alone (e.g. a full-size architecture) with random initialisation.
+  const model = await HuggingFaceModelLoader.loadModel({
+    modelName: values.model,
+    modelType: modelType(values.type),
+    dtype: dtype as 'float32' | 'bfloat16' | 'float16',
+    pretrained: !values['random-weights'],
+  });
+  const loadSeconds = (performance.now() - loadStart) / 1000;
+  try {
+    const size = model.processorConfig.size as { height?: number; width?: number; shortest_edge?: number } | undefined;
+    const height = size?.height ?? size?.shortest_edge ?? 224;
+    const width = size?.width ?? size?.shortest_edge ?? 224;
+    const channels = Number(model.config.num_channels ?? 3);
+    const input = tensor('float32', [batch, channels, height, width]);
+    input.data.forEach((_, i) => (input.data[i] = Math.sin(i)));
+    await model.forward({ pixelValues: input }); // warm-up
+    const times: number[] = [];
+    for (let i = 0; i < iterations; i++) {
+      const start = performance.now();
+      await model.forward({ pixelValues: input });
+      times.push((performance.now() - start) / 1000);
+    }
+    times.sort((a, b) => a - b);
+    const median = times[Math.floor(times.length / 2)] ?? Number.NaN;
+    const result = { model: values.model, architecture: model.architecture, dtype, batch, height, width, iterations, loadSeconds, medianSeconds: median, imagesPerSecond: batch / median };
+    if (values.json) console.log(JSON.stringify(result, null, 2));
+    else {
+      console.log(`${model.architecture} ${dtype} batch ${batch} at ${height}x${width}: median ${(median * 1000).toFixed(1)} ms, ${(batch / median).toFixed(2)} images/s (load ${loadSeconds.toFixed(2)} s)`);
+    }
+  } finally {
+    model.dispose();
+  }
+}
+
+async function train(args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { json: { type: 'boolean' } } });
+  const configPath = positionals[0] ?? 'config/model_config.yaml';
+  const config = await loadConfig(configPath);
+  const model = await HuggingFaceModelLoader.loadModel(config.model);
+  try {
+    const summary = { config: config.path, architecture: model.architecture, labels: model.labels.length, loadReport: model.loadReport };
+    if (values.json) console.log(JSON.stringify(summary, null, 2));
+    else {
+      console.log(`Loaded ${model.architecture} with ${model.labels.length} labels from ${model.loadReport.source}.`);
+      console.log('Fine-tuning (BaseTrainer) arrives with the next capability; this job stops after loading the model.');
+    }
+  } finally {
+    model.dispose();
+  }
+}
+
+const COMMANDS: Record<string, (args: string[]) => Promise<void>> = { train, predict, models, bench };
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
+    console.log(USAGE);
+    return command === undefined ? 1 : 0;
+  }
+  const run = COMMANDS[command];
+  if (!run) {
+    console.error(`unknown command "${command}"\n${USAGE}`);
+    return 1;
+  }
+  try {
+    await run(rest);
+    return 0;
+  } catch (error) {
+    if (error instanceof UsageError || (error instanceof TypeError && 'code' in error && String(error.code).startsWith('ERR_PARSE_ARGS'))) {
+      console.error(`visiontorch ${command}: ${error.message}\n${USAGE}`);
+      return 1;
+    }
+    const message = error instanceof ConfigError || error instanceof Error ? error.message : String(error);
+    console.error(`visiontorch ${command}: ${message}`);
+    return 1;
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2));

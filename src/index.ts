@@ -1,0 +1,17 @@
+// visiontorch: load, run and fine-tune HuggingFace vision models from Node.js.
+export * from './config/index.js';
+export { ModelNotFoundError } from './errors.js';
+export { hubCacheDir } from './hub/cache.js';
+export { HuggingFaceModelLoader, type ModelInfo, resolveModelDirectory } from './models/loader.js';
+export {
+  type ClassificationPrediction,
+  type ForwardInputs,
+  type ImageInput,
+  type Labels,
+  type LoadReport,
+  type PredictOptions,
+  type Prediction,
+  VisionModel,
+} from './models/vision-model.js';
+export { type DType, numel, type Tensor, tensor, toFloat32 } from './tensor.js';
+export { loadSafetensors, saveSafetensors, setNumThreads, runtimeInfo, decodeImage } from './runtime.js';

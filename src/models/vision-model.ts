@@ -1,0 +1,117 @@
+/**
+ * A loaded model: the public VisionModel of the contract, over a native handle. Arguments are
+ * checked here; every computing method is async and runs on the addon's worker threads.
+ */
+import type { NativeImage, NativeLoadReport, NativeModel } from '../../binding.js';
+import type { ModelType } from '../schemas/model-config.js';
+import type { DType, Tensor } from '../tensor.js';
+
+export type ImageInput = string | Uint8Array | { data: Uint8Array; width: number; height: number; channels: 1 | 3 | 4 };
+
+export type Labels =
+  | Tensor
+  | { classLabels: Tensor; boxes: Tensor }[]
+  | { classLabels: Tensor; maskLabels: Tensor }[];
+
+export interface ForwardInputs {
+  pixelValues: Tensor;
+  pixelMask?: Tensor;
+  labels?: Labels;
+}
+
+export interface ClassificationPrediction {
+  label: string;
+  score: number;
+  index: number;
+}
+
+export interface PredictOptions {
+  /** Classification: how many labels per image, best first (default 5). */
+  topK?: number;
+}
+
+/** Per image: classification gives its top-K labels, best first. */
+export type Prediction = ClassificationPrediction[];
+
+export type LoadReport = NativeLoadReport;
+
+export class VisionModel {
+  readonly architecture: string;
+  readonly modelType: ModelType;
+  readonly labels: string[];
+  readonly device: string;
+  readonly dtype: DType;
+  /** config.json as the model uses it (ModelConfig overrides applied). */
+  readonly config: Record<string, unknown>;
+  /** preprocessor_config.json as the model uses it. */
+  readonly processorConfig: Record<string, unknown>;
+  /** What loading read, initialised afresh, ignored or adapted. */
+  readonly loadReport: LoadReport;
+  #native: NativeModel | undefined;
+
+  /** @internal Created by HuggingFaceModelLoader.loadModel. */
+  constructor(handle: NativeModel) {
+    const info = handle.info();
+    this.#native = handle;
+    this.architecture = info.architecture;
+    this.modelType = info.modelType;
+    this.labels = info.labels;
+    this.device = info.device;
+    this.dtype = info.dtype;
+    this.config = JSON.parse(info.config) as Record<string, unknown>;
+    this.processorConfig = JSON.parse(info.processorConfig) as Record<string, unknown>;
+    this.loadReport = info.loadReport;
+  }
+
+  /** Evaluation-mode forward pass. Output keys: logits, and loss when labels are given. */
+  async forward(inputs: ForwardInputs): Promise<Record<string, Tensor>> {
+    if (inputs === null || typeof inputs !== 'object' || !inputs.pixelValues) {
+      throw new TypeError('forward: expected { pixelValues, pixelMask?, labels? }');
+    }
+    return (await this.handle().forward(inputs)) as Record<string, Tensor>;
+  }
+
+  /** Every parameter and buffer under HuggingFace's key names. */
+  async stateDict(): Promise<Record<string, Tensor>> {
+    return (await this.handle().stateDict()) as Record<string, Tensor>;
+  }
+
+  /** The image processor's pixel values for these images, as transformers computes them. */
+  async preprocess(images: ImageInput[]): Promise<{ pixelValues: Tensor; pixelMask?: Tensor }> {
+    return (await this.handle().preprocess(imageList(images, 'preprocess'))) as { pixelValues: Tensor };
+  }
+
+  /** One prediction per image (see Prediction). */
+  async predict(images: ImageInput | ImageInput[], options: PredictOptions = {}): Promise<Prediction[]> {
+    const list = imageList(Array.isArray(images) ? images : [images], 'predict');
+    if (this.modelType !== 'classification') {
+      throw new Error(`predict: ${this.modelType} models are not supported by this version`);
+    }
+    const topK = options.topK ?? 5;
+    if (!Number.isInteger(topK) || topK < 1) throw new RangeError(`predict: topK must be a positive integer, got ${topK}`);
+    return this.handle().classify(list, { topK });
+  }
+
+  /** Writes config.json, model.safetensors and preprocessor_config.json (each atomically). */
+  async save(directory: string): Promise<void> {
+    if (typeof directory !== 'string' || directory === '') throw new TypeError('save: expected a directory path');
+    await this.handle().save(directory);
+  }
+
+  /** Frees the native model; calls already running finish, later ones are refused. */
+  dispose(): void {
+    this.#native?.dispose();
+    this.#native = undefined;
+  }
+
+  /** @internal */
+  handle(): NativeModel {
+    if (!this.#native) throw new Error(`this ${this.architecture} model was disposed`);
+    return this.#native;
+  }
+}
+
+function imageList(images: ImageInput[], method: string): NativeImage[] {
+  if (!Array.isArray(images) || images.length === 0) throw new TypeError(`${method}: expected one or more images`);
+  return images;
+}

@@ -1,0 +1,30 @@
+/**
+ * Loads the native addon (prebuilds/ first, then build/Release, via node-gyp-build) on first use,
+ * so that importing the package for its schemas alone needs no native build.
+ */
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Binding } from '../binding.js';
+
+const require = createRequire(import.meta.url);
+// src/native.ts and dist/native.js both sit one level below the package root.
+const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+let binding: Binding | undefined;
+
+export function native(): Binding {
+  if (binding === undefined) {
+    const load = require('node-gyp-build') as (dir: string) => Binding;
+    try {
+      binding = load(packageRoot);
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      throw new Error(
+        `visiontorch: the native addon could not be loaded (${reason}). ` +
+          'Build it with "npm run build:native" (needs libtorch-dev; "npm run setup" installs everything).',
+      );
+    }
+  }
+  return binding;
+}

@@ -1,0 +1,29 @@
+/** Library-wide native functions: safetensors files, image decoding, threads. */
+import type { NativeRuntimeInfo } from '../binding.js';
+import type { ImageInput } from './models/vision-model.js';
+import { native } from './native.js';
+import type { Tensor } from './tensor.js';
+
+/** Every tensor of a .safetensors file (validated before any data is read). */
+export async function loadSafetensors(path: string): Promise<Record<string, Tensor>> {
+  return (await native().loadSafetensors(path)) as Record<string, Tensor>;
+}
+
+/** Writes tensors to a .safetensors file atomically (temporary file, fsync, rename). */
+export async function saveSafetensors(path: string, tensors: Record<string, Tensor>, metadata?: Record<string, string>): Promise<void> {
+  await native().saveSafetensors(path, tensors, metadata);
+}
+
+/** Decodes a JPEG or PNG (path or bytes) to 8-bit interleaved pixels, as PIL reads it. */
+export async function decodeImage(image: ImageInput): Promise<{ width: number; height: number; channels: number; data: Uint8Array }> {
+  return native().decodeImage(image);
+}
+
+/** Intra-op compute threads for every later native call (0: the machine's physical cores). */
+export function setNumThreads(threads: number): void {
+  native().setNumThreads(threads);
+}
+
+export function runtimeInfo(): NativeRuntimeInfo {
+  return native().runtimeInfo();
+}
