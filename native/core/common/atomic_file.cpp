@@ -56,14 +56,18 @@ void AtomicFile::commit() {
   fd_ = -1;
   if (closed != 0) fail(path_, ": cannot close (", std::strerror(errno), ")");
   if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {
-    fail(path_, ": cannot replace the file (", std::strerror(errno), ")");
+    fail(path_, ": cannot rename the temporary file over it (", std::strerror(errno), ")");
   }
   committed_ = true;
+  // Makes the rename itself durable. Some filesystems cannot fsync a directory (EINVAL): the
+  // file is then as durable as that filesystem allows.
   int dir_fd = ::open(directory_of(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd >= 0) {
-    ::fsync(dir_fd);
-    ::close(dir_fd);
-  }
+  VT_CHECK(dir_fd >= 0, path_, ": written, but cannot open its directory to sync it (", std::strerror(errno), ")");
+  int result = ::fsync(dir_fd);
+  int error = errno;
+  ::close(dir_fd);
+  VT_CHECK(result == 0 || error == EINVAL, path_, ": written, but syncing its directory failed (",
+           std::strerror(error), ")");
 }
 
 void write_file_atomically(const std::string& path, const std::string& bytes) {

@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/atomic_file.h"
 #include "common/error.h"
 
 // Tensor bytes are little-endian in the file and are handed to torch as they are.
@@ -298,76 +299,6 @@ std::string safetensors_dtype_name(torch::ScalarType type) {
 // ---------------------------------------------------------------------------------------------
 // Writing
 
-namespace {
-
-// Owns the temporary file beside the target until it has been renamed over it; removes it
-// otherwise. Errors name the target, which is the file the caller knows about.
-class TempFile {
- public:
-  explicit TempFile(const fs::path& target) : target_(target) {
-    std::random_device random;
-    std::ostringstream name;
-    name << '.' << target.filename().string() << ".tmp-" << ::getpid() << '-' << std::hex << random();
-    path_ = (target.parent_path().empty() ? fs::path(".") : target.parent_path()) / name.str();
-    fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    VT_CHECK(fd_ >= 0, target_.string(), ": cannot create temporary file ", path_.string(), ": ",
-             errno_text(errno));
-  }
-  ~TempFile() {
-    if (fd_ >= 0) ::close(fd_);
-    if (!committed_) ::unlink(path_.c_str());
-  }
-  TempFile(const TempFile&) = delete;
-  TempFile& operator=(const TempFile&) = delete;
-
-  // Writes everything, resuming after partial writes and interrupted calls.
-  void write(const void* data, size_t size) {
-    const char* cursor = static_cast<const char*>(data);
-    while (size > 0) {
-      ssize_t written = ::write(fd_, cursor, size);
-      if (written < 0) {
-        if (errno == EINTR) continue;
-        fail(target_.string(), ": writing ", path_.string(), " failed: ", errno_text(errno));
-      }
-      cursor += written;
-      size -= static_cast<size_t>(written);
-    }
-  }
-  void sync_and_close() {
-    VT_CHECK(::fsync(fd_) == 0, target_.string(), ": fsync of ", path_.string(), " failed: ", errno_text(errno));
-    int result = ::close(fd_);
-    fd_ = -1;
-    VT_CHECK(result == 0, target_.string(), ": closing ", path_.string(), " failed: ", errno_text(errno));
-  }
-  void rename_over_target() {
-    VT_CHECK(::rename(path_.c_str(), target_.c_str()) == 0, target_.string(), ": cannot rename ",
-             path_.string(), " over it: ", errno_text(errno));
-    committed_ = true;
-  }
-
- private:
-  fs::path target_;
-  fs::path path_;
-  int fd_ = -1;
-  bool committed_ = false;
-};
-
-// Makes the rename itself durable. Some filesystems cannot fsync a directory (EINVAL); the
-// data is then as durable as that filesystem allows, which is not an error of ours.
-void sync_directory(const fs::path& target) {
-  fs::path directory = target.parent_path().empty() ? fs::path(".") : target.parent_path();
-  int fd = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  VT_CHECK(fd >= 0, target.string(), ": written, but cannot open its directory to fsync it: ",
-           errno_text(errno));
-  int result = ::fsync(fd);
-  int error = errno;
-  ::close(fd);
-  VT_CHECK(result == 0 || error == EINVAL, target.string(),
-           ": written, but fsync of its directory failed: ", errno_text(error));
-}
-
-}  // namespace
-
 void save_safetensors(const std::string& path, const TensorMap& tensors,
                       const std::map<std::string, std::string>& metadata) {
   struct Planned {
@@ -423,16 +354,13 @@ void save_safetensors(const std::string& path, const TensorMap& tensors,
   // Padding to 8 keeps the data section 8-byte aligned in the file (and so in the mapping).
   header_text.append((8 - header_text.size() % 8) % 8, ' ');
 
-  const fs::path target(path);
-  TempFile temp(target);
+  AtomicFile file(path);
   char length[8];
   write_u64_le(header_text.size(), length);
-  temp.write(length, sizeof length);
-  temp.write(header_text.data(), header_text.size());
-  for (const Planned* item : layout) temp.write(item->data.data_ptr(), item->bytes);
-  temp.sync_and_close();
-  temp.rename_over_target();
-  sync_directory(target);
+  file.write(length, sizeof length);
+  file.write(header_text.data(), header_text.size());
+  for (const Planned* item : layout) file.write(item->data.data_ptr(), item->bytes);
+  file.commit();
 }
 
 // ---------------------------------------------------------------------------------------------
