@@ -9,7 +9,7 @@
 #include <torch/torch.h>
 
 #include "io/safetensors.h"
-#include "io_test_util.h"
+#include "test_util.h"
 
 namespace {
 

@@ -10,7 +10,7 @@
 
 #include "io/safetensors.h"
 #include "io/torch_pickle.h"
-#include "io_test_util.h"
+#include "test_util.h"
 
 namespace {
 

@@ -1,5 +1,5 @@
-// Helpers shared by the checkpoint reader/writer tests: fixture paths, per-test temporary
-// directories, whole-file byte I/O and error-message assertions.
+// Helpers shared by the core tests: fixture paths, per-test temporary directories, whole-file
+// byte I/O and error-message assertions.
 #pragma once
 
 #include <gtest/gtest.h>
