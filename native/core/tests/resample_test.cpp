@@ -7,7 +7,9 @@
 // make_pixels is reimplemented below, byte for byte.
 #include <gtest/gtest.h>
 
+#include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "data/resample.h"
@@ -81,6 +83,38 @@ TEST(Resample, MatchesPillowOnEveryGoldenCase) {
                          << failures_by_filter[0] << " " << failures_by_filter[1] << " "
                          << failures_by_filter[2] << " " << failures_by_filter[3] << " "
                          << failures_by_filter[4] << " " << failures_by_filter[5];
+}
+
+TEST(Resample, MatchesPillowOnFixturePhotos) {
+  // The processors' inputs at realistic sizes: decoded, converted to L / RGB / RGBA (with
+  // alpha = (3x + y) % 256), resized to square, odd, upscaled and aspect-keeping sizes.
+  const nlohmann::json golden = vt_test::read_json(vt_test::test_data_path("resize_golden.json"));
+  ASSERT_TRUE(golden.contains("photo_cases"));
+  ASSERT_GE(golden["photo_cases"].size(), 100u);
+  std::map<std::pair<std::string, int>, vt::Image> inputs;
+  int failures = 0;
+  for (const nlohmann::json& row : golden["photo_cases"]) {
+    const std::string file = row[0];
+    const int c = row[1], filter = row[2], ow = row[3], oh = row[4];
+    auto key = std::make_pair(file, c);
+    if (!inputs.count(key)) {
+      vt::Image image = vt::convert_channels(vt::read_image_file(vt_test::source_path(file)), c);
+      if (c == 4) {
+        for (int y = 0; y < image.height; ++y) {
+          for (int x = 0; x < image.width; ++x) image.row(y)[x * 4 + 3] = static_cast<uint8_t>((x * 3 + y) % 256);
+        }
+      }
+      inputs[key] = std::move(image);
+    }
+    const vt::Image out = vt::resize_image(inputs[key], ow, oh, vt::resample_from_code(filter));
+    if (vt_test::fnv1a64(out.pixels) != row[5].get<std::string>()) {
+      if (++failures <= 10) {
+        ADD_FAILURE() << file << " (" << c << " channels) -> " << ow << "x" << oh << " with filter "
+                      << filter << " differs from Pillow";
+      }
+    }
+  }
+  EXPECT_EQ(failures, 0);
 }
 
 TEST(Resample, SameSizeIsAnUntouchedCopy) {

@@ -9,9 +9,11 @@ repository root:
     python3 native/core/tests/data/make_golden.py build/make_ycck
 
 Outputs (all under native/core/tests/data/):
-  resize_golden.json  one row per case: [in_w, in_h, channels, pattern, seed, resample, out_w,
-                      out_h, fnv1a64(PIL output bytes)]; the input pixels come from
+  resize_golden.json  "cases": one row per case: [in_w, in_h, channels, pattern, seed, resample,
+                      out_w, out_h, fnv1a64(PIL output bytes)]; the input pixels come from
                       make_pixels() below, which the C++ test reimplements.
+                      "photo_cases": [fixture photo, channels, resample, out_w, out_h, hash]:
+                      the photo converted to L / RGB / RGBA (alpha = (3x + y) % 256), resized.
   images/*            small JPEG/PNG files covering the decoder's cases (PNGs written by the
                       encoder below: every bit depth, color type, tRNS, Adam7 interlacing).
   decode_golden.json  per file: size, the channel count the decoder must return, and fnv1a64 of
@@ -104,12 +106,28 @@ def make_resize_golden():
             im = Image.frombytes(MODES[c], (w, h), make_pixels(w, h, c, pattern, seed))
             out = im.resize((ow, oh), resample=f)
             cases.append([w, h, c, pattern, seed, f, ow, oh, fnv1a64(out.tobytes())])
+    # The fixture photos, as transformers resizes them: decoded, converted, resized.
+    photo_cases = []
+    for rel in ("test/fixtures/images/chelsea.png", "test/fixtures/images/rocket.jpg"):
+        photo = Image.open(os.path.join(ROOT, rel))
+        for c in (1, 3, 4):
+            im = photo.convert(MODES[c])
+            if c == 4:
+                # A varying alpha (alpha = (x * 3 + y) % 256) so premultiplication matters.
+                alpha = (np.arange(im.size[0])[None, :] * 3 + np.arange(im.size[1])[:, None]) % 256
+                im.putalpha(Image.fromarray(alpha.astype(np.uint8), "L"))
+            for f in sorted(FILTERS):
+                for ow, oh in ((224, 224), (37, 91), (700, 500), (320, 213)):
+                    out = im.resize((ow, oh), resample=f)
+                    photo_cases.append([rel, c, f, ow, oh, fnv1a64(out.tobytes())])
     with open(os.path.join(HERE, "resize_golden.json"), "w") as fh:
         fh.write('{"generator": "make_golden.py (Pillow %s Image.resize)",\n "cases": [\n'
                  % Image.__version__)
         fh.write(",\n".join("  " + json.dumps(c) for c in cases))
+        fh.write("\n],\n \"photo_cases\": [\n")
+        fh.write(",\n".join("  " + json.dumps(c) for c in photo_cases))
         fh.write("\n]}\n")
-    return len(cases)
+    return len(cases) + len(photo_cases)
 
 
 # ---------------------------------------------------------------------------------------------
