@@ -11,7 +11,6 @@
 #include "data/image_processor.h"
 
 #include <algorithm>
-#include <cfenv>
 #include <cmath>
 #include <set>
 
@@ -34,8 +33,7 @@ bool size_int_is_shortest_edge(const std::string& type) {
   static const std::set<std::string> kTypes = {
       "ConvNextImageProcessor",    "CLIPImageProcessor",          "ChineseCLIPImageProcessor",
       "BitImageProcessor",         "MobileNetV1ImageProcessor",   "MobileNetV2ImageProcessor",
-      "MobileViTImageProcessor",   "LevitImageProcessor",         "EfficientFormerImageProcessor",
-      "PoolFormerImageProcessor",  "DetrImageProcessor",          "ConditionalDetrImageProcessor",
+      "MobileViTImageProcessor",   "LevitImageProcessor",         "PoolFormerImageProcessor",  "DetrImageProcessor",          "ConditionalDetrImageProcessor",
       "DeformableDetrImageProcessor", "YolosImageProcessor",      "MaskFormerImageProcessor",
       "Mask2FormerImageProcessor", "OneFormerImageProcessor",     "ViTHybridImageProcessor"};
   return kTypes.count(type) > 0;
@@ -51,6 +49,16 @@ bool has_center_crop_step(const std::string& type) {
       "MobileViTImageProcessor",   "LevitImageProcessor",       "EfficientFormerImageProcessor",
       "PoolFormerImageProcessor",  "FlavaImageProcessor"};
   return kTypes.count(type) > 0;
+}
+
+// Classes whose preprocess() differs from every rule implemented here (their own resize
+// formulas, channel flips): processing with them is refused rather than silently different.
+const char* unsupported_reason(const std::string& type) {
+  if (type == "LevitImageProcessor") return "its resize rule (shortest_edge * 256 / 224) is not implemented";
+  if (type == "PoolFormerImageProcessor") return "its crop_pct resize rule is not implemented";
+  if (type == "MobileViTImageProcessor") return "its BGR channel flip is not implemented";
+  if (type == "YolosImageProcessor") return "its resize rule is not implemented";
+  return nullptr;
 }
 
 bool is_convnext(const std::string& type) { return type == "ConvNextImageProcessor"; }
@@ -399,6 +407,9 @@ ImageProcessor::ImageProcessor(ImageProcessorConfig config, int channels)
     : config_(std::move(config)), channels_(channels) {
   VT_CHECK(channels_ == 1 || channels_ == 3 || channels_ == 4,
            "image processor: the model's num_channels must be 1, 3 or 4, got ", channels_);
+  if (const char* reason = unsupported_reason(config_.processor_type)) {
+    fail(kFile, ": ", config_.processor_type, " is not supported: ", reason);
+  }
   auto broadcast = [&](std::vector<double>& v, const char* name) {
     if (v.size() == 1) v.assign(channels_, v[0]);
     VT_CHECK(static_cast<int>(v.size()) == channels_, kFile, ": ", name, " has ", v.size(),

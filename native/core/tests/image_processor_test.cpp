@@ -246,6 +246,11 @@ TEST(ImageProcessorMath, ConvertsToTheModelsChannels) {
   expect_error([&] { vt::ImageProcessor(config_from(vit_json()), 1); },
                {"image_mean", "3 entries", "1 channel"});
   expect_error([&] { vt::ImageProcessor(config_from(vit_json()), 2); }, {"num_channels"});
+
+  // Classes with preprocessing steps that are not implemented are refused, not approximated.
+  json levit = vit_json();
+  levit["image_processor_type"] = "LevitImageProcessor";
+  expect_error([&] { vt::ImageProcessor(config_from(levit), 3); }, {"LevitImageProcessor", "not supported"});
 }
 
 TEST(ImageProcessorMath, BatchOfDifferentSizesIsRejectedNamingTheImages) {
