@@ -38,7 +38,9 @@ class SafetensorsFile {
   bool contains(const std::string& name) const;
   const SafetensorsEntry& entry(const std::string& name) const;  // throws naming file and tensor
 
-  // A CPU tensor viewing the mapped bytes (read-only memory: clone before writing to it).
+  // A CPU tensor viewing the mapped bytes (zero copy; data that is not aligned for its dtype is
+  // copied). The mapping is private: an in-place write never reaches the file, but every tensor
+  // viewing the same bytes sees it, so clone before writing.
   torch::Tensor tensor(const std::string& name) const;
   // Every tensor, as views.
   TensorMap tensors() const;
