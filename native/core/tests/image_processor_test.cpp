@@ -3,7 +3,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstring>
 #include <string>
 #include <vector>
 
@@ -11,17 +10,17 @@
 
 #include "data/image_processor.h"
 #include "image_test_support.h"
-#include "common/tensor_map.h"
+#include "io/safetensors.h"
 
 using nlohmann::json;
-using vt_test::expect_error;
+using vt_image_test::expect_error;
 
 namespace {
 
 vt::ImageProcessorConfig config_from(const json& j) { return vt::ImageProcessorConfig::from_json(j); }
 
 vt::ImageProcessor fixture_processor(const std::string& fixture) {
-  const json j = vt_test::read_json(vt_test::fixture_path(fixture + "/preprocessor_config.json"));
+  const json j = vt_image_test::read_json(vt_image_test::fixture_path(fixture + "/preprocessor_config.json"));
   return vt::ImageProcessor(config_from(j), 3);
 }
 
@@ -33,29 +32,6 @@ vt::Image gradient(int w, int h, int c) {
   image.pixels.resize(static_cast<size_t>(w) * h * c);
   for (size_t i = 0; i < image.pixels.size(); ++i) image.pixels[i] = static_cast<uint8_t>((i * 7) % 251);
   return image;
-}
-
-// TEST-ONLY stand-in for vt::load_safetensors (being written on another branch): reads the F32
-// tensors of a safetensors file (u64 LE header length, JSON header, raw little-endian data).
-vt::TensorMap test_only_read_f32_safetensors(const std::string& path) {
-  const std::vector<uint8_t> bytes = vt_test::read_bytes(path);
-  vt::TensorMap out;
-  if (bytes.size() < 8) return out;
-  uint64_t n = 0;
-  for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[i];
-  if (8 + n > bytes.size()) return out;
-  const json header = json::parse(bytes.begin() + 8, bytes.begin() + 8 + n);
-  const uint8_t* data = bytes.data() + 8 + n;
-  for (auto it = header.begin(); it != header.end(); ++it) {
-    if (it.key() == "__metadata__" || it.value()["dtype"] != "F32") continue;
-    const auto shape = it.value()["shape"].get<std::vector<int64_t>>();
-    const auto offsets = it.value()["data_offsets"].get<std::vector<uint64_t>>();
-    torch::Tensor t = torch::empty(shape, torch::kFloat32);
-    if (offsets[1] - offsets[0] != static_cast<uint64_t>(t.numel()) * 4) continue;
-    std::memcpy(t.data_ptr<float>(), data + offsets[0], offsets[1] - offsets[0]);
-    out[it.key()] = t;
-  }
-  return out;
 }
 
 json vit_json() {
@@ -80,14 +56,14 @@ TEST(ImageProcessorParity, MatchesTransformersOnFixturePhotos) {
   double overall = 0.0;
   for (const char* fixture : fixtures) {
     const vt::TensorMap reference =
-        test_only_read_f32_safetensors(vt_test::fixture_path(std::string(fixture) + "/reference.safetensors"));
+        vt::load_safetensors(vt_image_test::fixture_path(std::string(fixture) + "/reference.safetensors"));
     const vt::ImageProcessor processor = fixture_processor(fixture);
     for (const char* file : {"chelsea.png", "rocket.jpg"}) {
       SCOPED_TRACE(std::string(fixture) + " " + file);
       const auto found = reference.find(std::string("processed.") + file);
       ASSERT_NE(found, reference.end());
       const torch::Tensor want = found->second.to(torch::kFloat32);
-      const vt::Image image = vt::read_image_file(vt_test::fixture_path(std::string("images/") + file));
+      const vt::Image image = vt::read_image_file(vt_image_test::fixture_path(std::string("images/") + file));
       const torch::Tensor got = processor.process(image).unsqueeze(0);
       ASSERT_EQ(got.sizes(), want.sizes());
       const auto [h, w] = processor.output_size(image.height, image.width);
@@ -104,8 +80,8 @@ TEST(ImageProcessorParity, MatchesTransformersOnFixturePhotos) {
 
 TEST(ImageProcessorParity, BatchStacksSingleResults) {
   const vt::ImageProcessor processor = fixture_processor("vit-tiny-random");
-  const vt::Image a = vt::read_image_file(vt_test::fixture_path("images/chelsea.png"));
-  const vt::Image b = vt::read_image_file(vt_test::fixture_path("images/rocket.jpg"));
+  const vt::Image a = vt::read_image_file(vt_image_test::fixture_path("images/chelsea.png"));
+  const vt::Image b = vt::read_image_file(vt_image_test::fixture_path("images/rocket.jpg"));
   const torch::Tensor batch = processor.process_batch({a, b, a});
   ASSERT_EQ(batch.sizes(), (std::vector<int64_t>{3, 3, 32, 32}));
   EXPECT_TRUE(torch::equal(batch[0], processor.process(a)));
@@ -132,7 +108,7 @@ TEST(ImageProcessorSizes, ConvNextCropPctAndWarp) {
     }
   }
 
-  json j = vt_test::read_json(vt_test::fixture_path("convnext-tiny-random/preprocessor_config.json"));
+  json j = vt_image_test::read_json(vt_image_test::fixture_path("convnext-tiny-random/preprocessor_config.json"));
   j["size"] = {{"shortest_edge", 384}};
   const vt::ImageProcessor large(config_from(j), 3);
   EXPECT_EQ(large.output_size(300, 451), (std::pair<int, int>(384, 384)));  // warped, no crop
@@ -277,7 +253,7 @@ TEST(ImageProcessorConfig, RoundTripsEveryFixtureConfig) {
       "configs/detr-resnet-50"};
   for (const char* name : configs) {
     SCOPED_TRACE(name);
-    const json original = vt_test::read_json(vt_test::fixture_path(std::string(name) + "/preprocessor_config.json"));
+    const json original = vt_image_test::read_json(vt_image_test::fixture_path(std::string(name) + "/preprocessor_config.json"));
     const vt::ImageProcessorConfig config = config_from(original);
     // What transformers wrote comes back unchanged (every field known or kept as extra).
     EXPECT_EQ(config.to_json(), original) << config.to_json().dump(1);
@@ -292,15 +268,15 @@ TEST(ImageProcessorConfig, WritesValuesThatDifferFromClassDefaults) {
   deit["image_processor_type"] = "DeiTImageProcessor";
   deit["do_center_crop"] = false;
   EXPECT_EQ(config_from(deit).to_json()["do_center_crop"], false);
-  json m2f = vt_test::read_json(vt_test::fixture_path("mask2former-tiny-random/preprocessor_config.json"));
+  json m2f = vt_image_test::read_json(vt_image_test::fixture_path("mask2former-tiny-random/preprocessor_config.json"));
   m2f["size_divisor"] = 0;
   EXPECT_EQ(config_from(m2f).to_json()["size_divisor"], 0);
   EXPECT_EQ(vt::ImageProcessor(config_from(m2f), 3).output_size(427, 640), (std::pair<int, int>(64, 95)));
 }
 
 TEST(ImageProcessorConfig, ReadsFields) {
-  const vt::ImageProcessorConfig vit = config_from(vt_test::read_json(
-      vt_test::fixture_path("vit-tiny-random/preprocessor_config.json")));
+  const vt::ImageProcessorConfig vit = config_from(vt_image_test::read_json(
+      vt_image_test::fixture_path("vit-tiny-random/preprocessor_config.json")));
   EXPECT_EQ(vit.processor_type, "ViTImageProcessor");
   EXPECT_EQ(vit.size_height, 32);
   EXPECT_EQ(vit.size_width, 32);
@@ -309,8 +285,8 @@ TEST(ImageProcessorConfig, ReadsFields) {
   EXPECT_EQ(vit.rescale_factor, 1.0 / 255.0);
   EXPECT_EQ(vit.image_mean, (std::vector<double>{0.5, 0.5, 0.5}));
 
-  const vt::ImageProcessorConfig detr = config_from(vt_test::read_json(
-      vt_test::fixture_path("detr-tiny-random/preprocessor_config.json")));
+  const vt::ImageProcessorConfig detr = config_from(vt_image_test::read_json(
+      vt_image_test::fixture_path("detr-tiny-random/preprocessor_config.json")));
   EXPECT_EQ(detr.shortest_edge, 64);
   EXPECT_EQ(detr.longest_edge, 96);
   EXPECT_EQ(detr.extra["format"], "coco_detection");

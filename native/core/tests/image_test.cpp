@@ -14,13 +14,13 @@
 #include "image_test_support.h"
 #include "io/image.h"
 
-using vt_test::expect_error;
-using vt_test::fnv1a64;
+using vt_image_test::expect_error;
+using vt_image_test::fnv1a64;
 
 namespace {
 
 vt::Image decode_file_bytes(const std::string& path, const std::string& source) {
-  const std::vector<uint8_t> bytes = vt_test::read_bytes(path);
+  const std::vector<uint8_t> bytes = vt_image_test::read_bytes(path);
   return vt::decode_image(bytes.data(), bytes.size(), source);
 }
 
@@ -31,14 +31,14 @@ std::vector<uint8_t> cut(const std::vector<uint8_t>& bytes, size_t keep) {
 }  // namespace
 
 TEST(ImageDecode, MatchesPillowOnEveryGoldenImage) {
-  const nlohmann::json golden = vt_test::read_json(vt_test::test_data_path("decode_golden.json"));
+  const nlohmann::json golden = vt_image_test::read_json(vt_image_test::test_data_path("decode_golden.json"));
   ASSERT_TRUE(golden.contains("images"));
   ASSERT_GE(golden["images"].size(), 30u);
   for (auto it = golden["images"].begin(); it != golden["images"].end(); ++it) {
     SCOPED_TRACE(it.key());
     const nlohmann::json& want = it.value();
     vt::Image image;
-    ASSERT_NO_THROW(image = vt::read_image_file(vt_test::source_path(it.key())));
+    ASSERT_NO_THROW(image = vt::read_image_file(vt_image_test::source_path(it.key())));
     EXPECT_EQ(image.width, want["width"].get<int>());
     EXPECT_EQ(image.height, want["height"].get<int>());
     EXPECT_EQ(image.channels, want["channels"].get<int>()) << "Pillow mode " << want["pil_mode"];
@@ -58,10 +58,10 @@ TEST(ImageDecode, FixturePhotosMatchPillowAndBytesEqualFile) {
     int width, height;
     const char* rgb_hash;
   };
-  const nlohmann::json golden = vt_test::read_json(vt_test::test_data_path("decode_golden.json"));
+  const nlohmann::json golden = vt_image_test::read_json(vt_image_test::test_data_path("decode_golden.json"));
   for (const char* file : {"images/rocket.jpg", "images/chelsea.png"}) {
     SCOPED_TRACE(file);
-    const std::string path = vt_test::fixture_path(file);
+    const std::string path = vt_image_test::fixture_path(file);
     const vt::Image from_file = vt::read_image_file(path);
     const vt::Image from_bytes = decode_file_bytes(path, "image 0");
     EXPECT_EQ(from_file.pixels, from_bytes.pixels);
@@ -74,7 +74,7 @@ TEST(ImageDecode, FixturePhotosMatchPillowAndBytesEqualFile) {
 }
 
 TEST(ImageDecode, TruncatedJpegIsRejectedNamingTheSource) {
-  const std::vector<uint8_t> bytes = vt_test::read_bytes(vt_test::fixture_path("images/rocket.jpg"));
+  const std::vector<uint8_t> bytes = vt_image_test::read_bytes(vt_image_test::fixture_path("images/rocket.jpg"));
   ASSERT_GT(bytes.size(), 1000u);
   for (size_t keep : {bytes.size() / 2, bytes.size() - 100, bytes.size() - 2, size_t{200}, size_t{3}}) {
     SCOPED_TRACE(keep);
@@ -84,14 +84,14 @@ TEST(ImageDecode, TruncatedJpegIsRejectedNamingTheSource) {
   }
   // A progressive JPEG reads all scans up front: truncation must be caught there too.
   const std::vector<uint8_t> progressive =
-      vt_test::read_bytes(vt_test::test_data_path("images/jpeg_progressive.jpg"));
+      vt_image_test::read_bytes(vt_image_test::test_data_path("images/jpeg_progressive.jpg"));
   const std::vector<uint8_t> part = cut(progressive, progressive.size() * 2 / 3);
   expect_error([&] { vt::decode_image(part.data(), part.size(), "image 7"); },
                {"image 7", "truncated"});
 }
 
 TEST(ImageDecode, JpegWithMarkerInsideScanDataIsRejected) {
-  std::vector<uint8_t> bytes = vt_test::read_bytes(vt_test::fixture_path("images/rocket.jpg"));
+  std::vector<uint8_t> bytes = vt_image_test::read_bytes(vt_image_test::fixture_path("images/rocket.jpg"));
   // An EOI in the middle of the entropy-coded data: libjpeg would fill the rest with gray.
   const size_t middle = bytes.size() / 2;
   bytes[middle] = 0xFF;
@@ -101,7 +101,7 @@ TEST(ImageDecode, JpegWithMarkerInsideScanDataIsRejected) {
 }
 
 TEST(ImageDecode, TruncatedPngIsRejectedButAMissingTrailerIsNot) {
-  const std::vector<uint8_t> bytes = vt_test::read_bytes(vt_test::fixture_path("images/chelsea.png"));
+  const std::vector<uint8_t> bytes = vt_image_test::read_bytes(vt_image_test::fixture_path("images/chelsea.png"));
   for (size_t keep : {bytes.size() / 2, size_t{40}, size_t{10}}) {
     SCOPED_TRACE(keep);
     const std::vector<uint8_t> part = cut(bytes, keep);
@@ -123,7 +123,7 @@ TEST(ImageDecode, TruncatedPngIsRejectedButAMissingTrailerIsNot) {
   }
   // The same for an interlaced file, where libpng finishes in pass 7.
   const std::vector<uint8_t> interlaced =
-      vt_test::read_bytes(vt_test::test_data_path("images/png_rgb8_interlaced.png"));
+      vt_image_test::read_bytes(vt_image_test::test_data_path("images/png_rgb8_interlaced.png"));
   const vt::Image interlaced_full = vt::decode_image(interlaced.data(), interlaced.size(), "i");
   const std::vector<uint8_t> no_iend = cut(interlaced, interlaced.size() - 12);
   EXPECT_EQ(vt::decode_image(no_iend.data(), no_iend.size(), "i").pixels, interlaced_full.pixels);
@@ -133,7 +133,7 @@ TEST(ImageDecode, TruncatedPngIsRejectedButAMissingTrailerIsNot) {
 }
 
 TEST(ImageDecode, CorruptPngChunkIsRejected) {
-  std::vector<uint8_t> bytes = vt_test::read_bytes(vt_test::test_data_path("images/png_rgb8.png"));
+  std::vector<uint8_t> bytes = vt_image_test::read_bytes(vt_image_test::test_data_path("images/png_rgb8.png"));
   // Flip a byte inside the first IDAT's data: its CRC no longer matches.
   const std::string text(bytes.begin(), bytes.end());
   const size_t idat = text.find("IDAT");
@@ -153,7 +153,7 @@ TEST(ImageDecode, UnknownEmptyAndZeroSizedInputs) {
                {"tiny", "not a JPEG or PNG"});
 
   // A PNG whose IHDR says 0 x 5 (with a valid CRC).
-  std::vector<uint8_t> png = vt_test::read_bytes(vt_test::test_data_path("images/png_gray8.png"));
+  std::vector<uint8_t> png = vt_image_test::read_bytes(vt_image_test::test_data_path("images/png_gray8.png"));
   ASSERT_GT(png.size(), 33u);
   png[16] = png[17] = png[18] = png[19] = 0;  // width
   const uint32_t crc = [&] {
@@ -172,17 +172,17 @@ TEST(ImageDecode, UnknownEmptyAndZeroSizedInputs) {
 }
 
 TEST(ImageDecode, PixelLimitGuardsAgainstDecompressionBombs) {
-  const std::vector<uint8_t> jpeg = vt_test::read_bytes(vt_test::fixture_path("images/rocket.jpg"));
+  const std::vector<uint8_t> jpeg = vt_image_test::read_bytes(vt_image_test::fixture_path("images/rocket.jpg"));
   expect_error([&] { vt::decode_image(jpeg.data(), jpeg.size(), "bomb.jpg", 640 * 427 - 1); },
                {"bomb.jpg", "273280 pixels", "limit"});
   EXPECT_NO_THROW(vt::decode_image(jpeg.data(), jpeg.size(), "ok.jpg", 640 * 427));
-  const std::vector<uint8_t> png = vt_test::read_bytes(vt_test::fixture_path("images/chelsea.png"));
+  const std::vector<uint8_t> png = vt_image_test::read_bytes(vt_image_test::fixture_path("images/chelsea.png"));
   expect_error([&] { vt::decode_image(png.data(), png.size(), "bomb.png", 1000); },
                {"bomb.png", "limit"});
 }
 
 TEST(ImageDecode, FileErrorsNameThePath) {
-  const std::filesystem::path dir = vt_test::make_temp_dir("image-files");
+  const std::filesystem::path dir = vt_image_test::make_temp_dir("image-files");
   const std::string missing = (dir / "missing.png").string();
   expect_error([&] { vt::read_image_file(missing); }, {missing, "No such file or directory"});
   expect_error([&] { vt::read_image_file(dir.string()); }, {dir.string(), "Is a directory"});
@@ -233,7 +233,7 @@ TEST(ConvertChannels, FollowsPillowModeConversions) {
 }
 
 TEST(PngEncode, RoundTripsEveryChannelCount) {
-  const std::filesystem::path dir = vt_test::make_temp_dir("png-encode");
+  const std::filesystem::path dir = vt_image_test::make_temp_dir("png-encode");
   for (int channels : {1, 3, 4}) {
     SCOPED_TRACE(channels);
     vt::Image image;
@@ -252,7 +252,7 @@ TEST(PngEncode, RoundTripsEveryChannelCount) {
     const std::string path = (dir / ("out" + std::to_string(channels) + ".png")).string();
     vt::write_png(image, path);
     EXPECT_EQ(vt::read_image_file(path).pixels, image.pixels);
-    EXPECT_EQ(vt_test::read_bytes(path), png);
+    EXPECT_EQ(vt_image_test::read_bytes(path), png);
   }
   // Overwriting replaces the file; no temporary file is left behind.
   const std::string path = (dir / "out3.png").string();
@@ -279,6 +279,6 @@ TEST(PngEncode, RejectsBadImagesAndUnwritablePaths) {
   bad.pixels.resize(11);
   expect_error([&] { vt::encode_png(bad); }, {"encode_png", "11 bytes"});
   bad.pixels.resize(12);
-  const std::string path = vt_test::make_temp_dir("png-write").string() + "/no/such/dir/x.png";
+  const std::string path = vt_image_test::make_temp_dir("png-write").string() + "/no/such/dir/x.png";
   expect_error([&] { vt::write_png(bad, path); }, {path, "No such file or directory"});
 }

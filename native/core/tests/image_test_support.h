@@ -1,4 +1,5 @@
-// Shared helpers of the image, resample and image processor tests.
+// Shared helpers of the image, resample and image processor tests (own namespace: other test
+// helpers use vt_test, and same-named inline functions there would clash at link time).
 #pragma once
 
 #include <atomic>
@@ -18,7 +19,7 @@
 #include "common/error.h"
 #include "io/image.h"
 
-namespace vt_test {
+namespace vt_image_test {
 
 inline std::string source_path(const std::string& relative) {
   return std::string(VISIONTORCH_SOURCE_DIR) + "/" + relative;
@@ -91,4 +92,4 @@ void expect_error(Body&& body, const std::vector<std::string>& parts) {
   }
 }
 
-}  // namespace vt_test
+}  // namespace vt_image_test

@@ -15,7 +15,7 @@
 #include "data/resample.h"
 #include "image_test_support.h"
 
-using vt_test::expect_error;
+using vt_image_test::expect_error;
 
 namespace {
 
@@ -53,7 +53,7 @@ vt::Image make_pixels(int w, int h, int c, int pattern, uint64_t seed) {
 }  // namespace
 
 TEST(Resample, MatchesPillowOnEveryGoldenCase) {
-  const nlohmann::json golden = vt_test::read_json(vt_test::test_data_path("resize_golden.json"));
+  const nlohmann::json golden = vt_image_test::read_json(vt_image_test::test_data_path("resize_golden.json"));
   ASSERT_TRUE(golden.contains("cases"));
   const nlohmann::json& cases = golden["cases"];
   ASSERT_GE(cases.size(), 500u);
@@ -69,7 +69,7 @@ TEST(Resample, MatchesPillowOnEveryGoldenCase) {
     ASSERT_EQ(out.width, ow);
     ASSERT_EQ(out.height, oh);
     ASSERT_EQ(out.channels, c);
-    if (vt_test::fnv1a64(out.pixels) != want) {
+    if (vt_image_test::fnv1a64(out.pixels) != want) {
       ++failures;
       ++failures_by_filter[filter];
       if (failures <= 10) {
@@ -88,7 +88,7 @@ TEST(Resample, MatchesPillowOnEveryGoldenCase) {
 TEST(Resample, MatchesPillowOnFixturePhotos) {
   // The processors' inputs at realistic sizes: decoded, converted to L / RGB / RGBA (with
   // alpha = (3x + y) % 256), resized to square, odd, upscaled and aspect-keeping sizes.
-  const nlohmann::json golden = vt_test::read_json(vt_test::test_data_path("resize_golden.json"));
+  const nlohmann::json golden = vt_image_test::read_json(vt_image_test::test_data_path("resize_golden.json"));
   ASSERT_TRUE(golden.contains("photo_cases"));
   ASSERT_GE(golden["photo_cases"].size(), 100u);
   std::map<std::pair<std::string, int>, vt::Image> inputs;
@@ -98,7 +98,7 @@ TEST(Resample, MatchesPillowOnFixturePhotos) {
     const int c = row[1], filter = row[2], ow = row[3], oh = row[4];
     auto key = std::make_pair(file, c);
     if (!inputs.count(key)) {
-      vt::Image image = vt::convert_channels(vt::read_image_file(vt_test::source_path(file)), c);
+      vt::Image image = vt::convert_channels(vt::read_image_file(vt_image_test::source_path(file)), c);
       if (c == 4) {
         for (int y = 0; y < image.height; ++y) {
           for (int x = 0; x < image.width; ++x) image.row(y)[x * 4 + 3] = static_cast<uint8_t>((x * 3 + y) % 256);
@@ -107,7 +107,7 @@ TEST(Resample, MatchesPillowOnFixturePhotos) {
       inputs[key] = std::move(image);
     }
     const vt::Image out = vt::resize_image(inputs[key], ow, oh, vt::resample_from_code(filter));
-    if (vt_test::fnv1a64(out.pixels) != row[5].get<std::string>()) {
+    if (vt_image_test::fnv1a64(out.pixels) != row[5].get<std::string>()) {
       if (++failures <= 10) {
         ADD_FAILURE() << file << " (" << c << " channels) -> " << ow << "x" << oh << " with filter "
                       << filter << " differs from Pillow";
