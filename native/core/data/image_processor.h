@@ -5,6 +5,7 @@
 
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -29,6 +30,11 @@ struct ImageProcessorConfig {
   bool do_normalize = true;
   std::vector<double> image_mean{0.5, 0.5, 0.5};
   std::vector<double> image_std{0.5, 0.5, 0.5};
+  // Mask2Former / MaskFormer / OneFormer: resized height and width are rounded up to a multiple
+  // of this (0: off).
+  int size_divisor = 0;
+  // Every other field of the file (do_pad, format, reduce_labels, ...), written back unchanged.
+  nlohmann::json extra = nlohmann::json::object();
 
   // Reads preprocessor_config.json's fields (legacy spellings included, e.g. an integer
   // "size", "feature_extractor_type"); throws vt::Error naming the bad field.
@@ -42,6 +48,13 @@ class ImageProcessor {
   ImageProcessor(ImageProcessorConfig config, int channels);
 
   const ImageProcessorConfig& config() const { return config_; }
+  int channels() const { return channels_; }
+
+  // The (height, width) that process() produces for an input of the given size.
+  std::pair<int, int> output_size(int height, int width) const;
+  // The uint8 image after the geometric steps (channel conversion, resize, crop), before
+  // rescaling and normalisation.
+  Image prepare(const Image& image) const;
 
   // One image -> [C, h, w] float32, the processor's steps in transformers' order.
   torch::Tensor process(const Image& image) const;
