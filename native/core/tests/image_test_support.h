@@ -18,6 +18,7 @@
 
 #include "common/error.h"
 #include "io/image.h"
+#include "test_util.h"
 
 namespace vt_image_test {
 
@@ -25,9 +26,7 @@ inline std::string source_path(const std::string& relative) {
   return std::string(VISIONTORCH_SOURCE_DIR) + "/" + relative;
 }
 
-inline std::string fixture_path(const std::string& relative) {
-  return source_path("test/fixtures/" + relative);
-}
+inline std::string fixture_path(const std::string& relative) { return vt_test::fixture(relative); }
 
 inline std::string test_data_path(const std::string& relative) {
   return source_path("native/core/tests/data/" + relative);
@@ -77,19 +76,6 @@ inline std::filesystem::path make_temp_dir(const std::string& name) {
   return dir;
 }
 
-// Runs `body`, expecting a vt::Error whose message contains every one of `parts`.
-template <typename Body>
-void expect_error(Body&& body, const std::vector<std::string>& parts) {
-  try {
-    body();
-    ADD_FAILURE() << "expected a vt::Error mentioning '" << (parts.empty() ? "" : parts[0]) << "'";
-  } catch (const vt::Error& e) {
-    const std::string message = e.what();
-    for (const std::string& part : parts) {
-      EXPECT_NE(message.find(part), std::string::npos)
-          << "error message '" << message << "' lacks '" << part << "'";
-    }
-  }
-}
+using vt_test::expect_error;
 
 }  // namespace vt_image_test
