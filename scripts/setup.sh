@@ -50,6 +50,10 @@ fi
 
 # Native addon and the core's tests; make does nothing when no source changed.
 jobs=$(nproc 2>/dev/null || echo 2)
+# A configure step that failed leaves a cache without build files: start that one afresh.
+if [[ -f build/CMakeCache.txt && ! -f build/build.ninja && ! -f build/Makefile ]]; then
+  rm -f build/CMakeCache.txt
+fi
 if ! npx --no-install cmake-js build --parallel "$jobs" --log-level error >build.log 2>&1; then
   cat build.log >&2
   say "the native build failed (log above, also in build.log)"

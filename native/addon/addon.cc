@@ -209,4 +209,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
 
 }  // namespace vt::addon
 
-NODE_API_MODULE(visiontorch, vt::addon::init)
+// NODE_API_MODULE pastes its second argument into a name, so it takes an unqualified one.
+static Napi::Object InitVisiontorch(Napi::Env env, Napi::Object exports) { return vt::addon::init(env, exports); }
+
+NODE_API_MODULE(visiontorch, InitVisiontorch)

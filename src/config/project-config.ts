@@ -109,8 +109,11 @@ export function parseProjectConfig(obj: unknown, source?: string): ProjectConfig
   const given: DatasetConfig | undefined = r.value.data ?? training.dataset;
   // One dataset, visible both as `data` and as `training.dataset` (what BaseTrainer.train reads).
   const data = given && resolveDatasetPaths(given, baseDir);
+  // A model directory written as ./dir or ../dir is relative to the file, like data: paths;
+  // anything else is a hub id or a path relative to the working directory.
+  const modelName = /^\.\.?\//.test(model.modelName) ? resolve(baseDir, model.modelName) : model.modelName;
   return {
-    model,
+    model: { ...model, modelName },
     training: data ? { ...training, dataset: data } : training,
     ...(data && { data }),
     path,

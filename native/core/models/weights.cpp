@@ -78,8 +78,8 @@ LoadReport load_weights(VisionModule& module, const TensorMap& checkpoint_in, co
     if (found->second.sizes() != target.sizes()) {
       torch::Tensor adapted = found->second;
       if (module.adapt_checkpoint_tensor(key, adapted, target.sizes()) && adapted.sizes() == target.sizes()) {
-        checkpoint[key] = adapted;
         report.adapted.push_back(key + ": " + shape_text(found->second.sizes()) + " -> " + shape_text(target.sizes()));
+        found->second = adapted;
         continue;
       }
       std::string description =
