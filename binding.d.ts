@@ -93,7 +93,53 @@ export interface NativeRuntimeInfo {
   defaultComputeThreads: number;
 }
 
+/** The camelCase TrainingConfig (src/schemas/training-config.ts), defaults applied. */
+export interface NativeTrainingOptions {
+  [key: string]: unknown;
+  dataset?: NativeDatasetSpec;
+}
+
+/** The camelCase DatasetConfig (src/schemas/dataset-config.ts). */
+export interface NativeDatasetSpec {
+  format: 'imagefolder' | 'csv' | 'jsonl' | 'idx';
+  [key: string]: unknown;
+}
+
+export interface NativeStepResult {
+  loss: number;
+  lossDict?: Record<string, number>;
+  gradNorm: number;
+  learningRate: number;
+  gradients?: Record<string, NativeTensor>;
+}
+
+/** A trainer event: {kind: 'step' | 'eval' | 'save', ...} (src/training/events.ts). */
+export type NativeTrainerEvent = { kind: 'step' | 'eval' | 'save'; step: number; [key: string]: unknown };
+
+export interface NativeTrainResult {
+  globalStep: number;
+  epoch: number;
+  trainLoss: number;
+  trainRuntime: number;
+  trainSamplesPerSecond: number;
+  metrics: Record<string, number>;
+  bestMetric?: number;
+  stoppedEarly: boolean;
+  aborted: boolean;
+  outputDir: string;
+  checkpoint: string;
+}
+
+export interface NativeTrainer {
+  trainingStep(batch: NativeForwardInputs, returnGradients: boolean): Promise<NativeStepResult>;
+  train(options: NativeTrainingOptions, onEvent?: (event: NativeTrainerEvent) => void): Promise<NativeTrainResult>;
+  evaluate(dataset: NativeDatasetSpec, batchSize: number): Promise<Record<string, number>>;
+  /** Asks a running train() to stop after its current step (it saves a checkpoint first). */
+  stop(): void;
+}
+
 export interface Binding {
+  NativeTrainer: new (model: NativeModel, options: NativeTrainingOptions) => NativeTrainer;
   loadModel(options: NativeLoadOptions): Promise<NativeModel>;
   loadSafetensors(path: string): Promise<Record<string, NativeTensor>>;
   saveSafetensors(path: string, tensors: Record<string, NativeTensor>, metadata?: Record<string, string>): Promise<void>;

@@ -15,3 +15,13 @@ export {
 } from './models/vision-model.js';
 export { type DType, numel, type Tensor, tensor, toFloat32 } from './tensor.js';
 export { loadSafetensors, saveSafetensors, setNumThreads, runtimeInfo, decodeImage } from './runtime.js';
+export {
+  BaseTrainer,
+  type BaseTrainerOptions,
+  type Metrics,
+  type TrainingBatch,
+  type TrainingStepResult,
+  type TrainOptions,
+  type TrainResult,
+} from './training/base-trainer.js';
+export type { EvalEvent, ProgressEvent, SaveEvent, TrainerEvent } from './training/events.js';

@@ -275,6 +275,7 @@ model:
   gradient_checkpointing: true
 training:
   epochs: 5
+  max_steps: 1000
   batch_size: 16
   learning_rate: 1.0e-4
   weight_decay: 0.01
@@ -346,6 +347,7 @@ data:
     };
     const training = {
       epochs: 5,
+      maxSteps: 1000,
       batchSize: 16,
       learningRate: 1e-4,
       weightDecay: 0.01,

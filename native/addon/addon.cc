@@ -7,7 +7,9 @@
 #include "common/error.h"
 #include "convert.h"
 #include "io/safetensors.h"
+#include "addon_data.h"
 #include "model_wrap.h"
+#include "trainer_wrap.h"
 #include "models/pretrained.h"
 #include "models/registry.h"
 #include "runtime/threads.h"
@@ -27,10 +29,6 @@ std::string describe_current_exception() {
 }
 
 namespace {
-
-struct AddonData {
-  Napi::FunctionReference model_constructor;
-};
 
 Napi::Object object_argument(const Napi::CallbackInfo& info, size_t index, const char* what) {
   if (info.Length() <= index || !info[index].IsObject()) throw Napi::TypeError::New(info.Env(), std::string(what) + ": expected an object");
@@ -193,6 +191,8 @@ Napi::Value runtime_info_js(const Napi::CallbackInfo& info) {
 Napi::Object init(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData();
   data->model_constructor = Napi::Persistent(ModelWrap::define(env));
+  Napi::Function trainer_class = TrainerWrap::define(env);
+  data->trainer_constructor = Napi::Persistent(trainer_class);
   env.SetInstanceData<AddonData>(data);
   set_compute_threads(0);
   exports.Set("loadModel", Napi::Function::New<guarded<load_model>>(env, "loadModel"));
@@ -201,6 +201,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("decodeImage", Napi::Function::New<guarded<decode_image_js>>(env, "decodeImage"));
   exports.Set("architectures", Napi::Function::New<guarded<architectures_js>>(env, "architectures"));
   exports.Set("setNumThreads", Napi::Function::New<guarded<set_num_threads_js>>(env, "setNumThreads"));
+  exports.Set("NativeTrainer", trainer_class);
   exports.Set("runtimeInfo", Napi::Function::New<guarded<runtime_info_js>>(env, "runtimeInfo"));
   return exports;
 }

@@ -37,3 +37,14 @@ std::optional<bool> optional_bool(const Napi::Object& object, const char* key);
 std::optional<int64_t> optional_int(const Napi::Object& object, const char* key);
 
 }  // namespace vt::addon
+
+#include <nlohmann/json.hpp>
+
+namespace vt::addon {
+
+// JSON values (events, results, metrics) as JS values.
+Napi::Value json_to_js(Napi::Env env, const nlohmann::json& value);
+
+std::optional<double> optional_number(const Napi::Object& object, const char* key);
+
+}  // namespace vt::addon

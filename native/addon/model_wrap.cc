@@ -1,5 +1,6 @@
 #include "model_wrap.h"
 
+#include "addon_data.h"
 #include "async_work.h"
 #include "convert.h"
 
@@ -39,6 +40,15 @@ ModelWrap::ModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ModelWra
     throw Napi::TypeError::New(info.Env(), "NativeModel is created by loadModel(), not directly");
   }
   model_ = *info[0].As<Napi::External<std::shared_ptr<PretrainedModel>>>().Data();
+}
+
+std::shared_ptr<PretrainedModel> ModelWrap::unwrap_model(const Napi::Value& value, const char* what) {
+  Napi::Env env = value.Env();
+  auto* data = env.GetInstanceData<AddonData>();
+  if (!value.IsObject() || !value.As<Napi::Object>().InstanceOf(data->model_constructor.Value())) {
+    throw Napi::TypeError::New(env, std::string(what) + ": expected a model from loadModel()");
+  }
+  return Unwrap(value.As<Napi::Object>())->model(env);
 }
 
 std::shared_ptr<PretrainedModel> ModelWrap::model(Napi::Env env) const {

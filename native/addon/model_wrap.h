@@ -17,6 +17,10 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   // Wraps a loaded model: `constructor.New({Napi::External<std::shared_ptr<PretrainedModel>>})`.
   explicit ModelWrap(const Napi::CallbackInfo& info);
 
+  // The model behind a NativeModel object; throws a TypeError for anything else, an Error when
+  // it was disposed.
+  static std::shared_ptr<PretrainedModel> unwrap_model(const Napi::Value& value, const char* what);
+
  private:
   template <Napi::Value (ModelWrap::*Method)(const Napi::CallbackInfo&)>
   Napi::Value guarded(const Napi::CallbackInfo& info) {

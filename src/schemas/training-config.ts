@@ -22,6 +22,8 @@ const beta = () => {
 export const TrainingConfigSchema = z
   .strictObject({
     epochs: positiveInt().default(3),
+    /** Stop after this many optimizer steps (overrides epochs), as transformers' max_steps. */
+    maxSteps: positiveInt().optional(),
     batchSize: positiveInt().default(8),
     learningRate: positiveNumber().default(5e-5),
     weightDecay: nonNegativeNumber().default(0),
@@ -51,7 +53,7 @@ export const TrainingConfigSchema = z
     resumeFrom: nonEmptyString().optional(),
     /** Stop after this many evaluations without improvement of `earlyStoppingMetric`. */
     earlyStoppingPatience: positiveInt().optional(),
-    earlyStoppingMetric: nonEmptyString().default('eval_loss'),
+    earlyStoppingMetric: oneOf(['eval_loss', 'eval_accuracy', 'eval_top5_accuracy']).default('eval_loss'),
     /** false: no weight decay on biases and LayerNorm weights (transformers' Trainer); true: decay all. */
     decayBiasAndNorm: bool().default(false),
     gradientCheckpointing: bool().optional(),

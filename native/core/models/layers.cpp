@@ -135,3 +135,79 @@ std::shared_ptr<torch::nn::Module> add_container(torch::nn::Module& parent, cons
 }
 
 }  // namespace vt::layers
+
+#include <ATen/autocast_mode.h>
+
+namespace vt::layers {
+
+namespace {
+
+struct CheckpointState : torch::CustomClassHolder {
+  std::function<torch::Tensor(const torch::Tensor&)> fn;
+  at::Generator generator_state;  // a clone of the CPU generator at forward time
+  bool autocast = false;
+  at::ScalarType autocast_dtype = at::kBFloat16;
+};
+
+class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor input,
+                               c10::intrusive_ptr<CheckpointState> state) {
+    ctx->save_for_backward({input});
+    ctx->saved_data["state"] = c10::IValue::make_capsule(state);
+    torch::NoGradGuard no_grad;
+    return state->fn(input);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    auto state = c10::static_intrusive_pointer_cast<CheckpointState>(ctx->saved_data["state"].toCapsule());
+    auto input = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    auto generator = at::detail::getDefaultCPUGenerator();
+    // Replay the forward's random stream (dropout), then give the caller's stream back. The
+    // generator's lock is held only while swapping states: sampling takes it too.
+    at::Generator current;
+    {
+      std::lock_guard<std::mutex> lock(generator.mutex());
+      current = generator.clone();
+      generator.set_state(state->generator_state.get_state());
+    }
+    const bool was_autocast = at::autocast::is_cpu_enabled();
+    const auto was_dtype = at::autocast::get_autocast_cpu_dtype();
+    at::autocast::set_cpu_enabled(state->autocast);
+    at::autocast::set_autocast_cpu_dtype(state->autocast_dtype);
+    torch::Tensor output;
+    {
+      torch::AutoGradMode enable_grad(true);
+      output = state->fn(input);
+    }
+    at::autocast::set_cpu_enabled(was_autocast);
+    at::autocast::set_autocast_cpu_dtype(was_dtype);
+    {
+      std::lock_guard<std::mutex> lock(generator.mutex());
+      generator.set_state(current.get_state());
+    }
+    torch::autograd::backward({output}, {grad_outputs[0]});
+    return {input.grad(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor checkpoint(const std::function<torch::Tensor(const torch::Tensor&)>& fn, const torch::Tensor& input) {
+  if (!torch::GradMode::is_enabled()) return fn(input);
+  auto state = c10::make_intrusive<CheckpointState>();
+  state->fn = fn;
+  auto generator = at::detail::getDefaultCPUGenerator();
+  {
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    state->generator_state = generator.clone();
+  }
+  state->autocast = at::autocast::is_cpu_enabled();
+  state->autocast_dtype = at::autocast::get_autocast_cpu_dtype();
+  // The input must be part of the graph for backward to reach this function.
+  torch::Tensor tracked = input.requires_grad() ? input : input.detach().requires_grad_(true);
+  return CheckpointFunction::apply(tracked, state);
+}
+
+}  // namespace vt::layers

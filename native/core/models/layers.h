@@ -54,3 +54,13 @@ namespace vt::layers {
 std::shared_ptr<torch::nn::Module> add_container(torch::nn::Module& parent, const std::string& name);
 
 }  // namespace vt::layers
+
+namespace vt::layers {
+
+// Gradient checkpointing: runs `fn(input)` without keeping its activations, and runs it again
+// in the backward pass to compute the gradients (of `input` and of every parameter `fn` uses),
+// with the forward's RNG and autocast state, so dropout and precision match. Outside of
+// autograd (no grad needed) it is a plain call.
+torch::Tensor checkpoint(const std::function<torch::Tensor(const torch::Tensor&)>& fn, const torch::Tensor& input);
+
+}  // namespace vt::layers

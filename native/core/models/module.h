@@ -71,11 +71,18 @@ class VisionModule : public torch::nn::Module {
     return false;
   }
 
+  // Trade compute for memory in training: recompute each transformer layer in the backward pass.
+  void set_gradient_checkpointing(bool enabled) { gradient_checkpointing_ = enabled; }
+  bool gradient_checkpointing() const { return gradient_checkpointing_; }
+
   // Initialises every module (all = true) or the modules that own one of `keys`.
   void initialize(const std::set<std::string>& keys, bool all);
 
   // Parameters and buffers by checkpoint key (buffers of BatchNorm included).
   std::map<std::string, torch::Tensor> named_state();
+
+ private:
+  bool gradient_checkpointing_ = false;
 };
 
 }  // namespace vt

@@ -171,7 +171,7 @@ std::shared_ptr<PretrainedModel> PretrainedModel::load(const LoadOptions& option
     for (const auto& [index, label] : head.id2label) model->labels_.push_back(label);
   }
   const int64_t channels = JsonConfig(model->config_, source).get_positive_int("num_channels", 3);
-  model->processor_ = std::make_unique<ImageProcessor>(
+  model->processor_ = std::make_shared<ImageProcessor>(
       processor_config_for(options.directory, model->config_, options, channels), static_cast<int>(channels));
 
   model->device_ = device_from_name(options.device);
@@ -257,6 +257,33 @@ void PretrainedModel::save(const std::string& directory) {
   write_json_file((fs::path(directory) / "preprocessor_config.json").string(), processor_->config().to_json());
   // config.json last: a directory with a config.json is a complete model.
   write_json_file((fs::path(directory) / "config.json").string(), config);
+}
+
+}  // namespace vt
+
+namespace vt {
+
+void PretrainedModel::set_labels(const std::vector<std::string>& labels) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  VT_CHECK(labels.size() == labels_.size(), "the model has ", labels_.size(), " labels but ", labels.size(),
+           " class names were given");
+  std::map<int64_t, std::string> id2label;
+  for (size_t i = 0; i < labels.size(); ++i) id2label[static_cast<int64_t>(i)] = labels[i];
+  config_["id2label"] = id2label_json(id2label);
+  nlohmann::json label2id = nlohmann::json::object();
+  for (size_t i = 0; i < labels.size(); ++i) label2id[labels[i]] = i;
+  config_["label2id"] = label2id;
+  labels_ = labels;
+}
+
+void PretrainedModel::load_state(const TensorMap& state, const std::string& source) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  LoadReport report = load_weights(*module_, state, source, /*ignore_mismatched_sizes=*/false);
+  VT_CHECK(report.initialized.empty() && report.unexpected.empty() && report.adapted.empty(), source,
+           ": does not hold exactly this model's weights (",
+           report.initialized.empty() ? (report.unexpected.empty() ? report.adapted.front() : report.unexpected.front())
+                                      : report.initialized.front(),
+           ")");
 }
 
 }  // namespace vt

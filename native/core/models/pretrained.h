@@ -54,6 +54,8 @@ class PretrainedModel {
   const LoadReport& load_report() const { return report_; }
   const nlohmann::json& config() const { return config_; }
   const ImageProcessor& processor() const { return *processor_; }
+  std::shared_ptr<const ImageProcessor> shared_processor() const { return processor_; }
+  torch::Device device() const { return device_; }
   std::shared_ptr<VisionModule> module() const { return module_; }
   std::mutex& mutex() { return mutex_; }
 
@@ -68,13 +70,20 @@ class PretrainedModel {
   // config.json + model.safetensors + preprocessor_config.json, each written atomically.
   void save(const std::string& directory);
 
+  // Names the classes (a dataset's): id2label and label2id of config.json follow. The count must
+  // equal the head's.
+  void set_labels(const std::vector<std::string>& labels);
+  // Replaces every parameter and buffer with `state` (a checkpoint of this same model); errors
+  // name missing or mis-shaped keys.
+  void load_state(const TensorMap& state, const std::string& source);
+
  private:
   PretrainedModel() = default;
   std::string architecture_;
   Task task_ = Task::Classification;
   std::vector<std::string> labels_;
   nlohmann::json config_;
-  std::unique_ptr<ImageProcessor> processor_;
+  std::shared_ptr<ImageProcessor> processor_;
   std::shared_ptr<VisionModule> module_;
   torch::Device device_{torch::kCPU};
   torch::ScalarType dtype_ = torch::kFloat32;

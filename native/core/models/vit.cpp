@@ -108,9 +108,15 @@ ViTBody::ViTBody(const ViTConfig& config, torch::nn::Module& owner, bool add_poo
   }
 }
 
-std::pair<torch::Tensor, torch::Tensor> ViTBody::forward(const torch::Tensor& pixel_values) {
+std::pair<torch::Tensor, torch::Tensor> ViTBody::forward(const torch::Tensor& pixel_values, bool checkpoint_layers) {
   auto hidden = embeddings(pixel_values);
-  for (auto& layer : layers) hidden = layer(hidden);
+  for (auto& layer : layers) {
+    if (checkpoint_layers && layer->is_training()) {
+      hidden = layers::checkpoint([layer](const torch::Tensor& x) mutable { return layer->forward(x); }, hidden);
+    } else {
+      hidden = layer(hidden);
+    }
+  }
   auto sequence_output = layernorm(hidden);
   torch::Tensor pooled;
   if (pooler) pooled = torch::tanh(pooler(sequence_output.select(1, 0)));
@@ -162,7 +168,7 @@ ViTModel::ViTModel(const ViTConfig& config, bool add_pooling_layer) : ViTModuleB
 
 ModelOutputs ViTModel::forward(const ModelInputs& inputs) {
   VT_CHECK(!inputs.has_labels(), "ViTModel has no task head, so it takes no labels");
-  auto [sequence_output, pooled] = body->forward(inputs.pixel_values);
+  auto [sequence_output, pooled] = body->forward(inputs.pixel_values, gradient_checkpointing());
   ModelOutputs outputs{{"lastHiddenState", sequence_output}};
   if (pooled.defined()) outputs.emplace_back("poolerOutput", pooled);
   return outputs;
@@ -178,7 +184,7 @@ ViTForImageClassification::ViTForImageClassification(const ViTConfig& config) : 
 }
 
 ModelOutputs ViTForImageClassification::forward(const ModelInputs& inputs) {
-  auto [sequence_output, pooled] = vit->forward(inputs.pixel_values);
+  auto [sequence_output, pooled] = vit->forward(inputs.pixel_values, gradient_checkpointing());
   auto cls = sequence_output.select(1, 0);
   auto logits = classifier ? classifier(cls) : cls;
   ModelOutputs outputs;

@@ -64,7 +64,7 @@ TORCH_MODULE(ViTLayer);
 struct ViTBody {
   ViTBody(const ViTConfig& config, torch::nn::Module& owner, bool add_pooling_layer);
   // Returns (last_hidden_state, pooler_output or undefined).
-  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& pixel_values);
+  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& pixel_values, bool checkpoint_layers);
   ViTConfig config;
   ViTEmbeddings embeddings{nullptr};
   std::vector<ViTLayer> layers;  // encoder.layer.N

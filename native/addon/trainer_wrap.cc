@@ -1,0 +1,228 @@
+#include "trainer_wrap.h"
+
+#include <string>
+#include <vector>
+
+#include "convert.h"
+#include "model_wrap.h"
+
+namespace vt::addon {
+
+namespace {
+
+std::pair<double, double> number_pair(const Napi::Object& object, const char* key, std::pair<double, double> fallback) {
+  Napi::Value value = object.Get(key);
+  if (value.IsUndefined() || value.IsNull()) return fallback;
+  if (!value.IsArray() || value.As<Napi::Array>().Length() != 2 || !value.As<Napi::Array>().Get(0u).IsNumber() ||
+      !value.As<Napi::Array>().Get(1u).IsNumber()) {
+    throw Napi::TypeError::New(object.Env(), std::string(key) + ": expected [min, max]");
+  }
+  Napi::Array array = value.As<Napi::Array>();
+  return {array.Get(0u).As<Napi::Number>().DoubleValue(), array.Get(1u).As<Napi::Number>().DoubleValue()};
+}
+
+DatasetSpec dataset_from_js(const Napi::Value& value) {
+  Napi::Env env = value.Env();
+  if (!value.IsObject()) throw Napi::TypeError::New(env, "dataset: expected a dataset configuration object");
+  Napi::Object object = value.As<Napi::Object>();
+  DatasetSpec spec;
+  spec.format = optional_string(object, "format").value_or("");
+  spec.root = optional_string(object, "root").value_or("");
+  spec.validation_root = optional_string(object, "validationRoot").value_or("");
+  spec.path = optional_string(object, "path").value_or("");
+  spec.validation_path = optional_string(object, "validationPath").value_or("");
+  spec.image_column = optional_string(object, "imageColumn").value_or("image");
+  spec.label_column = optional_string(object, "labelColumn").value_or("label");
+  spec.images = optional_string(object, "images").value_or("");
+  spec.labels = optional_string(object, "labels").value_or("");
+  spec.validation_images = optional_string(object, "validationImages").value_or("");
+  spec.validation_labels = optional_string(object, "validationLabels").value_or("");
+  spec.validation_split = optional_number(object, "validationSplit");
+  spec.limit = optional_int(object, "limit");
+  Napi::Value names = object.Get("classNames");
+  if (names.IsArray()) {
+    Napi::Array array = names.As<Napi::Array>();
+    for (uint32_t i = 0; i < array.Length(); ++i) spec.class_names.push_back(array.Get(i).ToString());
+  }
+  Napi::Value augment = object.Get("augment");
+  if (augment.IsObject()) {
+    Napi::Object augment_object = augment.As<Napi::Object>();
+    Napi::Value crop = augment_object.Get("randomResizedCrop");
+    if (crop.IsBoolean()) {
+      spec.augment.random_resized_crop = crop.As<Napi::Boolean>().Value();
+    } else if (crop.IsObject()) {
+      spec.augment.random_resized_crop = true;
+      spec.augment.scale = number_pair(crop.As<Napi::Object>(), "scale", spec.augment.scale);
+      spec.augment.ratio = number_pair(crop.As<Napi::Object>(), "ratio", spec.augment.ratio);
+    }
+    spec.augment.horizontal_flip = optional_bool(augment_object, "horizontalFlip").value_or(false);
+  }
+  return spec;
+}
+
+TrainingOptions options_from_js(const Napi::Value& value) {
+  Napi::Env env = value.Env();
+  if (!value.IsObject()) throw Napi::TypeError::New(env, "training options: expected an object");
+  Napi::Object object = value.As<Napi::Object>();
+  TrainingOptions options;
+  options.optimizer.name = optional_string(object, "optimizer").value_or(options.optimizer.name);
+  options.optimizer.weight_decay = optional_number(object, "weightDecay").value_or(0.0);
+  options.optimizer.beta1 = optional_number(object, "adamBeta1").value_or(options.optimizer.beta1);
+  options.optimizer.beta2 = optional_number(object, "adamBeta2").value_or(options.optimizer.beta2);
+  options.optimizer.eps = optional_number(object, "adamEpsilon").value_or(options.optimizer.eps);
+  options.optimizer.momentum = optional_number(object, "momentum").value_or(options.optimizer.momentum);
+  options.learning_rate = optional_number(object, "learningRate").value_or(options.learning_rate);
+  options.lr_scheduler = optional_string(object, "lrScheduler").value_or(options.lr_scheduler);
+  options.warmup_steps = optional_int(object, "warmupSteps").value_or(0);
+  options.warmup_ratio = optional_number(object, "warmupRatio").value_or(0.0);
+  options.max_steps = optional_int(object, "maxSteps");
+  options.epochs = optional_int(object, "epochs").value_or(options.epochs);
+  options.batch_size = optional_int(object, "batchSize").value_or(options.batch_size);
+  options.gradient_accumulation_steps = optional_int(object, "gradientAccumulationSteps").value_or(1);
+  options.max_grad_norm = optional_number(object, "maxGradNorm").value_or(options.max_grad_norm);
+  options.mixed_precision = optional_string(object, "mixedPrecision").value_or("no");
+  options.label_smoothing = optional_number(object, "labelSmoothing").value_or(0.0);
+  options.seed = static_cast<uint64_t>(optional_int(object, "seed").value_or(42));
+  options.eval_every = optional_int(object, "evalEvery").value_or(0);
+  options.save_every = optional_int(object, "saveEvery").value_or(0);
+  options.log_every = optional_int(object, "logEvery").value_or(options.log_every);
+  options.output_dir = optional_string(object, "outputDir").value_or(options.output_dir);
+  options.resume_from = optional_string(object, "resumeFrom").value_or("");
+  options.early_stopping_patience = optional_int(object, "earlyStoppingPatience");
+  options.early_stopping_metric = optional_string(object, "earlyStoppingMetric").value_or(options.early_stopping_metric);
+  options.decay_bias_and_norm = optional_bool(object, "decayBiasAndNorm").value_or(false);
+  options.gradient_checkpointing = optional_bool(object, "gradientCheckpointing").value_or(false);
+  options.num_workers = static_cast<int>(optional_int(object, "numWorkers").value_or(options.num_workers));
+  Napi::Value dataset = object.Get("dataset");
+  if (!dataset.IsUndefined() && !dataset.IsNull()) options.dataset = dataset_from_js(dataset);
+  return options;
+}
+
+Napi::Object step_outcome_to_js(Napi::Env env, StepOutcome& outcome, bool with_gradients) {
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("loss", outcome.loss);
+  result.Set("gradNorm", outcome.grad_norm);
+  result.Set("learningRate", outcome.learning_rate);
+  if (!outcome.loss_dict.empty()) {
+    Napi::Object dict = Napi::Object::New(env);
+    for (const auto& [name, value] : outcome.loss_dict) dict.Set(name, value);
+    result.Set("lossDict", dict);
+  }
+  if (with_gradients) {
+    Napi::Object gradients = Napi::Object::New(env);
+    for (const auto& [name, tensor] : outcome.gradients) gradients.Set(name, tensor_to_js(env, tensor));
+    result.Set("gradients", gradients);
+  }
+  return result;
+}
+
+// train() runs for minutes: it reports each event to `on_event` as it happens, and settles a
+// Promise with the run's summary.
+class TrainWorker : public Napi::AsyncProgressQueueWorker<std::string> {
+ public:
+  TrainWorker(Napi::Env env, std::shared_ptr<Trainer> trainer, TrainingOptions options, Napi::Function on_event)
+      : Napi::AsyncProgressQueueWorker<std::string>(env, "visiontorch.train"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        trainer_(std::move(trainer)),
+        options_(std::move(options)) {
+    if (!on_event.IsEmpty()) on_event_ = Napi::Persistent(on_event);
+  }
+  Napi::Promise promise() const { return deferred_.Promise(); }
+
+ protected:
+  void Execute(const ExecutionProgress& progress) override {
+    try {
+      result_ = trainer_->train(options_, [&](const nlohmann::json& event) {
+        std::string text = event.dump();
+        progress.Send(&text, 1);
+      });
+    } catch (...) {
+      SetError(describe_current_exception());
+    }
+  }
+  void OnProgress(const std::string* events, size_t count) override {
+    if (on_event_.IsEmpty()) return;
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    for (size_t i = 0; i < count; ++i) {
+      try {
+        on_event_.Call({json_to_js(env, nlohmann::json::parse(events[i]))});
+      } catch (const Napi::Error&) {
+        // A throwing progress callback must not end the run; the exception is reported by Node.
+      }
+    }
+  }
+  void OnOK() override {
+    Napi::HandleScope scope(Env());
+    deferred_.Resolve(json_to_js(Env(), result_));
+  }
+  void OnError(const Napi::Error& error) override { deferred_.Reject(error.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::shared_ptr<Trainer> trainer_;
+  TrainingOptions options_;
+  Napi::FunctionReference on_event_;
+  nlohmann::json result_;
+};
+
+}  // namespace
+
+Napi::Function TrainerWrap::define(Napi::Env env) {
+  return DefineClass(env, "NativeTrainer",
+                     {
+                         InstanceMethod<&TrainerWrap::guarded<&TrainerWrap::training_step>>("trainingStep"),
+                         InstanceMethod<&TrainerWrap::guarded<&TrainerWrap::train>>("train"),
+                         InstanceMethod<&TrainerWrap::guarded<&TrainerWrap::evaluate>>("evaluate"),
+                         InstanceMethod<&TrainerWrap::guarded<&TrainerWrap::stop>>("stop"),
+                     });
+}
+
+TrainerWrap::TrainerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TrainerWrap>(info) {
+  guard(info.Env(), [&]() -> Napi::Value {
+    auto model = ModelWrap::unwrap_model(info[0], "NativeTrainer");
+    trainer_ = std::make_shared<Trainer>(model, options_from_js(info[1]));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value TrainerWrap::training_step(const Napi::CallbackInfo& info) {
+  auto inputs = std::make_shared<ModelInputs>(model_inputs_from_js(info[0]));
+  const bool return_gradients = info.Length() > 1 && info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
+  auto trainer = trainer_;
+  return run_async<StepOutcome>(
+      info.Env(), [trainer, inputs, return_gradients] { return trainer->training_step(*inputs, return_gradients); },
+      [return_gradients](Napi::Env env, StepOutcome& outcome) -> Napi::Value {
+        return step_outcome_to_js(env, outcome, return_gradients);
+      });
+}
+
+Napi::Value TrainerWrap::train(const Napi::CallbackInfo& info) {
+  TrainingOptions options = options_from_js(info[0]);
+  Napi::Function on_event = info.Length() > 1 && info[1].IsFunction() ? info[1].As<Napi::Function>() : Napi::Function();
+  auto* worker = new TrainWorker(info.Env(), trainer_, std::move(options), on_event);
+  Napi::Promise promise = worker->promise();
+  worker->Queue();
+  return promise;
+}
+
+Napi::Value TrainerWrap::evaluate(const Napi::CallbackInfo& info) {
+  DatasetSpec spec = dataset_from_js(info[0]);
+  const int64_t batch_size = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int64Value() : 8;
+  if (batch_size < 1) throw Napi::RangeError::New(info.Env(), "evaluate: batchSize must be a positive integer");
+  auto trainer = trainer_;
+  return run_async<Metrics>(
+      info.Env(), [trainer, spec, batch_size] { return trainer->evaluate(spec, batch_size); },
+      [](Napi::Env env, Metrics& metrics) -> Napi::Value {
+        Napi::Object result = Napi::Object::New(env);
+        for (const auto& [name, value] : metrics) result.Set(name, value);
+        return result;
+      });
+}
+
+Napi::Value TrainerWrap::stop(const Napi::CallbackInfo& info) {
+  trainer_->request_stop();
+  return info.Env().Undefined();
+}
+
+}  // namespace vt::addon

@@ -1,0 +1,37 @@
+// Training checkpoints: a directory `checkpoint-<step>` that holds the model in save()'s format
+// (config.json, model.safetensors, preprocessor_config.json), the optimizer's moments
+// (optimizer.safetensors), the random generator (rng_state.safetensors) and the loop's position
+// (trainer_state.json). It is written under a temporary name and renamed into place when whole,
+// so a crash mid-save leaves every earlier checkpoint as it was.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "common/tensor_map.h"
+#include "models/pretrained.h"
+#include "train/optimizer.h"
+
+namespace vt {
+
+struct CheckpointContents {
+  TensorMap model;        // model.safetensors
+  TensorMap optimizer;    // optimizer.safetensors
+  int64_t optimizer_steps = 0;
+  torch::Tensor rng_state;  // the CPU generator's state
+  nlohmann::json trainer_state;
+};
+
+void save_checkpoint(const std::string& directory, PretrainedModel& model, const Optimizer& optimizer,
+                     const nlohmann::json& trainer_state);
+CheckpointContents load_checkpoint(const std::string& directory);
+
+// `path` itself when it holds a checkpoint, else its newest complete checkpoint-<step>
+// subdirectory; nullopt when there is none.
+std::optional<std::string> find_checkpoint(const std::string& path);
+
+}  // namespace vt

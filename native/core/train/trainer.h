@@ -1,0 +1,97 @@
+// Fine-tuning a PretrainedModel: the training step (forward, loss, backward, clip, optimizer step,
+// schedule), the loop over a dataset with evaluation, early stopping, checkpoints and exact
+// resume, and evaluation metrics. Behind the TypeScript BaseTrainer.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "data/dataset.h"
+#include "models/pretrained.h"
+#include "train/optimizer.h"
+#include "train/scheduler.h"
+
+namespace vt {
+
+struct TrainingOptions {
+  OptimizerConfig optimizer;
+  double learning_rate = 5e-5;
+  std::string lr_scheduler = "linear";
+  int64_t warmup_steps = 0;
+  double warmup_ratio = 0.0;
+  std::optional<int64_t> max_steps;  // overrides epochs, as transformers' max_steps
+  int64_t epochs = 3;
+  int64_t batch_size = 8;
+  int64_t gradient_accumulation_steps = 1;
+  double max_grad_norm = 1.0;        // 0: no clipping
+  std::string mixed_precision = "no";  // no | bf16 | fp16
+  double label_smoothing = 0.0;
+  uint64_t seed = 42;
+  int64_t eval_every = 0;            // steps; 0: each epoch
+  int64_t save_every = 0;            // steps; 0: only at the end
+  int64_t log_every = 10;
+  std::string output_dir = "runs/latest";
+  std::string resume_from;           // a checkpoint directory, or an output directory holding some
+  std::optional<int64_t> early_stopping_patience;
+  std::string early_stopping_metric = "eval_loss";
+  bool decay_bias_and_norm = false;  // true: weight decay on every parameter (plain AdamW)
+  bool gradient_checkpointing = false;
+  int num_workers = 2;
+  std::optional<DatasetSpec> dataset;
+};
+
+struct StepOutcome {
+  double loss = 0.0;
+  std::map<std::string, double> loss_dict;
+  double grad_norm = 0.0;      // before clipping
+  double learning_rate = 0.0;  // the rate this step used
+  TensorMap gradients;         // with return_gradients: the backward's gradients, before clipping
+};
+
+using Metrics = std::map<std::string, double>;
+// Receives {"kind": "step" | "eval" | "save", ...} events from the training thread.
+using EventSink = std::function<void(const nlohmann::json& event)>;
+
+class Trainer {
+ public:
+  Trainer(std::shared_ptr<PretrainedModel> model, TrainingOptions options);
+
+  // One optimizer step on one batch, with the options given at construction.
+  StepOutcome training_step(const ModelInputs& batch, bool return_gradients);
+  // The whole run described by `options` (its dataset); returns the run's summary.
+  nlohmann::json train(const TrainingOptions& options, const EventSink& sink);
+  // Loss, accuracy and top-5 accuracy on a dataset's validation split (or on all of it when it
+  // has none).
+  Metrics evaluate(const DatasetSpec& dataset, int64_t batch_size);
+  // Asks a running train() to stop after its current step (a checkpoint is saved first).
+  void request_stop() { stop_requested_ = true; }
+
+ private:
+  struct Run;
+  StepOutcome optimizer_step(const std::vector<ModelInputs>& micro_batches, bool return_gradients,
+                             const TrainingOptions& options, const ScheduleConfig& schedule);
+  Metrics evaluate_split(const std::shared_ptr<ImageDataset>& dataset, const TrainingOptions& options);
+  Optimizer& optimizer_for(const TrainingOptions& options);
+  ModelInputs to_device(const ModelInputs& inputs) const;
+
+  std::shared_ptr<PretrainedModel> model_;
+  TrainingOptions options_;
+  std::unique_ptr<Optimizer> optimizer_;
+  int64_t completed_steps_ = 0;
+  std::atomic<bool> stop_requested_{false};
+  // One training_step / train / evaluate at a time: they share the optimizer and the step count.
+  std::mutex run_mutex_;
+};
+
+// Which way a metric improves: losses go down, everything else up.
+bool metric_improves(const std::string& metric, double candidate, double best);
+
+}  // namespace vt

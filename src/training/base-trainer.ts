@@ -1,0 +1,131 @@
+/**
+ * BaseTrainer: fine-tunes a VisionModel. The loop, the optimizer and the data pipeline run in
+ * the native core on a worker thread; this class validates configuration, relays progress,
+ * and keeps the run's record (metrics.jsonl and a chart in the output directory).
+ */
+import { join } from 'node:path';
+import type { NativeForwardInputs, NativeTrainer } from '../../binding.js';
+import type { VisionModel, Labels } from '../models/vision-model.js';
+import { native } from '../native.js';
+import type { ModelConfig } from '../schemas/model-config.js';
+import {
+  type DatasetConfig,
+  DatasetConfigSchema,
+  parseTrainingConfig,
+  type TrainingConfig,
+  type TrainingConfigInput,
+} from '../schemas/training-config.js';
+import { parseOrThrow } from '../schemas/common.js';
+import type { Tensor } from '../tensor.js';
+import { writeTrainingChart } from './chart.js';
+import type { TrainerEvent } from './events.js';
+import { MetricsLog } from './metrics-log.js';
+
+export type Metrics = Record<string, number>;
+
+export interface TrainingBatch {
+  pixelValues: Tensor;
+  pixelMask?: Tensor;
+  labels: Labels;
+}
+
+export interface TrainingStepResult {
+  loss: number;
+  lossDict?: Record<string, number>;
+  /** Total L2 norm of the gradients, before clipping. */
+  gradNorm: number;
+  /** The learning rate this step used. */
+  learningRate: number;
+  /** With returnGradients: every trainable parameter's gradient from the backward pass, before clipping. */
+  gradients?: Record<string, Tensor>;
+}
+
+export interface TrainResult {
+  globalStep: number;
+  epoch: number;
+  /** Mean training loss over the run's steps. */
+  trainLoss: number;
+  trainRuntime: number;
+  trainSamplesPerSecond: number;
+  /** The last evaluation's metrics (eval_loss, eval_accuracy, eval_top5_accuracy, ...). */
+  metrics: Metrics;
+  bestMetric?: number;
+  stoppedEarly: boolean;
+  /** True when an AbortSignal stopped the run (a checkpoint was saved at the step it stopped). */
+  aborted: boolean;
+  outputDir: string;
+  /** The last checkpoint written. */
+  checkpoint: string;
+}
+
+export interface TrainOptions {
+  signal?: AbortSignal;
+  onProgress?: (event: TrainerEvent) => void;
+}
+
+export type BaseTrainerOptions = { model: VisionModel; modelConfig: ModelConfig; learningRate?: number } & Partial<TrainingConfigInput>;
+
+export class BaseTrainer {
+  readonly model: VisionModel;
+  readonly modelConfig: ModelConfig;
+  /** The training configuration given at construction, defaults applied (used by trainingStep). */
+  readonly config: TrainingConfig;
+  #native: NativeTrainer;
+
+  constructor(options: BaseTrainerOptions) {
+    const { model, modelConfig, ...training } = options;
+    if (!model || typeof model.handle !== 'function') throw new TypeError('BaseTrainer: options.model must be a VisionModel from loadModel()');
+    this.model = model;
+    this.modelConfig = modelConfig;
+    this.config = parseTrainingConfig(training);
+    this.#native = new (native().NativeTrainer)(model.handle(), this.nativeOptions(this.config));
+  }
+
+  /** One optimizer step on one batch in training mode: forward, loss, backward, clip, step, schedule. */
+  async trainingStep(batch: TrainingBatch, options: { returnGradients?: boolean } = {}): Promise<TrainingStepResult> {
+    if (batch === null || typeof batch !== 'object' || !batch.pixelValues || batch.labels === undefined) {
+      throw new TypeError('trainingStep: expected { pixelValues, pixelMask?, labels }');
+    }
+    return (await this.#native.trainingStep(batch as NativeForwardInputs, options.returnGradients === true)) as TrainingStepResult;
+  }
+
+  /** Trains on `config.dataset`; resolves with the run's summary (also when stopped by `signal`). */
+  async train(config: TrainingConfig | TrainingConfigInput, options: TrainOptions = {}): Promise<TrainResult> {
+    const parsed = parseTrainingConfig(config);
+    if (!parsed.dataset) throw new TypeError('train: the configuration has no dataset (training.dataset, or data: in the YAML file)');
+    options.signal?.throwIfAborted();
+    const log = new MetricsLog(parsed.outputDir);
+    const history: TrainerEvent[] = [];
+    const chartPath = join(parsed.outputDir, 'training_chart.png');
+    let pending: Promise<void> = Promise.resolve();
+    const onEvent = (event: TrainerEvent): void => {
+      history.push(event);
+      // Records are written in order, off the callback, so a slow disk never stalls the events.
+      pending = pending.then(async () => {
+        await log.append(event);
+        if (event.kind === 'eval') await writeTrainingChart(chartPath, history);
+      });
+      options.onProgress?.(event);
+    };
+    const stop = (): void => this.#native.stop();
+    options.signal?.addEventListener('abort', stop, { once: true });
+    try {
+      const result = await this.#native.train(this.nativeOptions(parsed), onEvent as (event: unknown) => void);
+      await pending;
+      if (history.some((e) => e.kind === 'step')) await writeTrainingChart(chartPath, history);
+      return result as TrainResult;
+    } finally {
+      options.signal?.removeEventListener('abort', stop);
+    }
+  }
+
+  /** Loss, accuracy and top-5 accuracy on the dataset's validation split (all of it when it has none). */
+  async evaluate(dataset: DatasetConfig): Promise<Metrics> {
+    const parsed = parseOrThrow(DatasetConfigSchema, dataset, 'Invalid dataset configuration');
+    return this.#native.evaluate(parsed, this.config.batchSize);
+  }
+
+  private nativeOptions(config: TrainingConfig): Record<string, unknown> & { dataset?: DatasetConfig } {
+    return { ...config, gradientCheckpointing: config.gradientCheckpointing ?? this.modelConfig?.gradientCheckpointing ?? false };
+  }
+}
