@@ -12,6 +12,9 @@ import { loadConfig } from '../config/project-config.js';
 import { HuggingFaceModelLoader } from '../models/loader.js';
 import { ModelType } from '../schemas/model-config.js';
 import { tensor } from '../tensor.js';
+import { BaseTrainer } from '../training/base-trainer.js';
+import { formatMetricsTable, ProgressReporter } from './progress.js';
+import { join } from 'node:path';
 
 const USAGE = `usage:
   visiontorch train [config.yaml] [--json]            fine-tune the model of a YAML config (default config/model_config.yaml)
@@ -132,14 +135,40 @@ async function train(args: string[]): Promise<void> {
   const configPath = positionals[0] ?? 'config/model_config.yaml';
   const config = await loadConfig(configPath);
   const model = await HuggingFaceModelLoader.loadModel(config.model);
+  const reporter = new ProgressReporter({ json: values.json === true, logEvery: config.training.logEvery });
+  const controller = new AbortController();
+  const interrupt = (): void => {
+    process.stderr.write('\nStopping after this step and saving a checkpoint (Ctrl-C again to quit at once)...\n');
+    controller.abort();
+    process.once('SIGINT', () => process.exit(130));
+  };
+  process.once('SIGINT', interrupt);
   try {
-    const summary = { config: config.path, architecture: model.architecture, labels: model.labels.length, loadReport: model.loadReport };
-    if (values.json) console.log(JSON.stringify(summary, null, 2));
-    else {
-      console.log(`Loaded ${model.architecture} with ${model.labels.length} labels from ${model.loadReport.source}.`);
-      console.log('Fine-tuning (BaseTrainer) arrives with the next capability; this job stops after loading the model.');
+    if (!values.json) {
+      console.error(`Training ${model.architecture} (${model.loadReport.source}) with ${config.path}`);
     }
+    const trainer = new BaseTrainer({ model, modelConfig: config.model, ...config.training });
+    const result = await trainer.train(config.training, { signal: controller.signal, onProgress: reporter.report });
+    reporter.finish();
+    const summary = {
+      ...result.metrics,
+      train_loss: result.trainLoss,
+      train_runtime: result.trainRuntime,
+      train_samples_per_second: result.trainSamplesPerSecond,
+      global_step: result.globalStep,
+      epoch: result.epoch,
+    };
+    if (values.json) {
+      console.log(JSON.stringify({ config: config.path, architecture: model.architecture, ...result }, null, 2));
+      return;
+    }
+    console.log(formatMetricsTable(summary, result.aborted ? 'Interrupted run' : 'Results'));
+    console.log(`\nmodel:       ${result.outputDir}`);
+    console.log(`checkpoint:  ${result.checkpoint}`);
+    console.log(`metrics:     ${join(result.outputDir, 'metrics.jsonl')}, chart ${join(result.outputDir, 'training_chart.png')}`);
+    if (result.aborted) console.log(`resume with: resume_from: ${result.checkpoint}`);
   } finally {
+    process.removeListener('SIGINT', interrupt);
     model.dispose();
   }
 }

@@ -19,7 +19,7 @@ import { parseOrThrow } from '../schemas/common.js';
 import type { Tensor } from '../tensor.js';
 import { writeTrainingChart } from './chart.js';
 import type { TrainerEvent } from './events.js';
-import { MetricsLog } from './metrics-log.js';
+import { MetricsLog, readMetricsLog } from './metrics-log.js';
 
 export type Metrics = Record<string, number>;
 
@@ -95,16 +95,19 @@ export class BaseTrainer {
     if (!parsed.dataset) throw new TypeError('train: the configuration has no dataset (training.dataset, or data: in the YAML file)');
     options.signal?.throwIfAborted();
     const log = new MetricsLog(parsed.outputDir);
-    const history: TrainerEvent[] = [];
+    // A resumed run continues the record (and the chart) of the run it resumes.
+    const history: TrainerEvent[] = parsed.resumeFrom ? await readMetricsLog(log.path).catch(() => []) : [];
     const chartPath = join(parsed.outputDir, 'training_chart.png');
     let pending: Promise<void> = Promise.resolve();
+    // The chart is a view of metrics.jsonl: failing to draw it must not fail the run.
+    const chartFailed = (error: unknown): void => {
+      process.emitWarning(`could not write ${chartPath}: ${error instanceof Error ? error.message : String(error)}`);
+    };
     const onEvent = (event: TrainerEvent): void => {
       history.push(event);
-      // Records are written in order, off the callback, so a slow disk never stalls the events.
-      pending = pending.then(async () => {
-        await log.append(event);
-        if (event.kind === 'eval') await writeTrainingChart(chartPath, history);
-      });
+      log.append(event);
+      // Charts are drawn off the callback, one at a time, so events never wait for a redraw.
+      if (event.kind === 'eval') pending = pending.then(() => writeTrainingChart(chartPath, history)).catch(chartFailed);
       options.onProgress?.(event);
     };
     const stop = (): void => this.#native.stop();
@@ -112,10 +115,11 @@ export class BaseTrainer {
     try {
       const result = await this.#native.train(this.nativeOptions(parsed), onEvent as (event: unknown) => void);
       await pending;
-      if (history.some((e) => e.kind === 'step')) await writeTrainingChart(chartPath, history);
+      if (history.some((e) => e.kind === 'step')) await writeTrainingChart(chartPath, history).catch(chartFailed);
       return result as TrainResult;
     } finally {
       options.signal?.removeEventListener('abort', stop);
+      log.close();
     }
   }
 

@@ -404,6 +404,7 @@ nlohmann::json Trainer::train(const TrainingOptions& options, const EventSink& e
             {"step", global_step},
             {"totalSteps", total_steps},
             {"epoch", fractional_epoch},
+            {"totalEpochs", static_cast<double>(total_steps) / static_cast<double>(steps_per_epoch)},
             {"loss", outcome.loss},
             {"learningRate", outcome.learning_rate},
             {"gradNorm", outcome.grad_norm},
