@@ -431,6 +431,17 @@ ImageProcessor::ImageProcessor(ImageProcessorConfig config, int channels)
     VT_CHECK(config_.crop_height && config_.crop_width, kFile,
              ": crop_size is missing (do_center_crop is true)");
   }
+  const auto& c = config_;
+  tables_.resize(channels_);
+  for (int b = 0; b < channels_; ++b) {
+    const float mean = c.do_normalize ? static_cast<float>(c.image_mean[b]) : 0.0f;
+    const float std = c.do_normalize ? static_cast<float>(c.image_std[b]) : 1.0f;
+    for (int v = 0; v < 256; ++v) {
+      float x = c.do_rescale ? static_cast<float>(v * c.rescale_factor) : static_cast<float>(v);
+      if (c.do_normalize) x = (x - mean) / std;
+      tables_[b][v] = x;
+    }
+  }
 }
 
 namespace {
@@ -508,29 +519,28 @@ Image ImageProcessor::prepare(const Image& input) const {
   return image;
 }
 
-torch::Tensor ImageProcessor::process(const Image& input) const {
-  const Image image = prepare(input);
-  const auto& c = config_;
-  const int ch = image.channels;
-  const int64_t plane = static_cast<int64_t>(image.width) * image.height;
-  torch::Tensor out = torch::empty({ch, image.height, image.width}, torch::kFloat32);
-  float* dst = out.data_ptr<float>();
-  for (int b = 0; b < ch; ++b) {
-    const float mean = c.do_normalize ? static_cast<float>(c.image_mean[b]) : 0.0f;
-    const float std = c.do_normalize ? static_cast<float>(c.image_std[b]) : 1.0f;
-    // One lookup table per channel: the result depends only on the byte value.
-    float table[256];
-    for (int v = 0; v < 256; ++v) {
-      float x = c.do_rescale ? static_cast<float>(v * c.rescale_factor) : static_cast<float>(v);
-      if (c.do_normalize) x = (x - mean) / std;
-      table[v] = x;
-    }
-    const uint8_t* src = image.pixels.data() + b;
-    float* plane_out = dst + b * plane;
-    for (int64_t i = 0; i < plane; ++i) plane_out[i] = table[src[i * ch]];
-  }
+torch::Tensor ImageProcessor::normalize(const Image& prepared) const {
+  torch::Tensor out = torch::empty({prepared.channels, prepared.height, prepared.width}, torch::kFloat32);
+  normalize_into(prepared, out.data_ptr<float>());
   return out;
 }
+
+void ImageProcessor::normalize_into(const Image& prepared, float* out) const {
+  const int ch = prepared.channels;
+  VT_CHECK(ch == channels_, "image processor: normalize expects ", channels_, "-channel images, got ", ch);
+  VT_CHECK(prepared.pixels.size() == static_cast<size_t>(prepared.width) * prepared.height * ch,
+           "image processor: ", prepared.width, "x", prepared.height, "x", ch, " image has ",
+           prepared.pixels.size(), " bytes");
+  const int64_t plane = static_cast<int64_t>(prepared.width) * prepared.height;
+  for (int b = 0; b < ch; ++b) {
+    const float* table = tables_[b].data();
+    const uint8_t* src = prepared.pixels.data() + b;
+    float* plane_out = out + b * plane;
+    for (int64_t i = 0; i < plane; ++i) plane_out[i] = table[src[i * ch]];
+  }
+}
+
+torch::Tensor ImageProcessor::process(const Image& input) const { return normalize(prepare(input)); }
 
 torch::Tensor ImageProcessor::process_batch(const std::vector<Image>& images) const {
   VT_CHECK(!images.empty(), "image processor: empty batch");

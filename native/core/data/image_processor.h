@@ -3,6 +3,7 @@
 // inference (VisionModel.preprocess / predict) and training data loading.
 #pragma once
 
+#include <array>
 #include <optional>
 #include <string>
 #include <utility>
@@ -56,7 +57,15 @@ class ImageProcessor {
   // rescaling and normalisation.
   Image prepare(const Image& image) const;
 
-  // One image -> [C, h, w] float32, the processor's steps in transformers' order.
+  // Rescale and normalize an image that prepare() (or an augmentation producing the same kind
+  // of uint8 image) already brought to the model's channels: -> [C, h, w] float32.
+  torch::Tensor normalize(const Image& prepared) const;
+  // The same values written planar (C, h, w) into `out`, which holds C * h * w floats; lets a
+  // loader fill its batch tensor in place.
+  void normalize_into(const Image& prepared, float* out) const;
+
+  // One image -> [C, h, w] float32, the processor's steps in transformers' order:
+  // normalize(prepare(image)).
   torch::Tensor process(const Image& image) const;
   // A batch -> [B, C, h, w]; images must come out the same size (they do for ViT-style fixed
   // sizes), otherwise vt::Error says which differ.
@@ -65,6 +74,9 @@ class ImageProcessor {
  private:
   ImageProcessorConfig config_;
   int channels_;
+  // Rescaled and normalized value of every byte, per channel: the result depends only on the
+  // byte, so the arithmetic runs once here.
+  std::vector<std::array<float, 256>> tables_;
 };
 
 }  // namespace vt

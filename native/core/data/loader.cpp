@@ -1,0 +1,348 @@
+// The batch loader. Workers claim batch numbers in order, build each whole batch on their own
+// (decode, augment, preprocess, write into the batch tensor) and park it until next() takes it,
+// so batches come out in order whatever the timing. At most prefetch_batches batches are claimed
+// ahead of the last one delivered. Everything random depends only on (seed, epoch) for the order
+// and (seed, epoch, dataset index) for a sample's augmentation, never on which thread did what:
+// any number of workers, and a resumed epoch, give the same tensors.
+#include "data/loader.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <exception>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "common/error.h"
+#include "data/random.h"
+
+namespace vt {
+namespace {
+
+double uniform(std::mt19937_64& rng, double lo, double hi) { return lo + (hi - lo) * uniform01(rng); }
+
+Image crop(const Image& image, const CropBox& box) {
+  Image out;
+  out.width = box.width;
+  out.height = box.height;
+  out.channels = image.channels;
+  out.pixels.resize(static_cast<size_t>(box.width) * box.height * image.channels);
+  const size_t row_bytes = static_cast<size_t>(box.width) * image.channels;
+  for (int y = 0; y < box.height; ++y) {
+    const uint8_t* src = image.row(box.top + y) + static_cast<size_t>(box.left) * image.channels;
+    std::copy(src, src + row_bytes, out.row(y));
+  }
+  return out;
+}
+
+void flip_horizontal(Image& image) {
+  const int ch = image.channels;
+  for (int y = 0; y < image.height; ++y) {
+    uint8_t* row = image.row(y);
+    for (int l = 0, r = image.width - 1; l < r; ++l, --r) {
+      std::swap_ranges(row + static_cast<size_t>(l) * ch, row + static_cast<size_t>(l + 1) * ch,
+                       row + static_cast<size_t>(r) * ch);
+    }
+  }
+}
+
+void check_augment(const AugmentSpec& augment) {
+  auto range_ok = [](const std::pair<double, double>& r) {
+    return std::isfinite(r.first) && std::isfinite(r.second) && r.first > 0 && r.first <= r.second;
+  };
+  if (!augment.random_resized_crop) return;
+  VT_CHECK(range_ok(augment.scale), "augment: random_resized_crop scale must be [min, max] with 0 < min <= max, got [",
+           augment.scale.first, ", ", augment.scale.second, "]");
+  VT_CHECK(range_ok(augment.ratio), "augment: random_resized_crop ratio must be [min, max] with 0 < min <= max, got [",
+           augment.ratio.first, ", ", augment.ratio.second, "]");
+}
+
+// The uint8 image the loader normalizes: the processor's own geometry (evaluation), or the
+// augmentation, whose RandomResizedCrop replaces the processor's resize and crop.
+Image prepare_image(const Image& image, const ImageProcessor& processor, const AugmentSpec& augment,
+                    bool apply_augment, uint64_t seed, int64_t epoch, size_t index) {
+  if (!apply_augment || !augment.any()) return processor.prepare(image);
+  std::mt19937_64 rng(mix_seed(seed, static_cast<uint64_t>(epoch), index));
+  Image out;
+  if (augment.random_resized_crop) {
+    const Image converted = convert_channels(image, processor.channels());
+    const CropBox box = random_resized_crop_box(converted.height, converted.width, augment, rng);
+    Image cropped = crop(converted, box);
+    // The processor's output size for this crop: fixed for {height, width} processors and for
+    // those ending in a center crop.
+    const auto [out_h, out_w] = processor.output_size(box.height, box.width);
+    out = out_h == box.height && out_w == box.width
+              ? std::move(cropped)
+              : resize_image(cropped, out_w, out_h, processor.config().resample);
+  } else {
+    out = processor.prepare(image);
+  }
+  if (augment.horizontal_flip && uniform01(rng) < 0.5) flip_horizontal(out);
+  return out;
+}
+
+std::string shape_text(const Image& image) {
+  return str_cat(image.channels, "x", image.height, "x", image.width);
+}
+
+}  // namespace
+
+// torchvision.transforms.RandomResizedCrop.get_params; Python's round() is round-half-even,
+// which std::nearbyint gives in the default rounding mode.
+CropBox random_resized_crop_box(int height, int width, const AugmentSpec& augment, std::mt19937_64& rng) {
+  const double area = static_cast<double>(height) * width;
+  const auto [scale_lo, scale_hi] = augment.scale;
+  const auto [ratio_lo, ratio_hi] = augment.ratio;
+  const double log_lo = std::log(ratio_lo), log_hi = std::log(ratio_hi);
+  for (int attempt = 0; attempt < 10; ++attempt) {
+    const double target_area = area * uniform(rng, scale_lo, scale_hi);
+    const double aspect = std::exp(uniform(rng, log_lo, log_hi));
+    const double w = std::nearbyint(std::sqrt(target_area * aspect));
+    const double h = std::nearbyint(std::sqrt(target_area / aspect));
+    if (0 < w && w <= width && 0 < h && h <= height) {
+      CropBox box;
+      box.height = static_cast<int>(h);
+      box.width = static_cast<int>(w);
+      box.top = static_cast<int>(uniform_below(rng, static_cast<uint64_t>(height - box.height + 1)));
+      box.left = static_cast<int>(uniform_below(rng, static_cast<uint64_t>(width - box.width + 1)));
+      return box;
+    }
+  }
+  // Fallback: a center crop of the whole image, its aspect ratio clamped to the range.
+  const double in_ratio = static_cast<double>(width) / height;
+  CropBox box;
+  box.width = width;
+  box.height = height;
+  if (in_ratio < ratio_lo) {
+    box.height = static_cast<int>(std::nearbyint(width / ratio_lo));
+  } else if (in_ratio > ratio_hi) {
+    box.width = static_cast<int>(std::nearbyint(height * ratio_hi));
+  }
+  box.height = std::clamp(box.height, 1, height);
+  box.width = std::clamp(box.width, 1, width);
+  box.top = (height - box.height) / 2;
+  box.left = (width - box.width) / 2;
+  return box;
+}
+
+torch::Tensor prepare_sample(const Image& image, const ImageProcessor& processor, const AugmentSpec& augment,
+                             bool apply_augment, uint64_t seed, int64_t epoch, size_t index) {
+  if (apply_augment) check_augment(augment);
+  return processor.normalize(prepare_image(image, processor, augment, apply_augment, seed, epoch, index));
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct BatchLoader::Impl {
+  std::shared_ptr<ImageDataset> dataset;
+  std::shared_ptr<const ImageProcessor> processor;
+  AugmentSpec augment;
+  LoaderOptions options;
+
+  // The epoch in progress; set by start_epoch before the workers start, constant while they run.
+  bool started = false;
+  int64_t epoch = 0;
+  std::vector<size_t> order;
+  size_t end_batch = 0;
+
+  struct Done {
+    std::optional<Batch> batch;
+    std::exception_ptr error;
+  };
+
+  std::mutex mutex;
+  std::condition_variable can_claim;  // workers: the window moved, or stop
+  std::condition_variable ready;      // next(): a batch is done
+  bool stop = false;
+  bool halted = false;          // a batch failed: no point building later ones
+  size_t next_claim = 0;        // the next batch a worker takes
+  size_t next_deliver = 0;      // the next batch next() returns
+  std::map<size_t, Done> done;  // built, not yet delivered
+  std::atomic<bool> cancel{false};  // lets a worker abandon a batch between samples
+  std::vector<std::thread> workers;
+  std::exception_ptr failed;    // a delivered error stays until the next start_epoch
+
+  size_t batches_per_epoch() const {
+    const size_t n = dataset->size(), b = options.batch_size;
+    return options.drop_last ? n / b : (n + b - 1) / b;
+  }
+
+  // Builds batch `b` of the current epoch; nullopt when cancelled.
+  std::optional<Batch> build(size_t b) const {
+    const size_t begin = b * options.batch_size;
+    const size_t end = std::min(order.size(), begin + options.batch_size);
+    const int64_t count = static_cast<int64_t>(end - begin);
+    Batch batch;
+    batch.indices.assign(order.begin() + begin, order.begin() + end);
+    batch.labels = torch::empty({count}, torch::kInt64);
+    int64_t* labels = batch.labels.data_ptr<int64_t>();
+    float* pixels = nullptr;
+    Image first;
+    for (int64_t k = 0; k < count; ++k) {
+      if (cancel.load(std::memory_order_relaxed)) return std::nullopt;
+      const size_t index = batch.indices[k];
+      Image prepared;
+      try {
+        labels[k] = dataset->label(index);
+        prepared = prepare_image(dataset->image(index), *processor, augment, options.augment, options.seed, epoch, index);
+      } catch (const std::exception& e) {
+        fail("decode failed for ", dataset->describe(index), ": ", e.what());
+      }
+      if (k == 0) {
+        // The batch tensor is allocated once, sized by its first sample.
+        batch.pixel_values = torch::empty({count, prepared.channels, prepared.height, prepared.width}, torch::kFloat32);
+        pixels = batch.pixel_values.data_ptr<float>();
+        first.width = prepared.width;
+        first.height = prepared.height;
+        first.channels = prepared.channels;
+      } else if (prepared.width != first.width || prepared.height != first.height) {
+        fail("sample ", dataset->describe(index), " comes out as ", shape_text(prepared), " (CxHxW) but ",
+             dataset->describe(batch.indices[0]), " as ", shape_text(first),
+             ": this image processor does not produce a fixed size, so they cannot share a batch");
+      }
+      const size_t sample_floats = static_cast<size_t>(first.channels) * first.height * first.width;
+      processor->normalize_into(prepared, pixels + k * sample_floats);
+    }
+    return batch;
+  }
+
+  void worker_loop() {
+    // Decoding and resizing are ours; libtorch's intra-op pool must not multiply these threads.
+    at::set_num_threads(1);
+    const size_t window = static_cast<size_t>(options.prefetch_batches);
+    while (true) {
+      size_t b = 0;
+      {
+        std::unique_lock<std::mutex> lock(mutex);
+        can_claim.wait(lock, [&] {
+          return stop || halted || next_claim >= end_batch || next_claim < next_deliver + window;
+        });
+        if (stop || halted || next_claim >= end_batch) return;
+        b = next_claim++;
+      }
+      Done result;
+      try {
+        result.batch = build(b);
+        if (!result.batch) return;  // cancelled
+      } catch (...) {
+        result.error = std::current_exception();
+      }
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (result.error) halted = true;
+        done.emplace(b, std::move(result));
+      }
+      ready.notify_all();
+    }
+  }
+
+  void stop_workers() {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      stop = true;
+    }
+    cancel = true;
+    can_claim.notify_all();
+    for (std::thread& t : workers) t.join();
+    workers.clear();
+    done.clear();
+    stop = false;
+    halted = false;
+    cancel = false;
+  }
+
+  void start_workers() {
+    const size_t remaining = end_batch - next_claim;
+    const size_t count = std::min(static_cast<size_t>(options.num_workers), remaining);
+    // at::set_num_threads in a worker also stores the process-wide default that a thread adopts
+    // lazily on its first parallel call; asking now fixes the calling thread's count first.
+    if (count > 0) (void)at::get_num_threads();
+    try {
+      for (size_t i = 0; i < count; ++i) workers.emplace_back([this] { worker_loop(); });
+    } catch (...) {
+      stop_workers();
+      throw;
+    }
+  }
+};
+
+BatchLoader::BatchLoader(std::shared_ptr<ImageDataset> dataset, std::shared_ptr<const ImageProcessor> processor,
+                         AugmentSpec augment, LoaderOptions options)
+    : impl_(std::make_unique<Impl>()) {
+  VT_CHECK(dataset != nullptr, "BatchLoader: no dataset");
+  VT_CHECK(processor != nullptr, "BatchLoader: no image processor");
+  VT_CHECK(options.batch_size > 0, "BatchLoader: batch_size must be positive");
+  VT_CHECK(options.num_workers >= 0 && options.num_workers <= 256,
+           "BatchLoader: num_workers must be between 0 and 256, got ", options.num_workers);
+  VT_CHECK(options.num_workers == 0 || options.prefetch_batches >= 1,
+           "BatchLoader: prefetch_batches must be at least 1, got ", options.prefetch_batches);
+  if (options.augment) check_augment(augment);
+  impl_->dataset = std::move(dataset);
+  impl_->processor = std::move(processor);
+  impl_->augment = augment;
+  impl_->options = options;
+}
+
+BatchLoader::~BatchLoader() { impl_->stop_workers(); }
+
+size_t BatchLoader::batches_per_epoch() const { return impl_->batches_per_epoch(); }
+
+void BatchLoader::start_epoch(int64_t epoch, size_t first_batch) {
+  Impl& s = *impl_;
+  const size_t batches = s.batches_per_epoch();
+  VT_CHECK(first_batch <= batches, "BatchLoader: cannot start at batch ", first_batch, ": an epoch has ", batches,
+           " batches");
+  s.stop_workers();
+  const size_t n = s.dataset->size();
+  s.order.resize(n);
+  for (size_t i = 0; i < n; ++i) s.order[i] = i;
+  if (s.options.shuffle) {
+    // The whole epoch's permutation, also when resuming mid-epoch, so batches k.. are the same.
+    std::mt19937_64 rng(mix_seed(s.options.seed, static_cast<uint64_t>(epoch)));
+    seeded_shuffle(s.order, rng);
+  }
+  s.epoch = epoch;
+  s.end_batch = batches;
+  s.next_claim = s.next_deliver = first_batch;
+  s.failed = nullptr;
+  s.started = true;
+  s.start_workers();
+}
+
+std::optional<Batch> BatchLoader::next() {
+  Impl& s = *impl_;
+  VT_CHECK(s.started, "BatchLoader: call start_epoch before next()");
+  if (s.failed) std::rethrow_exception(s.failed);
+  if (s.next_deliver >= s.end_batch) return std::nullopt;
+  if (s.options.num_workers == 0) {
+    try {
+      std::optional<Batch> batch = s.build(s.next_deliver);
+      ++s.next_deliver;
+      return batch;
+    } catch (...) {
+      s.failed = std::current_exception();
+      throw;
+    }
+  }
+  Impl::Done result;
+  {
+    std::unique_lock<std::mutex> lock(s.mutex);
+    s.ready.wait(lock, [&] { return s.done.count(s.next_deliver) > 0; });
+    auto found = s.done.find(s.next_deliver);
+    result = std::move(found->second);
+    s.done.erase(found);
+    if (!result.error) ++s.next_deliver;
+  }
+  if (result.error) {
+    s.failed = result.error;
+    std::rethrow_exception(result.error);
+  }
+  s.can_claim.notify_all();
+  return std::move(result.batch);
+}
+
+}  // namespace vt
