@@ -190,6 +190,7 @@ Napi::Value runtime_info_js(const Napi::CallbackInfo& info) {
 
 Napi::Object init(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData();
+  data->completions = std::make_unique<CompletionPort>(env);
   data->model_constructor = Napi::Persistent(ModelWrap::define(env));
   Napi::Function trainer_class = TrainerWrap::define(env);
   data->trainer_constructor = Napi::Persistent(trainer_class);

@@ -1,4 +1,4 @@
-// Runs native work on libuv's thread pool and settles a Promise with its result: every
+// Runs native work on the compute thread and settles a Promise with its result: every
 // computing call of the addon goes through here, so no exception ever reaches Node unhandled.
 #pragma once
 
@@ -8,6 +8,8 @@
 #include <utility>
 
 #include <napi.h>
+
+#include "runtime/executor.h"
 
 namespace vt::addon {
 
@@ -32,57 +34,75 @@ Napi::Value guarded(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&] { return Function(info); });
 }
 
-template <typename Result>
-class PromiseWorker : public Napi::AsyncWorker {
+// Work finished on the compute thread, to be settled on the JavaScript thread.
+class Completion {
  public:
-  using Work = std::function<Result()>;
-  using ToJs = std::function<Napi::Value(Napi::Env, Result&)>;
-
-  PromiseWorker(Napi::Env env, Work work, ToJs to_js)
-      : Napi::AsyncWorker(env, "visiontorch"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        work_(std::move(work)),
-        to_js_(std::move(to_js)) {}
-
-  Napi::Promise promise() const { return deferred_.Promise(); }
-
- protected:
-  void Execute() override {
-    try {
-      result_ = std::make_unique<Result>(work_());
-    } catch (...) {
-      SetError(describe_current_exception());
-    }
-  }
-
-  void OnOK() override {
-    Napi::Env env = Env();
-    Napi::HandleScope scope(env);
-    try {
-      deferred_.Resolve(to_js_(env, *result_));
-    } catch (const Napi::Error& error) {
-      deferred_.Reject(error.Value());
-    } catch (...) {
-      deferred_.Reject(Napi::Error::New(env, describe_current_exception()).Value());
-    }
-    result_.reset();
-  }
-
-  void OnError(const Napi::Error& error) override { deferred_.Reject(error.Value()); }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  Work work_;
-  ToJs to_js_;
-  std::unique_ptr<Result> result_;
+  virtual ~Completion() = default;
+  virtual void settle(Napi::Env env) = 0;
 };
 
+// Carries completions from the compute thread back to one JavaScript environment, and keeps
+// its event loop alive while any is pending (an awaited forward() at the top level of a script
+// must not let Node exit).
+class CompletionPort {
+ public:
+  explicit CompletionPort(Napi::Env env);
+  void begin(Napi::Env env);               // JS thread: one more job in flight
+  void deliver(Completion* completion);    // any thread
+  void release();                          // environment teardown
+
+ private:
+  static void call_js(Napi::Env env, Napi::Function, CompletionPort* port, Completion* completion);
+  using Channel = Napi::TypedThreadSafeFunction<CompletionPort, Completion, &CompletionPort::call_js>;
+  Channel channel_;
+  size_t in_flight_ = 0;
+};
+
+CompletionPort& completion_port(Napi::Env env);
+
+// Runs `work` on the compute thread (vt::ComputeExecutor) and settles the returned Promise on
+// the JS thread with `to_js(result)`, or rejects it with the message of whatever `work` threw.
 template <typename Result>
-Napi::Promise run_async(Napi::Env env, typename PromiseWorker<Result>::Work work,
-                        typename PromiseWorker<Result>::ToJs to_js) {
-  auto* worker = new PromiseWorker<Result>(env, std::move(work), std::move(to_js));
-  Napi::Promise promise = worker->promise();
-  worker->Queue();
+Napi::Promise run_async(Napi::Env env, std::function<Result()> work,
+                        std::function<Napi::Value(Napi::Env, Result&)> to_js) {
+  struct Job : Completion {
+    Napi::Promise::Deferred deferred;
+    std::function<Result()> work;
+    std::function<Napi::Value(Napi::Env, Result&)> to_js;
+    std::unique_ptr<Result> result;
+    std::string error;
+
+    Job(Napi::Env env, std::function<Result()> work, std::function<Napi::Value(Napi::Env, Result&)> to_js)
+        : deferred(Napi::Promise::Deferred::New(env)), work(std::move(work)), to_js(std::move(to_js)) {}
+
+    void settle(Napi::Env env) override {
+      Napi::HandleScope scope(env);
+      if (!result) {
+        deferred.Reject(Napi::Error::New(env, error).Value());
+        return;
+      }
+      try {
+        deferred.Resolve(to_js(env, *result));
+      } catch (const Napi::Error& e) {
+        deferred.Reject(e.Value());
+      } catch (...) {
+        deferred.Reject(Napi::Error::New(env, describe_current_exception()).Value());
+      }
+    }
+  };
+  auto* job = new Job(env, std::move(work), std::move(to_js));
+  Napi::Promise promise = job->deferred.Promise();
+  CompletionPort& port = completion_port(env);
+  port.begin(env);
+  vt::ComputeExecutor::instance().post([job, &port] {
+    try {
+      job->result = std::make_unique<Result>(job->work());
+    } catch (...) {
+      job->error = describe_current_exception();
+    }
+    job->work = nullptr;  // drop captured inputs (tensors, the model) on this thread
+    port.deliver(job);
+  });
   return promise;
 }
 

@@ -6,6 +6,7 @@
  *   visiontorch models [--type T] [--json]
  *   visiontorch bench --model <id|dir> [--batch N] [--dtype D] [--json]
  */
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../errors.js';
 import { loadConfig } from '../config/project-config.js';
@@ -14,7 +15,6 @@ import { ModelType } from '../schemas/model-config.js';
 import { tensor } from '../tensor.js';
 import { BaseTrainer } from '../training/base-trainer.js';
 import { formatMetricsTable, ProgressReporter } from './progress.js';
-import { join } from 'node:path';
 
 const USAGE = `usage:
   visiontorch train [config.yaml] [--json]            fine-tune the model of a YAML config (default config/model_config.yaml)
@@ -134,7 +134,8 @@ async function train(args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { json: { type: 'boolean' } } });
   const configPath = positionals[0] ?? 'config/model_config.yaml';
   const config = await loadConfig(configPath);
-  const model = await HuggingFaceModelLoader.loadModel(config.model);
+  // The run's seed also fixes the initialisation of anything the checkpoint does not hold.
+  const model = await HuggingFaceModelLoader.loadModel(config.model, { seed: config.training.seed });
   const reporter = new ProgressReporter({ json: values.json === true, logEvery: config.training.logEvery });
   const controller = new AbortController();
   const interrupt = (): void => {

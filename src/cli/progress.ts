@@ -101,7 +101,7 @@ export function formatProgressBar(e: ProgressEvent, columns: number): string {
   const width = Math.max(10, Math.floor(columns) - 1);
   const fraction = e.totalSteps > 0 ? Math.min(1, Math.max(0, e.step / e.totalSteps)) : 0;
   const fields = [
-    { text: `epoch ${e.epoch.toFixed(2)}/${e.totalEpochs}`, keep: 2 },
+    { text: `epoch ${e.epoch.toFixed(2)}/${formatEpochs(e.totalEpochs)}`, keep: 2 },
     { text: '', keep: 6, bar: true },
     { text: `${Math.floor(fraction * 100)}%`.padStart(4), keep: 7 },
     { text: `step ${e.step}/${e.totalSteps}`, keep: 3 },
@@ -131,7 +131,7 @@ export function formatStepLine(e: ProgressEvent): string {
   const percent = e.totalSteps > 0 ? Math.floor((100 * e.step) / e.totalSteps) : 0;
   return [
     `step ${e.step}/${e.totalSteps} (${percent}%)`,
-    `epoch ${e.epoch.toFixed(2)}/${e.totalEpochs}`,
+    `epoch ${e.epoch.toFixed(2)}/${formatEpochs(e.totalEpochs)}`,
     `loss ${formatLoss(e.loss)}`,
     `lr ${formatLr(e.learningRate)}`,
     ...(e.gradNorm === undefined ? [] : [`grad_norm ${e.gradNorm.toFixed(3)}`]),
@@ -196,4 +196,9 @@ export function formatMetricsTable(metrics: Record<string, number>, title?: stri
   const indent = title === undefined ? '' : '  ';
   const lines = rows.map(([name, value]) => `${indent}${name.padEnd(nameWidth)}  ${value.padStart(valueWidth)}`);
   return (title === undefined ? lines : [title, ...lines]).join('\n');
+}
+
+/** A run's length in epochs: whole numbers as they are, a maxSteps run's fraction to 2 decimals. */
+function formatEpochs(epochs: number): string {
+  return Number.isInteger(epochs) ? String(epochs) : epochs.toFixed(2);
 }

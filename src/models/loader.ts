@@ -38,9 +38,15 @@ export function resolveModelDirectory(config: Pick<ModelConfig, 'modelName' | 'r
 }
 
 export class HuggingFaceModelLoader {
-  /** Loads the model `config` describes (validated with ModelConfigSchema; throws ConfigError). */
-  static async loadModel(config: ModelConfig | unknown): Promise<VisionModel> {
+  /**
+   * Loads the model `config` describes (validated with ModelConfigSchema; throws ConfigError).
+   * `seed` makes random initialisation (pretrained: false, new heads) reproducible.
+   */
+  static async loadModel(config: ModelConfig | unknown, options: { seed?: number } = {}): Promise<VisionModel> {
     const parsed = parseModelConfig(config);
+    if (options.seed !== undefined && !(Number.isSafeInteger(options.seed) && options.seed >= 0)) {
+      throw new RangeError(`loadModel: seed must be a non-negative integer, got ${options.seed}`);
+    }
     const directory = resolveModelDirectory(parsed);
     const handle = await native().loadModel({
       directory,
@@ -53,6 +59,7 @@ export class HuggingFaceModelLoader {
       ignoreMismatchedSizes: parsed.ignoreMismatchedSizes,
       dtype: parsed.dtype,
       device: parsed.device,
+      seed: options.seed,
     });
     return new VisionModel(handle);
   }

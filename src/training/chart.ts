@@ -171,7 +171,8 @@ function niceTicks(lo: number, hi: number, count: number, minStep = 0): { values
   return { values, step };
 }
 
-const trimZeros = (s: string) => s.replace(/\.?0+(?=e|$)/, '');
+// Trailing zeros of the fraction only ("1.50e-10" -> "1.5e-10", "2.00" -> "2"), never of an exponent.
+const trimZeros = (s: string) => s.replace(/(\.\d*?)0+(?=e|$)/, '$1').replace(/\.(?=e|$)/, '');
 
 /** Tick labels of one axis share a notation: fixed decimals, or exponents when those would be many. */
 function tickFormatter(values: number[], step: number): (v: number) => string {

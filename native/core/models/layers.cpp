@@ -104,9 +104,9 @@ torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const tor
   // Same order of operations as transformers: (q k^T) / sqrt(d), not q / sqrt(d) first.
   auto scores = torch::matmul(query, key.transpose(-1, -2)) * scale;
   if (additive_mask.defined()) scores = scores + additive_mask;
-  auto probs = scores.scalar_type() == torch::kFloat32 || scores.scalar_type() == torch::kFloat64
-                   ? torch::softmax(scores, -1)
-                   : torch::softmax(scores, -1, torch::kFloat32).to(scores.scalar_type());
+  // In the scores' own dtype, as PyTorch eager and autocast do: libtorch's bf16 softmax is
+  // several times faster than a float32 one with conversions around it.
+  auto probs = torch::softmax(scores, -1);
   if (dropout > 0.0 && training) probs = torch::dropout(probs, dropout, training);
   return torch::matmul(probs, value);
 }

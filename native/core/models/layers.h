@@ -36,7 +36,7 @@ class LayerNormImpl : public torch::nn::Module {
 TORCH_MODULE(LayerNorm);
 
 // Scaled dot-product attention on [B, heads, T, head_dim] tensors; `additive_mask`, when defined,
-// broadcasts to [B, heads, Tq, Tk]. Softmax runs in float32 for reduced-precision inputs.
+// broadcasts to [B, heads, Tq, Tk].
 torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const torch::Tensor& key,
                                            const torch::Tensor& value,
                                            const torch::Tensor& additive_mask, double dropout,

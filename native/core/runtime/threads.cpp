@@ -7,6 +7,8 @@
 #include <thread>
 #include <utility>
 
+#include <dlfcn.h>
+
 #include <ATen/Parallel.h>
 
 namespace vt {
@@ -50,8 +52,20 @@ int default_compute_threads() {
   return cores;
 }
 
+// libtorch parallelises over OpenMP and calls BLAS from inside its parallel regions (batched
+// matmuls run one matrix per thread); a BLAS with threads of its own then runs threads x threads
+// on the cores, several times slower. Parallelism comes from OpenMP alone: BLAS runs on one
+// thread. Looked up at run time because the BLAS behind libtorch may not be OpenBLAS.
+void make_blas_single_threaded() {
+  using SetThreads = void (*)(int);
+  static const auto set_openblas_threads =
+      reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  if (set_openblas_threads) set_openblas_threads(1);
+}
+
 void set_compute_threads(int n) {
   configured_threads = n > 0 ? n : default_compute_threads();
+  make_blas_single_threaded();
   apply_compute_threads();
 }
 

@@ -6,7 +6,8 @@ namespace vt {
 // Physical cores where they can be told apart from hyper-threads, else logical CPUs.
 int default_compute_threads();
 
-// Sets the intra-op thread count every later computation uses (n <= 0: the default).
+// Sets the intra-op thread count every later computation uses (n <= 0: the default), and
+// keeps BLAS single-threaded underneath (see threads.cpp).
 void set_compute_threads(int n);
 int compute_threads();
 
