@@ -157,6 +157,52 @@ describe.skipIf(!existsSync(FASHION))('BaseTrainer.train on Fashion-MNIST (real 
   });
 });
 
+describe.skipIf(!existsSync(FASHION))('BaseTrainer.train options', () => {
+  it('gradient accumulation of 2 x 8 equals batches of 16', async () => {
+    // Both runs start from the same weights and see the same samples in the same order.
+    const init = join(tempDir(), 'init');
+    await (await load(smallVit)).model.save(init);
+    const dataset = { ...fashionDataset(64), validationImages: undefined, validationLabels: undefined, validationSplit: 0 };
+    const run = async (batchSize: number, gradientAccumulationSteps: number) => {
+      const { model, modelConfig } = await load({ modelName: init });
+      const losses: number[] = [];
+      const config = { maxSteps: 3, batchSize, gradientAccumulationSteps, learningRate: 1e-3, lrScheduler: 'constant' as const, outputDir: join(tempDir(), 'run'), dataset };
+      await new BaseTrainer({ model, modelConfig }).train(config, { onProgress: (e) => e.kind === 'step' && losses.push(e.loss) });
+      return { losses, state: await model.stateDict() };
+    };
+    const whole = await run(16, 1);
+    const accumulated = await run(8, 2);
+    expect(whole.losses).toHaveLength(3);
+    accumulated.losses.forEach((loss, i) => expect(loss).toBeCloseTo(whole.losses[i]!, 5));
+    for (const [key, value] of Object.entries(whole.state)) expectClose(accumulated.state[key], value, { atol: 1e-5, rtol: 1e-4 }, key);
+  });
+
+  it('stops early when the metric stops improving, and trains with SGD', async () => {
+    const { model, modelConfig } = await load(smallVit);
+    const evals: number[] = [];
+    const result = await new BaseTrainer({ model, modelConfig }).train(
+      { epochs: 3, batchSize: 32, optimizer: 'sgd', learningRate: 1e-9, lrScheduler: 'constant', evalEvery: 2, earlyStoppingPatience: 2, earlyStoppingMetric: 'eval_accuracy', outputDir: join(tempDir(), 'run'), dataset: fashionDataset(320) },
+      { onProgress: (e) => e.kind === 'eval' && evals.push(e.step) },
+    );
+    // A rate of 1e-9 changes nothing: the first evaluation sets the best, two more without gain stop the run.
+    expect(result.stoppedEarly).toBe(true);
+    expect(evals).toEqual([2, 4, 6]);
+    expect(result.globalStep).toBe(6);
+  });
+
+  it('visiontorch train --json runs a YAML job and prints one JSON document', async () => {
+    const dir = tempDir();
+    const yaml = `model:\n  name: ${smallVit.modelName}\n  type: classification\n  pretrained: false\n  num_classes: 10\ntraining:\n  max_steps: 4\n  batch_size: 16\n  output_dir: ${join(dir, 'run')}\ndata:\n  format: idx\n  images: ${fashionDataset(64).images}\n  labels: ${fashionDataset(64).labels}\n  limit: 64\n`;
+    writeFileSync(join(dir, 'job.yaml'), yaml);
+    const { execFileSync } = await import('node:child_process');
+    const out = execFileSync(process.execPath, [join(repoRoot, 'dist', 'cli', 'main.js'), 'train', join(dir, 'job.yaml'), '--json'], { encoding: 'utf8' });
+    const result = JSON.parse(out);
+    expect(result.globalStep).toBe(4);
+    expect(result.metrics.eval_accuracy).toBeGreaterThanOrEqual(0);
+    expect(existsSync(join(dir, 'run', 'checkpoint-4', 'trainer_state.json'))).toBe(true);
+  });
+});
+
 describe('BaseTrainer.train errors', () => {
   function imageFolder(root: string, classes: Record<string, string[]>): void {
     for (const [name, files] of Object.entries(classes)) {
