@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <limits>
 
 #include "common/error.h"
 #include "data/loader.h"
@@ -103,6 +104,24 @@ Trainer::Trainer(std::shared_ptr<PretrainedModel> model, TrainingOptions options
   validate_options(options_);
 }
 
+bool Trainer::unscale_gradients(const NamedParameters& parameters) {
+  torch::NoGradGuard no_grad;
+  bool finite = true;
+  for (const auto& [name, parameter] : parameters) {
+    if (!parameter.grad().defined()) continue;
+    parameter.grad().div_(loss_scale_);
+    finite = finite && parameter.grad().isfinite().all().item<bool>();
+  }
+  if (!finite) {
+    loss_scale_ /= 2.0;
+    clean_steps_ = 0;
+  } else if (++clean_steps_ == 2000) {  // GradScaler's growth interval and factor
+    loss_scale_ *= 2.0;
+    clean_steps_ = 0;
+  }
+  return finite;
+}
+
 Optimizer& Trainer::optimizer_for(const TrainingOptions& options) {
   if (!optimizer_) {
     NamedParameters trainable;
@@ -145,6 +164,7 @@ StepOutcome Trainer::optimizer_step(const std::vector<ModelInputs>& micro_batche
   const HeadConfig head = HeadConfig::from_json(model_->config(), "config.json");
   StepOutcome outcome;
   const double share = 1.0 / static_cast<double>(micro_batches.size());
+  const bool loss_scaling = options.mixed_precision == "fp16";
   for (const auto& micro_batch : micro_batches) {
     VT_CHECK(micro_batch.has_labels(), "trainingStep: the batch has no labels");
     ModelInputs inputs = to_device(micro_batch);
@@ -166,13 +186,21 @@ StepOutcome Trainer::optimizer_step(const std::vector<ModelInputs>& micro_batche
     }
     VT_CHECK(loss.defined(), model_->architecture(), " returned no loss for these labels");
     loss = loss.to(torch::kFloat32);
-    (loss * share).backward();
+    // fp16 gradients are computed on a scaled loss, so that small values survive half precision.
+    (loss * (share * (loss_scaling ? loss_scale_ : 1.0))).backward();
     outcome.loss += loss.item<double>() * share;
     for (const auto& [name, value] : outputs) {
       if (name.rfind("lossDict.", 0) == 0) outcome.loss_dict[name.substr(9)] += value.item<double>() * share;
     }
   }
   const NamedParameters& parameters = optimizer.parameters();
+  if (loss_scaling && !unscale_gradients(parameters)) {
+    // torch.cuda.amp.GradScaler: an overflowing step is skipped and the scale halves.
+    optimizer.zero_grad();
+    outcome.grad_norm = std::numeric_limits<double>::infinity();
+    ++completed_steps_;
+    return outcome;
+  }
   outcome.grad_norm = gradient_norm(parameters);
   if (return_gradients) {
     for (const auto& [name, parameter] : parameters) {
@@ -298,13 +326,23 @@ nlohmann::json Trainer::train(const TrainingOptions& options, const EventSink& e
     VT_CHECK(found.has_value(), "resumeFrom: no checkpoint in ", options.resume_from);
     CheckpointContents checkpoint = load_checkpoint(*found);
     const auto& state = checkpoint.trainer_state;
-    for (const char* key : {"seed", "batch_size", "gradient_accumulation_steps"}) {
-      const auto& saved = state.at("options").at(key);
-      const nlohmann::json now = std::string(key) == "seed" ? nlohmann::json(options.seed)
-                                 : std::string(key) == "batch_size" ? nlohmann::json(options.batch_size)
-                                                                    : nlohmann::json(accumulation);
-      VT_CHECK(saved == now, "resumeFrom: ", *found, " was trained with ", key, " ", saved.dump(), ", this run has ",
-               now.dump(), "; resuming needs the same");
+    try {
+      // The data order and the step boundaries depend on these: a resumed run must share them.
+      const std::pair<const char*, nlohmann::json> must_match[] = {
+          {"seed", options.seed}, {"batch_size", options.batch_size}, {"gradient_accumulation_steps", accumulation}};
+      for (const auto& [key, now] : must_match) {
+        const auto& saved = state.at("options").at(key);
+        VT_CHECK(saved == now, "resumeFrom: ", *found, " was trained with ", key, " ", saved.dump(), ", this run has ",
+                 now.dump(), "; resuming needs the same");
+      }
+      global_step = state.at("global_step").get<int64_t>();
+      epoch = state.at("epoch").get<int64_t>();
+      batch_in_epoch = state.at("batch_in_epoch").get<int64_t>();
+      evals_without_improvement = state.at("evals_without_improvement").get<int64_t>();
+      train_loss_sum = state.at("train_loss_sum").get<double>();
+      if (!state.at("best_metric").is_null()) best_metric = state.at("best_metric").get<double>();
+    } catch (const nlohmann::json::exception& error) {
+      fail(*found, "/trainer_state.json: ", error.what());
     }
     model_->load_state(checkpoint.model, *found + "/model.safetensors");
     optimizer.load_state(checkpoint.optimizer, checkpoint.optimizer_steps);
@@ -313,12 +351,6 @@ nlohmann::json Trainer::train(const TrainingOptions& options, const EventSink& e
       std::lock_guard<std::mutex> lock(generator.mutex());
       generator.set_state(checkpoint.rng_state);
     }
-    global_step = state.at("global_step").get<int64_t>();
-    epoch = state.at("epoch").get<int64_t>();
-    batch_in_epoch = state.at("batch_in_epoch").get<int64_t>();
-    evals_without_improvement = state.at("evals_without_improvement").get<int64_t>();
-    train_loss_sum = state.at("train_loss_sum").get<double>();
-    if (!state.at("best_metric").is_null()) best_metric = state.at("best_metric").get<double>();
   } else {
     torch::manual_seed(options.seed);
   }

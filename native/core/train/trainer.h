@@ -81,11 +81,16 @@ class Trainer {
   Metrics evaluate_split(const std::shared_ptr<ImageDataset>& dataset, const TrainingOptions& options);
   Optimizer& optimizer_for(const TrainingOptions& options);
   ModelInputs to_device(const ModelInputs& inputs) const;
+  // fp16 loss scaling: divides the gradients by the scale; false (and a smaller scale) when
+  // they overflowed.
+  bool unscale_gradients(const NamedParameters& parameters);
 
   std::shared_ptr<PretrainedModel> model_;
   TrainingOptions options_;
   std::unique_ptr<Optimizer> optimizer_;
   int64_t completed_steps_ = 0;
+  double loss_scale_ = 65536.0;  // fp16 dynamic loss scale, as GradScaler's initial scale
+  int64_t clean_steps_ = 0;
   std::atomic<bool> stop_requested_{false};
   // One training_step / train / evaluate at a time: they share the optimizer and the step count.
   std::mutex run_mutex_;
