@@ -21,6 +21,24 @@ Task task_from_name(const std::string& name) {
   fail("unknown model type \"", name, "\" (expected classification, object_detection or segmentation)");
 }
 
+ModelInputs move_inputs(const ModelInputs& raw, torch::Device device, torch::ScalarType dtype) {
+  VT_CHECK(raw.pixel_values.defined(), "pixelValues is required");
+  VT_CHECK(raw.pixel_values.is_floating_point(), "pixelValues: expected a floating-point tensor, got ",
+           raw.pixel_values.scalar_type());
+  ModelInputs inputs;
+  inputs.pixel_values = raw.pixel_values.to(device, dtype);
+  if (raw.pixel_mask.defined()) inputs.pixel_mask = raw.pixel_mask.to(device);
+  if (raw.labels.defined()) inputs.labels = raw.labels.to(device);
+  for (const auto& target : raw.targets) {
+    Target moved;
+    if (target.class_labels.defined()) moved.class_labels = target.class_labels.to(device);
+    if (target.boxes.defined()) moved.boxes = target.boxes.to(device);
+    if (target.mask_labels.defined()) moved.mask_labels = target.mask_labels.to(device);
+    inputs.targets.push_back(std::move(moved));
+  }
+  return inputs;
+}
+
 torch::Tensor find_output(const ModelOutputs& outputs, const std::string& name) {
   for (const auto& [key, value] : outputs) {
     if (key == name) return value;

@@ -34,6 +34,9 @@ struct ModelInputs {
   bool has_labels() const { return labels.defined() || !targets.empty(); }
 };
 
+// The inputs on `device`, pixel values in `dtype` (validated: floating point).
+ModelInputs move_inputs(const ModelInputs& inputs, torch::Device device, torch::ScalarType dtype);
+
 // Outputs in a stable order, under the public (camelCase) names of the contract:
 // logits, predBoxes, lastHiddenState, poolerOutput, loss, lossDict.<name>.
 using ModelOutputs = std::vector<std::pair<std::string, torch::Tensor>>;

@@ -186,24 +186,11 @@ std::shared_ptr<PretrainedModel> PretrainedModel::load(const LoadOptions& option
 std::string PretrainedModel::device_name() const { return device_.str(); }
 
 ModelOutputs PretrainedModel::forward(const ModelInputs& raw_inputs) {
-  VT_CHECK(raw_inputs.pixel_values.defined(), "forward: pixel_values is required");
-  VT_CHECK(raw_inputs.pixel_values.is_floating_point(), "pixel_values: expected a floating-point tensor, got ",
-           raw_inputs.pixel_values.scalar_type());
   std::lock_guard<std::mutex> lock(mutex_);
   apply_compute_threads();
   c10::InferenceMode inference;
   module_->eval();
-  ModelInputs inputs;
-  inputs.pixel_values = raw_inputs.pixel_values.to(device_, dtype_);
-  if (raw_inputs.pixel_mask.defined()) inputs.pixel_mask = raw_inputs.pixel_mask.to(device_);
-  if (raw_inputs.labels.defined()) inputs.labels = raw_inputs.labels.to(device_);
-  for (const auto& target : raw_inputs.targets) {
-    Target moved;
-    if (target.class_labels.defined()) moved.class_labels = target.class_labels.to(device_);
-    if (target.boxes.defined()) moved.boxes = target.boxes.to(device_);
-    if (target.mask_labels.defined()) moved.mask_labels = target.mask_labels.to(device_);
-    inputs.targets.push_back(moved);
-  }
+  ModelInputs inputs = move_inputs(raw_inputs, device_, dtype_);
   ModelOutputs outputs = module_->forward(inputs);
   for (auto& [name, tensor] : outputs) {
     if (name == "loss" || name.rfind("lossDict.", 0) == 0) tensor = tensor.to(torch::kFloat32);

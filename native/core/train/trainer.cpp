@@ -135,24 +135,6 @@ Optimizer& Trainer::optimizer_for(const TrainingOptions& options) {
   return *optimizer_;
 }
 
-ModelInputs Trainer::to_device(const ModelInputs& raw) const {
-  const auto device = model_->device();
-  ModelInputs inputs;
-  VT_CHECK(raw.pixel_values.defined() && raw.pixel_values.is_floating_point(),
-           "pixelValues: expected a floating-point tensor");
-  inputs.pixel_values = raw.pixel_values.to(device, torch::kFloat32).to(model_->dtype());
-  if (raw.pixel_mask.defined()) inputs.pixel_mask = raw.pixel_mask.to(device);
-  if (raw.labels.defined()) inputs.labels = raw.labels.to(device);
-  for (const auto& target : raw.targets) {
-    Target moved;
-    if (target.class_labels.defined()) moved.class_labels = target.class_labels.to(device);
-    if (target.boxes.defined()) moved.boxes = target.boxes.to(device);
-    if (target.mask_labels.defined()) moved.mask_labels = target.mask_labels.to(device);
-    inputs.targets.push_back(std::move(moved));
-  }
-  return inputs;
-}
-
 StepOutcome Trainer::optimizer_step(const std::vector<ModelInputs>& micro_batches, bool return_gradients,
                                     const TrainingOptions& options, const ScheduleConfig& schedule) {
   Optimizer& optimizer = optimizer_for(options);
@@ -167,7 +149,7 @@ StepOutcome Trainer::optimizer_step(const std::vector<ModelInputs>& micro_batche
   const bool loss_scaling = options.mixed_precision == "fp16";
   for (const auto& micro_batch : micro_batches) {
     VT_CHECK(micro_batch.has_labels(), "trainingStep: the batch has no labels");
-    ModelInputs inputs = to_device(micro_batch);
+    ModelInputs inputs = move_inputs(micro_batch, model_->device(), model_->dtype());
     torch::Tensor loss;
     ModelOutputs outputs;
     {
@@ -244,7 +226,7 @@ Metrics Trainer::evaluate_split(const std::shared_ptr<ImageDataset>& dataset, co
     ModelInputs inputs;
     inputs.pixel_values = batch->pixel_values;
     inputs.labels = batch->labels;
-    inputs = to_device(inputs);
+    inputs = move_inputs(inputs, model_->device(), model_->dtype());
     ModelOutputs outputs;
     {
       AutocastScope autocast(options.mixed_precision, model_->device());

@@ -80,7 +80,6 @@ class Trainer {
                              const TrainingOptions& options, const ScheduleConfig& schedule);
   Metrics evaluate_split(const std::shared_ptr<ImageDataset>& dataset, const TrainingOptions& options);
   Optimizer& optimizer_for(const TrainingOptions& options);
-  ModelInputs to_device(const ModelInputs& inputs) const;
   // fp16 loss scaling: divides the gradients by the scale; false (and a smaller scale) when
   // they overflowed.
   bool unscale_gradients(const NamedParameters& parameters);
