@@ -64,11 +64,15 @@ LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool with_bias
     : in_features(in_features), out_features(out_features) {
   weight = register_parameter("weight", torch::empty({out_features, in_features}));
   if (with_bias) bias = register_parameter("bias", torch::zeros({out_features}));
-  // PyTorch's default (kaiming-uniform-like) bounds, until a model's init_weights runs.
-  double bound = in_features > 0 ? 1.0 / std::sqrt(static_cast<double>(in_features)) : 0.0;
+  reset_default();
+}
+
+void LinearImpl::reset_default() {
+  // kaiming_uniform_(a=sqrt(5)) reduces to U(-1/sqrt(fan_in), 1/sqrt(fan_in)), for the bias too.
+  const double bound = in_features > 0 ? 1.0 / std::sqrt(static_cast<double>(in_features)) : 0.0;
   torch::NoGradGuard no_grad;
   weight.uniform_(-bound, bound);
-  if (with_bias) bias.uniform_(-bound, bound);
+  if (bias.defined()) bias.uniform_(-bound, bound);
 }
 
 torch::Tensor LinearImpl::forward(const torch::Tensor& input) {
@@ -109,6 +113,15 @@ torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const tor
   auto probs = torch::softmax(scores, -1);
   if (dropout > 0.0 && training) probs = torch::dropout(probs, dropout, training);
   return torch::matmul(probs, value);
+}
+
+torch::Tensor drop_path(const torch::Tensor& x, double p, bool training) {
+  if (p == 0.0 || !training) return x;
+  const double keep = 1.0 - p;
+  std::vector<int64_t> shape(static_cast<size_t>(x.dim()), 1);
+  shape[0] = x.size(0);
+  auto mask = (keep + torch::rand(shape, x.options())).floor_();
+  return x.div(keep) * mask;
 }
 
 void trunc_normal_(torch::Tensor& tensor, double mean, double std, double a, double b) {

@@ -19,6 +19,7 @@ class LinearImpl : public torch::nn::Module {
   LinearImpl(int64_t in_features, int64_t out_features, bool bias = true);
   torch::Tensor forward(const torch::Tensor& input);
   void reset_parameters(double std);  // trunc_normal(0, std) weight, zero bias, as HF's _init_weights
+  void reset_default();               // PyTorch's nn.Linear initialisation (kaiming-uniform bounds)
   int64_t in_features, out_features;
   torch::Tensor weight, bias;  // bias undefined when constructed without one
 };
@@ -41,6 +42,10 @@ torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const tor
                                            const torch::Tensor& value,
                                            const torch::Tensor& additive_mask, double dropout,
                                            bool training);
+
+// Stochastic depth (timm's drop_path): drops whole samples of a residual branch with
+// probability `p` in training, scaling the kept ones by 1 / (1 - p).
+torch::Tensor drop_path(const torch::Tensor& x, double p, bool training);
 
 // PyTorch's nn.init.trunc_normal_ (bounds a, b are absolute values, as in PyTorch).
 void trunc_normal_(torch::Tensor& tensor, double mean, double std, double a = -2.0, double b = 2.0);

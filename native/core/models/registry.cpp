@@ -1,6 +1,8 @@
 #include "models/registry.h"
 
 #include "common/error.h"
+#include "models/convnext.h"
+#include "models/resnet.h"
 #include "models/vit.h"
 
 namespace vt {
@@ -16,6 +18,25 @@ const std::vector<Architecture>& architectures() {
        {"google/vit-base-patch16-224-in21k", "google/vit-large-patch16-224-in21k"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<vit::ViTModel>(vit::ViTConfig::from_json(config, source));
+       }},
+      {"ResNetForImageClassification", "resnet", Task::Classification,
+       {"microsoft/resnet-50", "microsoft/resnet-18", "microsoft/resnet-34", "microsoft/resnet-101", "microsoft/resnet-152"},
+       [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
+         return std::make_shared<resnet::ResNetForImageClassification>(resnet::ResNetConfig::from_json(config, source));
+       }},
+      {"ResNetModel", "resnet", std::nullopt, {"microsoft/resnet-50"},
+       [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
+         return std::make_shared<resnet::ResNetModel>(resnet::ResNetConfig::from_json(config, source));
+       }},
+      {"ConvNextForImageClassification", "convnext", Task::Classification,
+       {"facebook/convnext-tiny-224", "facebook/convnext-small-224", "facebook/convnext-base-224",
+        "facebook/convnext-large-224"},
+       [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
+         return std::make_shared<convnext::ConvNextForImageClassification>(convnext::ConvNextConfig::from_json(config, source));
+       }},
+      {"ConvNextModel", "convnext", std::nullopt, {"facebook/convnext-tiny-224"},
+       [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
+         return std::make_shared<convnext::ConvNextModel>(convnext::ConvNextConfig::from_json(config, source));
        }},
   };
   return table;

@@ -1,0 +1,203 @@
+#include "models/resnet.h"
+
+#include <algorithm>
+
+#include "common/error.h"
+#include "common/json_config.h"
+#include "models/losses.h"
+
+namespace vt::resnet {
+
+ResNetConfig ResNetConfig::from_json(const nlohmann::json& json, const std::string& source) {
+  JsonConfig fields(json, source);
+  ResNetConfig config;
+  config.num_channels = fields.get_positive_int("num_channels", config.num_channels);
+  config.embedding_size = fields.get_positive_int("embedding_size", config.embedding_size);
+  config.hidden_sizes = fields.get_positive_ints("hidden_sizes", config.hidden_sizes);
+  config.depths = fields.get_positive_ints("depths", config.depths);
+  config.layer_type = fields.get_string("layer_type", config.layer_type);
+  config.hidden_act = fields.get_string("hidden_act", config.hidden_act);
+  config.downsample_in_first_stage = fields.get_bool("downsample_in_first_stage", false);
+  config.head = HeadConfig::from_json(json, source);
+  if (config.layer_type != "basic" && config.layer_type != "bottleneck") {
+    fields.fail_field("layer_type", "\"basic\" or \"bottleneck\"");
+  }
+  layers::activation(config.hidden_act);
+  VT_CHECK(!config.hidden_sizes.empty() && config.hidden_sizes.size() == config.depths.size(), source,
+           ": hidden_sizes (", config.hidden_sizes.size(), " entries) and depths (", config.depths.size(),
+           " entries) must describe the same stages");
+  std::vector<std::string> default_names{"stem"};
+  for (size_t i = 1; i <= config.depths.size(); ++i) default_names.push_back("stage" + std::to_string(i));
+  config.stage_names = fields.get_strings("stage_names", default_names);
+  VT_CHECK(config.stage_names.size() == config.depths.size() + 1, source, ": stage_names must name the stem and each of the ",
+           config.depths.size(), " stages");
+  config.out_features = fields.get_strings("out_features", {config.stage_names.back()});
+  for (const auto& feature : config.out_features) {
+    VT_CHECK(std::find(config.stage_names.begin(), config.stage_names.end(), feature) != config.stage_names.end(),
+             source, ": out_features names \"", feature, "\", which is not one of stage_names");
+  }
+  return config;
+}
+
+ConvLayerImpl::ConvLayerImpl(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride,
+                             std::optional<std::string> activation_name) {
+  convolution = register_module(
+      "convolution", torch::nn::Conv2d(torch::nn::Conv2dOptions(in_channels, out_channels, kernel_size)
+                                           .stride(stride)
+                                           .padding(kernel_size / 2)
+                                           .bias(false)));
+  normalization = register_module("normalization", torch::nn::BatchNorm2d(out_channels));
+  if (activation_name) activation = layers::activation(*activation_name);
+}
+
+torch::Tensor ConvLayerImpl::forward(const torch::Tensor& input) {
+  auto hidden = normalization(convolution(input));
+  return activation ? (*activation)(hidden) : hidden;
+}
+
+ResidualLayerImpl::ResidualLayerImpl(const ResNetConfig& config, int64_t in_channels, int64_t out_channels,
+                                     int64_t stride)
+    : activation(layers::activation(config.hidden_act)) {
+  if (in_channels != out_channels || stride != 1) {
+    auto shortcut = layers::add_container(*this, "shortcut");
+    shortcut_convolution = shortcut->register_module(
+        "convolution",
+        torch::nn::Conv2d(torch::nn::Conv2dOptions(in_channels, out_channels, 1).stride(stride).bias(false)));
+    shortcut_normalization = shortcut->register_module("normalization", torch::nn::BatchNorm2d(out_channels));
+  }
+  auto sequence = layers::add_container(*this, "layer");
+  // transformers' inner convolutions use ReLU whatever hidden_act says; hidden_act applies after
+  // the residual sum.
+  if (config.layer_type == "bottleneck") {
+    const int64_t reduced = out_channels / 4;
+    layer.push_back(sequence->register_module("0", ConvLayer(in_channels, reduced, 1, 1, "relu")));
+    layer.push_back(sequence->register_module("1", ConvLayer(reduced, reduced, 3, stride, "relu")));
+    layer.push_back(sequence->register_module("2", ConvLayer(reduced, out_channels, 1, 1, std::nullopt)));
+  } else {
+    layer.push_back(sequence->register_module("0", ConvLayer(in_channels, out_channels, 3, stride, "relu")));
+    layer.push_back(sequence->register_module("1", ConvLayer(out_channels, out_channels, 3, 1, std::nullopt)));
+  }
+}
+
+torch::Tensor ResidualLayerImpl::forward(const torch::Tensor& input) {
+  auto hidden = input;
+  for (auto& conv : layer) hidden = conv(hidden);
+  auto residual = shortcut_convolution ? shortcut_normalization(shortcut_convolution(input)) : input;
+  return activation(hidden + residual);
+}
+
+ResNetBody::ResNetBody(const ResNetConfig& config, torch::nn::Module& owner) : config(config) {
+  embedder = layers::add_container(owner, "embedder")
+                 ->register_module("embedder", ConvLayer(config.num_channels, config.embedding_size, 7, 2, config.hidden_act));
+  auto stage_list = layers::add_container(*layers::add_container(owner, "encoder"), "stages");
+  int64_t in_channels = config.embedding_size;
+  for (size_t i = 0; i < config.depths.size(); ++i) {
+    const int64_t out_channels = config.hidden_sizes[i];
+    const int64_t stride = i == 0 ? (config.downsample_in_first_stage ? 2 : 1) : 2;
+    auto layer_list = layers::add_container(*layers::add_container(*stage_list, std::to_string(i)), "layers");
+    std::vector<ResidualLayer> stage;
+    for (int64_t j = 0; j < config.depths[i]; ++j) {
+      stage.push_back(layer_list->register_module(
+          std::to_string(j), ResidualLayer(config, j == 0 ? in_channels : out_channels, out_channels, j == 0 ? stride : 1)));
+    }
+    stages.push_back(std::move(stage));
+    in_channels = out_channels;
+  }
+}
+
+std::vector<torch::Tensor> ResNetBody::forward(const torch::Tensor& pixel_values) {
+  VT_CHECK(pixel_values.dim() == 4, "pixel_values: expected [batch, channels, height, width], got shape ", pixel_values.sizes());
+  VT_CHECK(pixel_values.size(1) == config.num_channels,
+           "pixel_values: the channel dimension must match the configuration: expected ", config.num_channels,
+           " but got ", pixel_values.size(1));
+  auto hidden = torch::max_pool2d(embedder(pixel_values.to(embedder->convolution->weight.scalar_type())), 3, 2, 1);
+  std::vector<torch::Tensor> hidden_states{hidden};
+  for (auto& stage : stages) {
+    for (auto& layer : stage) hidden = layer(hidden);
+    hidden_states.push_back(hidden);
+  }
+  return hidden_states;
+}
+
+void ResNetModuleBase::init_module(const std::string& name, torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  if (auto* conv = dynamic_cast<torch::nn::Conv2dImpl*>(&module)) {
+    torch::nn::init::kaiming_normal_(conv->weight, 0.0, torch::kFanOut, torch::kReLU);
+  } else if (auto* norm = dynamic_cast<torch::nn::BatchNorm2dImpl*>(&module)) {
+    norm->weight.fill_(1.0);
+    norm->bias.zero_();
+  } else if (auto* linear = dynamic_cast<layers::LinearImpl*>(&module)) {
+    // transformers leaves ResNet's classifier at PyTorch's default initialisation.
+    linear->reset_default();
+  }
+}
+
+ResNetModel::ResNetModel(const ResNetConfig& config) : ResNetModuleBase(config) {
+  body = std::make_unique<ResNetBody>(config, *this);
+}
+
+ModelOutputs ResNetModel::forward(const ModelInputs& inputs) {
+  VT_CHECK(!inputs.has_labels(), "ResNetModel has no task head, so it takes no labels");
+  auto last = body->forward(inputs.pixel_values).back();
+  return {{"lastHiddenState", last}, {"poolerOutput", torch::adaptive_avg_pool2d(last, {1, 1})}};
+}
+
+ResNetForImageClassification::ResNetForImageClassification(const ResNetConfig& config) : ResNetModuleBase(config) {
+  resnet = std::make_unique<ResNetBody>(config, *layers::add_container(*this, "resnet"));
+  if (config.head.num_labels() > 0) {
+    classifier = layers::add_container(*this, "classifier")
+                     ->register_module("1", layers::Linear(config.hidden_sizes.back(), config.head.num_labels()));
+  }
+}
+
+ModelOutputs ResNetForImageClassification::forward(const ModelInputs& inputs) {
+  auto pooled = torch::adaptive_avg_pool2d(resnet->forward(inputs.pixel_values).back(), {1, 1}).flatten(1);
+  auto logits = classifier ? classifier(pooled) : pooled;
+  ModelOutputs outputs;
+  if (inputs.labels.defined()) {
+    outputs.emplace_back("loss", image_classification_loss(logits, inputs.labels, config.head.problem_type));
+  }
+  outputs.emplace_back("logits", logits);
+  return outputs;
+}
+
+ResNetBackbone::ResNetBackbone(const ResNetConfig& config) : ResNetModuleBase(config) {
+  body = std::make_unique<ResNetBody>(config, *this);
+}
+
+std::vector<torch::Tensor> ResNetBackbone::feature_maps(const torch::Tensor& pixel_values) {
+  auto hidden_states = body->forward(pixel_values);
+  std::vector<torch::Tensor> maps;
+  for (size_t i = 0; i < config.stage_names.size(); ++i) {
+    const auto& name = config.stage_names[i];
+    if (std::find(config.out_features.begin(), config.out_features.end(), name) != config.out_features.end()) {
+      maps.push_back(hidden_states[i]);
+    }
+  }
+  return maps;
+}
+
+std::vector<int64_t> ResNetBackbone::channels() const {
+  std::vector<int64_t> result;
+  for (size_t i = 0; i < config.stage_names.size(); ++i) {
+    const auto& name = config.stage_names[i];
+    if (std::find(config.out_features.begin(), config.out_features.end(), name) == config.out_features.end()) continue;
+    result.push_back(i == 0 ? config.embedding_size : config.hidden_sizes[i - 1]);
+  }
+  return result;
+}
+
+ModelOutputs ResNetBackbone::forward(const ModelInputs& inputs) {
+  VT_CHECK(!inputs.has_labels(), "ResNetBackbone has no task head, so it takes no labels");
+  auto maps = feature_maps(inputs.pixel_values);
+  ModelOutputs outputs;
+  size_t next = 0;
+  for (const auto& name : config.stage_names) {
+    if (std::find(config.out_features.begin(), config.out_features.end(), name) != config.out_features.end()) {
+      outputs.emplace_back("featureMaps." + name, maps[next++]);
+    }
+  }
+  return outputs;
+}
+
+}  // namespace vt::resnet

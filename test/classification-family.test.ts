@@ -1,0 +1,104 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { BaseTrainer, HuggingFaceModelLoader, type ModelConfig, type VisionModel } from '../src/index.js';
+import { expectClose, fixture, reference, tempDir } from './helpers.js';
+
+const FIXTURE_OPTIMIZER = { learningRate: 1e-3, weightDecay: 0.01, optimizer: 'adamw', lrScheduler: 'constant', maxGradNorm: 0, decayBiasAndNorm: true } as const;
+const models: VisionModel[] = [];
+afterAll(() => models.forEach((m) => m.dispose()));
+
+async function load(config: Partial<ModelConfig> & { modelName: string }): Promise<{ model: VisionModel; modelConfig: ModelConfig }> {
+  const modelConfig = { modelType: 'classification', ...config } as ModelConfig;
+  const model = await HuggingFaceModelLoader.loadModel(modelConfig);
+  models.push(model);
+  return { model, modelConfig };
+}
+
+describe.each([
+  ['resnet-tiny-random', 'ResNetForImageClassification'],
+  ['convnext-tiny-random', 'ConvNextForImageClassification'],
+])('%s: parity with transformers', (name, architecture) => {
+  it('logits and the preprocessing of both photos', async () => {
+    const ref = await reference(name);
+    const { model } = await load({ modelName: fixture(name) });
+    expect(model.architecture).toBe(architecture);
+    const outputs = await model.forward({ pixelValues: ref.tensors.pixel_values! });
+    expectClose(outputs.logits, ref.tensors.logits, ref.tolerance('logits'), 'logits');
+    for (const image of ['chelsea.png', 'rocket.jpg']) {
+      const { pixelValues } = await model.preprocess([fixture('images', image)]);
+      expectClose(pixelValues, ref.tensors[`processed.${image}`], ref.tolerance('processed'), `processed ${image}`);
+    }
+  });
+
+  it('loss, gradients, and every parameter and buffer after one and two AdamW steps', async () => {
+    const ref = await reference(name);
+    const { model, modelConfig } = await load({ modelName: fixture(name) });
+    const trainer = new BaseTrainer({ model, modelConfig, ...FIXTURE_OPTIMIZER });
+    const batch = { pixelValues: ref.tensors.pixel_values!, labels: ref.tensors.labels! };
+    const step1 = await trainer.trainingStep(batch, { returnGradients: true });
+    expect(Math.abs(step1.loss - Number((ref.tensors.loss!.data as Float32Array)[0]))).toBeLessThan(1e-5);
+    const grads = Object.keys(ref.tensors).filter((k) => k.startsWith('grad.'));
+    expect(Object.keys(step1.gradients!).sort()).toEqual(grads.map((k) => k.slice(5)).sort());
+    for (const key of grads) expectClose(step1.gradients![key.slice(5)], ref.tensors[key], ref.tolerance('grad'), key);
+    const after1 = await model.stateDict();
+    expect(Object.keys(after1).sort()).toEqual(Object.keys(ref.tensors).filter((k) => k.startsWith('after_step1.')).map((k) => k.slice(12)).sort());
+    for (const [key, value] of Object.entries(after1)) expectClose(value, ref.tensors[`after_step1.${key}`], ref.tolerance('after_step1'), `after_step1.${key}`);
+    const step2 = await trainer.trainingStep(batch);
+    expect(Math.abs(step2.loss - Number((ref.tensors.loss_step2!.data as Float32Array)[0]))).toBeLessThan(1e-5);
+    for (const [key, value] of Object.entries(await model.stateDict())) expectClose(value, ref.tensors[`after_step2.${key}`], ref.tolerance('after_step2'), `after_step2.${key}`);
+  });
+});
+
+describe('configurations beyond the fixtures', () => {
+  const variants: [string, string, Record<string, unknown>][] = [
+    ['resnet-tiny-random', 'bottleneck, downsampling first stage, 3 stages, one channel, 4 labels', {
+      layer_type: 'bottleneck', downsample_in_first_stage: true, hidden_sizes: [16, 32, 64], depths: [2, 1, 1], num_channels: 1,
+      embedding_size: 8, hidden_act: 'gelu', id2label: { 0: 'a', 1: 'b', 2: 'c', 3: 'd' }, stage_names: ['stem', 'stage1', 'stage2', 'stage3'], out_features: ['stage3'],
+    }],
+    ['convnext-tiny-random', 'three stages, no layer scale, drop path, patch 2', {
+      hidden_sizes: [8, 16, 24], depths: [1, 2, 1], num_stages: 3, layer_scale_init_value: 0, drop_path_rate: 0.2, patch_size: 2, hidden_act: 'gelu_new', layer_norm_eps: 1e-6,
+    }],
+  ];
+  it.each(variants)('%s: %s — random init, forward, a training step, save and reload', async (name, _, overrides) => {
+    const dir = tempDir();
+    const base = JSON.parse(readFileSync(fixture(name, 'config.json'), 'utf8'));
+    const config = { ...base, ...overrides };
+    if (overrides.id2label) delete config.label2id;
+    writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
+    writeFileSync(join(dir, 'preprocessor_config.json'), readFileSync(fixture(name, 'preprocessor_config.json')));
+    const { model, modelConfig } = await load({ modelName: dir, pretrained: false });
+    const { pixelValues } = await model.preprocess([fixture('images', 'chelsea.png'), fixture('images', 'rocket.jpg')]);
+    expect(pixelValues.shape[1]).toBe(config.num_channels);
+    const numLabels = Object.keys(config.id2label).length;
+    const before = await model.forward({ pixelValues });
+    expect(before.logits!.shape).toEqual([2, numLabels]);
+    const labels = { dtype: 'int64' as const, shape: [2], data: new BigInt64Array([0n, 1n]) };
+    const trainer = new BaseTrainer({ model, modelConfig, ...FIXTURE_OPTIMIZER });
+    const losses = [];
+    for (let i = 0; i < 4; i++) losses.push((await trainer.trainingStep({ pixelValues, labels })).loss);
+    expect(losses[3]).toBeLessThan(losses[0]!);
+    const saved = join(dir, 'saved');
+    await model.save(saved);
+    const { model: reloaded } = await load({ modelName: saved });
+    expect((await reloaded.forward({ pixelValues })).logits!.data).toEqual((await model.forward({ pixelValues })).logits!.data);
+  });
+
+  it('a shape that does not fit names the fields', async () => {
+    const dir = tempDir();
+    const base = JSON.parse(readFileSync(fixture('resnet-tiny-random', 'config.json'), 'utf8'));
+    writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...base, depths: [1, 1, 1] }));
+    await expect(load({ modelName: dir, pretrained: false })).rejects.toThrow(/hidden_sizes \(2 entries\) and depths \(3 entries\)/);
+    writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...base, layer_type: 'wide' }));
+    await expect(load({ modelName: dir, pretrained: false })).rejects.toThrow(/layer_type must be "basic" or "bottleneck"/);
+  });
+});
+
+describe('getAvailableModels', () => {
+  it('lists ResNet and ConvNeXt with their hub checkpoints', () => {
+    const names = HuggingFaceModelLoader.getAvailableModels('classification').map((m) => m.architecture);
+    expect(names).toEqual(expect.arrayContaining(['ResNetForImageClassification', 'ConvNextForImageClassification', 'ResNetModel', 'ConvNextModel']));
+    const resnet = HuggingFaceModelLoader.getAvailableModels().find((m) => m.architecture === 'ResNetForImageClassification');
+    expect(resnet?.checkpoints).toContain('microsoft/resnet-50');
+  });
+});
