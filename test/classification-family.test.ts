@@ -8,9 +8,9 @@ const FIXTURE_OPTIMIZER = { learningRate: 1e-3, weightDecay: 0.01, optimizer: 'a
 const models: VisionModel[] = [];
 afterAll(() => models.forEach((m) => m.dispose()));
 
-async function load(config: Partial<ModelConfig> & { modelName: string }): Promise<{ model: VisionModel; modelConfig: ModelConfig }> {
+async function load(config: Partial<ModelConfig> & { modelName: string }, seed?: number): Promise<{ model: VisionModel; modelConfig: ModelConfig }> {
   const modelConfig = { modelType: 'classification', ...config } as ModelConfig;
-  const model = await HuggingFaceModelLoader.loadModel(modelConfig);
+  const model = await HuggingFaceModelLoader.loadModel(modelConfig, { seed });
   models.push(model);
   return { model, modelConfig };
 }
@@ -67,7 +67,7 @@ describe('configurations beyond the fixtures', () => {
     if (overrides.id2label) delete config.label2id;
     writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
     writeFileSync(join(dir, 'preprocessor_config.json'), readFileSync(fixture(name, 'preprocessor_config.json')));
-    const { model, modelConfig } = await load({ modelName: dir, pretrained: false });
+    const { model, modelConfig } = await load({ modelName: dir, pretrained: false }, 1);
     const { pixelValues } = await model.preprocess([fixture('images', 'chelsea.png'), fixture('images', 'rocket.jpg')]);
     expect(pixelValues.shape[1]).toBe(config.num_channels);
     const numLabels = Object.keys(config.id2label).length;
@@ -76,8 +76,8 @@ describe('configurations beyond the fixtures', () => {
     const labels = { dtype: 'int64' as const, shape: [2], data: new BigInt64Array([0n, 1n]) };
     const trainer = new BaseTrainer({ model, modelConfig, ...FIXTURE_OPTIMIZER });
     const losses = [];
-    for (let i = 0; i < 4; i++) losses.push((await trainer.trainingStep({ pixelValues, labels })).loss);
-    expect(losses[3]).toBeLessThan(losses[0]!);
+    for (let i = 0; i < 6; i++) losses.push((await trainer.trainingStep({ pixelValues, labels })).loss);
+    expect(losses[5]).toBeLessThan(losses[0]!);
     const saved = join(dir, 'saved');
     await model.save(saved);
     const { model: reloaded } = await load({ modelName: saved });
@@ -100,5 +100,46 @@ describe('getAvailableModels', () => {
     expect(names).toEqual(expect.arrayContaining(['ResNetForImageClassification', 'ConvNextForImageClassification', 'ResNetModel', 'ConvNextModel']));
     const resnet = HuggingFaceModelLoader.getAvailableModels().find((m) => m.architecture === 'ResNetForImageClassification');
     expect(resnet?.checkpoints).toContain('microsoft/resnet-50');
+  });
+});
+
+describe('custom TorchScript models', () => {
+  const scripted = fixture('torchscript-tiny-cnn');
+
+  it('loads, predicts, trains with falling loss, and saves a model.pt that reloads', async () => {
+    const { model, modelConfig } = await load({ modelName: scripted });
+    expect(model.architecture).toBe('TorchScriptModule');
+    expect(model.labels).toEqual(['cat', 'rocket', 'remote']);
+    const state = await model.stateDict();
+    expect(Object.keys(state)).toEqual(expect.arrayContaining(['classifier.weight', 'features.0.weight', 'features.1.running_mean', 'features.1.num_batches_tracked']));
+    const [ranked] = await model.predict(fixture('images', 'rocket.jpg'), { topK: 3 });
+    expect(ranked!.map((p) => p.label).sort()).toEqual(['cat', 'remote', 'rocket']);
+
+    const { pixelValues } = await model.preprocess([fixture('images', 'rocket.jpg'), fixture('images', 'chelsea.png')]);
+    const labels = { dtype: 'int64' as const, shape: [2], data: new BigInt64Array([1n, 0n]) };
+    const trainer = new BaseTrainer({ model, modelConfig, learningRate: 1e-2, lrScheduler: 'constant' });
+    const losses = [];
+    for (let i = 0; i < 5; i++) losses.push((await trainer.trainingStep({ pixelValues, labels })).loss);
+    expect(losses[4]).toBeLessThan(losses[0]! * 0.8);
+    const trained = await model.stateDict();
+    // Training mode reached the scripted BatchNorm: its running statistics moved.
+    expect(trained['features.1.num_batches_tracked']!.data).toEqual(new BigInt64Array([5n]));
+
+    const saved = join(tempDir(), 'saved');
+    await model.save(saved);
+    const { model: reloaded } = await load({ modelName: saved });
+    expect(reloaded.architecture).toBe('TorchScriptModule');
+    expect((await reloaded.forward({ pixelValues })).logits!.data).toEqual((await model.forward({ pixelValues })).logits!.data);
+  });
+
+  it('a .pt file alone loads with as many labels as it has outputs', async () => {
+    const { model } = await load({ modelName: join(scripted, 'model.pt') });
+    expect(model.labels).toEqual(['LABEL_0', 'LABEL_1', 'LABEL_2']);
+  });
+
+  it('a file that is not TorchScript is named', async () => {
+    const dir = tempDir();
+    writeFileSync(join(dir, 'broken.pt'), 'not a zip archive');
+    await expect(load({ modelName: join(dir, 'broken.pt') })).rejects.toThrow(/broken\.pt: not a TorchScript module/);
   });
 });

@@ -12,6 +12,7 @@
 #include "trainer_wrap.h"
 #include "models/pretrained.h"
 #include "models/registry.h"
+#include "models/torchscript.h"
 #include "runtime/threads.h"
 
 namespace vt::addon {
@@ -153,7 +154,7 @@ Napi::Value decode_image_js(const Napi::CallbackInfo& info) {
 Napi::Value architectures_js(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const auto& table = architectures();
-  Napi::Array result = Napi::Array::New(env, table.size());
+  Napi::Array result = Napi::Array::New(env, table.size() + 1);
   for (size_t i = 0; i < table.size(); ++i) {
     Napi::Object entry = Napi::Object::New(env);
     entry.Set("architecture", table[i].name);
@@ -164,6 +165,13 @@ Napi::Value architectures_js(const Napi::CallbackInfo& info) {
     entry.Set("checkpoints", checkpoints);
     result.Set(static_cast<uint32_t>(i), entry);
   }
+  // Custom models: any TorchScript classifier (see models/torchscript.h).
+  Napi::Object custom = Napi::Object::New(env);
+  custom.Set("architecture", torchscript::kArchitecture);
+  custom.Set("modelType", "torchscript");
+  custom.Set("task", "classification");
+  custom.Set("checkpoints", Napi::Array::New(env));
+  result.Set(static_cast<uint32_t>(table.size()), custom);
   return result;
 }
 

@@ -40,6 +40,14 @@ export function isDirectory(path: string): boolean {
   }
 }
 
+export function isFile(path: string): boolean {
+  try {
+    return statSync(path).isFile();
+  } catch {
+    return false;
+  }
+}
+
 export interface CacheLookup {
   /** The snapshot directory, when the cache holds this revision. */
   snapshot?: string;

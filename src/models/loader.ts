@@ -1,7 +1,7 @@
 /** HuggingFaceModelLoader: a ModelConfig in, a VisionModel out, as from_pretrained does it. */
 import { resolve } from 'node:path';
 import { ModelNotFoundError } from '../errors.js';
-import { findCachedSnapshot, hubCacheDir, isDirectory, isValidRepoId } from '../hub/cache.js';
+import { findCachedSnapshot, hubCacheDir, isDirectory, isFile, isValidRepoId } from '../hub/cache.js';
 import { native } from '../native.js';
 import { type ModelConfig, ModelType, parseModelConfig } from '../schemas/model-config.js';
 import { VisionModel } from './vision-model.js';
@@ -18,7 +18,8 @@ export function resolveModelDirectory(config: Pick<ModelConfig, 'modelName' | 'r
   const { modelName } = config;
   const searched: string[] = [];
   const local = resolve(modelName);
-  if (isDirectory(local)) return local;
+  // A directory of HuggingFace files, or a TorchScript archive (a .pt file) of a custom model.
+  if (isDirectory(local) || isFile(local)) return local;
   searched.push(`local directory ${local} (does not exist)`);
 
   const looksLikePath = modelName.startsWith('.') || modelName.startsWith('/') || modelName.split('/').length > 2;

@@ -6,6 +6,7 @@
 #include "common/json_config.h"
 #include "io/safetensors.h"
 #include "models/losses.h"
+#include "models/torchscript.h"
 #include "runtime/threads.h"
 
 namespace vt {
@@ -136,43 +137,38 @@ ImageProcessorConfig processor_config_for(const std::string& directory, const nl
 
 }  // namespace
 
+namespace {
+
+// The TorchScript archive to load, when `options` names one: a .pt file itself, or a directory
+// whose config.json says TorchScriptModule (or that holds model.pt and no config.json).
+std::optional<fs::path> torchscript_file(const LoadOptions& options) {
+  const fs::path path(options.directory);
+  if (fs::is_regular_file(path)) return path;
+  const fs::path config = path / "config.json";
+  const fs::path archive = path / torchscript::kModelFile;
+  if (!fs::is_regular_file(archive)) return std::nullopt;
+  if (!fs::is_regular_file(config)) return archive;
+  const auto json = read_json_file(config.string());
+  const bool scripted = json.is_object() && json.contains("architectures") && json["architectures"].is_array() &&
+                        !json["architectures"].empty() && json["architectures"][0] == torchscript::kArchitecture;
+  return scripted ? std::optional<fs::path>(archive) : std::nullopt;
+}
+
+}  // namespace
+
 std::shared_ptr<PretrainedModel> PretrainedModel::load(const LoadOptions& options) {
   apply_compute_threads();
-  const fs::path directory(options.directory);
-  VT_CHECK(fs::is_directory(directory), options.directory, ": not a directory");
-  const fs::path config_path = directory / "config.json";
-  VT_CHECK(fs::is_regular_file(config_path), options.directory, ": no config.json");
-  const std::string source = config_path.string();
-
   std::shared_ptr<PretrainedModel> model(new PretrainedModel());
-  model->config_ = read_json_file(source);
-  VT_CHECK(model->config_.is_object(), source, ": expected a JSON object");
-  apply_overrides(model->config_, options, source);
-
-  const bool want_head = options.num_classes.has_value() || options.id2label.has_value();
-  const Architecture& architecture = select_architecture(model->config_, options.task, want_head, source);
-  model->architecture_ = architecture.name;
   model->task_ = options.task;
-  model->config_["architectures"] = nlohmann::json::array({architecture.name});
-
-  if (options.seed) torch::manual_seed(*options.seed);
-  model->module_ = architecture.build(model->config_, source);
-  if (options.pretrained) {
-    std::string weights_source;
-    TensorMap checkpoint = read_checkpoint_directory(options.directory, &weights_source);
-    model->report_ = load_weights(*model->module_, checkpoint, weights_source, options.ignore_mismatched_sizes);
+  if (auto archive = torchscript_file(options)) {
+    model->load_torchscript(options, *archive);
   } else {
-    model->module_->initialize({}, /*all=*/true);
-    model->report_.source = "random initialisation";
+    model->load_architecture(options);
   }
-
-  HeadConfig head = HeadConfig::from_json(model->config_, source);
-  if (architecture.task) {
-    for (const auto& [index, label] : head.id2label) model->labels_.push_back(label);
-  }
+  const std::string source = (fs::path(model->directory_) / "config.json").string();
   const int64_t channels = JsonConfig(model->config_, source).get_positive_int("num_channels", 3);
   model->processor_ = std::make_shared<ImageProcessor>(
-      processor_config_for(options.directory, model->config_, options, channels), static_cast<int>(channels));
+      processor_config_for(model->directory_, model->config_, options, channels), static_cast<int>(channels));
 
   model->device_ = device_from_name(options.device);
   model->dtype_ = model_dtype_from_name(options.dtype);
@@ -181,6 +177,67 @@ std::shared_ptr<PretrainedModel> PretrainedModel::load(const LoadOptions& option
   move_module(*model->module_, model->device_, model->dtype_);
   model->module_->eval();
   return model;
+}
+
+void PretrainedModel::load_architecture(const LoadOptions& options) {
+  const fs::path directory(options.directory);
+  VT_CHECK(fs::is_directory(directory), options.directory, ": not a directory");
+  const fs::path config_path = directory / "config.json";
+  VT_CHECK(fs::is_regular_file(config_path), options.directory, ": no config.json");
+  const std::string source = config_path.string();
+  directory_ = options.directory;
+  config_ = read_json_file(source);
+  VT_CHECK(config_.is_object(), source, ": expected a JSON object");
+  apply_overrides(config_, options, source);
+
+  const bool want_head = options.num_classes.has_value() || options.id2label.has_value();
+  const Architecture& architecture = select_architecture(config_, options.task, want_head, source);
+  architecture_ = architecture.name;
+  config_["architectures"] = nlohmann::json::array({architecture.name});
+
+  if (options.seed) torch::manual_seed(*options.seed);
+  module_ = architecture.build(config_, source);
+  if (options.pretrained) {
+    std::string weights_source;
+    TensorMap checkpoint = read_checkpoint_directory(options.directory, &weights_source);
+    report_ = load_weights(*module_, checkpoint, weights_source, options.ignore_mismatched_sizes);
+  } else {
+    module_->initialize({}, /*all=*/true);
+    report_.source = "random initialisation";
+  }
+  if (architecture.task) {
+    for (const auto& [index, label] : HeadConfig::from_json(config_, source).id2label) labels_.push_back(label);
+  }
+}
+
+void PretrainedModel::load_torchscript(const LoadOptions& options, const fs::path& archive) {
+  VT_CHECK(options.pretrained, archive.string(),
+           ": a TorchScript model carries its own weights; pretrained: false has nothing to initialise from");
+  directory_ = fs::is_regular_file(options.directory) ? archive.parent_path().string() : options.directory;
+  const fs::path config_path = fs::path(options.directory) / "config.json";
+  config_ = fs::is_directory(options.directory) && fs::is_regular_file(config_path) ? read_json_file(config_path.string())
+                                                                                      : nlohmann::json::object();
+  const std::string source = fs::is_regular_file(config_path) ? config_path.string() : archive.string();
+  VT_CHECK(config_.is_object(), source, ": expected a JSON object");
+  apply_overrides(config_, options, source);
+  architecture_ = torchscript::kArchitecture;
+  config_["architectures"] = nlohmann::json::array({architecture_});
+
+  auto scripted = std::make_shared<torchscript::TorchScriptModule>(archive.string(), config_.value("problem_type", ""));
+  module_ = scripted;
+  report_.source = archive.string();
+  if (!config_.contains("id2label")) {
+    // No labels given: as many as the module has outputs, found with one forward pass.
+    JsonConfig fields(config_, source);
+    const auto [height, width] = fields.get_size_pair("image_size", 224);
+    torch::NoGradGuard no_grad;
+    scripted->eval();
+    auto logits = find_output(scripted->forward({torch::zeros({1, fields.get_positive_int("num_channels", 3), height, width})}), "logits");
+    VT_CHECK(logits.dim() == 2, archive.string(), ": forward returned logits of shape ", logits.sizes(),
+             "; a classification model returns [batch, num_labels]");
+    config_["num_labels"] = logits.size(1);
+  }
+  for (const auto& [index, label] : HeadConfig::from_json(config_, source).id2label) labels_.push_back(label);
 }
 
 std::string PretrainedModel::device_name() const { return device_.str(); }
@@ -242,6 +299,10 @@ void PretrainedModel::save(const std::string& directory) {
   TensorMap state = state_dict();
   save_safetensors((fs::path(directory) / "model.safetensors").string(), state, {{"format", "pt"}});
   write_json_file((fs::path(directory) / "preprocessor_config.json").string(), processor_->config().to_json());
+  if (auto* scripted = dynamic_cast<torchscript::TorchScriptModule*>(module_.get())) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    scripted->save((fs::path(directory) / torchscript::kModelFile).string());
+  }
   // config.json last: a directory with a config.json is a complete model.
   write_json_file((fs::path(directory) / "config.json").string(), config);
 }

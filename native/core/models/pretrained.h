@@ -3,6 +3,7 @@
 // save). Thread-safe: calls on one model are serialised by its mutex.
 #pragma once
 
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -23,7 +24,9 @@
 namespace vt {
 
 struct LoadOptions {
-  std::string directory;  // holds config.json, and the weights when pretrained
+  // Holds config.json, and the weights when pretrained; or a TorchScript archive (a .pt file, or
+  // a directory with model.pt whose config.json, if any, says TorchScriptModule).
+  std::string directory;
   Task task = Task::Classification;
   bool pretrained = true;
   std::optional<int64_t> num_classes;
@@ -79,6 +82,9 @@ class PretrainedModel {
 
  private:
   PretrainedModel() = default;
+  void load_architecture(const LoadOptions& options);
+  void load_torchscript(const LoadOptions& options, const std::filesystem::path& archive);
+  std::string directory_;  // where config.json and preprocessor_config.json are looked for
   std::string architecture_;
   Task task_ = Task::Classification;
   std::vector<std::string> labels_;

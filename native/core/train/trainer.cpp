@@ -128,6 +128,7 @@ Optimizer& Trainer::optimizer_for(const TrainingOptions& options) {
     for (const auto& item : model_->module()->named_parameters()) {
       if (item.value().requires_grad()) trainable.emplace_back(item.key(), item.value());
     }
+    VT_CHECK(!trainable.empty(), model_->architecture(), " has no trainable parameters: every one is frozen");
     std::set<std::string> no_decay;
     if (!options.decay_bias_and_norm) no_decay = no_decay_parameter_names(*model_->module());
     optimizer_ = std::make_unique<Optimizer>(std::move(trainable), std::move(no_decay), options.optimizer);
