@@ -26,6 +26,8 @@ export interface NativeLoadOptions {
   device?: string;
   /** Seeds random initialisation (pretrained: false, new heads). */
   seed?: number;
+  /** auto: channels-last for convolutional models on CPU, where it is faster. */
+  memoryFormat?: 'auto' | 'contiguous' | 'channels_last';
 }
 
 export interface NativeLoadReport {

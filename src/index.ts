@@ -2,7 +2,7 @@
 export * from './config/index.js';
 export { ModelNotFoundError } from './errors.js';
 export { hubCacheDir } from './hub/cache.js';
-export { HuggingFaceModelLoader, type ModelInfo, resolveModelDirectory } from './models/loader.js';
+export { HuggingFaceModelLoader, type LoadModelOptions, type ModelInfo, resolveModelDirectory } from './models/loader.js';
 export {
   type ClassificationPrediction,
   type ForwardInputs,

@@ -77,6 +77,7 @@ LoadOptions load_options_from_js(const Napi::Object& object) {
   options.dtype = optional_string(object, "dtype").value_or("float32");
   options.device = optional_string(object, "device").value_or("auto");
   if (auto seed = optional_int(object, "seed")) options.seed = static_cast<uint64_t>(*seed);
+  options.memory_format = optional_string(object, "memoryFormat").value_or("auto");
   return options;
 }
 

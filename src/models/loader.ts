@@ -6,6 +6,13 @@ import { native } from '../native.js';
 import { type ModelConfig, ModelType, parseModelConfig } from '../schemas/model-config.js';
 import { VisionModel } from './vision-model.js';
 
+export interface LoadModelOptions {
+  /** Makes random initialisation (pretrained: false, new heads) reproducible. */
+  seed?: number;
+  /** Tensor layout of convolutional models; 'auto' picks channels-last on CPU, where it is faster. */
+  memoryFormat?: 'auto' | 'contiguous' | 'channels_last';
+}
+
 export interface ModelInfo {
   architecture: string;
   modelType: ModelType;
@@ -39,11 +46,8 @@ export function resolveModelDirectory(config: Pick<ModelConfig, 'modelName' | 'r
 }
 
 export class HuggingFaceModelLoader {
-  /**
-   * Loads the model `config` describes (validated with ModelConfigSchema; throws ConfigError).
-   * `seed` makes random initialisation (pretrained: false, new heads) reproducible.
-   */
-  static async loadModel(config: ModelConfig | unknown, options: { seed?: number } = {}): Promise<VisionModel> {
+  /** Loads the model `config` describes (validated with ModelConfigSchema; throws ConfigError). */
+  static async loadModel(config: ModelConfig | unknown, options: LoadModelOptions = {}): Promise<VisionModel> {
     const parsed = parseModelConfig(config);
     if (options.seed !== undefined && !(Number.isSafeInteger(options.seed) && options.seed >= 0)) {
       throw new RangeError(`loadModel: seed must be a non-negative integer, got ${options.seed}`);
@@ -61,6 +65,7 @@ export class HuggingFaceModelLoader {
       dtype: parsed.dtype,
       device: parsed.device,
       seed: options.seed,
+      memoryFormat: options.memoryFormat,
     });
     return new VisionModel(handle);
   }

@@ -76,6 +76,7 @@ struct ConvNextBody {
 class ConvNextModuleBase : public VisionModule {
  public:
   explicit ConvNextModuleBase(ConvNextConfig config) : config(std::move(config)) {}
+  bool prefers_channels_last() const override { return true; }
   void init_module(const std::string& name, torch::nn::Module& module) override;
   std::string base_model_prefix() const override { return "convnext"; }
   ConvNextConfig config;

@@ -21,12 +21,14 @@ Task task_from_name(const std::string& name) {
   fail("unknown model type \"", name, "\" (expected classification, object_detection or segmentation)");
 }
 
-ModelInputs move_inputs(const ModelInputs& raw, torch::Device device, torch::ScalarType dtype) {
+ModelInputs move_inputs(const ModelInputs& raw, torch::Device device, torch::ScalarType dtype,
+                        torch::MemoryFormat memory_format) {
   VT_CHECK(raw.pixel_values.defined(), "pixelValues is required");
   VT_CHECK(raw.pixel_values.is_floating_point(), "pixelValues: expected a floating-point tensor, got ",
            raw.pixel_values.scalar_type());
   ModelInputs inputs;
   inputs.pixel_values = raw.pixel_values.to(device, dtype);
+  if (inputs.pixel_values.dim() == 4) inputs.pixel_values = inputs.pixel_values.contiguous(memory_format);
   if (raw.pixel_mask.defined()) inputs.pixel_mask = raw.pixel_mask.to(device);
   if (raw.labels.defined()) inputs.labels = raw.labels.to(device);
   for (const auto& target : raw.targets) {

@@ -34,8 +34,9 @@ struct ModelInputs {
   bool has_labels() const { return labels.defined() || !targets.empty(); }
 };
 
-// The inputs on `device`, pixel values in `dtype` (validated: floating point).
-ModelInputs move_inputs(const ModelInputs& inputs, torch::Device device, torch::ScalarType dtype);
+// The inputs on `device`, pixel values in `dtype` and `memory_format` (validated: floating point).
+ModelInputs move_inputs(const ModelInputs& inputs, torch::Device device, torch::ScalarType dtype,
+                        torch::MemoryFormat memory_format = torch::MemoryFormat::Contiguous);
 
 // Outputs in a stable order, under the public (camelCase) names of the contract:
 // logits, predBoxes, lastHiddenState, poolerOutput, loss, lossDict.<name>.
@@ -73,6 +74,10 @@ class VisionModule : public torch::nn::Module {
                                        torch::IntArrayRef target_shape) {
     return false;
   }
+
+  // Convolutional models run faster on CPU with NHWC (channels-last) tensors: weights and
+  // inputs are laid out that way when this says so (measured in bench/channels-last.mjs).
+  virtual bool prefers_channels_last() const { return false; }
 
   // Trade compute for memory in training: recompute each transformer layer in the backward pass.
   void set_gradient_checkpointing(bool enabled) { gradient_checkpointing_ = enabled; }

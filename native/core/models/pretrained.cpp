@@ -51,11 +51,13 @@ namespace {
 
 // Module::to(dtype) would also convert integer buffers (BatchNorm's num_batches_tracked);
 // like PyTorch's Module.to, only floating-point tensors change dtype.
-void move_module(torch::nn::Module& module, torch::Device device, torch::ScalarType dtype) {
+void move_module(torch::nn::Module& module, torch::Device device, torch::ScalarType dtype, torch::MemoryFormat memory_format) {
   torch::NoGradGuard no_grad;
   for (auto& parameter : module.parameters()) {
     auto target = parameter.is_floating_point() ? dtype : parameter.scalar_type();
     if (parameter.device() != device || parameter.scalar_type() != target) parameter.set_data(parameter.to(device, target));
+    // Convolution weights follow the activations' layout.
+    if (parameter.dim() == 4 && !parameter.is_contiguous(memory_format)) parameter.set_data(parameter.contiguous(memory_format));
   }
   for (auto& buffer : module.buffers()) {
     auto target = buffer.is_floating_point() ? dtype : buffer.scalar_type();
@@ -174,7 +176,12 @@ std::shared_ptr<PretrainedModel> PretrainedModel::load(const LoadOptions& option
   model->dtype_ = model_dtype_from_name(options.dtype);
   VT_CHECK(!(model->dtype_ == torch::kFloat16 && model->device_.is_cpu()),
            "dtype float16 needs a CUDA device; on CPU use bfloat16");
-  move_module(*model->module_, model->device_, model->dtype_);
+  VT_CHECK(options.memory_format == "auto" || options.memory_format == "contiguous" || options.memory_format == "channels_last",
+           "memoryFormat must be auto, contiguous or channels_last, got \"", options.memory_format, "\"");
+  const bool channels_last = options.memory_format == "channels_last" ||
+                             (options.memory_format == "auto" && model->device_.is_cpu() && model->module_->prefers_channels_last());
+  model->memory_format_ = channels_last ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous;
+  move_module(*model->module_, model->device_, model->dtype_, model->memory_format_);
   model->module_->eval();
   return model;
 }
@@ -247,7 +254,7 @@ ModelOutputs PretrainedModel::forward(const ModelInputs& raw_inputs) {
   apply_compute_threads();
   c10::InferenceMode inference;
   module_->eval();
-  ModelInputs inputs = move_inputs(raw_inputs, device_, dtype_);
+  ModelInputs inputs = move_inputs(raw_inputs, device_, dtype_, memory_format_);
   ModelOutputs outputs = module_->forward(inputs);
   for (auto& [name, tensor] : outputs) {
     if (name == "loss" || name.rfind("lossDict.", 0) == 0) tensor = tensor.to(torch::kFloat32);

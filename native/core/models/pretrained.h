@@ -37,6 +37,7 @@ struct LoadOptions {
   std::string dtype = "float32";  // float32 | bfloat16 | float16
   std::string device = "auto";    // auto | cpu | cuda | cuda:N
   std::optional<uint64_t> seed;   // random initialisation seed (pretrained: false, new heads)
+  std::string memory_format = "auto";  // auto (the model's preference on CPU) | contiguous | channels_last
 };
 
 struct ClassScore {
@@ -59,6 +60,7 @@ class PretrainedModel {
   const ImageProcessor& processor() const { return *processor_; }
   std::shared_ptr<const ImageProcessor> shared_processor() const { return processor_; }
   torch::Device device() const { return device_; }
+  torch::MemoryFormat memory_format() const { return memory_format_; }
   std::shared_ptr<VisionModule> module() const { return module_; }
   std::mutex& mutex() { return mutex_; }
 
@@ -93,6 +95,7 @@ class PretrainedModel {
   std::shared_ptr<VisionModule> module_;
   torch::Device device_{torch::kCPU};
   torch::ScalarType dtype_ = torch::kFloat32;
+  torch::MemoryFormat memory_format_ = torch::MemoryFormat::Contiguous;
   LoadReport report_;
   std::mutex mutex_;
 };

@@ -68,6 +68,7 @@ struct ResNetBody {
 class ResNetModuleBase : public VisionModule {
  public:
   explicit ResNetModuleBase(ResNetConfig config) : config(std::move(config)) {}
+  bool prefers_channels_last() const override { return true; }
   void init_module(const std::string& name, torch::nn::Module& module) override;
   std::string base_model_prefix() const override { return "resnet"; }
   ResNetConfig config;

@@ -150,7 +150,7 @@ StepOutcome Trainer::optimizer_step(const std::vector<ModelInputs>& micro_batche
   const bool loss_scaling = options.mixed_precision == "fp16";
   for (const auto& micro_batch : micro_batches) {
     VT_CHECK(micro_batch.has_labels(), "trainingStep: the batch has no labels");
-    ModelInputs inputs = move_inputs(micro_batch, model_->device(), model_->dtype());
+    ModelInputs inputs = move_inputs(micro_batch, model_->device(), model_->dtype(), model_->memory_format());
     torch::Tensor loss;
     ModelOutputs outputs;
     {
@@ -227,7 +227,7 @@ Metrics Trainer::evaluate_split(const std::shared_ptr<ImageDataset>& dataset, co
     ModelInputs inputs;
     inputs.pixel_values = batch->pixel_values;
     inputs.labels = batch->labels;
-    inputs = move_inputs(inputs, model_->device(), model_->dtype());
+    inputs = move_inputs(inputs, model_->device(), model_->dtype(), model_->memory_format());
     ModelOutputs outputs;
     {
       AutocastScope autocast(options.mixed_precision, model_->device());
