@@ -1,8 +1,9 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { retryPolicy } from '../src/hub/http.js';
 import { withFileLock } from '../src/hub/lock.js';
@@ -282,6 +283,24 @@ describe('downloading from the hub', () => {
     hub.renamed.set('acme/old-vit', REPO);
     await load({ modelName: 'acme/old-vit' });
     expect(readdirSync(snapshot(COMMIT, 'acme/old-vit')).sort()).toEqual(FILES);
+  });
+});
+
+describe('the CLI', () => {
+  it('shows each download on stderr, as plain lines when it is not a terminal', async () => {
+    const cli = join(repoRoot, 'dist', 'cli', 'main.js');
+    const args = [cli, 'predict', '--model', REPO, '--top-k', '1', fixture('images', 'rocket.jpg')];
+    // Asynchronously: this process's event loop serves the hub.
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, args, { env: { ...process.env, HF_HUB_CACHE: cache } });
+    expect(stderr.trimEnd().split('\n')).toEqual([
+      'downloading config.json (677 B)',
+      expect.stringMatching(/^downloaded config\.json: 677 B in /),
+      'downloading preprocessor_config.json (323 B)',
+      expect.stringMatching(/^downloaded preprocessor_config\.json: 323 B in /),
+      'downloading model.safetensors (100.5 kB)',
+      expect.stringMatching(/^downloaded model\.safetensors: 100\.5 kB in /),
+    ]);
+    expect(stdout).toMatch(/rocket\.jpg\n {2}\d\.\d{4} {2}\S/);
   });
 });
 
