@@ -172,6 +172,9 @@ class RepoDownload {
     private readonly repoDir: string,
     private readonly options: DownloadOptions,
   ) {
+    if (!URL.canParse(this.endpoint) || !/^https?:$/.test(new URL(this.endpoint).protocol)) {
+      throw new RangeError(`$HF_ENDPOINT must be an http or https URL, got "${this.endpoint}"`);
+    }
     this.token = hubToken(options.token);
     this.weights = options.weights ?? true;
     this.headers = {
