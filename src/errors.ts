@@ -39,8 +39,24 @@ export class ModelNotFoundError extends Error {
   constructor(
     readonly modelName: string,
     readonly searched: string[],
-    hint?: string,
+    readonly hint?: string,
   ) {
     super(`model "${modelName}" was not found. Looked in:\n${searched.map((s) => `  - ${s}`).join('\n')}${hint ? `\n${hint}` : ''}`);
+  }
+}
+
+/**
+ * The hub could not deliver a model that may well exist: access refused (401/403), the server
+ * or the network failing after retries, a download that does not match its checksum, or an
+ * answer that would write outside the cache. `url` is the request that failed.
+ */
+export class HubError extends Error {
+  override readonly name = 'HubError';
+  constructor(
+    message: string,
+    readonly url?: string,
+    readonly status?: number,
+  ) {
+    super(message);
   }
 }

@@ -1,8 +1,15 @@
 // visiontorch: load, run and fine-tune HuggingFace vision models from Node.js.
 export * from './config/index.js';
-export { ModelNotFoundError } from './errors.js';
+export { HubError, ModelNotFoundError } from './errors.js';
 export { hubCacheDir } from './hub/cache.js';
-export { HuggingFaceModelLoader, type LoadModelOptions, type ModelInfo, resolveModelDirectory } from './models/loader.js';
+export { type DownloadOptions, type DownloadProgress, downloadModel } from './hub/download.js';
+export {
+  fetchModelDirectory,
+  HuggingFaceModelLoader,
+  type LoadModelOptions,
+  type ModelInfo,
+  resolveModelDirectory,
+} from './models/loader.js';
 export {
   type ClassificationPrediction,
   type ForwardInputs,

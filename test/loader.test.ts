@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ConfigError, HuggingFaceModelLoader, ModelNotFoundError, tensor } from '../src/index.js';
 import { fixture, reference, repoRoot, tempDir } from './helpers.js';
 
@@ -22,8 +22,12 @@ function buildHubCache(root: string, repoId: string): void {
 }
 
 const savedEnv = { ...process.env };
+// These tests read the cache alone; test/hub.test.ts covers the hub, with a server of its own.
+beforeEach(() => {
+  process.env.HF_HUB_OFFLINE = '1';
+});
 afterEach(() => {
-  for (const key of ['HF_HUB_CACHE', 'HF_HOME', 'HUGGINGFACE_HUB_CACHE']) {
+  for (const key of ['HF_HUB_CACHE', 'HF_HOME', 'HUGGINGFACE_HUB_CACHE', 'HF_HUB_OFFLINE']) {
     if (savedEnv[key] === undefined) delete process.env[key];
     else process.env[key] = savedEnv[key];
   }

@@ -1,5 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import {
+  DownloadReporter,
+  formatBytes,
+  formatDownloadLine,
   formatDuration,
   formatMetricsTable,
   formatMetricValue,
@@ -163,5 +166,64 @@ describe('formatDuration', () => {
     [Number.POSITIVE_INFINITY, '--'],
   ])('%s s → %s', (seconds, text) => {
     expect(formatDuration(seconds)).toBe(text);
+  });
+});
+
+describe('DownloadReporter', () => {
+  const file = (downloadedBytes: number, name = 'model.safetensors', totalBytes: number | undefined = 100_468) => ({ file: name, downloadedBytes, totalBytes });
+
+  it('prints a line when a file starts and one when it is done, without a TTY', () => {
+    let now = 0;
+    const stream = fakeStream(false);
+    const reporter = new DownloadReporter({ stream, now: () => now });
+    reporter.report(file(0, 'config.json', 677));
+    reporter.report(file(677, 'config.json', 677));
+    for (const bytes of [50_000, 60_000, 100_468]) {
+      reporter.report(file(bytes));
+      now += 1000;
+    }
+    reporter.finish();
+    expect(stream.text()).not.toMatch(CONTROL);
+    expect(stream.text().trimEnd().split('\n')).toEqual([
+      'downloading config.json (677 B)',
+      'downloaded config.json: 677 B in 0.0s',
+      'downloading model.safetensors (100.5 kB), resuming at 50.0 kB',
+      'downloaded model.safetensors: 100.5 kB in 2.0s (25.2 kB/s)',
+    ]);
+  });
+
+  it('draws one bar per file on a TTY, redrawn at most once per interval and left when done', () => {
+    let now = 0;
+    const stream = fakeStream(true, 80);
+    const reporter = new DownloadReporter({ stream, now: () => now, redrawIntervalMs: 100 });
+    for (let bytes = 0; bytes <= 100_000; bytes += 10_000) {
+      reporter.report(file(bytes, 'model.safetensors', 100_000));
+      now += 40;
+    }
+    reporter.report(file(0, 'config.json', 677));
+    reporter.finish();
+    const bars = stream.chunks.filter((c) => c.startsWith('\r\x1b[2K'));
+    expect(bars.length).toBeLessThan(8); // 11 events, a redraw every 100 ms at most, and the last
+    for (const bar of bars) expect(bar.length - 5).toBeLessThanOrEqual(79);
+    expect(bars.at(-2)).toMatch(/^\r\x1b\[2Kmodel\.safetensors ▕█+▏ 100% 100\.0\/100\.0 kB 250\.0 kB\/s ETA 0\.0s$/);
+    expect(stream.text().split('\n')).toHaveLength(3); // each file's bar ends its own line
+    expect(bars.at(-1)).toContain('config.json ▕');
+  });
+
+  it('prints nothing in --json mode', () => {
+    const stream = fakeStream(true);
+    const reporter = new DownloadReporter({ stream, json: true });
+    reporter.report(file(100_468));
+    reporter.finish();
+    expect(stream.chunks).toEqual([]);
+  });
+
+  it('fits the line to the terminal, and does without a total', () => {
+    const e = file(45_200_000, 'model.safetensors', 100_500_000);
+    expect(formatDownloadLine(e, 12_300_000, 100)).toBe('model.safetensors ▕█████████████▌                ▏  44% 45.2/100.5 MB 12.3 MB/s ETA 4.5s');
+    for (const columns of [80, 60, 40, 20, 12]) expect(formatDownloadLine(e, 12_300_000, columns).length).toBeLessThanOrEqual(columns - 1);
+    expect(formatDownloadLine(e, 12_300_000, 40)).toBe('model.safetensors ▕██████▎       ▏  44%');
+    expect(formatDownloadLine({ file: 'x.bin', downloadedBytes: 2048 }, Number.NaN, 80)).toBe('x.bin 2.0 kB -- B/s');
+    expect([0, 999, 1000, 1_234_567, 5e9].map(formatBytes)).toEqual(['0 B', '999 B', '1.0 kB', '1.2 MB', '5.0 GB']);
   });
 });

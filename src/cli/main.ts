@@ -10,11 +10,11 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../errors.js';
 import { loadConfig } from '../config/project-config.js';
-import { HuggingFaceModelLoader } from '../models/loader.js';
+import { HuggingFaceModelLoader, type LoadModelOptions } from '../models/loader.js';
 import { ModelType } from '../schemas/model-config.js';
 import { tensor } from '../tensor.js';
 import { BaseTrainer } from '../training/base-trainer.js';
-import { formatMetricsTable, ProgressReporter } from './progress.js';
+import { DownloadReporter, formatMetricsTable, ProgressReporter } from './progress.js';
 
 const USAGE = `usage:
   visiontorch train [config.yaml] [--json]            fine-tune the model of a YAML config (default config/model_config.yaml)
@@ -40,6 +40,16 @@ function positiveInt(name: string, value: string | undefined, fallback: number):
   return n;
 }
 
+/** loadModel, showing on stderr the progress of what it downloads (nothing with --json). */
+async function loadModel(config: unknown, json: boolean | undefined, options: LoadModelOptions = {}) {
+  const downloads = new DownloadReporter({ json: json === true });
+  try {
+    return await HuggingFaceModelLoader.loadModel(config, { ...options, onProgress: downloads.report });
+  } finally {
+    downloads.finish();
+  }
+}
+
 async function models(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { type: { type: 'string' }, json: { type: 'boolean' } } });
   const list = HuggingFaceModelLoader.getAvailableModels(values.type === undefined ? undefined : modelType(values.type));
@@ -60,7 +70,7 @@ async function predict(args: string[]): Promise<void> {
   });
   if (!values.model) throw new UsageError('predict needs --model <hub id or directory>');
   if (positionals.length === 0) throw new UsageError('predict needs at least one image file');
-  const model = await HuggingFaceModelLoader.loadModel({ modelName: values.model, modelType: modelType(values.type) });
+  const model = await loadModel({ modelName: values.model, modelType: modelType(values.type) }, values.json);
   try {
     const topK = positiveInt('top-k', values['top-k'], 5);
     const predictions = await model.predict(positionals, { topK });
@@ -97,12 +107,15 @@ async function bench(args: string[]): Promise<void> {
   const iterations = positiveInt('iterations', values.iterations, 10);
   const loadStart = performance.now();
   // --random-weights: a config.json alone (e.g. a full-size architecture) with random initialisation.
-  const model = await HuggingFaceModelLoader.loadModel({
-    modelName: values.model,
-    modelType: modelType(values.type),
-    dtype: dtype as 'float32' | 'bfloat16' | 'float16',
-    pretrained: !values['random-weights'],
-  });
+  const model = await loadModel(
+    {
+      modelName: values.model,
+      modelType: modelType(values.type),
+      dtype: dtype as 'float32' | 'bfloat16' | 'float16',
+      pretrained: !values['random-weights'],
+    },
+    values.json,
+  );
   const loadSeconds = (performance.now() - loadStart) / 1000;
   try {
     const size = model.processorConfig.size as { height?: number; width?: number; shortest_edge?: number } | undefined;
@@ -135,7 +148,7 @@ async function train(args: string[]): Promise<void> {
   const configPath = positionals[0] ?? 'config/model_config.yaml';
   const config = await loadConfig(configPath);
   // The run's seed also fixes the initialisation of anything the checkpoint does not hold.
-  const model = await HuggingFaceModelLoader.loadModel(config.model, { seed: config.training.seed });
+  const model = await loadModel(config.model, values.json, { seed: config.training.seed });
   const reporter = new ProgressReporter({ json: values.json === true, logEvery: config.training.logEvery });
   const controller = new AbortController();
   const interrupt = (): void => {

@@ -1,8 +1,10 @@
 /**
- * What `visiontorch train` prints while it runs: a progress bar redrawn in place on a terminal,
- * plain lines in logs and CI (no control characters to garble them), nothing in --json mode
- * (the command prints one JSON document when done).
+ * What the CLI prints while it works, on stderr: `visiontorch train`'s progress and a model's
+ * downloads. A bar redrawn in place on a terminal, plain lines in logs and CI (no control
+ * characters to garble them), nothing in --json mode (the command prints one JSON document
+ * when done).
  */
+import type { DownloadProgress } from '../hub/download.js';
 import type { EvalEvent, ProgressEvent, SaveEvent, TrainerEvent } from '../training/events.js';
 
 /** The part of a tty.WriteStream the reporter uses; process.stderr is one. */
@@ -98,32 +100,55 @@ const formatLr = (lr: number) => (lr === 0 ? '0' : lr.toExponential(1));
  * When the terminal is narrow, the least useful fields go first.
  */
 export function formatProgressBar(e: ProgressEvent, columns: number): string {
-  const width = Math.max(10, Math.floor(columns) - 1);
   const fraction = e.totalSteps > 0 ? Math.min(1, Math.max(0, e.step / e.totalSteps)) : 0;
-  const fields = [
-    { text: `epoch ${e.epoch.toFixed(2)}/${formatEpochs(e.totalEpochs)}`, keep: 2 },
-    { text: '', keep: 6, bar: true },
-    { text: `${Math.floor(fraction * 100)}%`.padStart(4), keep: 7 },
-    { text: `step ${e.step}/${e.totalSteps}`, keep: 3 },
-    { text: `loss ${formatLoss(e.loss)}`, keep: 5 },
-    { text: `lr ${formatLr(e.learningRate)}`, keep: 1 },
-    { text: `${Math.round(e.imagesPerSecond)} img/s`, keep: 0 },
-    { text: `ETA ${formatDuration(e.etaSeconds)}`, keep: 4 },
-    // keep: the higher, the later a field is dropped to fit.
-  ];
+  return fitLine(
+    [
+      { text: `epoch ${e.epoch.toFixed(2)}/${formatEpochs(e.totalEpochs)}`, keep: 2 },
+      { text: '', keep: 6, bar: fraction },
+      { text: `${Math.floor(fraction * 100)}%`.padStart(4), keep: 7 },
+      { text: `step ${e.step}/${e.totalSteps}`, keep: 3 },
+      { text: `loss ${formatLoss(e.loss)}`, keep: 5 },
+      { text: `lr ${formatLr(e.learningRate)}`, keep: 1 },
+      { text: `${Math.round(e.imagesPerSecond)} img/s`, keep: 0 },
+      { text: `ETA ${formatDuration(e.etaSeconds)}`, keep: 4 },
+    ],
+    columns,
+  );
+}
+
+/** One field of a status line: its text, or the bar when `bar` (the fraction done) is set. */
+interface Field {
+  text: string;
+  /** The higher, the later the field is dropped to fit. */
+  keep: number;
+  bar?: number;
+}
+
+/**
+ * Fields joined by spaces in at most `columns - 1` characters (writing the last column makes
+ * some terminals wrap), dropping the least useful ones while they do not fit; the bar takes the
+ * room left, MIN_BAR to MAX_BAR cells.
+ */
+function fitLine(fields: Field[], columns: number): string {
+  const width = Math.max(10, Math.floor(columns) - 1);
   // Length of everything but the bar cells, with one space between fields.
-  const rest = (fs: typeof fields) => fs.reduce((n, f) => n + (f.bar ? 2 : f.text.length) + 1, -1);
-  const needed = (fs: typeof fields) => rest(fs) + (fs.some((f) => f.bar) ? MIN_BAR : 0);
+  const rest = (fs: Field[]) => fs.reduce((n, f) => n + (f.bar !== undefined ? 2 : f.text.length) + 1, -1);
+  const needed = (fs: Field[]) => rest(fs) + (fs.some((f) => f.bar !== undefined) ? MIN_BAR : 0);
+  const top = Math.max(...fields.map((f) => f.keep));
   let kept = fields;
-  for (let keep = 0; keep < 7 && needed(kept) > width; keep++) kept = kept.filter((f) => f.keep > keep);
-  const cells = Math.min(MAX_BAR, width - rest(kept));
-  const units = Math.round(fraction * cells * 8);
-  const full = Math.floor(units / 8);
-  const bar = `▕${'█'.repeat(full)}${EIGHTHS[units % 8]}${' '.repeat(cells - full - (units % 8 ? 1 : 0))}▏`;
+  for (let keep = 0; keep < top && needed(kept) > width; keep++) kept = kept.filter((f) => f.keep > keep);
+  const cells = Math.max(0, Math.min(MAX_BAR, width - rest(kept)));
   return kept
-    .map((f) => (f.bar ? bar : f.text))
+    .map((f) => (f.bar !== undefined ? formatBar(f.bar, cells) : f.text))
     .join(' ')
     .slice(0, width);
+}
+
+/** `▕██████▌     ▏`: `fraction` of `cells` cells, in eighths of a cell. */
+export function formatBar(fraction: number, cells: number): string {
+  const units = Math.round(Math.min(1, Math.max(0, fraction)) * cells * 8);
+  const full = Math.floor(units / 8);
+  return `▕${'█'.repeat(full)}${EIGHTHS[units % 8]}${' '.repeat(cells - full - (units % 8 ? 1 : 0))}▏`;
 }
 
 /** A log line for one step: `step 470/1000 (47%)  epoch 1.42/3  loss 0.4213  ...`. */
@@ -201,4 +226,116 @@ export function formatMetricsTable(metrics: Record<string, number>, title?: stri
 /** A run's length in epochs: whole numbers as they are, a maxSteps run's fraction to 2 decimals. */
 function formatEpochs(epochs: number): string {
   return Number.isInteger(epochs) ? String(epochs) : epochs.toFixed(2);
+}
+
+export interface DownloadReporterOptions {
+  /** Default process.stderr. */
+  stream?: ProgressStream;
+  /** --json: print nothing. */
+  json?: boolean;
+  /** On a TTY, at most one redraw per interval. Default 100. */
+  redrawIntervalMs?: number;
+  /** Milliseconds clock, for tests. */
+  now?: () => number;
+}
+
+/**
+ * Download progress (loadModel's onProgress): on a terminal one bar per file, redrawn in place
+ * and left on screen when the file is done; otherwise a line when a file starts and one when it
+ * is done.
+ */
+export class DownloadReporter {
+  readonly mode: 'tty' | 'plain' | 'silent';
+  private readonly stream: ProgressStream;
+  private readonly interval: number;
+  private readonly now: () => number;
+  /** The file being downloaded: where it started (a resumed download starts past 0) and when. */
+  private current: { file: string; startBytes: number; startTime: number } | undefined;
+  private lastDraw = -Infinity;
+  private barShown = false;
+
+  constructor(options: DownloadReporterOptions = {}) {
+    this.stream = options.stream ?? process.stderr;
+    this.mode = options.json ? 'silent' : this.stream.isTTY ? 'tty' : 'plain';
+    this.interval = options.redrawIntervalMs ?? 100;
+    this.now = options.now ?? (() => performance.now());
+  }
+
+  readonly report = (event: DownloadProgress): void => {
+    if (this.mode === 'silent') return;
+    if (this.current?.file !== event.file) this.start(event);
+    const current = this.current!;
+    const seconds = (this.now() - current.startTime) / 1000;
+    const rate = seconds > 0 ? (event.downloadedBytes - current.startBytes) / seconds : Number.NaN;
+    const done = event.totalBytes !== undefined && event.downloadedBytes >= event.totalBytes;
+    if (this.mode === 'plain') {
+      if (!done) return;
+      const speed = Number.isFinite(rate) ? ` (${formatBytes(Math.round(rate))}/s)` : '';
+      this.stream.write(`downloaded ${event.file}: ${formatBytes(event.downloadedBytes)} in ${formatDuration(seconds)}${speed}\n`);
+      this.current = undefined;
+      return;
+    }
+    if (!done && this.now() - this.lastDraw < this.interval) return;
+    this.stream.write(CLEAR_LINE + formatDownloadLine(event, rate, this.stream.columns ?? 80));
+    this.barShown = true;
+    this.lastDraw = this.now();
+    if (done) this.finish();
+  };
+
+  /** Call when loading ends, also on failure: moves past a bar left half way. */
+  finish(): void {
+    if (this.barShown) this.stream.write('\n');
+    this.barShown = false;
+    this.current = undefined;
+  }
+
+  private start(event: DownloadProgress): void {
+    this.finish();
+    this.current = { file: event.file, startBytes: event.downloadedBytes, startTime: this.now() };
+    this.lastDraw = -Infinity;
+    if (this.mode !== 'plain') return;
+    const size = event.totalBytes === undefined ? '' : ` (${formatBytes(event.totalBytes)})`;
+    const resumed = event.downloadedBytes > 0 ? `, resuming at ${formatBytes(event.downloadedBytes)}` : '';
+    this.stream.write(`downloading ${event.file}${size}${resumed}\n`);
+  }
+}
+
+/** `model.safetensors ▕████▌     ▏  45% 45.2/100.5 MB 12.3 MB/s ETA 4.5s`, fitted to `columns`. */
+export function formatDownloadLine(e: DownloadProgress, bytesPerSecond: number, columns: number): string {
+  const total = e.totalBytes;
+  const rate = Number.isFinite(bytesPerSecond) ? `${formatBytes(Math.round(bytesPerSecond))}/s` : '-- B/s';
+  if (total === undefined) return fitLine([{ text: e.file, keep: 2 }, { text: formatBytes(e.downloadedBytes), keep: 1 }, { text: rate, keep: 0 }], columns);
+  const fraction = total > 0 ? Math.min(1, e.downloadedBytes / total) : 1;
+  return fitLine(
+    [
+      { text: e.file, keep: 6 },
+      { text: '', keep: 5, bar: fraction },
+      { text: `${Math.floor(fraction * 100)}%`.padStart(4), keep: 7 },
+      { text: formatByteProgress(e.downloadedBytes, total), keep: 4 },
+      { text: rate, keep: 2 },
+      { text: `ETA ${formatDuration(bytesPerSecond > 0 ? (total - e.downloadedBytes) / bytesPerSecond : Number.NaN)}`, keep: 3 },
+    ],
+    columns,
+  );
+}
+
+const BYTE_UNITS = ['B', 'kB', 'MB', 'GB', 'TB'];
+/** The unit for `bytes`: decimal, as the hub and tqdm count. */
+const byteUnit = (bytes: number): number => {
+  let unit = 0;
+  while (unit < BYTE_UNITS.length - 1 && bytes >= 1000 ** (unit + 1)) unit++;
+  return unit;
+};
+const inUnit = (bytes: number, unit: number): string => (unit === 0 ? String(bytes) : (bytes / 1000 ** unit).toFixed(1));
+
+/** 512 → "512 B", 100468 → "100.5 kB", 3.4e8 → "340.0 MB". */
+export function formatBytes(bytes: number): string {
+  const unit = byteUnit(bytes);
+  return `${inUnit(bytes, unit)} ${BYTE_UNITS[unit]}`;
+}
+
+/** "45.2/100.5 MB", in the total's unit. */
+function formatByteProgress(done: number, total: number): string {
+  const unit = byteUnit(total);
+  return `${inUnit(done, unit)}/${inUnit(total, unit)} ${BYTE_UNITS[unit]}`;
 }

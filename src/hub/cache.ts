@@ -8,15 +8,20 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 
+/** huggingface_hub's home: $HF_HOME, else $XDG_CACHE_HOME/huggingface, else ~/.cache/huggingface. */
+export function hfHome(): string {
+  const env = process.env;
+  if (env.HF_HOME) return resolve(env.HF_HOME);
+  return join(env.XDG_CACHE_HOME ? resolve(env.XDG_CACHE_HOME) : join(homedir(), '.cache'), 'huggingface');
+}
+
 /** The hub cache directory: `cacheDir`, else $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub. */
 export function hubCacheDir(cacheDir?: string): string {
   if (cacheDir) return resolve(cacheDir);
   const env = process.env;
   if (env.HF_HUB_CACHE) return resolve(env.HF_HUB_CACHE);
   if (env.HUGGINGFACE_HUB_CACHE) return resolve(env.HUGGINGFACE_HUB_CACHE);
-  if (env.HF_HOME) return join(resolve(env.HF_HOME), 'hub');
-  const xdg = env.XDG_CACHE_HOME ? resolve(env.XDG_CACHE_HOME) : join(homedir(), '.cache');
-  return join(xdg, 'huggingface', 'hub');
+  return join(hfHome(), 'hub');
 }
 
 /** `org/name` -> `models--org--name`, huggingface_hub's folder name for a model repository. */
@@ -24,12 +29,20 @@ export function repoFolderName(repoId: string): string {
   return `models--${repoId.split('/').join('--')}`;
 }
 
-const COMMIT_HASH = /^[0-9a-f]{40}$/;
+export const COMMIT_HASH = /^[0-9a-f]{40}$/;
 // huggingface_hub's repo id rule: one optional namespace, then a name of [\w.-], no '--' or '..'.
 const REPO_ID = /^(?:[\w.-]+\/)?[\w.-]+$/;
 
 export function isValidRepoId(repoId: string): boolean {
   return REPO_ID.test(repoId) && !repoId.includes('--') && !repoId.includes('..') && repoId.length <= 96;
+}
+
+/**
+ * A revision becomes a path under refs/ (`refs/pr/1` is a valid one): no empty, `.` or `..`
+ * segment, no backslash, nothing absolute.
+ */
+export function isValidRevision(revision: string): boolean {
+  return revision.length > 0 && !/[\\\0]/.test(revision) && revision.split('/').every((s) => s !== '' && s !== '.' && s !== '..');
 }
 
 export function isDirectory(path: string): boolean {
@@ -60,6 +73,7 @@ export function findCachedSnapshot(cacheDir: string, repoId: string, revision: s
   const repoDir = join(cacheDir, repoFolderName(repoId));
   if (!isDirectory(repoDir)) return { looked: `${repoDir} (not in the cache)` };
   let commit = revision;
+  if (!isValidRevision(revision)) return { looked: `${repoDir} (revision "${revision}" is not a valid branch, tag or commit)` };
   if (!COMMIT_HASH.test(revision)) {
     const refFile = join(repoDir, 'refs', revision);
     if (!existsSync(refFile)) return { looked: `${refFile} (no such revision in the cache)` };

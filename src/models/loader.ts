@@ -2,16 +2,10 @@
 import { resolve } from 'node:path';
 import { ModelNotFoundError } from '../errors.js';
 import { findCachedSnapshot, hubCacheDir, isDirectory, isFile, isValidRepoId } from '../hub/cache.js';
+import { type DownloadProgress, downloadModel } from '../hub/download.js';
 import { native } from '../native.js';
 import { type ModelConfig, ModelType, parseModelConfig } from '../schemas/model-config.js';
 import { VisionModel } from './vision-model.js';
-
-export interface LoadModelOptions {
-  /** Makes random initialisation (pretrained: false, new heads) reproducible. */
-  seed?: number;
-  /** Tensor layout of convolutional models; 'auto' picks channels-last on CPU, where it is faster. */
-  memoryFormat?: 'auto' | 'contiguous' | 'channels_last';
-}
 
 export interface ModelInfo {
   architecture: string;
@@ -20,39 +14,69 @@ export interface ModelInfo {
   checkpoints: string[];
 }
 
-/** Where `config.modelName`'s files are: a local directory, else the HuggingFace cache. */
-export function resolveModelDirectory(config: Pick<ModelConfig, 'modelName' | 'revision' | 'cacheDir' | 'localFilesOnly'>): string {
-  const { modelName } = config;
-  const searched: string[] = [];
+type Location = Pick<ModelConfig, 'modelName' | 'revision' | 'cacheDir' | 'localFilesOnly'>;
+
+export interface LoadModelOptions {
+  /** Makes random initialisation (pretrained: false, new heads) reproducible. */
+  seed?: number;
+  /** Progress of the files downloaded from the hub (none when everything is cached). */
+  onProgress?: (event: DownloadProgress) => void;
+  /** Hub token for gated and private models; default $HF_TOKEN, $HUGGING_FACE_HUB_TOKEN, $HF_HOME/token. */
+  token?: string;
+  /** Tensor layout of convolutional models; 'auto' picks channels-last on CPU, where it is faster. */
+  memoryFormat?: 'auto' | 'contiguous' | 'channels_last';
+}
+
+/** `modelName` as an existing local directory, or the places it was looked for and whether it can be a hub id. */
+function localDirectory(modelName: string): { directory?: string; searched: string[]; hubId: boolean } {
   const local = resolve(modelName);
   // A directory of HuggingFace files, or a TorchScript archive (a .pt file) of a custom model.
-  if (isDirectory(local) || isFile(local)) return local;
-  searched.push(`local directory ${local} (does not exist)`);
-
+  if (isDirectory(local) || isFile(local)) return { directory: local, searched: [], hubId: false };
   const looksLikePath = modelName.startsWith('.') || modelName.startsWith('/') || modelName.split('/').length > 2;
   if (looksLikePath || !isValidRepoId(modelName)) {
-    throw new ModelNotFoundError(modelName, searched, looksLikePath ? undefined : 'It is not a valid hub id either (expected "org/name").');
+    throw new ModelNotFoundError(modelName, [`local directory ${local} (does not exist)`], looksLikePath ? undefined : 'It is not a valid hub id either (expected "org/name").');
   }
-  const cacheDir = hubCacheDir(config.cacheDir);
-  const cached = findCachedSnapshot(cacheDir, modelName, config.revision ?? 'main');
+  return { searched: [`local directory ${local} (does not exist)`], hubId: true };
+}
+
+/** Where `config.modelName`'s files are without a network: a local directory, else a snapshot in the HuggingFace cache. */
+export function resolveModelDirectory(config: Location): string {
+  const { directory, searched } = localDirectory(config.modelName);
+  if (directory) return directory;
+  const cached = findCachedSnapshot(hubCacheDir(config.cacheDir), config.modelName, config.revision ?? 'main');
   if (cached.snapshot) return cached.snapshot;
-  searched.push(`HuggingFace cache: ${cached.looked}`);
-  throw new ModelNotFoundError(
-    modelName,
-    searched,
-    'Downloading from the hub is not available in this version: put the files in a local directory ' +
-      '(config.json, preprocessor_config.json, model.safetensors) or fill the cache with huggingface_hub.',
-  );
+  throw new ModelNotFoundError(config.modelName, [...searched, `HuggingFace cache: ${cached.looked}`]);
+}
+
+/**
+ * Where `config.modelName`'s files are: a local directory, else the hub through the cache, which
+ * downloads what the cache lacks (unless `localFilesOnly` or $HF_HUB_OFFLINE). `weights: false`
+ * fetches the configuration files only.
+ */
+export async function fetchModelDirectory(config: Location, options: Omit<LoadModelOptions, 'seed'> & { weights?: boolean } = {}): Promise<string> {
+  const { directory, searched } = localDirectory(config.modelName);
+  if (directory) return directory;
+  try {
+    return await downloadModel(config.modelName, { ...options, revision: config.revision, cacheDir: config.cacheDir, localFilesOnly: config.localFilesOnly });
+  } catch (error) {
+    if (error instanceof ModelNotFoundError) throw new ModelNotFoundError(config.modelName, [...searched, ...error.searched], error.hint);
+    throw error;
+  }
 }
 
 export class HuggingFaceModelLoader {
-  /** Loads the model `config` describes (validated with ModelConfigSchema; throws ConfigError). */
+  /**
+   * Loads the model `config` describes (validated with ModelConfigSchema; throws ConfigError),
+   * from a local directory or the hub (see fetchModelDirectory). `seed` makes random
+   * initialisation (pretrained: false, new heads) reproducible.
+   */
   static async loadModel(config: ModelConfig | unknown, options: LoadModelOptions = {}): Promise<VisionModel> {
     const parsed = parseModelConfig(config);
     if (options.seed !== undefined && !(Number.isSafeInteger(options.seed) && options.seed >= 0)) {
       throw new RangeError(`loadModel: seed must be a non-negative integer, got ${options.seed}`);
     }
-    const directory = resolveModelDirectory(parsed);
+    // Random initialisation needs config.json alone: no weights to download.
+    const directory = await fetchModelDirectory(parsed, { onProgress: options.onProgress, token: options.token, weights: parsed.pretrained });
     const handle = await native().loadModel({
       directory,
       task: parsed.modelType,
