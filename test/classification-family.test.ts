@@ -143,3 +143,17 @@ describe('custom TorchScript models', () => {
     await expect(load({ modelName: join(dir, 'broken.pt') })).rejects.toThrow(/broken\.pt: not a TorchScript module/);
   });
 });
+
+describe('freezeBatchNorm', () => {
+  it('keeps BatchNorm statistics and weights while the convolutions train', async () => {
+    const ref = await reference('resnet-tiny-random');
+    const { model, modelConfig } = await load({ modelName: fixture('resnet-tiny-random') });
+    const before = await model.stateDict();
+    const trainer = new BaseTrainer({ model, modelConfig, ...FIXTURE_OPTIMIZER, freezeBatchNorm: true });
+    const step = await trainer.trainingStep({ pixelValues: ref.tensors.pixel_values!, labels: ref.tensors.labels! }, { returnGradients: true });
+    expect(Object.keys(step.gradients!).some((k) => k.includes('normalization'))).toBe(false);
+    const after = await model.stateDict();
+    for (const key of Object.keys(before).filter((k) => k.includes('normalization'))) expect(after[key]!.data, key).toEqual(before[key]!.data);
+    expect(after['resnet.embedder.embedder.convolution.weight']!.data).not.toEqual(before['resnet.embedder.embedder.convolution.weight']!.data);
+  });
+});

@@ -164,6 +164,7 @@ describe('parseTrainingConfig', () => {
       outputDir: 'runs/latest',
       earlyStoppingMetric: 'eval_loss',
       decayBiasAndNorm: false,
+      freezeBatchNorm: false,
       numWorkers: 2,
     });
   });
@@ -301,6 +302,7 @@ training:
   early_stopping_patience: 3
   early_stopping_metric: eval_accuracy
   decay_bias_and_norm: true
+  freeze_batch_norm: true
   gradient_checkpointing: false
   num_workers: 0
 data:
@@ -373,6 +375,7 @@ data:
       earlyStoppingPatience: 3,
       earlyStoppingMetric: 'eval_accuracy',
       decayBiasAndNorm: true,
+      freezeBatchNorm: true,
       gradientCheckpointing: false,
       numWorkers: 0,
       dataset: data,

@@ -93,6 +93,7 @@ TrainingOptions options_from_js(const Napi::Value& value) {
   options.early_stopping_patience = optional_int(object, "earlyStoppingPatience");
   options.early_stopping_metric = optional_string(object, "earlyStoppingMetric").value_or(options.early_stopping_metric);
   options.decay_bias_and_norm = optional_bool(object, "decayBiasAndNorm").value_or(false);
+  options.freeze_batch_norm = optional_bool(object, "freezeBatchNorm").value_or(false);
   options.gradient_checkpointing = optional_bool(object, "gradientCheckpointing").value_or(false);
   options.num_workers = static_cast<int>(optional_int(object, "numWorkers").value_or(options.num_workers));
   Napi::Value dataset = object.Get("dataset");

@@ -56,6 +56,8 @@ export const TrainingConfigSchema = z
     earlyStoppingMetric: oneOf(['eval_loss', 'eval_accuracy', 'eval_top5_accuracy']).default('eval_loss'),
     /** false: no weight decay on biases and LayerNorm weights (transformers' Trainer); true: decay all. */
     decayBiasAndNorm: bool().default(false),
+    /** BatchNorm layers keep their running statistics and weights (small batches, detection backbones). */
+    freezeBatchNorm: bool().default(false),
     gradientCheckpointing: bool().optional(),
     /** Data-loading threads (not processes: see DistributedTrainer for those). */
     numWorkers: nonNegativeInt().default(2),

@@ -124,9 +124,16 @@ bool Trainer::unscale_gradients(const NamedParameters& parameters) {
 
 Optimizer& Trainer::optimizer_for(const TrainingOptions& options) {
   if (!optimizer_) {
+    std::set<std::string> frozen;
+    if (options.freeze_batch_norm) {
+      for (const auto& item : model_->module()->named_modules()) {
+        if (!dynamic_cast<torch::nn::BatchNorm2dImpl*>(item.value().get())) continue;
+        for (const auto& parameter : item.value()->named_parameters(false)) frozen.insert(item.key() + "." + parameter.key());
+      }
+    }
     NamedParameters trainable;
     for (const auto& item : model_->module()->named_parameters()) {
-      if (item.value().requires_grad()) trainable.emplace_back(item.key(), item.value());
+      if (item.value().requires_grad() && !frozen.count(item.key())) trainable.emplace_back(item.key(), item.value());
     }
     VT_CHECK(!trainable.empty(), model_->architecture(), " has no trainable parameters: every one is frozen");
     std::set<std::string> no_decay;
@@ -143,6 +150,11 @@ StepOutcome Trainer::optimizer_step(const std::vector<ModelInputs>& micro_batche
   apply_compute_threads();
   VisionModule& module = *model_->module();
   module.train();
+  if (options.freeze_batch_norm) {
+    for (const auto& child : module.modules()) {
+      if (dynamic_cast<torch::nn::BatchNorm2dImpl*>(child.get())) child->eval();
+    }
+  }
   module.set_gradient_checkpointing(options.gradient_checkpointing);
   const HeadConfig head = HeadConfig::from_json(model_->config(), "config.json");
   StepOutcome outcome;

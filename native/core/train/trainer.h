@@ -43,6 +43,9 @@ struct TrainingOptions {
   std::optional<int64_t> early_stopping_patience;
   std::string early_stopping_metric = "eval_loss";
   bool decay_bias_and_norm = false;  // true: weight decay on every parameter (plain AdamW)
+  // BatchNorm layers keep their statistics and affine weights (as DETR's FrozenBatchNorm2d):
+  // for fine-tuning with batches too small to estimate statistics from.
+  bool freeze_batch_norm = false;
   bool gradient_checkpointing = false;
   int num_workers = 2;
   std::optional<DatasetSpec> dataset;
