@@ -1,0 +1,50 @@
+// COCO detection metrics computed as pycocotools' COCOeval does for bounding boxes: per image and
+// category, detections (by descending score, at most max_detections per image) are greedily matched
+// to ground truth at each IoU threshold 0.50:0.05:0.95; crowd ground truth (iscrowd) absorbs
+// matches without counting; ground truth outside an area range is ignored for that range;
+// precision is interpolated over 101 recall points and averaged over categories that have ground
+// truth.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace vt {
+
+struct CocoBox {
+  double x = 0, y = 0, width = 0, height = 0;  // pixels, top-left corner and size (COCO's bbox)
+};
+
+struct GroundTruthBox {
+  int64_t image_id = 0;
+  int64_t category_id = 0;
+  CocoBox box;
+  double area = -1;    // COCO's "area" (segment area); < 0: width * height
+  bool iscrowd = false;
+};
+
+struct DetectionBox {
+  int64_t image_id = 0;
+  int64_t category_id = 0;
+  CocoBox box;
+  double score = 0;
+};
+
+struct CocoMetrics {
+  double map = -1;          // AP @ IoU .50:.95, all areas, 100 detections (pycocotools' stats[0])
+  double map_50 = -1;       // stats[1]
+  double map_75 = -1;       // stats[2]
+  double map_small = -1, map_medium = -1, map_large = -1;  // stats[3..5]
+  double mar_1 = -1, mar_10 = -1, mar_100 = -1;            // stats[6..8]
+  double mar_small = -1, mar_medium = -1, mar_large = -1;  // stats[9..11]
+  // -1 where pycocotools prints -1 (no ground truth in that setting).
+  std::map<std::string, double> as_map() const;  // "map", "map_50", ... for reports
+};
+
+// `image_ids`: every image evaluated (images without ground truth or detections count too).
+CocoMetrics coco_evaluate(const std::vector<int64_t>& image_ids, const std::vector<GroundTruthBox>& ground_truth,
+                          const std::vector<DetectionBox>& detections, int64_t max_detections = 100);
+
+}  // namespace vt
