@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32, inflateSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { encodePng, layoutTrainingChart, renderTrainingChart, writeTrainingChart } from '../src/training/chart.js';
+import { encodePng } from '../src/render/canvas.js';
+import { layoutTrainingChart, renderTrainingChart, writeTrainingChart } from '../src/training/chart.js';
 import type { EvalEvent, ProgressEvent, TrainerEvent } from '../src/training/events.js';
 import { MetricsLog, readMetricsLog } from '../src/training/metrics-log.js';
 

@@ -115,6 +115,29 @@ torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const tor
   return torch::matmul(probs, value);
 }
 
+FrozenBatchNorm2dImpl::FrozenBatchNorm2dImpl(int64_t channels) {
+  weight = register_buffer("weight", torch::ones({channels}));
+  bias = register_buffer("bias", torch::zeros({channels}));
+  running_mean = register_buffer("running_mean", torch::zeros({channels}));
+  running_var = register_buffer("running_var", torch::ones({channels}));
+}
+
+torch::Tensor FrozenBatchNorm2dImpl::forward(const torch::Tensor& input) {
+  auto scale = weight.reshape({1, -1, 1, 1}) * (running_var.reshape({1, -1, 1, 1}) + 1e-5).rsqrt();
+  auto shift = bias.reshape({1, -1, 1, 1}) - running_mean.reshape({1, -1, 1, 1}) * scale;
+  return input * scale + shift;
+}
+
+BatchNorm2dSlot::BatchNorm2dSlot(torch::nn::Module& parent, const std::string& name, int64_t channels, bool frozen_statistics) {
+  if (frozen_statistics) {
+    frozen = parent.register_module(name, FrozenBatchNorm2d(channels));
+  } else {
+    trainable = parent.register_module(name, torch::nn::BatchNorm2d(channels));
+  }
+}
+
+torch::Tensor BatchNorm2dSlot::operator()(const torch::Tensor& input) { return frozen ? frozen(input) : trainable(input); }
+
 torch::Tensor drop_path(const torch::Tensor& x, double p, bool training) {
   if (p == 0.0 || !training) return x;
   const double keep = 1.0 - p;

@@ -43,6 +43,26 @@ torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const tor
                                            const torch::Tensor& additive_mask, double dropout,
                                            bool training);
 
+// BatchNorm2d with fixed statistics and affine weights, all buffers (DETR's FrozenBatchNorm2d:
+// torchvision's, with eps inside the rsqrt).
+class FrozenBatchNorm2dImpl : public torch::nn::Module {
+ public:
+  explicit FrozenBatchNorm2dImpl(int64_t channels);
+  torch::Tensor forward(const torch::Tensor& input);
+  torch::Tensor weight, bias, running_mean, running_var;
+};
+TORCH_MODULE(FrozenBatchNorm2d);
+
+// A BatchNorm2d registered under `name`, trainable or frozen, so convolutional backbones serve
+// both classification (statistics that train) and detection (frozen, as DETR's backbone).
+struct BatchNorm2dSlot {
+  BatchNorm2dSlot() = default;
+  BatchNorm2dSlot(torch::nn::Module& parent, const std::string& name, int64_t channels, bool frozen);
+  torch::Tensor operator()(const torch::Tensor& input);
+  torch::nn::BatchNorm2d trainable{nullptr};
+  FrozenBatchNorm2d frozen{nullptr};
+};
+
 // Stochastic depth (timm's drop_path): drops whole samples of a residual branch with
 // probability `p` in training, scaling the kept ones by 1 / (1 - p).
 torch::Tensor drop_path(const torch::Tensor& x, double p, bool training);

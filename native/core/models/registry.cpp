@@ -2,6 +2,7 @@
 
 #include "common/error.h"
 #include "models/convnext.h"
+#include "models/detr.h"
 #include "models/resnet.h"
 #include "models/vit.h"
 
@@ -37,6 +38,16 @@ const std::vector<Architecture>& architectures() {
       {"ConvNextModel", "convnext", std::nullopt, {"facebook/convnext-tiny-224"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<convnext::ConvNextModel>(convnext::ConvNextConfig::from_json(config, source));
+       }},
+      {"DetrForObjectDetection", "detr", Task::ObjectDetection,
+       {"facebook/detr-resnet-50", "facebook/detr-resnet-101", "facebook/detr-resnet-50-dc5"},
+       [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
+         return std::make_shared<detr::DetrForObjectDetection>(detr::DetrConfig::from_json(config, source));
+       }},
+      {"TableTransformerForObjectDetection", "table-transformer", Task::ObjectDetection,
+       {"microsoft/table-transformer-detection", "microsoft/table-transformer-structure-recognition"},
+       [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
+         return std::make_shared<detr::DetrForObjectDetection>(detr::DetrConfig::from_json(config, source));
        }},
   };
   return table;

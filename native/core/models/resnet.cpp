@@ -40,13 +40,13 @@ ResNetConfig ResNetConfig::from_json(const nlohmann::json& json, const std::stri
 }
 
 ConvLayerImpl::ConvLayerImpl(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride,
-                             std::optional<std::string> activation_name) {
+                             std::optional<std::string> activation_name, bool frozen_batch_norm) {
   convolution = register_module(
       "convolution", torch::nn::Conv2d(torch::nn::Conv2dOptions(in_channels, out_channels, kernel_size)
                                            .stride(stride)
                                            .padding(kernel_size / 2)
                                            .bias(false)));
-  normalization = register_module("normalization", torch::nn::BatchNorm2d(out_channels));
+  normalization = layers::BatchNorm2dSlot(*this, "normalization", out_channels, frozen_batch_norm);
   if (activation_name) activation = layers::activation(*activation_name);
 }
 
@@ -63,19 +63,20 @@ ResidualLayerImpl::ResidualLayerImpl(const ResNetConfig& config, int64_t in_chan
     shortcut_convolution = shortcut->register_module(
         "convolution",
         torch::nn::Conv2d(torch::nn::Conv2dOptions(in_channels, out_channels, 1).stride(stride).bias(false)));
-    shortcut_normalization = shortcut->register_module("normalization", torch::nn::BatchNorm2d(out_channels));
+    shortcut_normalization = layers::BatchNorm2dSlot(*shortcut, "normalization", out_channels, config.frozen_batch_norm);
   }
   auto sequence = layers::add_container(*this, "layer");
+  const bool frozen = config.frozen_batch_norm;
   // transformers' inner convolutions use ReLU whatever hidden_act says; hidden_act applies after
   // the residual sum.
   if (config.layer_type == "bottleneck") {
     const int64_t reduced = out_channels / 4;
-    layer.push_back(sequence->register_module("0", ConvLayer(in_channels, reduced, 1, 1, "relu")));
-    layer.push_back(sequence->register_module("1", ConvLayer(reduced, reduced, 3, stride, "relu")));
-    layer.push_back(sequence->register_module("2", ConvLayer(reduced, out_channels, 1, 1, std::nullopt)));
+    layer.push_back(sequence->register_module("0", ConvLayer(in_channels, reduced, 1, 1, "relu", frozen)));
+    layer.push_back(sequence->register_module("1", ConvLayer(reduced, reduced, 3, stride, "relu", frozen)));
+    layer.push_back(sequence->register_module("2", ConvLayer(reduced, out_channels, 1, 1, std::nullopt, frozen)));
   } else {
-    layer.push_back(sequence->register_module("0", ConvLayer(in_channels, out_channels, 3, stride, "relu")));
-    layer.push_back(sequence->register_module("1", ConvLayer(out_channels, out_channels, 3, 1, std::nullopt)));
+    layer.push_back(sequence->register_module("0", ConvLayer(in_channels, out_channels, 3, stride, "relu", frozen)));
+    layer.push_back(sequence->register_module("1", ConvLayer(out_channels, out_channels, 3, 1, std::nullopt, frozen)));
   }
 }
 
@@ -88,7 +89,7 @@ torch::Tensor ResidualLayerImpl::forward(const torch::Tensor& input) {
 
 ResNetBody::ResNetBody(const ResNetConfig& config, torch::nn::Module& owner) : config(config) {
   embedder = layers::add_container(owner, "embedder")
-                 ->register_module("embedder", ConvLayer(config.num_channels, config.embedding_size, 7, 2, config.hidden_act));
+                 ->register_module("embedder", ConvLayer(config.num_channels, config.embedding_size, 7, 2, config.hidden_act, config.frozen_batch_norm));
   auto stage_list = layers::add_container(*layers::add_container(owner, "encoder"), "stages");
   int64_t in_channels = config.embedding_size;
   for (size_t i = 0; i < config.depths.size(); ++i) {

@@ -25,6 +25,7 @@ struct ResNetConfig {
   bool downsample_in_first_stage = false;
   std::vector<std::string> stage_names;   // "stem", "stage1", ...
   std::vector<std::string> out_features;  // the backbone's outputs (default: the last stage)
+  bool frozen_batch_norm = false;         // not in config.json: DETR's backbone sets it
   HeadConfig head;
 
   static ResNetConfig from_json(const nlohmann::json& json, const std::string& source = "config.json");
@@ -34,10 +35,10 @@ struct ResNetConfig {
 class ConvLayerImpl : public torch::nn::Module {
  public:
   ConvLayerImpl(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride,
-                std::optional<std::string> activation);
+                std::optional<std::string> activation, bool frozen_batch_norm);
   torch::Tensor forward(const torch::Tensor& input);
   torch::nn::Conv2d convolution{nullptr};
-  torch::nn::BatchNorm2d normalization{nullptr};
+  layers::BatchNorm2dSlot normalization;
   std::optional<layers::Activation> activation;
 };
 TORCH_MODULE(ConvLayer);
@@ -49,7 +50,7 @@ class ResidualLayerImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& input);
   std::vector<ConvLayer> layer;                // layer.0, layer.1[, layer.2]
   torch::nn::Conv2d shortcut_convolution{nullptr};      // shortcut.convolution, when shapes change
-  torch::nn::BatchNorm2d shortcut_normalization{nullptr};
+  layers::BatchNorm2dSlot shortcut_normalization;
   layers::Activation activation;
 };
 TORCH_MODULE(ResidualLayer);
