@@ -68,12 +68,21 @@ export interface NativeClassScore {
   index: number;
 }
 
+export interface NativeDetection {
+  label: string;
+  score: number;
+  index: number;
+  /** Pixels of the original image. */
+  box: { xmin: number; ymin: number; xmax: number; ymax: number };
+}
+
 export interface NativeModel {
   info(): NativeModelInfo;
   forward(inputs: NativeForwardInputs): Promise<Record<string, NativeTensor>>;
   stateDict(): Promise<Record<string, NativeTensor>>;
-  preprocess(images: NativeImage[]): Promise<{ pixelValues: NativeTensor }>;
+  preprocess(images: NativeImage[]): Promise<{ pixelValues: NativeTensor; pixelMask?: NativeTensor }>;
   classify(images: NativeImage[], options: { topK: number }): Promise<NativeClassScore[][]>;
+  detect(images: NativeImage[], options: { threshold: number }): Promise<NativeDetection[][]>;
   save(directory: string): Promise<void>;
   dispose(): void;
 }

@@ -12,6 +12,7 @@ export {
 } from './models/loader.js';
 export {
   type ClassificationPrediction,
+  type DetectionPrediction,
   type ForwardInputs,
   type ImageInput,
   type Labels,
@@ -32,3 +33,4 @@ export {
   type TrainResult,
 } from './training/base-trainer.js';
 export type { EvalEvent, ProgressEvent, SaveEvent, TrainerEvent } from './training/events.js';
+export { drawDetections, drawSegmentation, type BoxAnnotation } from './render/annotate.js';

@@ -127,6 +127,12 @@ Image ImageSource::load() const {
   return decode_image(bytes.data(), bytes.size(), name);
 }
 
+std::vector<Image> load_images(const std::vector<ImageSource>& sources) {
+  std::vector<Image> images;
+  for (const auto& source : sources) images.push_back(source.load());
+  return images;
+}
+
 std::vector<ImageSource> images_from_js(const Napi::Value& value, const std::string& what) {
   Napi::Env env = value.Env();
   std::vector<Napi::Value> items;

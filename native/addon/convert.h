@@ -28,6 +28,8 @@ struct ImageSource {
   Image load() const;          // decodes on the calling (worker) thread
 };
 std::vector<ImageSource> images_from_js(const Napi::Value& value, const std::string& what);
+// Decodes every source (on the calling worker thread).
+std::vector<Image> load_images(const std::vector<ImageSource>& sources);
 
 ModelInputs model_inputs_from_js(const Napi::Value& value);
 

@@ -30,6 +30,7 @@ Napi::Function ModelWrap::define(Napi::Env env) {
                          InstanceMethod<&ModelWrap::guarded<&ModelWrap::state_dict>>("stateDict"),
                          InstanceMethod<&ModelWrap::guarded<&ModelWrap::preprocess>>("preprocess"),
                          InstanceMethod<&ModelWrap::guarded<&ModelWrap::classify>>("classify"),
+                         InstanceMethod<&ModelWrap::guarded<&ModelWrap::detect>>("detect"),
                          InstanceMethod<&ModelWrap::guarded<&ModelWrap::save>>("save"),
                          InstanceMethod<&ModelWrap::guarded<&ModelWrap::dispose>>("dispose"),
                      });
@@ -100,17 +101,46 @@ Napi::Value ModelWrap::state_dict(const Napi::CallbackInfo& info) {
 Napi::Value ModelWrap::preprocess(const Napi::CallbackInfo& info) {
   auto model = this->model(info.Env());
   auto sources = images_from_js(info[0], "image");
-  return run_async<torch::Tensor>(
-      info.Env(),
-      [model, sources] {
-        std::vector<Image> images;
-        for (const auto& source : sources) images.push_back(source.load());
-        return model->preprocess(images);
-      },
-      [](Napi::Env env, torch::Tensor& pixel_values) -> Napi::Value {
+  using Preprocessed = PretrainedModel::Preprocessed;
+  return run_async<Preprocessed>(
+      info.Env(), [model, sources] { return model->preprocess(load_images(sources)); },
+      [](Napi::Env env, Preprocessed& processed) -> Napi::Value {
         Napi::Object result = Napi::Object::New(env);
-        result.Set("pixelValues", tensor_to_js(env, pixel_values));
+        result.Set("pixelValues", tensor_to_js(env, processed.pixel_values));
+        if (processed.pixel_mask.defined()) result.Set("pixelMask", tensor_to_js(env, processed.pixel_mask));
         return result;
+      });
+}
+
+Napi::Value ModelWrap::detect(const Napi::CallbackInfo& info) {
+  auto model = this->model(info.Env());
+  auto sources = images_from_js(info[0], "image");
+  double threshold = 0.5;
+  if (info.Length() > 1 && info[1].IsObject()) threshold = optional_number(info[1].As<Napi::Object>(), "threshold").value_or(0.5);
+  using Results = std::vector<std::vector<PretrainedModel::LabeledDetection>>;
+  return run_async<Results>(
+      info.Env(), [model, sources, threshold] { return model->detect(load_images(sources), threshold); },
+      [](Napi::Env env, Results& results) -> Napi::Value {
+        Napi::Array images = Napi::Array::New(env, results.size());
+        for (size_t i = 0; i < results.size(); ++i) {
+          Napi::Array detections = Napi::Array::New(env, results[i].size());
+          for (size_t j = 0; j < results[i].size(); ++j) {
+            const auto& [label, d] = results[i][j];
+            Napi::Object box = Napi::Object::New(env);
+            box.Set("xmin", d.xmin);
+            box.Set("ymin", d.ymin);
+            box.Set("xmax", d.xmax);
+            box.Set("ymax", d.ymax);
+            Napi::Object entry = Napi::Object::New(env);
+            entry.Set("label", label);
+            entry.Set("score", d.score);
+            entry.Set("index", static_cast<double>(d.label));
+            entry.Set("box", box);
+            detections.Set(static_cast<uint32_t>(j), entry);
+          }
+          images.Set(static_cast<uint32_t>(i), detections);
+        }
+        return images;
       });
 }
 
@@ -122,11 +152,7 @@ Napi::Value ModelWrap::classify(const Napi::CallbackInfo& info) {
   using Scores = std::vector<std::vector<ClassScore>>;
   return run_async<Scores>(
       info.Env(),
-      [model, sources, top_k] {
-        std::vector<Image> images;
-        for (const auto& source : sources) images.push_back(source.load());
-        return model->classify(images, top_k);
-      },
+      [model, sources, top_k] { return model->classify(load_images(sources), top_k); },
       [](Napi::Env env, Scores& scores) -> Napi::Value {
         Napi::Array result = Napi::Array::New(env, scores.size());
         for (size_t i = 0; i < scores.size(); ++i) {

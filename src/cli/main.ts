@@ -6,19 +6,21 @@
  *   visiontorch models [--type T] [--json]
  *   visiontorch bench --model <id|dir> [--batch N] [--dtype D] [--json]
  */
-import { join } from 'node:path';
+import { extname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../errors.js';
 import { loadConfig } from '../config/project-config.js';
 import { HuggingFaceModelLoader, type LoadModelOptions } from '../models/loader.js';
 import { ModelType } from '../schemas/model-config.js';
+import type { DetectionPrediction, Prediction } from '../models/vision-model.js';
+import { drawDetections } from '../render/annotate.js';
 import { tensor } from '../tensor.js';
 import { BaseTrainer } from '../training/base-trainer.js';
 import { DownloadReporter, formatMetricsTable, ProgressReporter } from './progress.js';
 
 const USAGE = `usage:
   visiontorch train [config.yaml] [--json]            fine-tune the model of a YAML config (default config/model_config.yaml)
-  visiontorch predict --model <id|dir> [--type T] [--top-k K] <image...> [--json]
+  visiontorch predict --model <id|dir> [--type T] [--top-k K] [--threshold S] [--draw out.png] <image...> [--json]
   visiontorch models [--type T] [--json]              architectures this build implements
   visiontorch bench --model <id|dir> [--type T] [--batch N] [--dtype D] [--iterations N] [--random-weights] [--json]
 model types: ${Object.values(ModelType).join(', ')}`;
@@ -66,25 +68,51 @@ async function predict(args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { model: { type: 'string' }, type: { type: 'string' }, 'top-k': { type: 'string' }, json: { type: 'boolean' } },
+    options: {
+      model: { type: 'string' },
+      type: { type: 'string' },
+      'top-k': { type: 'string' },
+      threshold: { type: 'string' },
+      draw: { type: 'string' },
+      json: { type: 'boolean' },
+    },
   });
   if (!values.model) throw new UsageError('predict needs --model <hub id or directory>');
   if (positionals.length === 0) throw new UsageError('predict needs at least one image file');
+  const threshold = values.threshold === undefined ? undefined : Number(values.threshold);
+  if (threshold !== undefined && !(threshold >= 0 && threshold <= 1)) throw new UsageError(`--threshold must be a number from 0 to 1, got "${values.threshold}"`);
   const model = await loadModel({ modelName: values.model, modelType: modelType(values.type) }, values.json);
   try {
     const topK = positiveInt('top-k', values['top-k'], 5);
-    const predictions = await model.predict(positionals, { topK });
+    const predictions = await model.predict(positionals, { topK, threshold });
+    const drawn = values.draw === undefined ? [] : await drawPredictions(model.modelType, positionals, predictions, values.draw);
     if (values.json) {
-      console.log(JSON.stringify(positionals.map((image, i) => ({ image, predictions: predictions[i] })), null, 2));
+      console.log(JSON.stringify(positionals.map((image, i) => ({ image, predictions: predictions[i], ...(drawn[i] && { drawn: drawn[i] }) })), null, 2));
       return;
     }
     positionals.forEach((image, i) => {
       console.log(image);
-      for (const p of predictions[i] ?? []) console.log(`  ${p.score.toFixed(4)}  ${p.label}`);
+      for (const p of predictions[i] ?? []) {
+        const box = 'box' in p ? `  [${[p.box.xmin, p.box.ymin, p.box.xmax, p.box.ymax].map((v) => v.toFixed(1)).join(', ')}]` : '';
+        console.log(`  ${p.score.toFixed(4)}  ${p.label}${box}`);
+      }
+      if (drawn[i]) console.log(`  drawn: ${drawn[i]}`);
     });
   } finally {
     model.dispose();
   }
+}
+
+/** `--draw out.png`: each image with its predictions drawn on; several images get out-1.png, out-2.png, ... */
+async function drawPredictions(type: ModelType, images: string[], predictions: Prediction[], path: string): Promise<string[]> {
+  if (type !== ModelType.OBJECT_DETECTION) throw new UsageError(`--draw draws detections; this is a ${type} model`);
+  const ext = extname(path) || '.png';
+  const base = path.slice(0, path.length - extname(path).length);
+  const paths = images.map((_, i) => (images.length === 1 ? path : `${base}-${i + 1}${ext}`));
+  for (const [i, image] of images.entries()) {
+    await drawDetections(image, predictions[i] as DetectionPrediction[], paths[i]!);
+  }
+  return paths;
 }
 
 async function bench(args: string[]): Promise<void> {

@@ -25,13 +25,22 @@ export interface ClassificationPrediction {
   index: number;
 }
 
+export interface DetectionPrediction {
+  label: string;
+  score: number;
+  /** Pixels of the original image. */
+  box: { xmin: number; ymin: number; xmax: number; ymax: number };
+}
+
 export interface PredictOptions {
   /** Classification: how many labels per image, best first (default 5). */
   topK?: number;
+  /** Object detection: the lowest score kept (default 0.5), as post_process_object_detection. */
+  threshold?: number;
 }
 
-/** Per image: classification gives its top-K labels, best first. */
-export type Prediction = ClassificationPrediction[];
+/** Per image: classification gives its top-K labels, best first; detection its objects. */
+export type Prediction = ClassificationPrediction[] | DetectionPrediction[];
 
 export type LoadReport = NativeLoadReport;
 
@@ -78,12 +87,18 @@ export class VisionModel {
 
   /** The image processor's pixel values for these images, as transformers computes them. */
   async preprocess(images: ImageInput[]): Promise<{ pixelValues: Tensor; pixelMask?: Tensor }> {
-    return (await this.handle().preprocess(imageList(images, 'preprocess'))) as { pixelValues: Tensor };
+    return (await this.handle().preprocess(imageList(images, 'preprocess'))) as { pixelValues: Tensor; pixelMask?: Tensor };
   }
 
   /** One prediction per image (see Prediction). */
   async predict(images: ImageInput | ImageInput[], options: PredictOptions = {}): Promise<Prediction[]> {
     const list = imageList(Array.isArray(images) ? images : [images], 'predict');
+    if (this.modelType === 'object_detection') {
+      const threshold = options.threshold ?? 0.5;
+      if (!(threshold >= 0 && threshold <= 1)) throw new RangeError(`predict: threshold must be between 0 and 1, got ${threshold}`);
+      const results = await this.handle().detect(list, { threshold });
+      return results.map((detections) => detections.map(({ label, score, box }) => ({ label, score, box })));
+    }
     if (this.modelType !== 'classification') {
       throw new Error(`predict: ${this.modelType} models are not supported by this version`);
     }

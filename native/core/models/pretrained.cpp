@@ -271,9 +271,35 @@ TensorMap PretrainedModel::state_dict() {
   return state;
 }
 
-torch::Tensor PretrainedModel::preprocess(const std::vector<Image>& images) const {
+PretrainedModel::Preprocessed PretrainedModel::preprocess(const std::vector<Image>& images) const {
   VT_CHECK(!images.empty(), "preprocess: no images given");
-  return processor_->process_batch(images);
+  if (task_ == Task::ObjectDetection) {
+    DetectionBatch batch = preprocess_detection(images, *processor_);
+    return {batch.pixel_values, batch.pixel_mask};
+  }
+  return {processor_->process_batch(images), {}};
+}
+
+std::vector<std::vector<PretrainedModel::LabeledDetection>> PretrainedModel::detect(const std::vector<Image>& images,
+                                                                                     double threshold) {
+  VT_CHECK(task_ == Task::ObjectDetection, architecture_, " is not an object detection model");
+  VT_CHECK(threshold >= 0.0 && threshold <= 1.0, "threshold must be between 0 and 1, got ", threshold);
+  DetectionBatch batch = preprocess_detection(images, *processor_);
+  ModelInputs inputs;
+  inputs.pixel_values = batch.pixel_values;
+  inputs.pixel_mask = batch.pixel_mask;
+  ModelOutputs outputs = forward(inputs);
+  auto detections = post_process_object_detection(find_output(outputs, "logits").to(torch::kCPU, torch::kFloat32),
+                                                   find_output(outputs, "predBoxes").to(torch::kCPU, torch::kFloat32), threshold,
+                                                   batch.original_sizes);
+  std::vector<std::vector<LabeledDetection>> results(detections.size());
+  for (size_t i = 0; i < detections.size(); ++i) {
+    for (const auto& detection : detections[i]) {
+      const auto index = static_cast<size_t>(detection.label);
+      results[i].push_back({index < labels_.size() ? labels_[index] : std::to_string(detection.label), detection});
+    }
+  }
+  return results;
 }
 
 std::vector<std::vector<ClassScore>> PretrainedModel::classify(const std::vector<Image>& images, int64_t top_k) {
@@ -281,7 +307,7 @@ std::vector<std::vector<ClassScore>> PretrainedModel::classify(const std::vector
            " has no classification head; load it with numClasses to add one");
   VT_CHECK(top_k > 0, "topK must be a positive integer, got ", top_k);
   ModelInputs inputs;
-  inputs.pixel_values = preprocess(images);
+  inputs.pixel_values = preprocess(images).pixel_values;
   auto logits = find_output(forward(inputs), "logits").to(torch::kCPU, torch::kFloat32);
   HeadConfig head = HeadConfig::from_json(config_, "config.json");
   // transformers' image-classification pipeline: sigmoid for multi-label or single-logit heads.

@@ -15,6 +15,7 @@
 #include <torch/torch.h>
 
 #include "common/tensor_map.h"
+#include "data/detection.h"
 #include "data/image_processor.h"
 #include "io/image.h"
 #include "models/module.h"
@@ -68,10 +69,22 @@ class PretrainedModel {
   ModelOutputs forward(const ModelInputs& inputs);
   // Parameters and buffers under HuggingFace's keys, as contiguous CPU copies.
   TensorMap state_dict();
-  // The image processor's pixel_values for these images, [B, C, H, W] float32.
-  torch::Tensor preprocess(const std::vector<Image>& images) const;
+  // The image processor's output for these images: pixel_values [B, C, H, W] float32, and for
+  // detection models (DetrImageProcessor) images padded to the largest with pixel_mask [B, H, W].
+  struct Preprocessed {
+    torch::Tensor pixel_values;
+    torch::Tensor pixel_mask;  // undefined unless padded
+  };
+  Preprocessed preprocess(const std::vector<Image>& images) const;
   // Classification: the top_k labels of each image, best first.
   std::vector<std::vector<ClassScore>> classify(const std::vector<Image>& images, int64_t top_k);
+  // Object detection: per image, the detections scoring above `threshold`, boxes in pixels of
+  // the original image (post_process_object_detection).
+  struct LabeledDetection {
+    std::string label;
+    Detection detection;
+  };
+  std::vector<std::vector<LabeledDetection>> detect(const std::vector<Image>& images, double threshold);
   // config.json + model.safetensors + preprocessor_config.json, each written atomically.
   void save(const std::string& directory);
 
