@@ -1,9 +1,9 @@
 // COCO detection metrics computed as pycocotools' COCOeval does for bounding boxes: per image and
-// category, detections (by descending score, at most max_detections per image) are greedily matched
-// to ground truth at each IoU threshold 0.50:0.05:0.95; crowd ground truth (iscrowd) absorbs
-// matches without counting; ground truth outside an area range is ignored for that range;
-// precision is interpolated over 101 recall points and averaged over categories that have ground
-// truth.
+// category, detections (by descending score, at most max_detections of them, as pycocotools'
+// maxDets cuts them) are greedily matched to ground truth at each IoU threshold 0.50:0.05:0.95;
+// crowd ground truth (iscrowd) absorbs matches without counting; ground truth outside an area
+// range is ignored for that range; precision is interpolated over 101 recall points and averaged
+// over categories that have ground truth.
 #pragma once
 
 #include <cstdint>
@@ -43,7 +43,11 @@ struct CocoMetrics {
   std::map<std::string, double> as_map() const;  // "map", "map_50", ... for reports
 };
 
-// `image_ids`: every image evaluated (images without ground truth or detections count too).
+// `image_ids`: every image evaluated (images without ground truth or detections count too); every
+// box must lie on one of them. maxDets is [1, 10, max_detections] (at least 10), and map, map_50 ..
+// map_large and mar_100 .. mar_large use max_detections (pycocotools' stats[0] reads 100 whatever
+// maxDets holds, so both agree at the default). Throws vt::Error for non-finite or negative-size
+// boxes and non-finite scores.
 CocoMetrics coco_evaluate(const std::vector<int64_t>& image_ids, const std::vector<GroundTruthBox>& ground_truth,
                           const std::vector<DetectionBox>& detections, int64_t max_detections = 100);
 
