@@ -57,7 +57,8 @@ struct Detection {
 
 // transformers' post_process_object_detection: softmax over classes, the no-object class (last)
 // dropped, best class per query, cx,cy,w,h -> corners scaled to (height, width) of each target
-// size, queries scoring above `threshold` kept (in query order).
+// size, queries scoring above `threshold` kept (in query order). Empty `target_sizes`: boxes stay
+// relative (0..1), as transformers leaves them without target sizes.
 std::vector<std::vector<Detection>> post_process_object_detection(const torch::Tensor& logits, const torch::Tensor& pred_boxes,
                                                                   double threshold,
                                                                   const std::vector<std::pair<int, int>>& target_sizes);
@@ -82,6 +83,20 @@ class CocoDetectionDataset {
   std::string describe(size_t index) const;  // the image file
   Image image(size_t index) const;
   const std::vector<CocoAnnotation>& annotations(size_t index) const;
+
+ private:
+  struct Entry {
+    int64_t id = 0;
+    std::string path;    // images_dir / file_name
+    std::string source;  // "<json>: images[i]", for errors
+    std::optional<int> width, height;  // as the JSON states them, checked when decoding
+    std::vector<CocoAnnotation> annotations;
+  };
+  const Entry& entry(size_t index) const;  // throws on an index out of range
+
+  std::vector<Entry> entries_;
+  std::vector<std::string> class_names_;
+  std::map<int64_t, int64_t> category_to_label_;
 };
 
 // One training batch from `indices`: decode, augment with an RNG seeded by (seed, epoch, index)
