@@ -112,7 +112,7 @@ export interface NativeTrainingOptions {
 
 /** The camelCase DatasetConfig (src/schemas/dataset-config.ts). */
 export interface NativeDatasetSpec {
-  format: 'imagefolder' | 'csv' | 'jsonl' | 'idx';
+  format: 'imagefolder' | 'csv' | 'jsonl' | 'idx' | 'coco';
   [key: string]: unknown;
 }
 

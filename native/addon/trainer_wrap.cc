@@ -39,6 +39,8 @@ DatasetSpec dataset_from_js(const Napi::Value& value) {
   spec.labels = optional_string(object, "labels").value_or("");
   spec.validation_images = optional_string(object, "validationImages").value_or("");
   spec.validation_labels = optional_string(object, "validationLabels").value_or("");
+  spec.annotations = optional_string(object, "annotations").value_or("");
+  spec.validation_annotations = optional_string(object, "validationAnnotations").value_or("");
   spec.validation_split = optional_number(object, "validationSplit");
   spec.limit = optional_int(object, "limit");
   Napi::Value names = object.Get("classNames");
@@ -58,6 +60,11 @@ DatasetSpec dataset_from_js(const Napi::Value& value) {
       spec.augment.ratio = number_pair(crop.As<Napi::Object>(), "ratio", spec.augment.ratio);
     }
     spec.augment.horizontal_flip = optional_bool(augment_object, "horizontalFlip").value_or(false);
+    Napi::Value scales = augment_object.Get("scales");
+    if (scales.IsArray()) {
+      Napi::Array array = scales.As<Napi::Array>();
+      for (uint32_t i = 0; i < array.Length(); ++i) spec.augment.scales.push_back(array.Get(i).As<Napi::Number>().Int32Value());
+    }
   }
   return spec;
 }

@@ -23,6 +23,8 @@ export const AugmentSchema = z.strictObject({
   /** `true` uses the default scale and ratio ranges. */
   randomResizedCrop: z.union([bool(), RandomResizedCropSchema]).optional(),
   horizontalFlip: bool().optional(),
+  /** Detection: a random shortest edge per image from this list (multi-scale training, as DETR's recipe). */
+  scales: z.array(positiveInt()).min(1).optional(),
 });
 
 const common = {
@@ -65,7 +67,17 @@ const IdxSchema = z.strictObject({
   ...common,
 });
 
-type Parsed = z.output<typeof ImageFolderSchema | typeof CsvSchema | typeof JsonlSchema | typeof IdxSchema>;
+/** COCO object detection: an instances JSON (images, annotations, categories) and the directory of its images. */
+const CocoSchema = z.strictObject({
+  format: z.literal('coco'),
+  annotations: nonEmptyString(),
+  images: nonEmptyString(),
+  validationAnnotations: nonEmptyString().optional(),
+  validationImages: nonEmptyString().optional(),
+  ...common,
+});
+
+type Parsed = z.output<typeof ImageFolderSchema | typeof CsvSchema | typeof JsonlSchema | typeof IdxSchema | typeof CocoSchema>;
 
 /** The field naming a separate validation set, if one is given. */
 function validationField(d: Parsed): string | undefined {
@@ -77,11 +89,13 @@ function validationField(d: Parsed): string | undefined {
       return d.validationPath !== undefined ? 'validationPath' : undefined;
     case 'idx':
       return d.validationImages !== undefined ? 'validationImages' : undefined;
+    case 'coco':
+      return d.validationAnnotations !== undefined ? 'validationAnnotations' : undefined;
   }
 }
 
 export const DatasetConfigSchema = z
-  .discriminatedUnion('format', [ImageFolderSchema, CsvSchema, JsonlSchema, IdxSchema])
+  .discriminatedUnion('format', [ImageFolderSchema, CsvSchema, JsonlSchema, IdxSchema, CocoSchema])
   .superRefine((d, ctx) => {
     const v = validationField(d);
     if (v && d.validationSplit) {
@@ -91,7 +105,11 @@ export const DatasetConfigSchema = z
       const [given, missing] = d.validationImages === undefined ? ['validationLabels', 'validationImages'] : ['validationImages', 'validationLabels'];
       ctx.addIssue({ code: 'custom', path: [missing], message: `required when {${given}} is given` });
     }
-  }, whenValid('format', 'validationSplit', 'validationRoot', 'validationPath', 'validationImages', 'validationLabels'))
+    if (d.format === 'coco' && (d.validationImages === undefined) !== (d.validationAnnotations === undefined)) {
+      const [given, missing] = d.validationImages === undefined ? ['validationAnnotations', 'validationImages'] : ['validationImages', 'validationAnnotations'];
+      ctx.addIssue({ code: 'custom', path: [missing], message: `required when {${given}} is given` });
+    }
+  }, whenValid('format', 'validationSplit', 'validationRoot', 'validationPath', 'validationImages', 'validationLabels', 'validationAnnotations'))
   // The split defaults to 10% only when there is no validation set to evaluate on.
   .transform((d) => ({ ...d, validationSplit: d.validationSplit ?? (validationField(d) ? 0 : 0.1) }));
 
@@ -106,6 +124,7 @@ export const DATASET_PATH_FIELDS: { [F in DatasetFormat]: (keyof Extract<Dataset
   csv: ['path', 'root', 'validationPath'],
   jsonl: ['path', 'root', 'validationPath'],
   idx: ['images', 'labels', 'validationImages', 'validationLabels'],
+  coco: ['annotations', 'images', 'validationAnnotations', 'validationImages'],
 };
 
 /** A copy of `d` with relative paths made absolute against `baseDir`. */

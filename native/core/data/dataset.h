@@ -20,6 +20,7 @@ struct AugmentSpec {
   std::pair<double, double> scale{0.08, 1.0};         // torchvision's defaults
   std::pair<double, double> ratio{3.0 / 4.0, 4.0 / 3.0};
   bool horizontal_flip = false;
+  std::vector<int> scales;  // detection: a random shortest edge per image (multi-scale)
   bool any() const { return random_resized_crop || horizontal_flip; }
 };
 
@@ -31,8 +32,10 @@ struct DatasetSpec {
   // csv / jsonl
   std::string path, validation_path;
   std::string image_column = "image", label_column = "label";
-  // idx
+  // idx (files); coco: images and validation_images are the image directories
   std::string images, labels, validation_images, validation_labels;
+  // coco: the instances JSON files
+  std::string annotations, validation_annotations;
   // common
   std::optional<double> validation_split;  // default 0.1 when no validation set is given, else 0
   std::optional<int64_t> limit;            // first N samples of each split

@@ -8,7 +8,7 @@
 #include <limits>
 
 #include "common/error.h"
-#include "data/loader.h"
+#include "train/training_data.h"
 #include "models/losses.h"
 #include "runtime/threads.h"
 #include "train/checkpoint.h"
@@ -218,91 +218,52 @@ StepOutcome Trainer::training_step(const ModelInputs& batch, bool return_gradien
   return optimizer_step({batch}, return_gradients, options_, schedule);
 }
 
-Metrics Trainer::evaluate_split(const std::shared_ptr<ImageDataset>& dataset, const TrainingOptions& options) {
-  LoaderOptions loader_options;
-  loader_options.batch_size = static_cast<size_t>(options.batch_size);
-  loader_options.shuffle = false;
-  loader_options.augment = false;
-  loader_options.seed = options.seed;
-  loader_options.num_workers = options.num_workers;
-  BatchLoader loader(dataset, model_->shared_processor(), AugmentSpec{}, loader_options);
-  loader.start_epoch(0);
-  const auto started = std::chrono::steady_clock::now();
-  double loss_sum = 0.0;
-  int64_t samples = 0, correct = 0, correct_top5 = 0;
-  const int64_t num_labels = static_cast<int64_t>(model_->labels().size());
-  while (auto batch = loader.next()) {
+EvaluationForward Trainer::evaluation_forward(const TrainingOptions& options) {
+  return [this, mixed_precision = options.mixed_precision](const ModelInputs& raw) {
     std::lock_guard<std::mutex> lock(model_->mutex());
     apply_compute_threads();
     c10::InferenceMode inference;
     model_->module()->eval();
-    ModelInputs inputs;
-    inputs.pixel_values = batch->pixel_values;
-    inputs.labels = batch->labels;
-    inputs = move_inputs(inputs, model_->device(), model_->dtype(), model_->memory_format());
-    ModelOutputs outputs;
-    {
-      AutocastScope autocast(options.mixed_precision, model_->device());
-      outputs = model_->module()->forward(inputs);
-    }
-    const int64_t count = batch->labels.size(0);
-    loss_sum += find_output(outputs, "loss").to(torch::kFloat32).item<double>() * static_cast<double>(count);
-    auto logits = find_output(outputs, "logits").to(torch::kCPU, torch::kFloat32);
-    auto labels = batch->labels.to(torch::kCPU);
-    correct += logits.argmax(-1).eq(labels).sum().item<int64_t>();
-    if (num_labels >= 5) {
-      auto top5 = std::get<1>(logits.topk(5, -1));
-      correct_top5 += top5.eq(labels.unsqueeze(1)).any(1).sum().item<int64_t>();
-    }
-    samples += count;
-  }
-  VT_CHECK(samples > 0, "evaluation: the dataset is empty");
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  Metrics metrics{{"eval_loss", loss_sum / static_cast<double>(samples)},
-                  {"eval_accuracy", static_cast<double>(correct) / static_cast<double>(samples)},
-                  {"eval_samples", static_cast<double>(samples)},
-                  {"eval_runtime", seconds},
-                  {"eval_samples_per_second", static_cast<double>(samples) / std::max(seconds, 1e-9)}};
-  if (num_labels >= 5) metrics["eval_top5_accuracy"] = static_cast<double>(correct_top5) / static_cast<double>(samples);
-  return metrics;
+    ModelInputs inputs = move_inputs(raw, model_->device(), model_->dtype(), model_->memory_format());
+    AutocastScope autocast(mixed_precision, model_->device());
+    return model_->module()->forward(inputs);
+  };
+}
+
+DataOptions Trainer::data_options(const TrainingOptions& options) const {
+  DataOptions data;
+  data.batch_size = static_cast<size_t>(options.batch_size);
+  data.seed = options.seed;
+  data.num_workers = options.num_workers;
+  return data;
 }
 
 Metrics Trainer::evaluate(const DatasetSpec& spec, int64_t batch_size) {
   std::lock_guard<std::mutex> run_lock(run_mutex_);
-  VT_CHECK(model_->task() == Task::Classification, "evaluate: ", model_->architecture(),
-           " is not a classification model");
-  DatasetSplits splits = open_classification_dataset(spec, options_.seed);
-  VT_CHECK(splits.class_names.size() == model_->labels().size(), dataset_hint(model_->labels().size(), splits.class_names.size()));
   TrainingOptions options = options_;
   options.batch_size = batch_size;
-  return evaluate_split(splits.validation ? splits.validation : splits.train, options);
+  auto data = open_training_data(model_->task(), spec, data_options(options), model_->shared_processor());
+  VT_CHECK(data->class_names().size() == model_->labels().size(), dataset_hint(model_->labels().size(), data->class_names().size()));
+  return data->evaluate(evaluation_forward(options), /*whole=*/!data->has_validation());
 }
 
 nlohmann::json Trainer::train(const TrainingOptions& options, const EventSink& emit) {
   std::lock_guard<std::mutex> run_lock(run_mutex_);
   validate_options(options);
   VT_CHECK(options.dataset.has_value(), "train: no dataset (give training.dataset, or data: in the YAML file)");
-  VT_CHECK(model_->task() == Task::Classification, "train: ", model_->architecture(),
-           " is a ", task_name(model_->task()), " model; this trainer fine-tunes classification models");
-  VT_CHECK(!model_->labels().empty(), model_->architecture(), " has no classification head; load it with numClasses");
-  VT_CHECK(options.early_stopping_metric == "eval_loss" || options.early_stopping_metric == "eval_accuracy" ||
-               options.early_stopping_metric == "eval_top5_accuracy",
-           "earlyStoppingMetric must be eval_loss, eval_accuracy or eval_top5_accuracy, got \"",
-           options.early_stopping_metric, "\"");
+  VT_CHECK(!model_->labels().empty(), model_->architecture(), " has no task head; load it with numClasses");
+  const auto& metric = options.early_stopping_metric;
+  const bool detection = model_->task() == Task::ObjectDetection;
+  VT_CHECK(metric == "eval_loss" || (!detection && (metric == "eval_accuracy" || metric == "eval_top5_accuracy")) ||
+               (detection && (metric == "eval_map" || metric == "eval_map_50" || metric == "eval_map_75")),
+           "earlyStoppingMetric \"", metric, "\" is not reported for ", task_name(model_->task()),
+           " (use eval_loss, or ", detection ? "eval_map, eval_map_50, eval_map_75" : "eval_accuracy, eval_top5_accuracy", ")");
   stop_requested_ = false;
 
-  DatasetSplits splits = open_classification_dataset(*options.dataset, options.seed);
-  VT_CHECK(splits.class_names.size() == model_->labels().size(), dataset_hint(model_->labels().size(), splits.class_names.size()));
-  if (splits.class_names != model_->labels()) model_->set_labels(splits.class_names);
-
-  LoaderOptions loader_options;
-  loader_options.batch_size = static_cast<size_t>(options.batch_size);
-  loader_options.shuffle = true;
-  loader_options.augment = options.dataset->augment.any();
-  loader_options.seed = options.seed;
-  loader_options.num_workers = options.num_workers;
-  BatchLoader loader(splits.train, model_->shared_processor(), options.dataset->augment, loader_options);
-  const int64_t batches_per_epoch = static_cast<int64_t>(loader.batches_per_epoch());
+  auto data = open_training_data(model_->task(), *options.dataset, data_options(options), model_->shared_processor());
+  VT_CHECK(data->class_names().size() == model_->labels().size(), dataset_hint(model_->labels().size(), data->class_names().size()));
+  if (data->class_names() != model_->labels()) model_->set_labels(data->class_names());
+  const int64_t batches_per_epoch = static_cast<int64_t>(data->batches_per_epoch());
   const int64_t accumulation = options.gradient_accumulation_steps;
   const int64_t steps_per_epoch = (batches_per_epoch + accumulation - 1) / accumulation;
   const int64_t total_steps = options.max_steps.value_or(options.epochs * steps_per_epoch);
@@ -379,9 +340,10 @@ nlohmann::json Trainer::train(const TrainingOptions& options, const EventSink& e
     emit({{"kind", "save"}, {"step", global_step}, {"path", last_checkpoint}});
   };
   bool stopped_early = false;
+  const EvaluationForward evaluate_forward = evaluation_forward(options);
   auto run_evaluation = [&] {
-    if (!splits.validation) return;
-    last_metrics = evaluate_split(splits.validation, options);
+    if (!data->has_validation()) return;
+    last_metrics = data->evaluate(evaluate_forward);
     const double fractional_epoch = static_cast<double>(epoch) + static_cast<double>(batch_in_epoch) / static_cast<double>(batches_per_epoch);
     emit({{"kind", "eval"}, {"step", global_step}, {"epoch", fractional_epoch}, {"metrics", last_metrics}});
     const double value = last_metrics.at(options.early_stopping_metric);
@@ -399,16 +361,13 @@ nlohmann::json Trainer::train(const TrainingOptions& options, const EventSink& e
   int64_t images = 0;
   bool aborted = false;
   while (global_step < total_steps && !stopped_early && !aborted) {
-    loader.start_epoch(epoch, static_cast<size_t>(batch_in_epoch));
+    data->start_epoch(epoch, static_cast<size_t>(batch_in_epoch));
     std::vector<ModelInputs> micro_batches;
     while (global_step < total_steps && !stopped_early && !aborted) {
-      auto batch = loader.next();
+      auto batch = data->next();
       if (batch) {
-        ModelInputs inputs;
-        inputs.pixel_values = batch->pixel_values;
-        inputs.labels = batch->labels;
-        images += batch->labels.size(0);
-        micro_batches.push_back(std::move(inputs));
+        images += batch->pixel_values.size(0);
+        micro_batches.push_back(std::move(*batch));
         ++batch_in_epoch;
       }
       const bool epoch_done = !batch || batch_in_epoch == batches_per_epoch;

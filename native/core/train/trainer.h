@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/dataset.h"
+#include "train/training_data.h"
 #include "models/pretrained.h"
 #include "train/optimizer.h"
 #include "train/scheduler.h"
@@ -59,7 +60,6 @@ struct StepOutcome {
   TensorMap gradients;         // with return_gradients: the backward's gradients, before clipping
 };
 
-using Metrics = std::map<std::string, double>;
 // Receives {"kind": "step" | "eval" | "save", ...} events from the training thread.
 using EventSink = std::function<void(const nlohmann::json& event)>;
 
@@ -71,8 +71,8 @@ class Trainer {
   StepOutcome training_step(const ModelInputs& batch, bool return_gradients);
   // The whole run described by `options` (its dataset); returns the run's summary.
   nlohmann::json train(const TrainingOptions& options, const EventSink& sink);
-  // Loss, accuracy and top-5 accuracy on a dataset's validation split (or on all of it when it
-  // has none).
+  // The task's metrics on a dataset's validation split (or on all of it when it has none):
+  // loss, accuracy and top-5 accuracy; for detection loss and COCO mAP.
   Metrics evaluate(const DatasetSpec& dataset, int64_t batch_size);
   // Asks a running train() to stop after its current step (a checkpoint is saved first).
   void request_stop() { stop_requested_ = true; }
@@ -81,7 +81,9 @@ class Trainer {
   struct Run;
   StepOutcome optimizer_step(const std::vector<ModelInputs>& micro_batches, bool return_gradients,
                              const TrainingOptions& options, const ScheduleConfig& schedule);
-  Metrics evaluate_split(const std::shared_ptr<ImageDataset>& dataset, const TrainingOptions& options);
+  // Evaluation-mode forward passes on the model, for TrainingData::evaluate.
+  EvaluationForward evaluation_forward(const TrainingOptions& options);
+  DataOptions data_options(const TrainingOptions& options) const;
   Optimizer& optimizer_for(const TrainingOptions& options);
   // fp16 loss scaling: divides the gradients by the scale; false (and a smaller scale) when
   // they overflowed.
