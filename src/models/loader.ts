@@ -99,10 +99,11 @@ export class HuggingFaceModelLoader {
     if (type !== undefined && !Object.values(ModelType).includes(type)) {
       throw new RangeError(`getAvailableModels: unknown model type "${String(type)}" (expected ${Object.values(ModelType).join(', ')})`);
     }
-    return native()
-      .architectures()
-      // Base models (ViTModel) serve as backbones of their family's classification models.
-      .map((a) => ({ architecture: a.architecture, modelType: (a.task ?? ModelType.CLASSIFICATION) as ModelType, checkpoints: a.checkpoints }))
+    const all = native().architectures();
+    // A base model (ViTModel, DetrModel) serves its family's task: the task of its head classes.
+    const familyTask = (modelType: string) => all.find((a) => a.modelType === modelType && a.task)?.task ?? ModelType.CLASSIFICATION;
+    return all
+      .map((a) => ({ architecture: a.architecture, modelType: (a.task ?? familyTask(a.modelType)) as ModelType, checkpoints: a.checkpoints }))
       .filter((info) => type === undefined || info.modelType === type);
   }
 }

@@ -2,7 +2,7 @@
  * A loaded model: the public VisionModel of the contract, over a native handle. Arguments are
  * checked here; every computing method is async and runs on the addon's worker threads.
  */
-import type { NativeImage, NativeLoadReport, NativeModel } from '../../binding.js';
+import type { NativeImage, NativeLoadReport, NativeModel, NativeModelInfo } from '../../binding.js';
 import type { ModelType } from '../schemas/model-config.js';
 import type { DType, Tensor } from '../tensor.js';
 
@@ -45,31 +45,52 @@ export type Prediction = ClassificationPrediction[] | DetectionPrediction[];
 export type LoadReport = NativeLoadReport;
 
 export class VisionModel {
-  readonly architecture: string;
-  readonly modelType: ModelType;
-  readonly labels: string[];
-  readonly device: string;
-  readonly dtype: DType;
-  /** config.json as the model uses it (ModelConfig overrides applied). */
-  readonly config: Record<string, unknown>;
-  /** preprocessor_config.json as the model uses it. */
-  readonly processorConfig: Record<string, unknown>;
-  /** What loading read, initialised afresh, ignored or adapted. */
-  readonly loadReport: LoadReport;
   #native: NativeModel | undefined;
+  #info: NativeModelInfo;
+  #config: Record<string, unknown>;
+  #processorConfig: Record<string, unknown>;
 
   /** @internal Created by HuggingFaceModelLoader.loadModel. */
   constructor(handle: NativeModel) {
-    const info = handle.info();
     this.#native = handle;
-    this.architecture = info.architecture;
-    this.modelType = info.modelType;
-    this.labels = info.labels;
-    this.device = info.device;
-    this.dtype = info.dtype;
-    this.config = JSON.parse(info.config) as Record<string, unknown>;
-    this.processorConfig = JSON.parse(info.processorConfig) as Record<string, unknown>;
-    this.loadReport = info.loadReport;
+    this.#info = handle.info();
+    this.#config = JSON.parse(this.#info.config) as Record<string, unknown>;
+    this.#processorConfig = JSON.parse(this.#info.processorConfig) as Record<string, unknown>;
+  }
+
+  get architecture(): string {
+    return this.#info.architecture;
+  }
+  get modelType(): ModelType {
+    return this.#info.modelType;
+  }
+  /** Label names by class index (a dataset's class names once trained on it). */
+  get labels(): string[] {
+    return this.#info.labels;
+  }
+  get device(): string {
+    return this.#info.device;
+  }
+  get dtype(): DType {
+    return this.#info.dtype;
+  }
+  /** config.json as the model uses it (ModelConfig overrides applied). */
+  get config(): Record<string, unknown> {
+    return this.#config;
+  }
+  /** preprocessor_config.json as the model uses it. */
+  get processorConfig(): Record<string, unknown> {
+    return this.#processorConfig;
+  }
+  /** What loading read, initialised afresh, ignored or adapted. */
+  get loadReport(): LoadReport {
+    return this.#info.loadReport;
+  }
+
+  /** @internal Re-reads what training may change (labels, config). */
+  refresh(): void {
+    this.#info = this.handle().info();
+    this.#config = JSON.parse(this.#info.config) as Record<string, unknown>;
   }
 
   /** Evaluation-mode forward pass. Output keys: logits, and loss when labels are given. */

@@ -114,6 +114,7 @@ export class BaseTrainer {
     options.signal?.addEventListener('abort', stop, { once: true });
     try {
       const result = await this.#native.train(this.nativeOptions(parsed), onEvent as (event: unknown) => void);
+      this.model.refresh(); // training names the classes after the dataset's
       await pending;
       if (history.some((e) => e.kind === 'step')) await writeTrainingChart(chartPath, history).catch(chartFailed);
       return result as TrainResult;

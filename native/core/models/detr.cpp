@@ -338,9 +338,11 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& input, const torch:
 // ---------------------------------------------------------------------------------------------
 // The model
 
-DetrForObjectDetection::DetrForObjectDetection(const DetrConfig& config) : config(config) {
-  auto model = layers::add_container(*this, "model");
-  auto backbone_container = layers::add_container(*model, "backbone");
+DetrForObjectDetection::DetrForObjectDetection(const DetrConfig& config, bool with_heads)
+    : config(config), with_heads(with_heads) {
+  std::shared_ptr<torch::nn::Module> model = with_heads ? layers::add_container(*this, "model") : nullptr;
+  torch::nn::Module& body = with_heads ? *model : *this;
+  auto backbone_container = layers::add_container(body, "backbone");
   auto conv_encoder = layers::add_container(*backbone_container, "conv_encoder");
   if (config.use_timm_backbone) {
     backbone = std::make_unique<TimmBackbone>(config, *conv_encoder);
@@ -366,22 +368,23 @@ DetrForObjectDetection::DetrForObjectDetection(const DetrConfig& config) : confi
     column_embeddings = layers::add_container(*position, "column_embeddings")
                             ->register_parameter("weight", torch::rand({kLearnedPositions, config.d_model / 2}));
   }
-  input_projection = model->register_module(
+  input_projection = body.register_module(
       "input_projection", torch::nn::Conv2d(torch::nn::Conv2dOptions(backbone->output_channels(), config.d_model, 1)));
-  query_position_embeddings = layers::add_container(*model, "query_position_embeddings")
+  query_position_embeddings = layers::add_container(body, "query_position_embeddings")
                                   ->register_parameter("weight", torch::randn({config.num_queries, config.d_model}));
-  auto encoder = layers::add_container(*model, "encoder");
+  auto encoder = layers::add_container(body, "encoder");
   auto encoder_list = layers::add_container(*encoder, "layers");
   for (int64_t i = 0; i < config.encoder_layers; ++i) {
     encoder_layers.push_back(encoder_list->register_module(std::to_string(i), EncoderLayer(config)));
   }
   if (config.pre_norm) encoder_layernorm = encoder->register_module("layernorm", layers::LayerNorm(config.d_model, 1e-5));
-  auto decoder = layers::add_container(*model, "decoder");
+  auto decoder = layers::add_container(body, "decoder");
   auto decoder_list = layers::add_container(*decoder, "layers");
   for (int64_t i = 0; i < config.decoder_layers; ++i) {
     decoder_layers.push_back(decoder_list->register_module(std::to_string(i), DecoderLayer(config)));
   }
   decoder_layernorm = decoder->register_module("layernorm", layers::LayerNorm(config.d_model, 1e-5));
+  if (!with_heads) return;
   // One more class than labels: the last is "no object".
   class_labels_classifier = register_module("class_labels_classifier", layers::Linear(config.d_model, config.head.num_labels() + 1));
   auto bbox_layers = layers::add_container(*layers::add_container(*this, "bbox_predictor"), "layers");
@@ -405,11 +408,11 @@ void DetrForObjectDetection::init_module(const std::string& name, torch::nn::Mod
     if (conv->bias.defined()) conv->bias.zero_();
   } else if (auto* norm = dynamic_cast<layers::LayerNormImpl*>(&module)) {
     norm->reset_parameters();
-  } else if (name == "model.query_position_embeddings") {
+  } else if (name.size() >= 25 && name.compare(name.size() - 25, 25, "query_position_embeddings") == 0) {
     query_position_embeddings.normal_(0.0, std);
-  } else if (name == "model.backbone.position_embedding.row_embeddings") {
+  } else if (name.find("position_embedding.row_embeddings") != std::string::npos) {
     row_embeddings.uniform_(0.0, 1.0);
-  } else if (name == "model.backbone.position_embedding.column_embeddings") {
+  } else if (name.find("position_embedding.column_embeddings") != std::string::npos) {
     column_embeddings.uniform_(0.0, 1.0);
   }
 }
@@ -475,6 +478,10 @@ DetrOutputs DetrForObjectDetection::run(const torch::Tensor& pixel_values, const
   }
   queries = decoder_layernorm(queries);
 
+  DetrOutputs outputs;
+  outputs.last_hidden_state = queries;
+  outputs.encoder_last_hidden_state = memory;
+  if (!with_heads) return outputs;
   auto predict_boxes = [&](torch::Tensor x) {
     for (size_t i = 0; i < bbox_predictor.size(); ++i) {
       x = bbox_predictor[i](x);
@@ -482,11 +489,8 @@ DetrOutputs DetrForObjectDetection::run(const torch::Tensor& pixel_values, const
     }
     return x.sigmoid();
   };
-  DetrOutputs outputs;
   outputs.logits = class_labels_classifier(queries);
   outputs.pred_boxes = predict_boxes(queries);
-  outputs.last_hidden_state = queries;
-  outputs.encoder_last_hidden_state = memory;
   for (size_t i = 0; i + 1 < intermediate.size(); ++i) {
     outputs.aux_logits.push_back(class_labels_classifier(intermediate[i]));
     outputs.aux_boxes.push_back(predict_boxes(intermediate[i]));
@@ -623,6 +627,10 @@ void validate_targets(const std::vector<Target>& targets, int64_t batch, int64_t
 ModelOutputs DetrForObjectDetection::forward(const ModelInputs& inputs) {
   DetrOutputs out = run(inputs.pixel_values, inputs.pixel_mask);
   ModelOutputs outputs;
+  if (!with_heads) {
+    VT_CHECK(!inputs.has_labels(), config.pre_norm ? "TableTransformerModel" : "DetrModel", " has no task head, so it takes no labels");
+    return {{"lastHiddenState", out.last_hidden_state}, {"encoderLastHiddenState", out.encoder_last_hidden_state}};
+  }
   if (!inputs.targets.empty()) {
     VT_CHECK(!inputs.labels.defined(), "labels: detection takes one {classLabels, boxes} per image, not a tensor");
     validate_targets(inputs.targets, inputs.pixel_values.size(0), config.head.num_labels());

@@ -98,9 +98,11 @@ struct DetrOutputs {
   std::vector<torch::Tensor> aux_logits, aux_boxes;  // per decoder layer but the last, with auxiliary_loss
 };
 
+// DetrForObjectDetection / TableTransformerForObjectDetection, or without heads (`with_heads`
+// false) DetrModel / TableTransformerModel, whose keys lack the "model." prefix.
 class DetrForObjectDetection : public VisionModule {
  public:
-  explicit DetrForObjectDetection(const DetrConfig& config);
+  explicit DetrForObjectDetection(const DetrConfig& config, bool with_heads = true);
   ModelOutputs forward(const ModelInputs& inputs) override;
   void init_module(const std::string& name, torch::nn::Module& module) override;
   std::string base_model_prefix() const override { return "model"; }
@@ -110,6 +112,7 @@ class DetrForObjectDetection : public VisionModule {
   DetrOutputs run(const torch::Tensor& pixel_values, const torch::Tensor& pixel_mask);
 
   DetrConfig config;
+  bool with_heads;
   std::unique_ptr<ConvBackbone> backbone;  // model.backbone.conv_encoder.model
   torch::Tensor row_embeddings, column_embeddings;  // learned position embeddings, [50, d_model / 2]
   torch::nn::Conv2d input_projection{nullptr};

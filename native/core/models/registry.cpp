@@ -44,6 +44,14 @@ const std::vector<Architecture>& architectures() {
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<detr::DetrForObjectDetection>(detr::DetrConfig::from_json(config, source));
        }},
+      {"DetrModel", "detr", std::nullopt, {"facebook/detr-resnet-50"},
+       [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
+         return std::make_shared<detr::DetrForObjectDetection>(detr::DetrConfig::from_json(config, source), false);
+       }},
+      {"TableTransformerModel", "table-transformer", std::nullopt, {"microsoft/table-transformer-detection"},
+       [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
+         return std::make_shared<detr::DetrForObjectDetection>(detr::DetrConfig::from_json(config, source), false);
+       }},
       {"TableTransformerForObjectDetection", "table-transformer", Task::ObjectDetection,
        {"microsoft/table-transformer-detection", "microsoft/table-transformer-structure-recognition"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
