@@ -83,6 +83,8 @@ export interface NativeModel {
   preprocess(images: NativeImage[]): Promise<{ pixelValues: NativeTensor; pixelMask?: NativeTensor }>;
   classify(images: NativeImage[], options: { topK: number }): Promise<NativeClassScore[][]>;
   detect(images: NativeImage[], options: { threshold: number }): Promise<NativeDetection[][]>;
+  /** Per image, an int32 [height, width] map of class indices at the original size. */
+  segment(images: NativeImage[]): Promise<NativeTensor[]>;
   save(directory: string): Promise<void>;
   dispose(): void;
 }

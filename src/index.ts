@@ -13,6 +13,7 @@ export {
 export {
   type ClassificationPrediction,
   type DetectionPrediction,
+  type SegmentationPrediction,
   type ForwardInputs,
   type ImageInput,
   type Labels,

@@ -31,6 +31,7 @@ Napi::Function ModelWrap::define(Napi::Env env) {
                          InstanceMethod<&ModelWrap::guarded<&ModelWrap::preprocess>>("preprocess"),
                          InstanceMethod<&ModelWrap::guarded<&ModelWrap::classify>>("classify"),
                          InstanceMethod<&ModelWrap::guarded<&ModelWrap::detect>>("detect"),
+                         InstanceMethod<&ModelWrap::guarded<&ModelWrap::segment>>("segment"),
                          InstanceMethod<&ModelWrap::guarded<&ModelWrap::save>>("save"),
                          InstanceMethod<&ModelWrap::guarded<&ModelWrap::dispose>>("dispose"),
                      });
@@ -108,6 +109,19 @@ Napi::Value ModelWrap::preprocess(const Napi::CallbackInfo& info) {
         Napi::Object result = Napi::Object::New(env);
         result.Set("pixelValues", tensor_to_js(env, processed.pixel_values));
         if (processed.pixel_mask.defined()) result.Set("pixelMask", tensor_to_js(env, processed.pixel_mask));
+        return result;
+      });
+}
+
+Napi::Value ModelWrap::segment(const Napi::CallbackInfo& info) {
+  auto model = this->model(info.Env());
+  auto sources = images_from_js(info[0], "image");
+  using Maps = std::vector<torch::Tensor>;
+  return run_async<Maps>(
+      info.Env(), [model, sources] { return model->segment(load_images(sources)); },
+      [](Napi::Env env, Maps& maps) -> Napi::Value {
+        Napi::Array result = Napi::Array::New(env, maps.size());
+        for (size_t i = 0; i < maps.size(); ++i) result.Set(static_cast<uint32_t>(i), tensor_to_js(env, maps[i]));
         return result;
       });
 }

@@ -33,6 +33,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value preprocess(const Napi::CallbackInfo& info);
   Napi::Value classify(const Napi::CallbackInfo& info);
   Napi::Value detect(const Napi::CallbackInfo& info);
+  Napi::Value segment(const Napi::CallbackInfo& info);
   Napi::Value save(const Napi::CallbackInfo& info);
   Napi::Value dispose(const Napi::CallbackInfo& info);
   // The model, or a thrown Error when it was disposed.

@@ -12,8 +12,8 @@ import { ConfigError } from '../errors.js';
 import { loadConfig } from '../config/project-config.js';
 import { HuggingFaceModelLoader, type LoadModelOptions } from '../models/loader.js';
 import { ModelType } from '../schemas/model-config.js';
-import type { DetectionPrediction, Prediction } from '../models/vision-model.js';
-import { drawDetections } from '../render/annotate.js';
+import type { DetectionPrediction, Prediction, VisionModel } from '../models/vision-model.js';
+import { drawDetections, drawSegmentation } from '../render/annotate.js';
 import { tensor } from '../tensor.js';
 import { BaseTrainer } from '../training/base-trainer.js';
 import { DownloadReporter, formatMetricsTable, ProgressReporter } from './progress.js';
@@ -85,16 +85,24 @@ async function predict(args: string[]): Promise<void> {
   try {
     const topK = positiveInt('top-k', values['top-k'], 5);
     const predictions = await model.predict(positionals, { topK, threshold });
-    const drawn = values.draw === undefined ? [] : await drawPredictions(model.modelType, positionals, predictions, values.draw);
+    const drawn = values.draw === undefined ? [] : await drawPredictions(model, positionals, predictions, values.draw);
     if (values.json) {
-      console.log(JSON.stringify(positionals.map((image, i) => ({ image, predictions: predictions[i], ...(drawn[i] && { drawn: drawn[i] }) })), null, 2));
+      // A label map goes out as a plain array: JSON has no typed arrays.
+      const plain = (p: Prediction | undefined) => (p && 'labelMap' in p ? { ...p, labelMap: Array.from(p.labelMap) } : p);
+      console.log(JSON.stringify(positionals.map((image, i) => ({ image, predictions: plain(predictions[i]), ...(drawn[i] && { drawn: drawn[i] }) }))));
       return;
     }
     positionals.forEach((image, i) => {
       console.log(image);
-      for (const p of predictions[i] ?? []) {
-        const box = 'box' in p ? `  [${[p.box.xmin, p.box.ymin, p.box.xmax, p.box.ymax].map((v) => v.toFixed(1)).join(', ')}]` : '';
-        console.log(`  ${p.score.toFixed(4)}  ${p.label}${box}`);
+      const prediction = predictions[i]!;
+      if ('labelMap' in prediction) {
+        const total = prediction.width * prediction.height;
+        for (const s of prediction.segments) console.log(`  ${((100 * s.pixels) / total).toFixed(1).padStart(5)}%  ${s.label}`);
+      } else {
+        for (const p of prediction) {
+          const box = 'box' in p ? `  [${[p.box.xmin, p.box.ymin, p.box.xmax, p.box.ymax].map((v) => v.toFixed(1)).join(', ')}]` : '';
+          console.log(`  ${p.score.toFixed(4)}  ${p.label}${box}`);
+        }
       }
       if (drawn[i]) console.log(`  drawn: ${drawn[i]}`);
     });
@@ -104,13 +112,15 @@ async function predict(args: string[]): Promise<void> {
 }
 
 /** `--draw out.png`: each image with its predictions drawn on; several images get out-1.png, out-2.png, ... */
-async function drawPredictions(type: ModelType, images: string[], predictions: Prediction[], path: string): Promise<string[]> {
-  if (type !== ModelType.OBJECT_DETECTION) throw new UsageError(`--draw draws detections; this is a ${type} model`);
+async function drawPredictions(model: VisionModel, images: string[], predictions: Prediction[], path: string): Promise<string[]> {
+  if (model.modelType === ModelType.CLASSIFICATION) throw new UsageError('--draw draws detections and segmentations; this is a classification model');
   const ext = extname(path) || '.png';
   const base = path.slice(0, path.length - extname(path).length);
   const paths = images.map((_, i) => (images.length === 1 ? path : `${base}-${i + 1}${ext}`));
   for (const [i, image] of images.entries()) {
-    await drawDetections(image, predictions[i] as DetectionPrediction[], paths[i]!);
+    const prediction = predictions[i]!;
+    if ('labelMap' in prediction) await drawSegmentation(image, prediction.labelMap, model.labels, paths[i]!);
+    else await drawDetections(image, prediction as DetectionPrediction[], paths[i]!);
   }
   return paths;
 }

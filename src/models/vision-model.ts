@@ -32,6 +32,15 @@ export interface DetectionPrediction {
   box: { xmin: number; ymin: number; xmax: number; ymax: number };
 }
 
+export interface SegmentationPrediction {
+  width: number;
+  height: number;
+  /** The class index of every pixel, row-major, at the original size. */
+  labelMap: Int32Array;
+  /** The classes present, with their pixel counts, most pixels first. */
+  segments: { label: string; index: number; pixels: number }[];
+}
+
 export interface PredictOptions {
   /** Classification: how many labels per image, best first (default 5). */
   topK?: number;
@@ -39,8 +48,8 @@ export interface PredictOptions {
   threshold?: number;
 }
 
-/** Per image: classification gives its top-K labels, best first; detection its objects. */
-export type Prediction = ClassificationPrediction[] | DetectionPrediction[];
+/** Per image: classification gives its top-K labels, best first; detection its objects; segmentation its label map. */
+export type Prediction = ClassificationPrediction[] | DetectionPrediction[] | SegmentationPrediction;
 
 export type LoadReport = NativeLoadReport;
 
@@ -120,8 +129,9 @@ export class VisionModel {
       const results = await this.handle().detect(list, { threshold });
       return results.map((detections) => detections.map(({ label, score, box }) => ({ label, score, box })));
     }
-    if (this.modelType !== 'classification') {
-      throw new Error(`predict: ${this.modelType} models are not supported by this version`);
+    if (this.modelType === 'segmentation') {
+      const maps = await this.handle().segment(list);
+      return maps.map((map) => segmentationOf(map as Tensor, this.labels));
     }
     const topK = options.topK ?? 5;
     if (!Number.isInteger(topK) || topK < 1) throw new RangeError(`predict: topK must be a positive integer, got ${topK}`);
@@ -150,4 +160,15 @@ export class VisionModel {
 function imageList(images: ImageInput[], method: string): NativeImage[] {
   if (!Array.isArray(images) || images.length === 0) throw new TypeError(`${method}: expected one or more images`);
   return images;
+}
+
+function segmentationOf(map: Tensor, labels: string[]): SegmentationPrediction {
+  const [height = 0, width = 0] = map.shape;
+  const labelMap = map.data as Int32Array;
+  const counts = new Map<number, number>();
+  for (const index of labelMap) counts.set(index, (counts.get(index) ?? 0) + 1);
+  const segments = [...counts]
+    .map(([index, pixels]) => ({ label: labels[index] ?? String(index), index, pixels }))
+    .sort((a, b) => b.pixels - a.pixels || a.index - b.index);
+  return { width, height, labelMap, segments };
 }

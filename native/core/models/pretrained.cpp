@@ -302,6 +302,20 @@ std::vector<std::vector<PretrainedModel::LabeledDetection>> PretrainedModel::det
   return results;
 }
 
+std::vector<torch::Tensor> PretrainedModel::segment(const std::vector<Image>& images) {
+  VT_CHECK(task_ == Task::Segmentation, architecture_, " is not a semantic segmentation model");
+  ModelInputs inputs;
+  inputs.pixel_values = preprocess(images).pixel_values;
+  auto logits = find_output(forward(inputs), "logits").to(torch::kCPU, torch::kFloat32);
+  VT_CHECK(logits.defined() && logits.dim() == 4, architecture_, " gives no per-pixel logits");
+  std::vector<torch::Tensor> maps;
+  for (size_t i = 0; i < images.size(); ++i) {
+    maps.push_back(post_process_semantic_segmentation(logits[static_cast<int64_t>(i)], std::make_pair(images[i].height, images[i].width))
+                       .to(torch::kInt32));
+  }
+  return maps;
+}
+
 std::vector<std::vector<ClassScore>> PretrainedModel::classify(const std::vector<Image>& images, int64_t top_k) {
   VT_CHECK(task_ == Task::Classification && !labels_.empty(), architecture_,
            " has no classification head; load it with numClasses to add one");

@@ -17,6 +17,7 @@
 #include "common/tensor_map.h"
 #include "data/detection.h"
 #include "data/image_processor.h"
+#include "data/segmentation.h"
 #include "io/image.h"
 #include "models/module.h"
 #include "models/registry.h"
@@ -85,6 +86,9 @@ class PretrainedModel {
     Detection detection;
   };
   std::vector<std::vector<LabeledDetection>> detect(const std::vector<Image>& images, double threshold);
+  // Semantic segmentation: per image, the class of every pixel at the original size
+  // ([height, width] int32, post_process_semantic_segmentation).
+  std::vector<torch::Tensor> segment(const std::vector<Image>& images);
   // config.json + model.safetensors + preprocessor_config.json, each written atomically.
   void save(const std::string& directory);
 

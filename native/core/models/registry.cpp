@@ -4,6 +4,7 @@
 #include "models/convnext.h"
 #include "models/detr.h"
 #include "models/resnet.h"
+#include "models/segformer.h"
 #include "models/vit.h"
 
 namespace vt {
@@ -56,6 +57,16 @@ const std::vector<Architecture>& architectures() {
        {"microsoft/table-transformer-detection", "microsoft/table-transformer-structure-recognition"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<detr::DetrForObjectDetection>(detr::DetrConfig::from_json(config, source));
+       }},
+      {"SegformerForSemanticSegmentation", "segformer", Task::Segmentation,
+       {"nvidia/segformer-b0-finetuned-ade-512-512", "nvidia/segformer-b2-finetuned-ade-512-512",
+        "nvidia/segformer-b0-finetuned-cityscapes-1024-1024"},
+       [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
+         return std::make_shared<segformer::SegformerForSemanticSegmentation>(segformer::SegformerConfig::from_json(config, source));
+       }},
+      {"SegformerModel", "segformer", std::nullopt, {"nvidia/mit-b0", "nvidia/mit-b2"},
+       [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
+         return std::make_shared<segformer::SegformerModel>(segformer::SegformerConfig::from_json(config, source));
        }},
   };
   return table;
