@@ -114,7 +114,7 @@ export interface NativeTrainingOptions {
 
 /** The camelCase DatasetConfig (src/schemas/dataset-config.ts). */
 export interface NativeDatasetSpec {
-  format: 'imagefolder' | 'csv' | 'jsonl' | 'idx' | 'coco';
+  format: 'imagefolder' | 'csv' | 'jsonl' | 'idx' | 'coco' | 'masks';
   [key: string]: unknown;
 }
 

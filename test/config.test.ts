@@ -213,7 +213,7 @@ describe('parseTrainingConfig', () => {
 
     it('lists the formats and rejects keys of another format', async () => {
       const bad = await configError(() => parseTrainingConfig({ dataset: { format: 'tfrecord' } }));
-      expect(messages(bad)).toEqual(['dataset.format: expected one of "imagefolder", "csv", "jsonl", "idx", "coco", got "tfrecord"']);
+      expect(messages(bad)).toEqual(['dataset.format: expected one of "imagefolder", "csv", "jsonl", "idx", "coco", "masks", got "tfrecord"']);
       const other = await configError(() => parseTrainingConfig({ dataset: { format: 'imagefolder', root: 'r', images: 'i' } }));
       expect(messages(other)).toEqual(['dataset.images: unknown key for format "imagefolder"']);
     });
@@ -343,6 +343,7 @@ data:
       validationPath: join(dir, 'val.csv'),
       imageColumn: 'file',
       labelColumn: 'class',
+      maskColumn: 'mask',
       validationSplit: 0,
       limit: 100,
       classNames: ['cat', 'dog'],

@@ -40,6 +40,9 @@ DatasetSpec dataset_from_js(const Napi::Value& value) {
   spec.validation_images = optional_string(object, "validationImages").value_or("");
   spec.validation_labels = optional_string(object, "validationLabels").value_or("");
   spec.annotations = optional_string(object, "annotations").value_or("");
+  spec.masks = optional_string(object, "masks").value_or("");
+  spec.validation_masks = optional_string(object, "validationMasks").value_or("");
+  spec.mask_column = optional_string(object, "maskColumn").value_or("mask");
   spec.validation_annotations = optional_string(object, "validationAnnotations").value_or("");
   spec.validation_split = optional_number(object, "validationSplit");
   spec.limit = optional_int(object, "limit");

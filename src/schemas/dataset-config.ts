@@ -45,6 +45,8 @@ const manifest = {
   validationPath: nonEmptyString().optional(),
   imageColumn: nonEmptyString().default('image'),
   labelColumn: nonEmptyString().default('label'),
+  /** Segmentation manifests: the column naming each image's label map (a PNG of class indices). */
+  maskColumn: nonEmptyString().default('mask'),
   ...common,
 };
 
@@ -77,7 +79,17 @@ const CocoSchema = z.strictObject({
   ...common,
 });
 
-type Parsed = z.output<typeof ImageFolderSchema | typeof CsvSchema | typeof JsonlSchema | typeof IdxSchema | typeof CocoSchema>;
+/** Semantic segmentation: images and their label maps (PNGs of class indices, 255 = ignore), paired by file name. */
+const MasksSchema = z.strictObject({
+  format: z.literal('masks'),
+  images: nonEmptyString(),
+  masks: nonEmptyString(),
+  validationImages: nonEmptyString().optional(),
+  validationMasks: nonEmptyString().optional(),
+  ...common,
+});
+
+type Parsed = z.output<typeof ImageFolderSchema | typeof CsvSchema | typeof JsonlSchema | typeof IdxSchema | typeof CocoSchema | typeof MasksSchema>;
 
 /** The field naming a separate validation set, if one is given. */
 function validationField(d: Parsed): string | undefined {
@@ -91,11 +103,13 @@ function validationField(d: Parsed): string | undefined {
       return d.validationImages !== undefined ? 'validationImages' : undefined;
     case 'coco':
       return d.validationAnnotations !== undefined ? 'validationAnnotations' : undefined;
+    case 'masks':
+      return d.validationImages !== undefined ? 'validationImages' : undefined;
   }
 }
 
 export const DatasetConfigSchema = z
-  .discriminatedUnion('format', [ImageFolderSchema, CsvSchema, JsonlSchema, IdxSchema, CocoSchema])
+  .discriminatedUnion('format', [ImageFolderSchema, CsvSchema, JsonlSchema, IdxSchema, CocoSchema, MasksSchema])
   .superRefine((d, ctx) => {
     const v = validationField(d);
     if (v && d.validationSplit) {
@@ -105,11 +119,15 @@ export const DatasetConfigSchema = z
       const [given, missing] = d.validationImages === undefined ? ['validationLabels', 'validationImages'] : ['validationImages', 'validationLabels'];
       ctx.addIssue({ code: 'custom', path: [missing], message: `required when {${given}} is given` });
     }
+    if (d.format === 'masks' && (d.validationImages === undefined) !== (d.validationMasks === undefined)) {
+      const [given, missing] = d.validationImages === undefined ? ['validationMasks', 'validationImages'] : ['validationImages', 'validationMasks'];
+      ctx.addIssue({ code: 'custom', path: [missing], message: `required when {${given}} is given` });
+    }
     if (d.format === 'coco' && (d.validationImages === undefined) !== (d.validationAnnotations === undefined)) {
       const [given, missing] = d.validationImages === undefined ? ['validationAnnotations', 'validationImages'] : ['validationImages', 'validationAnnotations'];
       ctx.addIssue({ code: 'custom', path: [missing], message: `required when {${given}} is given` });
     }
-  }, whenValid('format', 'validationSplit', 'validationRoot', 'validationPath', 'validationImages', 'validationLabels', 'validationAnnotations'))
+  }, whenValid('format', 'validationSplit', 'validationRoot', 'validationPath', 'validationImages', 'validationLabels', 'validationAnnotations', 'validationMasks'))
   // The split defaults to 10% only when there is no validation set to evaluate on.
   .transform((d) => ({ ...d, validationSplit: d.validationSplit ?? (validationField(d) ? 0 : 0.1) }));
 
@@ -125,6 +143,7 @@ export const DATASET_PATH_FIELDS: { [F in DatasetFormat]: (keyof Extract<Dataset
   jsonl: ['path', 'root', 'validationPath'],
   idx: ['images', 'labels', 'validationImages', 'validationLabels'],
   coco: ['annotations', 'images', 'validationAnnotations', 'validationImages'],
+  masks: ['images', 'masks', 'validationImages', 'validationMasks'],
 };
 
 /** A copy of `d` with relative paths made absolute against `baseDir`. */

@@ -53,8 +53,13 @@ export const TrainingConfigSchema = z
     resumeFrom: nonEmptyString().optional(),
     /** Stop after this many evaluations without improvement of `earlyStoppingMetric`. */
     earlyStoppingPatience: positiveInt().optional(),
-    /** Classification: eval_loss, eval_accuracy, eval_top5_accuracy; detection: eval_loss, eval_map, eval_map_50, eval_map_75. */
-    earlyStoppingMetric: oneOf(['eval_loss', 'eval_accuracy', 'eval_top5_accuracy', 'eval_map', 'eval_map_50', 'eval_map_75']).default('eval_loss'),
+    /**
+     * Classification: eval_loss, eval_accuracy, eval_top5_accuracy; detection: eval_loss, eval_map, eval_map_50,
+     * eval_map_75; segmentation: eval_loss, eval_mean_iou, eval_overall_accuracy.
+     */
+    earlyStoppingMetric: oneOf([
+      'eval_loss', 'eval_accuracy', 'eval_top5_accuracy', 'eval_map', 'eval_map_50', 'eval_map_75', 'eval_mean_iou', 'eval_overall_accuracy',
+    ]).default('eval_loss'),
     /** false: no weight decay on biases and LayerNorm weights (transformers' Trainer); true: decay all. */
     decayBiasAndNorm: bool().default(false),
     /** BatchNorm layers keep their running statistics and weights (small batches, detection backbones). */

@@ -36,6 +36,9 @@ struct DatasetSpec {
   std::string images, labels, validation_images, validation_labels;
   // coco: the instances JSON files
   std::string annotations, validation_annotations;
+  // masks (segmentation): the label-map folders; manifests name them in mask_column
+  std::string masks, validation_masks;
+  std::string mask_column = "mask";
   // common
   std::optional<double> validation_split;  // default 0.1 when no validation set is given, else 0
   std::optional<int64_t> limit;            // first N samples of each split

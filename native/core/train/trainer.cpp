@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <limits>
+#include <set>
 
 #include "common/error.h"
 #include "train/training_data.h"
@@ -242,7 +243,7 @@ Metrics Trainer::evaluate(const DatasetSpec& spec, int64_t batch_size) {
   std::lock_guard<std::mutex> run_lock(run_mutex_);
   TrainingOptions options = options_;
   options.batch_size = batch_size;
-  auto data = open_training_data(model_->task(), spec, data_options(options), model_->shared_processor());
+  auto data = open_training_data(model_->task(), spec, data_options(options), model_->shared_processor(), model_->labels());
   VT_CHECK(data->class_names().size() == model_->labels().size(), dataset_hint(model_->labels().size(), data->class_names().size()));
   return data->evaluate(evaluation_forward(options), /*whole=*/!data->has_validation());
 }
@@ -253,14 +254,19 @@ nlohmann::json Trainer::train(const TrainingOptions& options, const EventSink& e
   VT_CHECK(options.dataset.has_value(), "train: no dataset (give training.dataset, or data: in the YAML file)");
   VT_CHECK(!model_->labels().empty(), model_->architecture(), " has no task head; load it with numClasses");
   const auto& metric = options.early_stopping_metric;
-  const bool detection = model_->task() == Task::ObjectDetection;
-  VT_CHECK(metric == "eval_loss" || (!detection && (metric == "eval_accuracy" || metric == "eval_top5_accuracy")) ||
-               (detection && (metric == "eval_map" || metric == "eval_map_50" || metric == "eval_map_75")),
-           "earlyStoppingMetric \"", metric, "\" is not reported for ", task_name(model_->task()),
-           " (use eval_loss, or ", detection ? "eval_map, eval_map_50, eval_map_75" : "eval_accuracy, eval_top5_accuracy", ")");
+  static const std::map<Task, std::set<std::string>> task_metrics = {
+      {Task::Classification, {"eval_loss", "eval_accuracy", "eval_top5_accuracy"}},
+      {Task::ObjectDetection, {"eval_loss", "eval_map", "eval_map_50", "eval_map_75"}},
+      {Task::Segmentation, {"eval_loss", "eval_mean_iou", "eval_overall_accuracy"}}};
+  const auto& reported = task_metrics.at(model_->task());
+  if (!reported.count(metric)) {
+    std::string names;
+    for (const auto& name : reported) names += (names.empty() ? "" : ", ") + name;
+    fail("earlyStoppingMetric \"", metric, "\" is not reported for ", task_name(model_->task()), " (use one of ", names, ")");
+  }
   stop_requested_ = false;
 
-  auto data = open_training_data(model_->task(), *options.dataset, data_options(options), model_->shared_processor());
+  auto data = open_training_data(model_->task(), *options.dataset, data_options(options), model_->shared_processor(), model_->labels());
   VT_CHECK(data->class_names().size() == model_->labels().size(), dataset_hint(model_->labels().size(), data->class_names().size()));
   if (data->class_names() != model_->labels()) model_->set_labels(data->class_names());
   const int64_t batches_per_epoch = static_cast<int64_t>(data->batches_per_epoch());

@@ -7,6 +7,7 @@
 #include "data/detection.h"
 #include "data/loader.h"
 #include "data/random.h"
+#include "data/segmentation.h"
 #include "eval/coco_eval.h"
 
 namespace vt {
@@ -205,15 +206,114 @@ class DetectionData : public TrainingData {
   size_t next_batch_ = 0;
 };
 
+class SegmentationData : public TrainingData {
+ public:
+  SegmentationData(const DatasetSpec& spec, const DataOptions& options, std::shared_ptr<const ImageProcessor> processor,
+                   std::vector<std::string> class_names)
+      : options_(options), processor_(std::move(processor)), class_names_(std::move(class_names)), augment_(spec.augment) {
+    SegmentationSpec segmentation;
+    if (spec.format == "masks") {
+      segmentation.images = spec.images;
+      segmentation.masks = spec.masks;
+      segmentation.validation_images = spec.validation_images;
+      segmentation.validation_masks = spec.validation_masks;
+    } else {
+      VT_CHECK(spec.format == "csv" || spec.format == "jsonl", "dataset: a segmentation model trains on format masks, or a csv/jsonl manifest with a mask column, not ", spec.format);
+      segmentation.manifest = spec.path;
+      segmentation.validation_manifest = spec.validation_path;
+      segmentation.root = spec.root;
+      segmentation.image_column = spec.image_column;
+      segmentation.mask_column = spec.mask_column;
+    }
+    segmentation.validation_split = spec.validation_split;
+    segmentation.limit = spec.limit;
+    segmentation.augment = spec.augment;
+    std::tie(train_, validation_) = SegmentationDataset::open(segmentation, options.seed);
+    const auto& extra = processor_->config().extra;
+    reduce_labels_ = extra.value("do_reduce_labels", extra.value("reduce_labels", false));
+  }
+
+  const std::vector<std::string>& class_names() const override { return class_names_; }
+  size_t batches_per_epoch() const override { return (train_->size() + options_.batch_size - 1) / options_.batch_size; }
+  bool has_validation() const override { return validation_ != nullptr && validation_->size() > 0; }
+
+  void start_epoch(int64_t epoch, size_t first_batch) override {
+    epoch_ = epoch;
+    order_.resize(train_->size());
+    std::iota(order_.begin(), order_.end(), size_t{0});
+    std::mt19937_64 rng(mix_seed(options_.seed, static_cast<uint64_t>(epoch)));
+    seeded_shuffle(order_, rng);
+    next_batch_ = first_batch;
+  }
+
+  std::optional<ModelInputs> next() override {
+    const size_t begin = next_batch_ * options_.batch_size;
+    if (begin >= order_.size()) return std::nullopt;
+    ++next_batch_;
+    std::vector<size_t> indices(order_.begin() + static_cast<std::ptrdiff_t>(begin),
+                                order_.begin() + static_cast<std::ptrdiff_t>(std::min(order_.size(), begin + options_.batch_size)));
+    SegmentationBatch batch = load_segmentation_batch(*train_, indices, *processor_, reduce_labels_, augment_, augment_.any(), options_.seed, epoch_);
+    ModelInputs inputs;
+    inputs.pixel_values = batch.pixel_values;
+    inputs.labels = batch.labels;
+    return inputs;
+  }
+
+  Metrics evaluate(const EvaluationForward& forward, bool whole) override {
+    const auto& dataset = whole || !has_validation() ? *train_ : *validation_;
+    const auto started = std::chrono::steady_clock::now();
+    MeanIoU iou(static_cast<int64_t>(class_names_.size()));
+    double loss_sum = 0.0;
+    for (size_t begin = 0; begin < dataset.size(); begin += options_.batch_size) {
+      std::vector<size_t> indices(std::min(options_.batch_size, dataset.size() - begin));
+      std::iota(indices.begin(), indices.end(), begin);
+      SegmentationBatch batch = load_segmentation_batch(dataset, indices, *processor_, reduce_labels_, augment_, false, options_.seed, 0);
+      ModelInputs inputs;
+      inputs.pixel_values = batch.pixel_values;
+      inputs.labels = batch.labels;
+      ModelOutputs outputs = forward(inputs);
+      loss_sum += find_output(outputs, "loss").to(torch::kFloat32).item<double>() * static_cast<double>(indices.size());
+      // Scored at the label maps' resolution, from logits upsampled to it (as the loss sees them).
+      auto logits = find_output(outputs, "logits").to(torch::kCPU, torch::kFloat32);
+      std::vector<torch::Tensor> predicted;
+      for (int64_t i = 0; i < logits.size(0); ++i) {
+        predicted.push_back(post_process_semantic_segmentation(logits[i], std::make_pair(static_cast<int>(batch.labels.size(1)),
+                                                                                         static_cast<int>(batch.labels.size(2)))));
+      }
+      iou.add(torch::stack(predicted), batch.labels);
+    }
+    VT_CHECK(dataset.size() > 0, "evaluation: the dataset is empty");
+    Metrics metrics{{"eval_loss", loss_sum / static_cast<double>(dataset.size())}};
+    for (const auto& [name, value] : iou.compute(class_names_)) metrics["eval_" + name] = value;
+    add_throughput(metrics, static_cast<double>(dataset.size()), seconds_since(started));
+    return metrics;
+  }
+
+ private:
+  DataOptions options_;
+  std::shared_ptr<const ImageProcessor> processor_;
+  std::vector<std::string> class_names_;
+  AugmentSpec augment_;
+  bool reduce_labels_ = false;
+  std::shared_ptr<SegmentationDataset> train_, validation_;
+  int64_t epoch_ = 0;
+  std::vector<size_t> order_;
+  size_t next_batch_ = 0;
+};
+
 }  // namespace
 
 std::unique_ptr<TrainingData> open_training_data(Task task, const DatasetSpec& spec, const DataOptions& options,
-                                                 std::shared_ptr<const ImageProcessor> processor) {
+                                                 std::shared_ptr<const ImageProcessor> processor,
+                                                 const std::vector<std::string>& class_names) {
   if (task == Task::ObjectDetection) {
     VT_CHECK(spec.format == "coco", "dataset: an object detection model trains on format coco, not ", spec.format);
     return std::make_unique<DetectionData>(spec, options, std::move(processor));
   }
-  VT_CHECK(task == Task::Classification, "dataset: ", task_name(task), " models cannot be trained by this version");
+  if (task == Task::Segmentation) {
+    VT_CHECK(!class_names.empty(), "dataset: a segmentation model needs its classes (numClasses or id2label)");
+    return std::make_unique<SegmentationData>(spec, options, std::move(processor), class_names);
+  }
   VT_CHECK(spec.format != "coco", "dataset: format coco holds detection annotations; a classification model trains on imagefolder, csv, jsonl or idx");
   return std::make_unique<ClassificationData>(spec, options, std::move(processor));
 }

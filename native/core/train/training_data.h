@@ -40,8 +40,10 @@ class TrainingData {
   virtual Metrics evaluate(const EvaluationForward& forward, bool whole = false) = 0;
 };
 
-// The dataset `spec` describes, for a model of `task` preprocessing with `processor`.
+// The dataset `spec` describes, for a model of `task` preprocessing with `processor`. Label maps
+// carry no class names: segmentation takes the model's (`class_names`).
 std::unique_ptr<TrainingData> open_training_data(Task task, const DatasetSpec& spec, const DataOptions& options,
-                                                 std::shared_ptr<const ImageProcessor> processor);
+                                                 std::shared_ptr<const ImageProcessor> processor,
+                                                 const std::vector<std::string>& class_names);
 
 }  // namespace vt
