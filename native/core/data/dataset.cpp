@@ -10,8 +10,6 @@
 #include "data/dataset.h"
 
 #include <algorithm>
-#include <cctype>
-#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -21,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "data/files.h"
 #include "data/idx.h"
 #include "data/manifest.h"
 #include "data/random.h"
@@ -102,32 +101,6 @@ struct Opened {
 // ---------------------------------------------------------------------------------------------
 // imagefolder
 
-bool hidden(const fs::path& p) { return !p.filename().empty() && p.filename().string()[0] == '.'; }
-
-bool has_image_extension(const fs::path& p) {
-  std::string ext = p.extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
-  return ext == ".jpg" || ext == ".jpeg" || ext == ".png";
-}
-
-void require_directory(const std::string& dir, const char* field) {
-  std::error_code ec;
-  const fs::file_status st = fs::status(dir, ec);
-  VT_CHECK(fs::exists(st), field, " ", dir, " does not exist");
-  VT_CHECK(fs::is_directory(st), field, " ", dir, " is not a directory");
-}
-
-// Entries of `dir` (symlinks followed), sorted by name; errors name the directory.
-std::vector<fs::directory_entry> list_directory(const fs::path& dir) {
-  std::vector<fs::directory_entry> entries;
-  std::error_code ec;
-  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) entries.push_back(*it);
-  VT_CHECK(!ec, "cannot list ", dir.string(), ": ", ec.message());
-  std::sort(entries.begin(), entries.end(),
-            [](const auto& a, const auto& b) { return a.path().filename().string() < b.path().filename().string(); });
-  return entries;
-}
-
 // The images below one class directory in torchvision's order: directories sorted by their
 // path (sorted(os.walk(...))), the files of each sorted by name.
 std::vector<std::string> images_below(const fs::path& class_dir) {
@@ -136,7 +109,7 @@ std::vector<std::string> images_below(const fs::path& class_dir) {
     VT_CHECK(depth < 64, "imagefolder: directories nested too deeply (a symlink loop?) at ", dir.string());
     std::vector<std::string> files;
     for (const fs::directory_entry& entry : list_directory(dir)) {
-      if (hidden(entry.path())) continue;
+      if (is_hidden(entry.path())) continue;
       std::error_code ec;
       if (entry.is_directory(ec)) {
         walk(entry.path(), depth + 1);
@@ -157,7 +130,7 @@ std::vector<std::string> class_folders(const std::string& root) {
   std::vector<std::string> classes;
   for (const fs::directory_entry& entry : list_directory(root)) {
     std::error_code ec;
-    if (!hidden(entry.path()) && entry.is_directory(ec)) classes.push_back(entry.path().filename().string());
+    if (!is_hidden(entry.path()) && entry.is_directory(ec)) classes.push_back(entry.path().filename().string());
   }
   return classes;
 }
@@ -385,15 +358,11 @@ DatasetSplits open_classification_dataset(const DatasetSpec& spec, uint64_t seed
 
   if (!has_validation_set && split > 0.0) {
     const size_t n = train.data->size();
-    const size_t n_val = static_cast<size_t>(std::ceil(split * static_cast<double>(n)));
-    VT_CHECK(n_val < n, "dataset: validation_split ", split, " of the ", n, " samples of ", train.source,
+    SplitIndices parts = seeded_split(n, split, seed);
+    VT_CHECK(!parts.train.empty(), "dataset: validation_split ", split, " of the ", n, " samples of ", train.source,
              " leaves none for training");
-    std::vector<size_t> order(n);
-    for (size_t i = 0; i < n; ++i) order[i] = i;
-    std::mt19937_64 rng(seed);
-    seeded_shuffle(order, rng);
-    validation = {subset(train.data, std::vector<size_t>(order.begin(), order.begin() + n_val)), train.source};
-    train.data = subset(train.data, std::vector<size_t>(order.begin() + n_val, order.end()));
+    validation = {subset(train.data, std::move(parts.validation)), train.source};
+    train.data = subset(train.data, std::move(parts.train));
   }
 
   out.train = apply_limit(train.data, spec.limit);

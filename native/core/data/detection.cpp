@@ -21,6 +21,7 @@
 
 #include "common/error.h"
 #include "common/json_config.h"
+#include "data/augment.h"
 #include "data/random.h"
 
 namespace vt {
@@ -133,20 +134,6 @@ void check_boxes_can_follow(const ImageProcessor& processor) {
                              *c.shortest_edge < 384;
   VT_CHECK(!c.do_center_crop && !convnext_crop, "detection preprocessing: the image processor (", c.processor_type,
            ") crops, which annotation boxes cannot follow");
-}
-
-Image mirror_horizontally(const Image& image) {
-  Image out = image;
-  const int ch = image.channels;
-  for (int y = 0; y < image.height; ++y) {
-    const uint8_t* src = image.row(y);
-    uint8_t* dst = out.row(y);
-    for (int x = 0; x < image.width; ++x) {
-      std::copy(src + static_cast<size_t>(x) * ch, src + static_cast<size_t>(x + 1) * ch,
-                dst + static_cast<size_t>(image.width - 1 - x) * ch);
-    }
-  }
-  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -430,7 +417,7 @@ DetectionBatch load_detection_batch(const CocoDetectionDataset& dataset, const s
       const bool flip = uniform01(rng) < 0.5;
       const size_t pick = static_cast<size_t>(uniform_below(rng, std::max<size_t>(augment.shortest_edges.size(), 1)));
       if (augment.horizontal_flip && flip) {
-        image = mirror_horizontally(image);
+        flip_horizontal(image);
         for (CocoAnnotation& a : boxes) a.x = image.width - a.x - a.width;
       }
       if (multi_scale) use = &scaled.at(augment.shortest_edges[pick]);

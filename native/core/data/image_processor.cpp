@@ -512,9 +512,12 @@ std::pair<int, int> ImageProcessor::output_size(int height, int width) const {
 }
 
 Image ImageProcessor::prepare(const Image& input) const {
-  Image image = convert_channels(input, channels_);
+  return resize_and_crop(convert_channels(input, channels_), config_.resample);
+}
+
+Image ImageProcessor::resize_and_crop(Image image, Resample filter) const {
   const Plan p = make_plan(config_, image.height, image.width);
-  if (p.resize) image = resize_image(image, p.resize_w, p.resize_h, config_.resample);
+  if (p.resize) image = resize_image(image, p.resize_w, p.resize_h, filter);
   if (p.crop) image = center_crop(image, p.crop_h, p.crop_w);
   return image;
 }

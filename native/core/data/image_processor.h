@@ -56,6 +56,10 @@ class ImageProcessor {
   // The uint8 image after the geometric steps (channel conversion, resize, crop), before
   // rescaling and normalisation.
   Image prepare(const Image& image) const;
+  // prepare()'s geometry alone (resize, then center crop), with `filter` for the resize and the
+  // channels left as they are: segmentation maps take it with NEAREST, so that they stay
+  // aligned with their image whatever the processor's steps.
+  Image resize_and_crop(Image image, Resample filter) const;
 
   // Rescale and normalize an image that prepare() (or an augmentation producing the same kind
   // of uint8 image) already brought to the model's channels: -> [C, h, w] float32.

@@ -13,6 +13,7 @@
 
 #include <torch/torch.h>
 
+#include "data/augment.h"  // CropBox, random_resized_crop_box
 #include "data/dataset.h"
 #include "data/image_processor.h"
 
@@ -60,13 +61,5 @@ class BatchLoader {
 // when RandomResizedCrop already produced the output size), rescale and normalize.
 torch::Tensor prepare_sample(const Image& image, const ImageProcessor& processor, const AugmentSpec& augment,
                              bool apply_augment, uint64_t seed, int64_t epoch, size_t index);
-
-// The region RandomResizedCrop cuts from a height x width image: torchvision's get_params
-// (up to 10 tries of a random area and aspect ratio, else a center crop with the ratio clamped),
-// drawing from `rng` (exposed for tests).
-struct CropBox {
-  int top = 0, left = 0, height = 0, width = 0;
-};
-CropBox random_resized_crop_box(int height, int width, const AugmentSpec& augment, std::mt19937_64& rng);
 
 }  // namespace vt

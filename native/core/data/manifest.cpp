@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <map>
 
@@ -53,35 +54,55 @@ void check_same_kind(const std::vector<ManifestRow>& rows, const std::string& pa
   }
 }
 
-std::vector<ManifestRow> read_csv_manifest(const std::string& path, const std::string& image_column,
-                                           const std::string& label_column) {
-  const std::vector<CsvRecord> records = parse_csv(read_text(path), path);
-  VT_CHECK(!records.empty(), path, ": empty file, expected a header row naming the columns");
-  const CsvRecord& header = records.front();
+// A CSV manifest: its header (the first record) and its rows, columns looked up by name.
+struct CsvManifest {
+  std::string path;
+  std::vector<CsvRecord> records;
   std::map<std::string, size_t> columns;
-  for (size_t i = 0; i < header.fields.size(); ++i) {
-    VT_CHECK(columns.emplace(header.fields[i], i).second, path, ":", header.line, ": duplicate column ",
-             quoted(header.fields[i]));
-  }
-  auto column = [&](const std::string& name) {
+
+  const CsvRecord& header() const { return records.front(); }
+  size_t column(const std::string& name) const {
     auto found = columns.find(name);
     if (found == columns.end()) {
       std::string names;
-      for (const std::string& f : header.fields) names += (names.empty() ? "" : ", ") + quoted(f);
-      fail(path, ":", header.line, ": no column ", quoted(name), " (the header has ", names, ")");
+      for (const std::string& f : header().fields) names += (names.empty() ? "" : ", ") + quoted(f);
+      fail(path, ":", header().line, ": no column ", quoted(name), " (the header has ", names, ")");
     }
     return found->second;
-  };
-  const size_t image_at = column(image_column);
-  const size_t label_at = column(label_column);
+  }
+  size_t rows() const { return records.size() - 1; }
+  // Row r (0-based, after the header), checked to have the header's field count.
+  const CsvRecord& row(size_t r) const {
+    const CsvRecord& record = records[r + 1];
+    VT_CHECK(record.fields.size() == header().fields.size(), path, ":", record.line, ": ", record.fields.size(),
+             " field", record.fields.size() == 1 ? "" : "s", ", but the header has ", header().fields.size());
+    return record;
+  }
+};
+
+CsvManifest read_csv_table(const std::string& path) {
+  CsvManifest csv;
+  csv.path = path;
+  csv.records = parse_csv(read_text(path), path);
+  VT_CHECK(!csv.records.empty(), path, ": empty file, expected a header row naming the columns");
+  const CsvRecord& header = csv.header();
+  for (size_t i = 0; i < header.fields.size(); ++i) {
+    VT_CHECK(csv.columns.emplace(header.fields[i], i).second, path, ":", header.line, ": duplicate column ",
+             quoted(header.fields[i]));
+  }
+  return csv;
+}
+
+std::vector<ManifestRow> read_csv_manifest(const std::string& path, const std::string& image_column,
+                                           const std::string& label_column) {
+  const CsvManifest csv = read_csv_table(path);
+  const size_t image_at = csv.column(image_column);
+  const size_t label_at = csv.column(label_column);
 
   std::vector<ManifestRow> rows;
-  rows.reserve(records.size() - 1);
-  for (size_t r = 1; r < records.size(); ++r) {
-    const CsvRecord& record = records[r];
-    VT_CHECK(record.fields.size() == header.fields.size(), path, ":", record.line, ": ",
-             record.fields.size(), " field", record.fields.size() == 1 ? "" : "s", ", but the header has ",
-             header.fields.size());
+  rows.reserve(csv.rows());
+  for (size_t r = 0; r < csv.rows(); ++r) {
+    const CsvRecord& record = csv.row(r);
     ManifestRow row;
     row.line = record.line;
     row.image = record.fields[image_at];
@@ -96,10 +117,10 @@ std::vector<ManifestRow> read_csv_manifest(const std::string& path, const std::s
   return rows;
 }
 
-std::vector<ManifestRow> read_jsonl_manifest(const std::string& path, const std::string& image_column,
-                                             const std::string& label_column) {
+// Calls `row(line, object)` for every non-blank line of a JSONL file; each must be an object.
+void for_each_jsonl_object(const std::string& path,
+                           const std::function<void(size_t, const nlohmann::json&)>& row) {
   const std::string text = read_text(path);
-  std::vector<ManifestRow> rows;
   size_t pos = skip_bom(text);
   for (size_t line = 1; pos < text.size(); ++line) {
     size_t end = text.find('\n', pos);
@@ -118,18 +139,28 @@ std::vector<ManifestRow> read_jsonl_manifest(const std::string& path, const std:
       fail(path, ":", line, ": invalid JSON (", detail, ")");
     }
     VT_CHECK(object.is_object(), path, ":", line, ": expected a JSON object, got ", object.type_name());
-    auto field = [&](const std::string& name) -> const nlohmann::json& {
-      auto found = object.find(name);
-      VT_CHECK(found != object.end(), path, ":", line, ": no column ", quoted(name));
-      return *found;
-    };
+    row(line, object);
+  }
+}
+
+const nlohmann::json& jsonl_field(const nlohmann::json& object, const std::string& path, size_t line,
+                                  const std::string& name) {
+  auto found = object.find(name);
+  VT_CHECK(found != object.end(), path, ":", line, ": no column ", quoted(name));
+  return *found;
+}
+
+std::vector<ManifestRow> read_jsonl_manifest(const std::string& path, const std::string& image_column,
+                                             const std::string& label_column) {
+  std::vector<ManifestRow> rows;
+  for_each_jsonl_object(path, [&](size_t line, const nlohmann::json& object) {
     ManifestRow row;
     row.line = line;
-    const nlohmann::json& image = field(image_column);
+    const nlohmann::json& image = jsonl_field(object, path, line, image_column);
     VT_CHECK(image.is_string() && !image.get<std::string>().empty(), path, ":", line, ": ",
              quoted(image_column), " must be a non-empty string (an image path), got ", image.dump());
     row.image = image.get<std::string>();
-    const nlohmann::json& label = field(label_column);
+    const nlohmann::json& label = jsonl_field(object, path, line, label_column);
     if (label.is_number_integer()) {
       row.label_is_index = true;
       if (label.is_number_unsigned()) {
@@ -144,7 +175,7 @@ std::vector<ManifestRow> read_jsonl_manifest(const std::string& path, const std:
            " must be a class name (a non-empty string) or an integer class index, got ", label.dump());
     }
     rows.push_back(std::move(row));
-  }
+  });
   return rows;
 }
 
@@ -216,6 +247,42 @@ std::vector<ManifestRow> read_manifest(const std::string& path, const std::strin
     fail("unknown manifest format ", quoted(format), " (expected \"csv\" or \"jsonl\")");
   }
   if (!rows.empty()) check_same_kind(rows, path);
+  return rows;
+}
+
+std::vector<ManifestPaths> read_manifest_paths(const std::string& path, const std::string& format,
+                                               const std::vector<std::string>& columns) {
+  std::vector<ManifestPaths> rows;
+  if (format == "csv") {
+    const CsvManifest csv = read_csv_table(path);
+    std::vector<size_t> at;
+    for (const std::string& name : columns) at.push_back(csv.column(name));
+    for (size_t r = 0; r < csv.rows(); ++r) {
+      const CsvRecord& record = csv.row(r);
+      ManifestPaths row;
+      row.line = record.line;
+      for (size_t c = 0; c < columns.size(); ++c) {
+        const std::string& value = record.fields[at[c]];
+        VT_CHECK(!value.empty(), path, ":", row.line, ": empty ", quoted(columns[c]));
+        row.values.push_back(value);
+      }
+      rows.push_back(std::move(row));
+    }
+  } else if (format == "jsonl") {
+    for_each_jsonl_object(path, [&](size_t line, const nlohmann::json& object) {
+      ManifestPaths row;
+      row.line = line;
+      for (const std::string& name : columns) {
+        const nlohmann::json& value = jsonl_field(object, path, line, name);
+        VT_CHECK(value.is_string() && !value.get<std::string>().empty(), path, ":", line, ": ", quoted(name),
+                 " must be a non-empty string (a file path), got ", value.dump());
+        row.values.push_back(value.get<std::string>());
+      }
+      rows.push_back(std::move(row));
+    });
+  } else {
+    fail("unknown manifest format ", quoted(format), " (expected \"csv\" or \"jsonl\")");
+  }
   return rows;
 }
 

@@ -1,5 +1,6 @@
-// Manifests of (image path, label) rows: CSV (RFC 4180, header row required) and JSONL (one
-// object per line). Only the two columns a dataset uses are read; errors name the file and line.
+// Manifests of (image path, label) or (image path, mask path) rows: CSV (RFC 4180, header row
+// required) and JSONL (one object per line). Only the columns a dataset uses are read; errors name
+// the file and line.
 #pragma once
 
 #include <cstdint>
@@ -30,5 +31,15 @@ struct ManifestRow {
 // index, anything else a class name; in JSONL, numbers are indices and strings names.
 std::vector<ManifestRow> read_manifest(const std::string& path, const std::string& format,
                                        const std::string& image_column, const std::string& label_column);
+
+// Rows of a manifest whose columns are all file paths (segmentation: image and mask), values in
+// the order of `columns`. CSV fields are taken as written; JSONL values must be strings. Empty
+// values are errors naming the file, line and column.
+struct ManifestPaths {
+  size_t line = 0;
+  std::vector<std::string> values;
+};
+std::vector<ManifestPaths> read_manifest_paths(const std::string& path, const std::string& format,
+                                               const std::vector<std::string>& columns);
 
 }  // namespace vt

@@ -3,6 +3,8 @@
 // split, order and augmentation everywhere. std::mt19937_64's output is fixed by the standard.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <random>
@@ -42,6 +44,24 @@ void seeded_shuffle(std::vector<T>& items, std::mt19937_64& rng) {
     const size_t j = static_cast<size_t>(uniform_below(rng, i));
     std::swap(items[i - 1], items[j]);
   }
+}
+
+// The held-out split of n samples, as datasets' train_test_split does it: ceil(fraction * n)
+// samples go to validation, taken from the front of a permutation seeded by `seed`; both parts
+// keep the shuffled order. Every dataset kind splits through this, so a seed means one split.
+struct SplitIndices {
+  std::vector<size_t> train, validation;
+};
+inline SplitIndices seeded_split(size_t n, double fraction, uint64_t seed) {
+  const size_t n_val = static_cast<size_t>(std::ceil(fraction * static_cast<double>(n)));
+  std::vector<size_t> order(n);
+  for (size_t i = 0; i < n; ++i) order[i] = i;
+  std::mt19937_64 rng(seed);
+  seeded_shuffle(order, rng);
+  SplitIndices out;
+  out.validation.assign(order.begin(), order.begin() + std::min(n_val, n));
+  out.train.assign(order.begin() + std::min(n_val, n), order.end());
+  return out;
 }
 
 }  // namespace vt

@@ -23,7 +23,8 @@ constexpr int64_t kIgnoreLabel = 255;
 
 // SegformerImageProcessor's segmentation map path (transformers 4.31): reduce_labels (0 -> 255,
 // then v - 1, and 254 -> 255) when `reduce_labels`, then the processor's resize with NEAREST
-// (PIL), no rescale or normalisation; [H, W] int64. `mask` must have one channel (an RGB or RGBA
+// (PIL; followed by its center crop for processors that crop, as BEiT's does), no rescale or
+// normalisation; [H, W] int64, the size ImageProcessor::process gives the image. `mask` must have one channel (an RGB or RGBA
 // mask whose channels are all equal is taken as one; anything else is an error naming `source`).
 torch::Tensor preprocess_label_map(const Image& mask, const ImageProcessor& processor, bool reduce_labels,
                                    const std::string& source);
@@ -35,8 +36,9 @@ torch::Tensor post_process_semantic_segmentation(const torch::Tensor& logits, st
 
 // Accumulates per-class intersection and union over a dataset, as the `evaluate` library's
 // mean_iou (which transformers' segmentation examples use): pixels labelled `ignore_index` are
-// skipped; IoU and accuracy per class are NaN for classes absent from both prediction and label
-// (union 0) and left out of the means.
+// skipped; a class's IoU is NaN when it is absent from both prediction and label (union 0), its
+// accuracy NaN when it is absent from the labels, and NaN values are left out of the means.
+// Labels outside [0, num_labels) other than ignore_index, and predictions outside it, are errors.
 class MeanIoU {
  public:
   MeanIoU(int64_t num_labels, int64_t ignore_index = kIgnoreLabel);
@@ -61,6 +63,11 @@ struct SegmentationSpec {
   AugmentSpec augment;  // random_resized_crop and horizontal_flip, applied to image and mask
 };
 
+struct SegmentationBatch {
+  torch::Tensor pixel_values;  // [B, C, H, W] float32
+  torch::Tensor labels;        // [B, H, W] int64, kIgnoreLabel where ignored
+};
+
 class SegmentationDataset {
  public:
   // Pairs up images and masks; errors name the unmatched files, missing directories, bad manifests.
@@ -73,12 +80,14 @@ class SegmentationDataset {
   Image mask(size_t index) const;  // 1 channel, checked to have the image's size
 
  private:
-  std::vector<std::string> images_, masks_;
-};
+  // The mask of sample `index`, checked against its already decoded image (batches decode each
+  // image once).
+  Image mask_for(size_t index, const Image& image) const;
+  friend SegmentationBatch load_segmentation_batch(const SegmentationDataset&, const std::vector<size_t>&,
+                                                   const ImageProcessor&, bool, const AugmentSpec&, bool, uint64_t,
+                                                   int64_t);
 
-struct SegmentationBatch {
-  torch::Tensor pixel_values;  // [B, C, H, W] float32
-  torch::Tensor labels;        // [B, H, W] int64, kIgnoreLabel where ignored
+  std::vector<std::string> images_, masks_;
 };
 
 // One batch from `indices`: decode, augment image and mask together with an RNG seeded by

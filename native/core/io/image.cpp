@@ -198,6 +198,9 @@ struct PngDecoder {
   int bit_depth = 0, color_type = 0, interlace = 0;
   int channels = 0;
   size_t rowbytes = 0;
+  // Label-map mode (decode_label_map): the sample values as PIL's np.array gives them.
+  bool label_map = false;
+  bool gray16 = false;  // 16-bit gray label map, read at full depth (rows of big-endian pairs)
 
   ~PngDecoder() {
     if (png) png_destroy_read_struct(&png, info ? &info : nullptr, nullptr);
@@ -231,6 +234,29 @@ bool png_header_phase(PngDecoder* d) {
   png_read_info(d->png, d->info);
   png_get_IHDR(d->png, d->info, &d->width, &d->height, &d->bit_depth, &d->color_type,
                &d->interlace, nullptr, nullptr);
+  if (d->label_map) {
+    // np.array of what Pillow loads: a palette image (mode P) gives its indices, 1-bit gray
+    // (mode 1) 0/1, 2/4-bit gray is scaled like the image path (L;2, L;4), 16-bit gray (mode I)
+    // its full values; transparency stays out of the samples. Gray+alpha and RGBA lose alpha
+    // (their colour channels carry the labels, if anything does); other 16-bit data keeps its
+    // most significant byte, as Pillow's 8-bit modes do.
+    const int type = d->color_type;
+    d->gray16 = type == PNG_COLOR_TYPE_GRAY && d->bit_depth == 16;
+    if (d->bit_depth == 16 && !d->gray16) png_set_strip_16(d->png);
+    if (d->bit_depth < 8) {
+      if (type == PNG_COLOR_TYPE_GRAY && d->bit_depth > 1) {
+        png_set_expand_gray_1_2_4_to_8(d->png);
+      } else {
+        png_set_packing(d->png);
+      }
+    }
+    if (type & PNG_COLOR_MASK_ALPHA) png_set_strip_alpha(d->png);
+    png_set_interlace_handling(d->png);
+    png_read_update_info(d->png, d->info);
+    d->channels = png_get_channels(d->png, d->info);
+    d->rowbytes = png_get_rowbytes(d->png, d->info);
+    return true;
+  }
   // Pillow's PNG modes, reduced to 8 bits: 16-bit samples keep their most significant byte,
   // 1/2/4-bit gray is scaled to 0..255, palettes are expanded, tRNS becomes alpha, gray+alpha
   // becomes RGBA. No gamma, background or sBIT transformation.
@@ -275,10 +301,12 @@ bool png_end_phase(PngDecoder* d) {
   return true;
 }
 
-Image decode_png(const uint8_t* data, size_t size, const std::string& source, int64_t max_pixels) {
+Image decode_png(const uint8_t* data, size_t size, const std::string& source, int64_t max_pixels,
+                 bool label_map = false) {
   auto d = std::make_unique<PngDecoder>();
   d->data = data;
   d->size = size;
+  d->label_map = label_map;
   d->png = png_create_read_struct(PNG_LIBPNG_VER_STRING, d.get(), png_on_error, png_on_warning);
   VT_CHECK(d->png != nullptr, source, ": cannot create PNG decoder");
   d->info = png_create_info_struct(d->png);
@@ -291,21 +319,40 @@ Image decode_png(const uint8_t* data, size_t size, const std::string& source, in
   check_dimensions(d->width, d->height, max_pixels, source, "PNG");
   VT_CHECK(d->channels == 1 || d->channels == 3 || d->channels == 4, source,
            ": unexpected PNG channel count ", d->channels);
-  const size_t stride = static_cast<size_t>(d->width) * d->channels;
+  const size_t sample_bytes = d->gray16 ? 2 : 1;
+  const size_t stride = static_cast<size_t>(d->width) * d->channels * sample_bytes;
   VT_CHECK(d->rowbytes == stride, source, ": unexpected PNG row size ", d->rowbytes);
 
   Image image;
   image.width = static_cast<int>(d->width);
   image.height = static_cast<int>(d->height);
   image.channels = d->channels;
-  image.pixels.resize(stride * image.height);
+  std::vector<uint8_t> wide;  // 16-bit samples, narrowed below
+  if (d->gray16) {
+    wide.resize(stride * image.height);
+  } else {
+    image.pixels.resize(stride * image.height);
+  }
   std::vector<png_bytep> rows(image.height);
-  for (int y = 0; y < image.height; ++y) rows[y] = image.row(y);
+  for (int y = 0; y < image.height; ++y) {
+    rows[y] = d->gray16 ? wide.data() + stride * y : image.row(y);
+  }
   if (!png_pixel_phase(d.get(), rows.data()) && !(d->truncated && png_rows_complete(d.get()))) {
     if (d->truncated) fail(source, ": PNG image file is truncated (", d->message, ")");
     fail(source, ": corrupt PNG data: ", d->message);
   }
   png_end_phase(d.get());
+  if (d->gray16) {
+    // Labels are bytes downstream (reduce_labels and the ignore index 255 are uint8 arithmetic).
+    const size_t n = static_cast<size_t>(image.width) * image.height;
+    image.pixels.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      const unsigned v = (static_cast<unsigned>(wide[2 * i]) << 8) | wide[2 * i + 1];
+      VT_CHECK(v <= 255, source, ": 16-bit label map holds the value ", v, " at (x ", i % image.width, ", y ",
+               i / image.width, "); labels above 255 are not supported");
+      image.pixels[i] = static_cast<uint8_t>(v);
+    }
+  }
   return image;
 }
 
@@ -377,7 +424,9 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& source,
   fail(source, ": not a JPEG or PNG image (unrecognised signature)");
 }
 
-Image read_image_file(const std::string& path) {
+namespace {
+
+std::vector<uint8_t> read_file_bytes(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     const int code = errno;
@@ -404,7 +453,48 @@ Image read_image_file(const std::string& path) {
     bytes.insert(bytes.end(), buffer, buffer + n);
   }
   ::close(fd);
+  return bytes;
+}
+
+}  // namespace
+
+Image read_image_file(const std::string& path) {
+  const std::vector<uint8_t> bytes = read_file_bytes(path);
   return decode_image(bytes.data(), bytes.size(), path);
+}
+
+Image decode_label_map(const uint8_t* data, size_t size, const std::string& source, int64_t max_pixels) {
+  VT_CHECK(data != nullptr && size > 0, source, ": empty input (0 bytes), not an image");
+  if (is_png(data, size)) return label_map_channel(decode_png(data, size, source, max_pixels, true), source);
+  return label_map_channel(decode_image(data, size, source, max_pixels), source);
+}
+
+Image read_label_map_file(const std::string& path) {
+  const std::vector<uint8_t> bytes = read_file_bytes(path);
+  return decode_label_map(bytes.data(), bytes.size(), path);
+}
+
+Image label_map_channel(const Image& image, const std::string& source) {
+  check_image(image, source.c_str());
+  if (image.channels == 1) return image;
+  const size_t n = static_cast<size_t>(image.width) * image.height;
+  const int ch = image.channels;
+  Image out;
+  out.width = image.width;
+  out.height = image.height;
+  out.channels = 1;
+  out.pixels.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    const uint8_t* p = image.pixels.data() + i * ch;
+    if (p[0] != p[1] || p[0] != p[2]) {
+      fail(source, ": a label map needs one channel, but this ", ch == 3 ? "RGB" : "RGBA",
+           " image has different colour channels at (x ", i % image.width, ", y ", i / image.width, "): (",
+           static_cast<int>(p[0]), ", ", static_cast<int>(p[1]), ", ", static_cast<int>(p[2]),
+           "); save masks as 8-bit grayscale or palette PNGs whose values are class indices");
+    }
+    out.pixels[i] = p[0];
+  }
+  return out;
 }
 
 Image image_from_pixels(const uint8_t* data, size_t size, int width, int height, int channels,

@@ -28,6 +28,19 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& source,
                    int64_t max_pixels = 178956970 /* PIL's decompression-bomb limit x2 */);
 Image read_image_file(const std::string& path);
 
+// Decodes a segmentation label map to one channel, with the values np.array(PIL.Image.open(f))
+// holds: a palette PNG gives its palette indices (not the colours decode_image expands them to),
+// grayscale its values (1-bit: 0/1; 16-bit: values up to 255, larger ones are an error), and
+// RGB/RGBA, JPEG included, is accepted through label_map_channel. Errors name `source`.
+Image decode_label_map(const uint8_t* data, size_t size, const std::string& source,
+                       int64_t max_pixels = 178956970);
+Image read_label_map_file(const std::string& path);
+
+// One label channel from a decoded mask: 1 channel as is; RGB or RGBA whose colour channels are
+// equal in every pixel gives that value (alpha is ignored); anything else throws vt::Error naming
+// `source` and the first pixel whose channels differ.
+Image label_map_channel(const Image& image, const std::string& source);
+
 // Wraps raw pixels, validating the byte count against width x height x channels.
 Image image_from_pixels(const uint8_t* data, size_t size, int width, int height, int channels,
                         const std::string& source);
