@@ -104,3 +104,39 @@ describe('SegFormer fine-tuning on a real image and mask', () => {
     expect([drawn.width, drawn.height]).toEqual([640, 480]);
   });
 });
+
+describe('SegFormer configurations beyond the fixture', () => {
+  it.each([
+    ['three stages, one channel, relu, reshape_last_stage false', {
+      num_encoder_blocks: 3, depths: [1, 2, 1], sr_ratios: [4, 2, 1], hidden_sizes: [8, 16, 24], patch_sizes: [7, 3, 3], strides: [4, 2, 2],
+      num_attention_heads: [1, 2, 2], mlp_ratios: [4, 2, 2], num_channels: 1, hidden_act: 'relu', reshape_last_stage: false, decoder_hidden_size: 12, drop_path_rate: 0.1,
+    }],
+    ['one label (binary masks)', { id2label: { 0: 'foreground' }, decoder_hidden_size: 8 }],
+  ] as [string, Record<string, unknown>][])('%s: random init, forward, training steps, save and reload', async (_, overrides) => {
+    const dir = tempDir();
+    const { readFileSync } = await import('node:fs');
+    const base = JSON.parse(readFileSync(fixture('segformer-tiny-random', 'config.json'), 'utf8'));
+    const config = { ...base, ...overrides };
+    if (overrides.id2label) delete config.label2id;
+    writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
+    const processor = JSON.parse(readFileSync(fixture('segformer-tiny-random', 'preprocessor_config.json'), 'utf8'));
+    // ImageNet's per-channel mean and std do not fit one channel: such a model states its own.
+    if (config.num_channels === 1) Object.assign(processor, { image_mean: [0.5], image_std: [0.25] });
+    writeFileSync(join(dir, 'preprocessor_config.json'), JSON.stringify(processor));
+    const { model, modelConfig } = await load({ modelName: dir, pretrained: false });
+    const { pixelValues } = await model.preprocess([fixture('images', 'chelsea.png'), fixture('images', 'rocket.jpg')]);
+    expect(pixelValues.shape).toEqual([2, config.num_channels, 64, 64]);
+    const numLabels = Object.keys(config.id2label).length;
+    const out = await model.forward({ pixelValues });
+    expect(out.logits!.shape).toEqual([2, numLabels, 16, 16]);
+    const labels = { dtype: 'int64' as const, shape: [2, 64, 64], data: BigInt64Array.from({ length: 2 * 64 * 64 }, (_, i) => BigInt(i % 64 < 32 ? 0 : numLabels - 1)) };
+    const trainer = new BaseTrainer({ model, modelConfig, learningRate: 3e-3, lrScheduler: 'constant' });
+    const losses = [];
+    for (let i = 0; i < 6; i++) losses.push((await trainer.trainingStep({ pixelValues, labels })).loss);
+    expect(losses[5]).toBeLessThan(losses[0]!);
+    const saved = join(dir, 'saved');
+    await model.save(saved);
+    const { model: reloaded } = await load({ modelName: saved });
+    expect((await reloaded.forward({ pixelValues })).logits!.data).toEqual((await model.forward({ pixelValues })).logits!.data);
+  });
+});
