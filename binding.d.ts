@@ -28,6 +28,8 @@ export interface NativeLoadOptions {
   seed?: number;
   /** auto: channels-last for convolutional models on CPU, where it is faster. */
   memoryFormat?: 'auto' | 'contiguous' | 'channels_last';
+  /** int8: dynamic int8 linear layers for CPU float32 inference. */
+  quantization?: 'none' | 'int8';
 }
 
 export interface NativeLoadReport {
@@ -49,6 +51,7 @@ export interface NativeModelInfo {
   labels: string[];
   device: string;
   dtype: NativeDType;
+  quantization: 'none' | 'int8';
   /** config.json as the model uses it (overrides applied), JSON text. */
   config: string;
   /** preprocessor_config.json as the model uses it, JSON text. */

@@ -7,11 +7,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 say() { printf 'visiontorch setup: %s\n' "$*" >&2; }
 
-# libtorch (CPU, with Gloo) and a threaded OpenBLAS for it; codecs; JSON; GoogleTest for the core's
-# ctest suite; Fashion-MNIST for the default fine-tuning job.
+# libtorch (CPU, with Gloo) and a threaded OpenBLAS for it; oneDNN's headers for the int8 kernels
+# (its CMake package asks for OpenCL's too); codecs; JSON; GoogleTest for the core's ctest suite;
+# Fashion-MNIST for the default fine-tuning job.
 DEB_PACKAGES=(
   cmake make g++ pkg-config
-  libtorch-dev libopenblas0-pthread
+  libtorch-dev libopenblas0-pthread libdnnl-dev ocl-icd-opencl-dev
   libjpeg62-turbo-dev libpng-dev
   nlohmann-json3-dev libgtest-dev
   dataset-fashion-mnist

@@ -78,6 +78,7 @@ LoadOptions load_options_from_js(const Napi::Object& object) {
   options.device = optional_string(object, "device").value_or("auto");
   if (auto seed = optional_int(object, "seed")) options.seed = static_cast<uint64_t>(*seed);
   options.memory_format = optional_string(object, "memoryFormat").value_or("auto");
+  options.quantization = optional_string(object, "quantization").value_or("none");
   return options;
 }
 

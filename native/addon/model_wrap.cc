@@ -67,6 +67,7 @@ Napi::Value ModelWrap::info(const Napi::CallbackInfo& info) {
   result.Set("labels", strings_to_js(env, model->labels()));
   result.Set("device", model->device_name());
   result.Set("dtype", dtype_name(model->dtype()));
+  result.Set("quantization", model->quantization());
   result.Set("config", model->config().dump());
   result.Set("processorConfig", model->processor().config().to_json().dump());
   const LoadReport& report = model->load_report();

@@ -87,6 +87,7 @@ export class HuggingFaceModelLoader {
       channels: parsed.channels,
       ignoreMismatchedSizes: parsed.ignoreMismatchedSizes,
       dtype: parsed.dtype,
+      quantization: parsed.quantization,
       device: parsed.device,
       seed: options.seed,
       memoryFormat: options.memoryFormat,

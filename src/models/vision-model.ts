@@ -83,6 +83,10 @@ export class VisionModel {
   get dtype(): DType {
     return this.#info.dtype;
   }
+  /** 'int8' when loaded with quantization: 'int8' (inference only). */
+  get quantization(): 'none' | 'int8' {
+    return this.#info.quantization;
+  }
   /** config.json as the model uses it (ModelConfig overrides applied). */
   get config(): Record<string, unknown> {
     return this.#config;

@@ -38,6 +38,8 @@ export const ModelConfigSchema = z
     localFilesOnly: bool().optional(),
     ignoreMismatchedSizes: bool().optional(),
     dtype: oneOf(['float32', 'bfloat16', 'float16']).optional(),
+    /** 'int8': linear layers run as dynamic int8 (weights per channel, activations per call); CPU float32 inference only. */
+    quantization: oneOf(['none', 'int8']).optional(),
     device: DeviceSchema.optional(),
     gradientCheckpointing: bool().optional(),
   })

@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "common/json_config.h"
+#include "models/kernels.h"
 #include "train/hungarian.h"
 
 namespace vt::detr {
@@ -268,11 +269,17 @@ torch::Tensor DetrAttentionImpl::forward(const torch::Tensor& hidden, const torc
   auto query = split(q_proj(with_position(hidden, position)) * scaling);
   auto key = split(k_proj(cross ? with_position(key_value, key_value_position) : with_position(hidden, position)));
   auto value = split(v_proj(cross ? key_value : hidden));
-  auto scores = torch::matmul(query, key.transpose(-1, -2));
-  if (mask.defined()) scores = scores + mask;
-  auto probs = torch::dropout(torch::softmax(scores, -1), dropout, is_training());
-  auto output = torch::matmul(probs, value).transpose(1, 2).reshape({batch, target, embed_dim});
-  return out_proj(output);
+  torch::Tensor context;
+  if (!(dropout > 0.0 && is_training()) && kernels::fuses_attention(query, key, value, mask)) {
+    // The query is already scaled, in transformers' order.
+    context = kernels::attention(query, key, value, mask, 1.0);
+  } else {
+    auto scores = torch::matmul(query, key.transpose(-1, -2));
+    if (mask.defined()) scores = scores + mask;
+    auto probs = torch::dropout(torch::softmax(scores, -1), dropout, is_training());
+    context = torch::matmul(probs, value);
+  }
+  return out_proj(context.transpose(1, 2).reshape({batch, target, embed_dim}));
 }
 
 EncoderLayerImpl::EncoderLayerImpl(const DetrConfig& config) : config(config), act(layers::activation(config.activation_function)) {

@@ -4,6 +4,7 @@
 #include <map>
 
 #include "common/error.h"
+#include "models/kernels.h"
 
 namespace vt::layers {
 
@@ -76,8 +77,11 @@ void LinearImpl::reset_default() {
 }
 
 torch::Tensor LinearImpl::forward(const torch::Tensor& input) {
-  return torch::nn::functional::linear(input, weight, bias);
+  if (int8_ && !is_training()) return int8_->forward(input);
+  return kernels::linear(input, weight, bias);
 }
+
+void LinearImpl::quantize_int8() { int8_ = std::make_shared<const kernels::Int8Linear>(weight, bias); }
 
 void LinearImpl::reset_parameters(double std) {
   torch::NoGradGuard no_grad;
@@ -105,13 +109,17 @@ torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const tor
                                            const torch::Tensor& additive_mask, double dropout,
                                            bool training) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(query.size(-1)));
+  const bool drops = dropout > 0.0 && training;
+  if (!drops && kernels::fuses_attention(query, key, value, additive_mask)) {
+    return kernels::attention(query, key, value, additive_mask, scale);
+  }
   // Same order of operations as transformers: (q k^T) / sqrt(d), not q / sqrt(d) first.
   auto scores = torch::matmul(query, key.transpose(-1, -2)) * scale;
   if (additive_mask.defined()) scores = scores + additive_mask;
   // In the scores' own dtype, as PyTorch eager and autocast do: libtorch's bf16 softmax is
   // several times faster than a float32 one with conversions around it.
   auto probs = torch::softmax(scores, -1);
-  if (dropout > 0.0 && training) probs = torch::dropout(probs, dropout, training);
+  if (drops) probs = torch::dropout(probs, dropout, training);
   return torch::matmul(probs, value);
 }
 

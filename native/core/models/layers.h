@@ -8,6 +8,8 @@
 
 #include <torch/torch.h>
 
+#include "models/int8_linear.h"
+
 namespace vt::layers {
 
 // HuggingFace's ACT2FN by name ("gelu", "gelu_new", "relu", "silu", "quick_gelu", ...).
@@ -20,8 +22,15 @@ class LinearImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& input);
   void reset_parameters(double std);  // trunc_normal(0, std) weight, zero bias, as HF's _init_weights
   void reset_default();               // PyTorch's nn.Linear initialisation (kaiming-uniform bounds)
+  // From now on evaluation-mode forwards use an int8 copy of the current weights (see
+  // kernels::Int8Linear); the float32 parameters stay for state_dict and save.
+  void quantize_int8();
+  bool quantized() const { return int8_ != nullptr; }
   int64_t in_features, out_features;
   torch::Tensor weight, bias;  // bias undefined when constructed without one
+
+ private:
+  std::shared_ptr<const kernels::Int8Linear> int8_;
 };
 TORCH_MODULE(Linear);
 

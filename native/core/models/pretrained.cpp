@@ -5,6 +5,7 @@
 #include "common/error.h"
 #include "common/json_config.h"
 #include "io/safetensors.h"
+#include "models/layers.h"
 #include "models/losses.h"
 #include "models/torchscript.h"
 #include "runtime/threads.h"
@@ -183,7 +184,21 @@ std::shared_ptr<PretrainedModel> PretrainedModel::load(const LoadOptions& option
   model->memory_format_ = channels_last ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous;
   move_module(*model->module_, model->device_, model->dtype_, model->memory_format_);
   model->module_->eval();
+  model->quantize(options.quantization);
   return model;
+}
+
+void PretrainedModel::quantize(const std::string& quantization) {
+  VT_CHECK(quantization == "none" || quantization == "int8", "quantization must be none or int8, got \"", quantization, "\"");
+  if (quantization == "none") return;
+  VT_CHECK(architecture_ != torchscript::kArchitecture, "int8 quantization applies to the built-in architectures, not to TorchScript models");
+  VT_CHECK(device_.is_cpu() && dtype_ == torch::kFloat32, "int8 quantization runs on CPU in float32: load with device cpu and dtype float32 (got ",
+           device_name(), ", ", dtype_name(dtype_), ")");
+  VT_CHECK(kernels::int8_linear_available(), "int8 quantization is not available in this build (it needs oneDNN when building)");
+  for (const auto& child : module_->modules()) {
+    if (auto* linear = child->as<layers::LinearImpl>()) linear->quantize_int8();
+  }
+  quantization_ = quantization;
 }
 
 void PretrainedModel::load_architecture(const LoadOptions& options) {

@@ -40,6 +40,7 @@ struct LoadOptions {
   std::string device = "auto";    // auto | cpu | cuda | cuda:N
   std::optional<uint64_t> seed;   // random initialisation seed (pretrained: false, new heads)
   std::string memory_format = "auto";  // auto (the model's preference on CPU) | contiguous | channels_last
+  std::string quantization = "none";   // none | int8 (dynamic int8 linear layers, CPU float32 inference)
 };
 
 struct ClassScore {
@@ -63,6 +64,7 @@ class PretrainedModel {
   std::shared_ptr<const ImageProcessor> shared_processor() const { return processor_; }
   torch::Device device() const { return device_; }
   torch::MemoryFormat memory_format() const { return memory_format_; }
+  const std::string& quantization() const { return quantization_; }
   std::shared_ptr<VisionModule> module() const { return module_; }
   std::mutex& mutex() { return mutex_; }
 
@@ -103,6 +105,7 @@ class PretrainedModel {
   PretrainedModel() = default;
   void load_architecture(const LoadOptions& options);
   void load_torchscript(const LoadOptions& options, const std::filesystem::path& archive);
+  void quantize(const std::string& quantization);
   std::string directory_;  // where config.json and preprocessor_config.json are looked for
   std::string architecture_;
   Task task_ = Task::Classification;
@@ -113,6 +116,7 @@ class PretrainedModel {
   torch::Device device_{torch::kCPU};
   torch::ScalarType dtype_ = torch::kFloat32;
   torch::MemoryFormat memory_format_ = torch::MemoryFormat::Contiguous;
+  std::string quantization_ = "none";
   LoadReport report_;
   std::mutex mutex_;
 };

@@ -103,6 +103,8 @@ bool metric_improves(const std::string& metric, double candidate, double best) {
 Trainer::Trainer(std::shared_ptr<PretrainedModel> model, TrainingOptions options)
     : model_(std::move(model)), options_(std::move(options)) {
   validate_options(options_);
+  VT_CHECK(model_->quantization() == "none", "a model loaded with ", model_->quantization(),
+           " quantization is for inference only: load it without quantization to train it");
 }
 
 bool Trainer::unscale_gradients(const NamedParameters& parameters) {

@@ -1,0 +1,175 @@
+#include <gtest/gtest.h>
+
+#include <mutex>
+#include <set>
+
+#include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
+
+#include "models/int8_linear.h"
+#include "models/kernels.h"
+#include "runtime/threads.h"
+
+namespace {
+
+// The split kernels only pay off, and are only taken, with more than one thread.
+class Kernels : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    vt::set_compute_threads(2);
+    torch::manual_seed(7);
+  }
+  void TearDown() override { vt::set_compute_threads(0); }
+};
+
+void expect_close(const torch::Tensor& actual, const torch::Tensor& expected, double tolerance = 1e-5) {
+  ASSERT_EQ(actual.sizes(), expected.sizes());
+  const double scale = std::max(1.0, expected.abs().max().item<double>());
+  EXPECT_LE((actual - expected).abs().max().item<double>(), tolerance * scale);
+}
+
+torch::Tensor reference_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                  const torch::Tensor& mask, double scale) {
+  auto scores = torch::matmul(q, k.transpose(-1, -2)) * scale;
+  if (mask.defined()) scores = scores + mask;
+  return torch::matmul(torch::softmax(scores, -1), v);
+}
+
+}  // namespace
+
+// at::parallel_for's body is compiled into our own code: without OpenMP it runs on one thread.
+TEST_F(Kernels, ParallelForRunsOnEveryThread) {
+  std::set<int> threads;
+  std::mutex lock;
+  at::parallel_for(0, 2, 1, [&](int64_t, int64_t) {
+    std::lock_guard<std::mutex> guard(lock);
+    threads.insert(at::get_thread_num());
+  });
+  EXPECT_EQ(threads.size(), 2u);
+}
+
+TEST_F(Kernels, LinearSplitsOnlyLargeFloat32ProductsOutsideAutocast) {
+  auto input = torch::randn({8, 197, 768});
+  auto weight = torch::randn({3072, 768});
+  EXPECT_TRUE(vt::kernels::splits_linear(input, weight));
+  EXPECT_FALSE(vt::kernels::splits_linear(torch::randn({1, 768}), torch::randn({10, 768})));
+  EXPECT_FALSE(vt::kernels::splits_linear(input.to(torch::kBFloat16), weight.to(torch::kBFloat16)));
+  {
+    at::autocast::set_cpu_enabled(true);
+    EXPECT_FALSE(vt::kernels::splits_linear(input, weight));
+    at::autocast::set_cpu_enabled(false);
+  }
+  vt::set_compute_threads(1);
+  EXPECT_FALSE(vt::kernels::splits_linear(input, weight));
+}
+
+TEST_F(Kernels, LinearMatchesTorchByRowsAndByColumns) {
+  // Many rows: blocks of rows. Few rows and many outputs: blocks of columns.
+  for (auto [rows, in, out] : {std::tuple{1576, 768, 768}, std::tuple{3, 1024, 4096}}) {
+    auto input = torch::randn({rows, in});
+    auto weight = torch::randn({out, in});
+    auto bias = torch::randn({out});
+    ASSERT_TRUE(vt::kernels::splits_linear(input, weight)) << rows << "x" << in << "x" << out;
+    expect_close(vt::kernels::linear(input, weight, bias), torch::nn::functional::linear(input, weight, bias));
+    expect_close(vt::kernels::linear(input, weight, {}), torch::nn::functional::linear(input, weight));
+  }
+}
+
+TEST_F(Kernels, LinearKeepsLeadingDimensionsAndRunsInInferenceMode) {
+  c10::InferenceMode inference;
+  auto input = torch::randn({2, 197, 384});
+  auto weight = torch::randn({1536, 384});
+  auto bias = torch::randn({1536});
+  auto output = vt::kernels::linear(input, weight, bias);
+  EXPECT_EQ(output.sizes(), (std::vector<int64_t>{2, 197, 1536}));
+  expect_close(output, torch::nn::functional::linear(input, weight, bias));
+}
+
+TEST_F(Kernels, LinearGradientsMatchTorch) {
+  for (bool with_bias : {true, false}) {
+    auto input = torch::randn({4, 150, 256}, torch::requires_grad());
+    auto weight = torch::randn({512, 256}, torch::requires_grad());
+    auto bias = with_bias ? torch::randn({512}, torch::requires_grad()) : torch::Tensor();
+    auto upstream = torch::randn({4, 150, 512});
+    ASSERT_TRUE(vt::kernels::splits_linear(input, weight));
+
+    (vt::kernels::linear(input, weight, bias) * upstream).sum().backward();
+    auto grad_input = input.grad().clone(), grad_weight = weight.grad().clone();
+    auto grad_bias = with_bias ? bias.grad().clone() : torch::Tensor();
+    input.mutable_grad().reset();
+    weight.mutable_grad().reset();
+    if (with_bias) bias.mutable_grad().reset();
+
+    (torch::nn::functional::linear(input, weight, bias) * upstream).sum().backward();
+    expect_close(grad_input, input.grad(), 1e-4);
+    expect_close(grad_weight, weight.grad(), 1e-4);
+    if (with_bias) expect_close(grad_bias, bias.grad(), 1e-4);
+  }
+}
+
+TEST_F(Kernels, LinearLeavesFrozenWeightsWithoutGradient) {
+  auto input = torch::randn({64, 300}, torch::requires_grad());
+  auto weight = torch::randn({400, 300});
+  auto output = vt::kernels::linear(input, weight, {});
+  output.sum().backward();
+  expect_close(input.grad(), torch::ones({64, 400}).mm(weight), 1e-4);
+  EXPECT_FALSE(weight.grad().defined());
+}
+
+TEST_F(Kernels, AttentionMatchesTheUnfusedFormulaOnStridedHeads) {
+  const int64_t batch = 3, tokens = 50, heads = 4, head_dim = 16;
+  // Heads as views of [B, T, heads * head_dim] projections, as the models pass them.
+  auto split = [&](const torch::Tensor& x) { return x.view({batch, tokens, heads, head_dim}).transpose(1, 2); };
+  auto q = split(torch::randn({batch, tokens, heads * head_dim}));
+  auto k = split(torch::randn({batch, tokens, heads * head_dim}));
+  auto v = split(torch::randn({batch, tokens, heads * head_dim}));
+  // A padding mask: the last 7 keys of the second sample hidden.
+  auto mask = torch::zeros({batch, 1, 1, tokens});
+  mask[1].narrow(-1, tokens - 7, 7).fill_(-1e9);
+  const double scale = 0.25;
+  for (const auto& m : {torch::Tensor(), mask}) {
+    ASSERT_TRUE(vt::kernels::fuses_attention(q, k, v, m));
+    auto fused = vt::kernels::attention(q, k, v, m, scale);
+    EXPECT_EQ(fused.sizes(), q.sizes());
+    expect_close(fused, reference_attention(q, k, v, m, scale));
+    // Heads merge back without a copy.
+    EXPECT_TRUE(fused.transpose(1, 2).is_contiguous());
+  }
+}
+
+TEST_F(Kernels, AttentionIsNotFusedWhereAutogradOrAnotherDtypeNeedsTheUnfusedPath) {
+  auto q = torch::randn({1, 2, 5, 8});
+  EXPECT_FALSE(vt::kernels::fuses_attention(q.clone().requires_grad_(), q, q, {}));
+  EXPECT_FALSE(vt::kernels::fuses_attention(q.to(torch::kBFloat16), q, q, {}));
+  EXPECT_TRUE(vt::kernels::fuses_attention(q, q, q, {}));
+}
+
+TEST_F(Kernels, Int8LinearStaysCloseToFloat32) {
+  if (!vt::kernels::int8_linear_available()) GTEST_SKIP() << "built without oneDNN";
+  auto weight = torch::randn({384, 256}) * 0.05;
+  auto bias = torch::randn({384});
+  const vt::kernels::Int8Linear quantized(weight, bias);
+  // Several row counts: each gets its own oneDNN plan, sharing the packed weights.
+  for (int64_t rows : {1, 7, 197, 394}) {
+    auto input = torch::randn({rows, 256});
+    auto expected = torch::nn::functional::linear(input, weight, bias);
+    auto actual = quantized.forward(input.view({1, rows, 256}));
+    ASSERT_EQ(actual.sizes(), (std::vector<int64_t>{1, rows, 384}));
+    const double error = (actual.view({rows, 384}) - expected).abs().max().item<double>();
+    // Two roundings of at most half a step each, over 256 products: about 1% of the output range.
+    EXPECT_LE(error, 0.01 * expected.abs().max().item<double>()) << rows << " rows";
+  }
+  // Zero input: exactly the bias.
+  EXPECT_TRUE(torch::equal(quantized.forward(torch::zeros({3, 256})), bias.expand({3, 384})));
+}
+
+TEST_F(Kernels, Int8LinearNamesAWrongInput) {
+  if (!vt::kernels::int8_linear_available()) GTEST_SKIP() << "built without oneDNN";
+  const vt::kernels::Int8Linear quantized(torch::randn({8, 4}), {});
+  try {
+    quantized.forward(torch::randn({2, 5}));
+    FAIL() << "expected an error";
+  } catch (const std::exception& error) {
+    EXPECT_NE(std::string(error.what()).find("expects [..., 4]"), std::string::npos) << error.what();
+  }
+}
