@@ -9,11 +9,18 @@ export const PYTHON = process.env.VISIONTORCH_BENCH_PYTHON ?? '/usr/bin/python3'
 export function startPeer(script) {
   const child = spawn(PYTHON, [script], { stdio: ['pipe', 'pipe', 'inherit'] });
   const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+  // A peer that died (an import error, out of memory) fails each request instead of crashing the
+  // benchmark with EPIPE when it writes the next one.
+  let exit;
+  child.on('exit', (code, signal) => (exit = signal ? `signal ${signal}` : `code ${code}`));
+  child.on('error', (error) => (exit = error.message));
+  child.stdin.on('error', () => {});
   return {
     async request(message) {
+      if (exit) throw new Error(`${script} exited (${exit})`);
       child.stdin.write(`${JSON.stringify(message)}\n`);
       const { value, done } = await lines.next();
-      if (done) throw new Error(`${script} exited`);
+      if (done) throw new Error(`${script} exited${exit ? ` (${exit})` : ''}`);
       const reply = JSON.parse(value);
       if (reply.error) throw new Error(`${script}: ${reply.error}`);
       return reply;
