@@ -10,6 +10,7 @@ export {
   type ModelInfo,
   resolveModelDirectory,
 } from './models/loader.js';
+export { type BatchingOptions, type BatchingSettings, type BatchingStats } from './models/micro-batcher.js';
 export {
   type ClassificationPrediction,
   type DetectionPrediction,

@@ -5,6 +5,7 @@ import { findCachedSnapshot, hubCacheDir, isDirectory, isFile, isValidRepoId } f
 import { type DownloadProgress, downloadModel } from '../hub/download.js';
 import { native } from '../native.js';
 import { type ModelConfig, ModelType, parseModelConfig } from '../schemas/model-config.js';
+import { type BatchingOptions, batchingSettings } from './micro-batcher.js';
 import { VisionModel } from './vision-model.js';
 
 export interface ModelInfo {
@@ -25,6 +26,11 @@ export interface LoadModelOptions {
   token?: string;
   /** Tensor layout of convolutional models; 'auto' picks channels-last on CPU, where it is faster. */
   memoryFormat?: 'auto' | 'contiguous' | 'channels_last';
+  /**
+   * Gathers concurrent `predict` calls into shared native calls (see VisionModel.setBatching):
+   * `true` for the defaults ({ maxBatchSize: 16, maxWaitMs: 5 }), or the settings; default off.
+   */
+  batching?: BatchingOptions | boolean;
 }
 
 /** `modelName` as an existing local directory, or the places it was looked for and whether it can be a hub id. */
@@ -68,13 +74,16 @@ export class HuggingFaceModelLoader {
   /**
    * Loads the model `config` describes (validated with ModelConfigSchema; throws ConfigError),
    * from a local directory or the hub (see fetchModelDirectory). `seed` makes random
-   * initialisation (pretrained: false, new heads) reproducible.
+   * initialisation (pretrained: false, new heads) reproducible; `batching` gathers concurrent
+   * predict calls into batches.
    */
   static async loadModel(config: ModelConfig | unknown, options: LoadModelOptions = {}): Promise<VisionModel> {
     const parsed = parseModelConfig(config);
     if (options.seed !== undefined && !(Number.isSafeInteger(options.seed) && options.seed >= 0)) {
       throw new RangeError(`loadModel: seed must be a non-negative integer, got ${options.seed}`);
     }
+    // Checked before the (possibly long) download and load.
+    const batching = batchingSettings(options.batching ?? false, 'loadModel: batching.');
     // Random initialisation needs config.json alone: no weights to download.
     const directory = await fetchModelDirectory(parsed, { onProgress: options.onProgress, token: options.token, weights: parsed.pretrained });
     const handle = await native().loadModel({
@@ -92,7 +101,9 @@ export class HuggingFaceModelLoader {
       seed: options.seed,
       memoryFormat: options.memoryFormat,
     });
-    return new VisionModel(handle);
+    const model = new VisionModel(handle);
+    if (batching) model.setBatching(batching);
+    return model;
   }
 
   /** The architectures this build implements, with known hub checkpoints for each. */

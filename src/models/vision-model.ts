@@ -5,6 +5,15 @@
 import type { NativeImage, NativeLoadReport, NativeModel, NativeModelInfo } from '../../binding.js';
 import type { ModelType } from '../schemas/model-config.js';
 import type { DType, Tensor } from '../tensor.js';
+import { imageDimensions } from './image-dimensions.js';
+import {
+  type BatchingOptions,
+  type BatchingSettings,
+  type BatchingStats,
+  type BatchRunner,
+  batchingSettings,
+  MicroBatcher,
+} from './micro-batcher.js';
 
 export type ImageInput = string | Uint8Array | { data: Uint8Array; width: number; height: number; channels: 1 | 3 | 4 };
 
@@ -58,6 +67,9 @@ export class VisionModel {
   #info: NativeModelInfo;
   #config: Record<string, unknown>;
   #processorConfig: Record<string, unknown>;
+  #batching: BatchingSettings | false = false;
+  /** Created when batching is first turned on; kept afterwards for its statistics. */
+  #batcher: MicroBatcher<NativeImage, Prediction> | undefined;
 
   /** @internal Created by HuggingFaceModelLoader.loadModel. */
   constructor(handle: NativeModel) {
@@ -124,22 +136,83 @@ export class VisionModel {
     return (await this.handle().preprocess(imageList(images, 'preprocess'))) as { pixelValues: Tensor; pixelMask?: Tensor };
   }
 
-  /** One prediction per image (see Prediction). */
+  /**
+   * One prediction per image (see Prediction). With batching on (see setBatching), the call may
+   * wait up to maxWaitMs to share a native call with other concurrent calls; its results are the
+   * same as without.
+   */
   async predict(images: ImageInput | ImageInput[], options: PredictOptions = {}): Promise<Prediction[]> {
     const list = imageList(Array.isArray(images) ? images : [images], 'predict');
+    const { key, run } = this.#predictor(options);
+    this.handle(); // a disposed model refuses at once
+    if (!this.#batcher || !this.#isBatching()) return run(list);
+    const batchKey = this.modelType === 'object_detection' ? await detectionBatchKey(key, list) : key;
+    // Batching may have been turned off while the headers were read (a disposed model refuses in submit).
+    if (!this.#isBatching()) return run(list);
+    return this.#batcher.submit(batchKey, list, run);
+  }
+
+  /**
+   * Gathers concurrent `predict` calls into batches: calls with the same options (topK,
+   * threshold) that arrive within `maxWaitMs` of a batch's first call share one native call over
+   * their images, up to `maxBatchSize` images; a batch starts when full or when its wait is over,
+   * and one batch of a model runs at a time. `true` uses the defaults ({ maxBatchSize: 16,
+   * maxWaitMs: 5 }); `false` (the default) turns batching off. Batches already waiting start as
+   * they are. Each call gets its own results, in order, equal to those of a call alone (up to
+   * float rounding); an image that fails fails its own call only. Object detection merges only
+   * calls whose images all have one width and height, since DetrImageProcessor pads a batch to
+   * its largest image and the padding changes the results of the smaller ones.
+   * Throws RangeError for a maxBatchSize that is not a positive integer or a maxWaitMs outside
+   * 0 to 2^31-1 (setTimeout's limit), TypeError for an unknown option.
+   */
+  setBatching(options: BatchingOptions | boolean): void {
+    const settings = batchingSettings(options, 'setBatching: ');
+    this.handle();
+    this.#batching = settings;
+    if (settings === false) this.#batcher?.flush();
+    else if (this.#batcher) this.#batcher.configure(settings);
+    else this.#batcher = new MicroBatcher(settings);
+  }
+
+  /** The batching settings in force, or false when predict calls run one by one. */
+  get batching(): BatchingSettings | false {
+    return this.#batching;
+  }
+
+  /** What batching has done since the model was loaded (all zero while it was never on). */
+  get batchingStats(): BatchingStats {
+    return this.#batcher?.stats ?? { requests: 0, images: 0, batches: 0, largestBatch: 0, splitBatches: 0, pending: 0 };
+  }
+
+  #isBatching(): boolean {
+    return this.#batching !== false;
+  }
+
+  /** Checks the options; `key` is the same for calls that may share a native call. */
+  #predictor(options: PredictOptions): { key: string; run: BatchRunner<NativeImage, Prediction> } {
     if (this.modelType === 'object_detection') {
       const threshold = options.threshold ?? 0.5;
       if (!(threshold >= 0 && threshold <= 1)) throw new RangeError(`predict: threshold must be between 0 and 1, got ${threshold}`);
-      const results = await this.handle().detect(list, { threshold });
-      return results.map((detections) => detections.map(({ label, score, box }) => ({ label, score, box })));
+      return {
+        key: `threshold=${threshold}`,
+        run: async (list) => {
+          const results = await this.handle().detect(list, { threshold });
+          return results.map((detections) => detections.map(({ label, score, box }) => ({ label, score, box })));
+        },
+      };
     }
     if (this.modelType === 'segmentation') {
-      const maps = await this.handle().segment(list);
-      return maps.map((map) => segmentationOf(map as Tensor, this.labels));
+      return {
+        key: 'segmentation',
+        run: async (list) => {
+          const maps = await this.handle().segment(list);
+          return maps.map((map) => segmentationOf(map as Tensor, this.labels));
+        },
+      };
     }
     const topK = options.topK ?? 5;
     if (!Number.isInteger(topK) || topK < 1) throw new RangeError(`predict: topK must be a positive integer, got ${topK}`);
-    return this.handle().classify(list, { topK });
+    return { key: `topK=${topK}`, run: async (list) => this.handle().classify(list, { topK }) };
   }
 
   /** Writes config.json, model.safetensors and preprocessor_config.json (each atomically). */
@@ -148,8 +221,12 @@ export class VisionModel {
     await this.handle().save(directory);
   }
 
-  /** Frees the native model; calls already running finish, later ones are refused. */
+  /**
+   * Frees the native model; calls already running finish, later ones are refused, and predict
+   * calls still waiting for their batch reject.
+   */
   dispose(): void {
+    this.#batcher?.close(new Error(`this ${this.architecture} model was disposed while the predict call waited for its batch`));
     this.#native?.dispose();
     this.#native = undefined;
   }
@@ -164,6 +241,19 @@ export class VisionModel {
 function imageList(images: ImageInput[], method: string): NativeImage[] {
   if (!Array.isArray(images) || images.length === 0) throw new TypeError(`${method}: expected one or more images`);
   return images;
+}
+
+/**
+ * DetrImageProcessor pads a batch to its largest image, and the padding changes what the
+ * backbone sees near the borders of the smaller ones: detection calls may share a batch only
+ * when all their images have one size, which no padding then touches. A call whose images
+ * differ in size, or whose size the headers do not tell, runs alone (undefined).
+ */
+async function detectionBatchKey(optionsKey: string, images: ImageInput[]): Promise<string | undefined> {
+  const sizes = await Promise.all(images.map((image) => imageDimensions(image)));
+  const first = sizes[0];
+  if (!first || sizes.some((size) => !size || size.width !== first.width || size.height !== first.height)) return undefined;
+  return `${optionsKey} ${first.width}x${first.height}`;
 }
 
 function segmentationOf(map: Tensor, labels: string[]): SegmentationPrediction {
