@@ -273,6 +273,7 @@ model:
   local_files_only: true
   ignore_mismatched_sizes: true
   dtype: bfloat16
+  quantization: int8
   device: cuda:1
   gradient_checkpointing: true
 training:
@@ -333,6 +334,7 @@ data:
       localFilesOnly: true,
       ignoreMismatchedSizes: true,
       dtype: 'bfloat16',
+      quantization: 'int8',
       device: 'cuda:1',
       gradientCheckpointing: true,
     };

@@ -50,7 +50,7 @@ torch::Tensor ChannelLayerNormImpl::forward(const torch::Tensor& x) {
 }
 
 ConvNextLayerImpl::ConvNextLayerImpl(const ConvNextConfig& config, int64_t dim, double drop_path)
-    : act(layers::activation(config.hidden_act)), drop_path(drop_path) {
+    : hidden_act(config.hidden_act), drop_path(drop_path) {
   dwconv = register_module("dwconv", torch::nn::Conv2d(torch::nn::Conv2dOptions(dim, dim, 7).padding(3).groups(dim)));
   layernorm = register_module("layernorm", ChannelLayerNorm(dim, kInnerNormEps, /*channels_first=*/false));
   pwconv1 = register_module("pwconv1", layers::Linear(dim, 4 * dim));
@@ -62,7 +62,7 @@ ConvNextLayerImpl::ConvNextLayerImpl(const ConvNextConfig& config, int64_t dim, 
 
 torch::Tensor ConvNextLayerImpl::forward(const torch::Tensor& input) {
   auto x = dwconv(input).permute({0, 2, 3, 1});
-  x = pwconv2(act(pwconv1(layernorm(x))));
+  x = pwconv2(pwconv1->forward_then(layernorm(x), hidden_act));
   if (layer_scale_parameter.defined()) x = layer_scale_parameter * x;
   x = x.permute({0, 3, 1, 2});
   return input + layers::drop_path(x, drop_path, is_training());

@@ -49,7 +49,7 @@ class ConvNextLayerImpl : public torch::nn::Module {
   torch::nn::Conv2d dwconv{nullptr};
   ChannelLayerNorm layernorm{nullptr};
   layers::Linear pwconv1{nullptr}, pwconv2{nullptr};
-  layers::Activation act;
+  std::string hidden_act;
   torch::Tensor layer_scale_parameter;  // undefined when layer_scale_init_value <= 0
   double drop_path;
 };

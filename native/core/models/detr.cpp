@@ -282,7 +282,8 @@ torch::Tensor DetrAttentionImpl::forward(const torch::Tensor& hidden, const torc
   return out_proj(context.transpose(1, 2).reshape({batch, target, embed_dim}));
 }
 
-EncoderLayerImpl::EncoderLayerImpl(const DetrConfig& config) : config(config), act(layers::activation(config.activation_function)) {
+EncoderLayerImpl::EncoderLayerImpl(const DetrConfig& config) : config(config) {
+  layers::activation(config.activation_function);  // an unknown name fails here, at construction
   self_attn = register_module("self_attn", DetrAttention(config.d_model, config.encoder_attention_heads, config.attention_dropout));
   self_attn_layer_norm = register_module("self_attn_layer_norm", layers::LayerNorm(config.d_model, 1e-5));
   fc1 = register_module("fc1", layers::Linear(config.d_model, config.encoder_ffn_dim));
@@ -300,7 +301,7 @@ torch::Tensor EncoderLayerImpl::forward(const torch::Tensor& input, const torch:
   if (!config.pre_norm) hidden = self_attn_layer_norm(hidden);
   residual = hidden;
   if (config.pre_norm) hidden = final_layer_norm(hidden);
-  hidden = torch::dropout(act(fc1(hidden)), config.activation_dropout, training);
+  hidden = torch::dropout(fc1->forward_then(hidden, config.activation_function), config.activation_dropout, training);
   hidden = torch::dropout(fc2(hidden), config.dropout, training) + residual;
   if (!config.pre_norm) hidden = final_layer_norm(hidden);
   if (training && (hidden.isinf().any().item<bool>() || hidden.isnan().any().item<bool>())) {
@@ -310,7 +311,8 @@ torch::Tensor EncoderLayerImpl::forward(const torch::Tensor& input, const torch:
   return hidden;
 }
 
-DecoderLayerImpl::DecoderLayerImpl(const DetrConfig& config) : config(config), act(layers::activation(config.activation_function)) {
+DecoderLayerImpl::DecoderLayerImpl(const DetrConfig& config) : config(config) {
+  layers::activation(config.activation_function);  // an unknown name fails here, at construction
   self_attn = register_module("self_attn", DetrAttention(config.d_model, config.decoder_attention_heads, config.attention_dropout));
   self_attn_layer_norm = register_module("self_attn_layer_norm", layers::LayerNorm(config.d_model, 1e-5));
   encoder_attn = register_module("encoder_attn", DetrAttention(config.d_model, config.decoder_attention_heads, config.attention_dropout));
@@ -336,7 +338,7 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& input, const torch:
 
   residual = hidden;
   if (config.pre_norm) hidden = final_layer_norm(hidden);
-  hidden = torch::dropout(act(fc1(hidden)), config.activation_dropout, training);
+  hidden = torch::dropout(fc1->forward_then(hidden, config.activation_function), config.activation_dropout, training);
   hidden = torch::dropout(fc2(hidden), config.dropout, training) + residual;
   if (!config.pre_norm) hidden = final_layer_norm(hidden);
   return hidden;

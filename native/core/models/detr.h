@@ -64,7 +64,6 @@ class EncoderLayerImpl : public torch::nn::Module {
   explicit EncoderLayerImpl(const DetrConfig& config);
   torch::Tensor forward(const torch::Tensor& hidden, const torch::Tensor& additive_mask, const torch::Tensor& position);
   DetrConfig config;
-  layers::Activation act;
   DetrAttention self_attn{nullptr};
   layers::LayerNorm self_attn_layer_norm{nullptr}, final_layer_norm{nullptr};
   layers::Linear fc1{nullptr}, fc2{nullptr};
@@ -77,7 +76,6 @@ class DecoderLayerImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& hidden, const torch::Tensor& query_position, const torch::Tensor& memory,
                         const torch::Tensor& memory_position, const torch::Tensor& memory_mask);
   DetrConfig config;
-  layers::Activation act;
   DetrAttention self_attn{nullptr}, encoder_attn{nullptr};
   layers::LayerNorm self_attn_layer_norm{nullptr}, encoder_attn_layer_norm{nullptr}, final_layer_norm{nullptr};
   layers::Linear fc1{nullptr}, fc2{nullptr};

@@ -4,6 +4,7 @@
 #include <map>
 
 #include "common/error.h"
+#include "models/dnnl_linear.h"
 #include "models/kernels.h"
 
 namespace vt::layers {
@@ -78,7 +79,19 @@ void LinearImpl::reset_default() {
 
 torch::Tensor LinearImpl::forward(const torch::Tensor& input) {
   if (int8_ && !is_training()) return int8_->forward(input);
+  if (kernels::dnnl_linear_applies(input, weight, bias)) return kernels::dnnl_linear(input, weight, bias);
   return kernels::linear(input, weight, bias);
+}
+
+torch::Tensor LinearImpl::forward_then(const torch::Tensor& input, const std::string& activation_name) {
+  const auto fused = activation_name == "gelu"   ? kernels::FusedActivation::Gelu
+                     : activation_name == "relu" ? kernels::FusedActivation::Relu
+                                                 : kernels::FusedActivation::None;
+  if (fused != kernels::FusedActivation::None && !(int8_ && !is_training()) &&
+      kernels::dnnl_linear_applies(input, weight, bias, fused)) {
+    return kernels::dnnl_linear(input, weight, bias, fused);
+  }
+  return activation(activation_name)(forward(input));
 }
 
 void LinearImpl::quantize_int8() { int8_ = std::make_shared<const kernels::Int8Linear>(weight, bias); }

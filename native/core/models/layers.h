@@ -20,6 +20,9 @@ class LinearImpl : public torch::nn::Module {
  public:
   LinearImpl(int64_t in_features, int64_t out_features, bool bias = true);
   torch::Tensor forward(const torch::Tensor& input);
+  // activation(forward(input)) for an ACT2FN name; "gelu" and "relu" run inside the matrix
+  // product's kernel where it allows (CPU inference).
+  torch::Tensor forward_then(const torch::Tensor& input, const std::string& activation);
   void reset_parameters(double std);  // trunc_normal(0, std) weight, zero bias, as HF's _init_weights
   void reset_default();               // PyTorch's nn.Linear initialisation (kaiming-uniform bounds)
   // From now on evaluation-mode forwards use an int8 copy of the current weights (see

@@ -63,7 +63,8 @@ torch::Tensor ViTEmbeddingsImpl::forward(const torch::Tensor& pixel_values) {
   return torch::dropout(embeddings, config.hidden_dropout_prob, is_training());
 }
 
-ViTLayerImpl::ViTLayerImpl(const ViTConfig& config) : config(config), act(layers::activation(config.hidden_act)) {
+ViTLayerImpl::ViTLayerImpl(const ViTConfig& config) : config(config) {
+  layers::activation(config.hidden_act);  // an unknown name fails here, at construction
   const int64_t hidden = config.hidden_size;
   auto attention = layers::add_container(*this, "attention");
   auto self_attention = layers::add_container(*attention, "attention");
@@ -91,7 +92,7 @@ torch::Tensor ViTLayerImpl::forward(const torch::Tensor& hidden_states) {
   context = context.transpose(1, 2).reshape({batch, tokens, config.hidden_size});
   auto attended = torch::dropout(attention_output(context), config.hidden_dropout_prob, training) + hidden_states;
 
-  auto mlp = act(intermediate(layernorm_after(attended)));
+  auto mlp = intermediate->forward_then(layernorm_after(attended), config.hidden_act);
   return torch::dropout(output(mlp), config.hidden_dropout_prob, training) + attended;
 }
 

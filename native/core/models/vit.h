@@ -50,7 +50,6 @@ class ViTLayerImpl : public torch::nn::Module {
   explicit ViTLayerImpl(const ViTConfig& config);
   torch::Tensor forward(const torch::Tensor& hidden_states);
   ViTConfig config;
-  layers::Activation act;
   layers::LayerNorm layernorm_before{nullptr}, layernorm_after{nullptr};
   layers::Linear query{nullptr}, key{nullptr}, value{nullptr};  // attention.attention.*
   layers::Linear attention_output{nullptr};                      // attention.output.dense

@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 
+#include "models/dnnl_linear.h"
 #include "models/int8_linear.h"
 #include "models/kernels.h"
 #include "runtime/threads.h"
@@ -172,4 +173,31 @@ TEST_F(Kernels, Int8LinearNamesAWrongInput) {
   } catch (const std::exception& error) {
     EXPECT_NE(std::string(error.what()).find("expects [..., 4]"), std::string::npos) << error.what();
   }
+}
+
+TEST_F(Kernels, OneDnnLinearMatchesTorchWithFusedActivations) {
+  auto input = torch::randn({2, 50, 96});
+  auto weight = torch::randn({160, 96}) * 0.1;
+  auto bias = torch::randn({160});
+  if (!vt::kernels::dnnl_linear_applies(input, weight, bias)) GTEST_SKIP() << "no oneDNN kernel in this build or on this CPU";
+  using vt::kernels::FusedActivation;
+  const auto plain = torch::nn::functional::linear(input, weight, bias);
+  expect_close(vt::kernels::dnnl_linear(input, weight, bias), plain);
+  expect_close(vt::kernels::dnnl_linear(input, weight, {}), torch::nn::functional::linear(input, weight));
+  expect_close(vt::kernels::dnnl_linear(input, weight, bias, FusedActivation::Gelu), torch::gelu(plain));
+  expect_close(vt::kernels::dnnl_linear(input, weight, bias, FusedActivation::Relu), torch::relu(plain));
+  // bfloat16 against torch's own bfloat16 product: a few units of bf16's last place.
+  auto input16 = input.to(torch::kBFloat16), weight16 = weight.to(torch::kBFloat16), bias16 = bias.to(torch::kBFloat16);
+  if (vt::kernels::dnnl_linear_applies(input16, weight16, bias16)) {
+    auto fast = vt::kernels::dnnl_linear(input16, weight16, bias16, FusedActivation::Gelu);
+    EXPECT_EQ(fast.scalar_type(), torch::kBFloat16);
+    expect_close(fast.to(torch::kFloat32), torch::gelu(torch::nn::functional::linear(input16, weight16, bias16)).to(torch::kFloat32), 2e-2);
+  }
+}
+
+TEST_F(Kernels, OneDnnLinearLeavesAutogradToTorch) {
+  auto weight = torch::randn({32, 16}, torch::requires_grad());
+  EXPECT_FALSE(vt::kernels::dnnl_linear_applies(torch::randn({4, 16}), weight, {}));
+  torch::NoGradGuard no_grad;
+  EXPECT_EQ(vt::kernels::dnnl_linear_applies(torch::randn({4, 16}), weight, {}), vt::kernels::int8_linear_available());
 }

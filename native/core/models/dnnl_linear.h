@@ -1,0 +1,24 @@
+// Inference linear layers through oneDNN's matmul: float32 and bfloat16 (AMX where the CPU has
+// it), the bias and an optional GELU applied inside the kernel as it writes each block, and the
+// weights read where they are ([out, in] row-major, as loaded or memory-mapped), no copy made.
+#pragma once
+
+#include <torch/torch.h>
+
+namespace vt::kernels {
+
+enum class FusedActivation { None, Gelu, Relu };
+
+// Whether dnnl_linear runs these operands: a build with oneDNN, CPU, input and weight of one
+// dtype (float32 or bfloat16), no gradient wanted, outside autocast, and a fast kernel for them
+// on this CPU (not oneDNN's reference one).
+bool dnnl_linear_applies(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
+                         FusedActivation activation = FusedActivation::None);
+
+// activation(input [..., in] @ weight[out, in]^T + bias); bias may be undefined. GELU is the
+// exact (erf) one, as torch's default and HuggingFace's "gelu". Throws where dnnl_linear_applies
+// is false.
+torch::Tensor dnnl_linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
+                          FusedActivation activation = FusedActivation::None);
+
+}  // namespace vt::kernels
