@@ -3,6 +3,8 @@
 #include <cmath>
 #include <map>
 
+#include <torch/version.h>
+
 #include "common/error.h"
 #include "models/dnnl_linear.h"
 #include "models/kernels.h"
@@ -126,6 +128,14 @@ torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const tor
   if (!drops && kernels::fuses_attention(query, key, value, additive_mask)) {
     return kernels::attention(query, key, value, additive_mask, scale);
   }
+#if TORCH_VERSION_MAJOR >= 2
+  // libtorch 2.x: flash / memory-efficient kernels on CUDA, with the same default scale.
+  if (!query.device().is_cpu()) {
+    return at::scaled_dot_product_attention(query, key, value,
+                                            additive_mask.defined() ? c10::optional<torch::Tensor>(additive_mask) : c10::nullopt,
+                                            drops ? dropout : 0.0);
+  }
+#endif
   // Same order of operations as transformers: (q k^T) / sqrt(d), not q / sqrt(d) first.
   auto scores = torch::matmul(query, key.transpose(-1, -2)) * scale;
   if (additive_mask.defined()) scores = scores + additive_mask;
@@ -136,6 +146,9 @@ torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const tor
   return torch::matmul(probs, value);
 }
 
+// torchvision's FrozenBatchNorm2d, as transformers' DETR copies it.
+constexpr double kFrozenBatchNormEps = 1e-5;
+
 FrozenBatchNorm2dImpl::FrozenBatchNorm2dImpl(int64_t channels) {
   weight = register_buffer("weight", torch::ones({channels}));
   bias = register_buffer("bias", torch::zeros({channels}));
@@ -144,7 +157,7 @@ FrozenBatchNorm2dImpl::FrozenBatchNorm2dImpl(int64_t channels) {
 }
 
 torch::Tensor FrozenBatchNorm2dImpl::forward(const torch::Tensor& input) {
-  auto scale = weight.reshape({1, -1, 1, 1}) * (running_var.reshape({1, -1, 1, 1}) + 1e-5).rsqrt();
+  auto scale = weight.reshape({1, -1, 1, 1}) * (running_var.reshape({1, -1, 1, 1}) + kFrozenBatchNormEps).rsqrt();
   auto shift = bias.reshape({1, -1, 1, 1}) - running_mean.reshape({1, -1, 1, 1}) * scale;
   return input * scale + shift;
 }
@@ -158,6 +171,24 @@ BatchNorm2dSlot::BatchNorm2dSlot(torch::nn::Module& parent, const std::string& n
 }
 
 torch::Tensor BatchNorm2dSlot::operator()(const torch::Tensor& input) { return frozen ? frozen(input) : trainable(input); }
+
+std::optional<kernels::ConvolutionBatchNorm> BatchNorm2dSlot::after(const torch::nn::Conv2d& convolution, int64_t stride,
+                                                                    int64_t padding) const {
+  if (convolution->bias.defined()) return std::nullopt;
+  kernels::ConvolutionBatchNorm fused{convolution->weight, stride, padding};
+  if (frozen) {
+    fused.norm_weight = frozen->weight, fused.norm_bias = frozen->bias;
+    fused.running_mean = frozen->running_mean, fused.running_var = frozen->running_var;
+    fused.eps = kFrozenBatchNormEps;
+  } else if (!trainable->is_training() && trainable->options.track_running_stats() && trainable->options.affine()) {
+    fused.norm_weight = trainable->weight, fused.norm_bias = trainable->bias;
+    fused.running_mean = trainable->running_mean, fused.running_var = trainable->running_var;
+    fused.eps = trainable->options.eps();
+  } else {
+    return std::nullopt;
+  }
+  return fused;
+}
 
 torch::Tensor drop_path(const torch::Tensor& x, double p, bool training) {
   if (p == 0.0 || !training) return x;

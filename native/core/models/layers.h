@@ -4,10 +4,12 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <string>
 
 #include <torch/torch.h>
 
+#include "models/dnnl_conv.h"
 #include "models/int8_linear.h"
 
 namespace vt::layers {
@@ -71,6 +73,9 @@ struct BatchNorm2dSlot {
   BatchNorm2dSlot() = default;
   BatchNorm2dSlot(torch::nn::Module& parent, const std::string& name, int64_t channels, bool frozen);
   torch::Tensor operator()(const torch::Tensor& input);
+  // The convolution followed by this normalization, for kernels::FusedConvolution; nullopt while
+  // batch statistics normalize (a trainable one in training mode).
+  std::optional<kernels::ConvolutionBatchNorm> after(const torch::nn::Conv2d& convolution, int64_t stride, int64_t padding) const;
   torch::nn::BatchNorm2d trainable{nullptr};
   FrozenBatchNorm2d frozen{nullptr};
 };

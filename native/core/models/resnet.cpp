@@ -40,7 +40,8 @@ ResNetConfig ResNetConfig::from_json(const nlohmann::json& json, const std::stri
 }
 
 ConvLayerImpl::ConvLayerImpl(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride,
-                             std::optional<std::string> activation_name, bool frozen_batch_norm) {
+                             std::optional<std::string> activation_name, bool frozen_batch_norm)
+    : relu(activation_name == "relu"), stride(stride), padding(kernel_size / 2) {
   convolution = register_module(
       "convolution", torch::nn::Conv2d(torch::nn::Conv2dOptions(in_channels, out_channels, kernel_size)
                                            .stride(stride)
@@ -51,13 +52,21 @@ ConvLayerImpl::ConvLayerImpl(int64_t in_channels, int64_t out_channels, int64_t 
 }
 
 torch::Tensor ConvLayerImpl::forward(const torch::Tensor& input) {
+  if (!activation || relu) {
+    if (auto output = fused_forward(input, {}, relu); output.defined()) return output;
+  }
   auto hidden = normalization(convolution(input));
   return activation ? (*activation)(hidden) : hidden;
 }
 
+torch::Tensor ConvLayerImpl::fused_forward(const torch::Tensor& input, const torch::Tensor& residual, bool with_relu) {
+  auto layer = normalization.after(convolution, stride, padding);
+  return layer ? fused.run(input, *layer, residual, with_relu) : torch::Tensor();
+}
+
 ResidualLayerImpl::ResidualLayerImpl(const ResNetConfig& config, int64_t in_channels, int64_t out_channels,
                                      int64_t stride)
-    : activation(layers::activation(config.hidden_act)) {
+    : activation(layers::activation(config.hidden_act)), relu(config.hidden_act == "relu"), stride(stride) {
   if (in_channels != out_channels || stride != 1) {
     auto shortcut = layers::add_container(*this, "shortcut");
     shortcut_convolution = shortcut->register_module(
@@ -81,10 +90,19 @@ ResidualLayerImpl::ResidualLayerImpl(const ResNetConfig& config, int64_t in_chan
 }
 
 torch::Tensor ResidualLayerImpl::forward(const torch::Tensor& input) {
+  torch::Tensor residual = input;
+  if (shortcut_convolution) {
+    auto fusable = shortcut_normalization.after(shortcut_convolution, stride, 0);
+    residual = fusable ? shortcut_fused.run(input, *fusable, {}, false) : torch::Tensor();
+    if (!residual.defined()) residual = shortcut_normalization(shortcut_convolution(input));
+  }
   auto hidden = input;
-  for (auto& conv : layer) hidden = conv(hidden);
-  auto residual = shortcut_convolution ? shortcut_normalization(shortcut_convolution(input)) : input;
-  return activation(hidden + residual);
+  for (size_t i = 0; i + 1 < layer.size(); ++i) hidden = layer[i](hidden);
+  // The last convolution, the sum and the activation in one pass where the kernel allows.
+  if (relu) {
+    if (auto output = layer.back()->fused_forward(hidden, residual, true); output.defined()) return output;
+  }
+  return activation(layer.back()(hidden) + residual);
 }
 
 ResNetBody::ResNetBody(const ResNetConfig& config, torch::nn::Module& owner) : config(config) {

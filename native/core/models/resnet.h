@@ -37,9 +37,15 @@ class ConvLayerImpl : public torch::nn::Module {
   ConvLayerImpl(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride,
                 std::optional<std::string> activation, bool frozen_batch_norm);
   torch::Tensor forward(const torch::Tensor& input);
+  // relu?(normalization(convolution(input)) + residual) as one oneDNN kernel (CPU inference);
+  // undefined where that path does not apply.
+  torch::Tensor fused_forward(const torch::Tensor& input, const torch::Tensor& residual, bool relu);
   torch::nn::Conv2d convolution{nullptr};
   layers::BatchNorm2dSlot normalization;
   std::optional<layers::Activation> activation;
+  bool relu = false;  // the activation is ReLU
+  int64_t stride, padding;
+  kernels::FusedConvolution fused;
 };
 TORCH_MODULE(ConvLayer);
 
@@ -52,6 +58,9 @@ class ResidualLayerImpl : public torch::nn::Module {
   torch::nn::Conv2d shortcut_convolution{nullptr};      // shortcut.convolution, when shapes change
   layers::BatchNorm2dSlot shortcut_normalization;
   layers::Activation activation;
+  bool relu;  // the activation after the sum is ReLU
+  int64_t stride;
+  kernels::FusedConvolution shortcut_fused;
 };
 TORCH_MODULE(ResidualLayer);
 

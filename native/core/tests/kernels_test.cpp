@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 
+#include "models/dnnl_conv.h"
 #include "models/dnnl_linear.h"
 #include "models/int8_linear.h"
 #include "models/kernels.h"
@@ -200,4 +201,44 @@ TEST_F(Kernels, OneDnnLinearLeavesAutogradToTorch) {
   EXPECT_FALSE(vt::kernels::dnnl_linear_applies(torch::randn({4, 16}), weight, {}));
   torch::NoGradGuard no_grad;
   EXPECT_EQ(vt::kernels::dnnl_linear_applies(torch::randn({4, 16}), weight, {}), vt::kernels::int8_linear_available());
+}
+
+TEST_F(Kernels, FusedConvolutionMatchesConvolutionBatchNormResidualRelu) {
+  // Parameters as a model holds them: ordinary tensors, run under inference mode.
+  vt::kernels::ConvolutionBatchNorm layer;
+  layer.weight = torch::randn({24, 16, 3, 3}) * 0.1;
+  layer.stride = 2;
+  layer.padding = 1;
+  layer.norm_weight = torch::rand({24}) + 0.5;
+  layer.norm_bias = torch::randn({24});
+  layer.running_mean = torch::randn({24}) * 0.1;
+  layer.running_var = torch::rand({24}) + 0.5;
+  layer.eps = 1e-5;
+  auto reference = [&](const torch::Tensor& x, const torch::Tensor& residual, bool relu) {
+    auto y = torch::batch_norm(torch::conv2d(x, layer.weight, {}, 2, 1), layer.norm_weight, layer.norm_bias, layer.running_mean,
+                               layer.running_var, false, 0.0, layer.eps, false);
+    if (residual.defined()) y = y + residual;
+    return relu ? torch::relu(y) : y;
+  };
+  vt::kernels::FusedConvolution fused;
+  auto input = torch::randn({2, 16, 15, 17}).contiguous(torch::MemoryFormat::ChannelsLast);
+  auto residual = torch::randn({2, 24, 8, 9});
+  auto run = [&](const torch::Tensor& x, const torch::Tensor& r, bool relu) {
+    c10::InferenceMode inference;
+    return fused.run(x, layer, r, relu);
+  };
+  auto output = run(input, residual, true);
+  if (!output.defined()) GTEST_SKIP() << "no oneDNN convolution in this build or on this CPU";
+  EXPECT_TRUE(output.is_contiguous(torch::MemoryFormat::ChannelsLast));
+  expect_close(output, reference(input, residual, true), 1e-4);
+  expect_close(run(input, {}, false), reference(input, {}, false), 1e-4);
+  // A contiguous (NCHW) input is taken too.
+  expect_close(run(input.contiguous(), {}, true), reference(input, {}, true), 1e-4);
+  // Weights or statistics changed in place (an optimizer step, a reload) are folded again.
+  {
+    torch::NoGradGuard no_grad;
+    layer.weight.mul_(2.0);
+    layer.running_mean.add_(1.0);
+  }
+  expect_close(run(input, {}, false), reference(input, {}, false), 1e-4);
 }
