@@ -9,6 +9,9 @@
 #include <string>
 #include <tuple>
 #include <unordered_map>
+#include <vector>
+
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
@@ -23,7 +26,7 @@ namespace {
 
 using dnnl::memory;
 
-// Distinct (rows, in, out, dtypes, bias, activation) products seen; past this many the cache
+// Distinct products (shapes, strides, dtypes, bias, activation) seen; past this many the cache
 // starts over (a model has a handful of shapes per batch size).
 constexpr size_t kMaxPlans = 512;
 
@@ -31,17 +34,20 @@ memory::data_type dnnl_type(torch::ScalarType type) {
   return type == torch::kBFloat16 ? memory::data_type::bf16 : memory::data_type::f32;
 }
 
-struct PlanKey {
-  int64_t rows, in_features, out_features;
-  torch::ScalarType dtype, bias_dtype;  // bias_dtype Undefined: no bias
+// out [m, n] = a [m, k] @ b [k, n] (+ bias [n]), then the activation; a and b of any strides.
+struct MatmulKey {
+  int64_t m, k, n;
+  int64_t a_row_stride, a_column_stride, b_row_stride, b_column_stride;
+  torch::ScalarType input_dtype, output_dtype, bias_dtype;  // bias_dtype Undefined: no bias
   FusedActivation activation;
-  bool operator<(const PlanKey& other) const {
-    return std::tie(rows, in_features, out_features, dtype, bias_dtype, activation) <
-           std::tie(other.rows, other.in_features, other.out_features, other.dtype, other.bias_dtype, other.activation);
+  auto tied() const {
+    return std::tie(m, k, n, a_row_stride, a_column_stride, b_row_stride, b_column_stride, input_dtype, output_dtype, bias_dtype,
+                    activation);
   }
+  bool operator<(const MatmulKey& other) const { return tied() < other.tied(); }
 };
 
-// A matmul primitive per shape, or none where oneDNN only has its slow reference kernel.
+// A matmul primitive per product, or none where oneDNN only has its slow reference kernel.
 class Plans {
  public:
   static Plans& instance() {
@@ -49,15 +55,14 @@ class Plans {
     return plans;
   }
 
-  const dnnl::matmul* find(const PlanKey& key) {
+  const dnnl::matmul* find(const MatmulKey& key) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (auto found = plans_.find(key); found != plans_.end()) return found->second ? &*found->second : nullptr;
     if (plans_.size() >= kMaxPlans) plans_.clear();
     auto& slot = plans_[key];
-    // The weights stay [out, in] row-major, which is "ba" for the [in, out] operand.
-    const memory::desc source({key.rows, key.in_features}, dnnl_type(key.dtype), memory::format_tag::ab);
-    const memory::desc weights({key.in_features, key.out_features}, dnnl_type(key.dtype), memory::format_tag::ba);
-    const memory::desc destination({key.rows, key.out_features}, dnnl_type(key.dtype), memory::format_tag::ab);
+    const memory::desc a({key.m, key.k}, dnnl_type(key.input_dtype), {key.a_row_stride, key.a_column_stride});
+    const memory::desc b({key.k, key.n}, dnnl_type(key.input_dtype), {key.b_row_stride, key.b_column_stride});
+    const memory::desc out({key.m, key.n}, dnnl_type(key.output_dtype), memory::format_tag::ab);
     dnnl::primitive_attr attributes;
     if (key.activation != FusedActivation::None) {
       dnnl::post_ops post_ops;
@@ -68,11 +73,9 @@ class Plans {
     try {
       auto description =
           key.bias_dtype == torch::ScalarType::Undefined
-              ? dnnl::matmul::primitive_desc(dnnl::matmul::desc(source, weights, destination), attributes, engine_)
+              ? dnnl::matmul::primitive_desc(dnnl::matmul::desc(a, b, out), attributes, engine_)
               : dnnl::matmul::primitive_desc(
-                    dnnl::matmul::desc(source, weights,
-                                       memory::desc({1, key.out_features}, dnnl_type(key.bias_dtype), memory::format_tag::ab),
-                                       destination),
+                    dnnl::matmul::desc(a, b, memory::desc({1, key.n}, dnnl_type(key.bias_dtype), memory::format_tag::ab), out),
                     attributes, engine_);
       if (std::string(description.impl_info_str()).rfind("ref", 0) != 0) slot = dnnl::matmul(description);
     } catch (const dnnl::error&) {
@@ -86,55 +89,141 @@ class Plans {
  private:
   dnnl::engine engine_{dnnl::engine::kind::cpu, 0};
   std::mutex mutex_;
-  std::map<PlanKey, std::optional<dnnl::matmul>> plans_;
+  std::map<MatmulKey, std::optional<dnnl::matmul>> plans_;
 };
 
 bool needs_grad(const torch::Tensor& t) { return t.defined() && t.requires_grad() && torch::GradMode::is_enabled(); }
 
-PlanKey plan_key(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias, FusedActivation activation) {
-  const int64_t in_features = weight.size(1);
-  return {input.numel() / std::max<int64_t>(1, in_features), in_features, weight.size(0), input.scalar_type(),
+bool float_or_bfloat16(torch::ScalarType type) { return type == torch::kFloat32 || type == torch::kBFloat16; }
+
+MatmulKey matmul_key(const torch::Tensor& a, const torch::Tensor& b, torch::ScalarType output_dtype, const torch::Tensor& bias,
+                     FusedActivation activation) {
+  return {a.size(0), a.size(1), b.size(1), a.stride(0), a.stride(1), b.stride(0), b.stride(1), a.scalar_type(), output_dtype,
           bias.defined() ? bias.scalar_type() : torch::ScalarType::Undefined, activation};
 }
+
+bool matmul_operands_fit(const torch::Tensor& a, const torch::Tensor& b, torch::ScalarType output_dtype, const torch::Tensor& bias) {
+  if (a.dim() != 2 || b.dim() != 2 || a.size(1) != b.size(0) || a.numel() == 0 || b.numel() == 0) return false;
+  if (!a.device().is_cpu() || !b.device().is_cpu() || a.scalar_type() != b.scalar_type() || !float_or_bfloat16(a.scalar_type())) return false;
+  if (!float_or_bfloat16(output_dtype) || (output_dtype != a.scalar_type() && output_dtype != torch::kFloat32)) return false;
+  return !bias.defined() || (bias.device().is_cpu() && bias.dim() == 1 && bias.is_contiguous() && bias.size(0) == b.size(1) &&
+                             float_or_bfloat16(bias.scalar_type()));
+}
+
+// Runs the product where a plan exists; undefined otherwise.
+torch::Tensor run_matmul(const torch::Tensor& a, const torch::Tensor& b, torch::ScalarType output_dtype, const torch::Tensor& bias,
+                         FusedActivation activation) {
+  if (!matmul_operands_fit(a, b, output_dtype, bias)) return {};
+  const auto key = matmul_key(a, b, output_dtype, bias, activation);
+  const auto* matmul = Plans::instance().find(key);
+  if (matmul == nullptr) return {};
+  auto output = torch::empty({key.m, key.n}, a.options().dtype(output_dtype));
+  const auto& engine = Plans::instance().engine();
+  const auto input_type = dnnl_type(key.input_dtype);
+  std::unordered_map<int, memory> arguments{
+      {DNNL_ARG_SRC, memory({{key.m, key.k}, input_type, {key.a_row_stride, key.a_column_stride}}, engine, a.data_ptr())},
+      {DNNL_ARG_WEIGHTS, memory({{key.k, key.n}, input_type, {key.b_row_stride, key.b_column_stride}}, engine, b.data_ptr())},
+      {DNNL_ARG_DST, memory({{key.m, key.n}, dnnl_type(output_dtype), memory::format_tag::ab}, engine, output.data_ptr())}};
+  if (bias.defined()) {
+    arguments.emplace(DNNL_ARG_BIAS, memory({{1, key.n}, dnnl_type(key.bias_dtype), memory::format_tag::ab}, engine, bias.data_ptr()));
+  }
+  dnnl::stream stream(engine);
+  matmul->execute(stream, arguments);
+  stream.wait();
+  return output;
+}
+
+torch::Tensor rows_of(const torch::Tensor& x) { return x.reshape({-1, x.size(-1)}); }
+
+std::vector<int64_t> with_last(const torch::Tensor& x, int64_t last) {
+  auto sizes = x.sizes().vec();
+  sizes.back() = last;
+  return sizes;
+}
+
+// Autograd of a linear layer inside a bfloat16 autocast region: the products in bfloat16 through
+// oneDNN both ways, gradients of float32 parameters computed straight into float32.
+class AutocastLinear : public torch::autograd::Function<AutocastLinear> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* context, const torch::Tensor& input, const torch::Tensor& weight,
+                               const torch::Tensor& bias) {
+    const auto input16 = rows_of(input).to(torch::kBFloat16).contiguous();
+    const auto weight16 = weight.to(torch::kBFloat16);
+    context->save_for_backward({input16, weight16});
+    context->saved_data["input_dtype"] = static_cast<int64_t>(input.scalar_type());
+    context->saved_data["input_sizes"] = input.sizes().vec();
+    context->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
+    context->saved_data["bias_dtype"] = static_cast<int64_t>(bias.scalar_type());
+    auto output = run_matmul(input16, weight16.t(), torch::kBFloat16, bias.contiguous(), FusedActivation::None);
+    VT_CHECK(output.defined(), "no oneDNN kernel for a bfloat16 linear layer of ", weight.size(1), " -> ", weight.size(0), " features");
+    return output.view(with_last(input, weight.size(0)));
+  }
+
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* context, torch::autograd::tensor_list grad_outputs) {
+    const auto saved = context->get_saved_variables();
+    const auto& input16 = saved[0];
+    const auto& weight16 = saved[1];
+    const auto grad16 = rows_of(grad_outputs[0]).to(torch::kBFloat16).contiguous();
+    const auto input_dtype = static_cast<torch::ScalarType>(context->saved_data["input_dtype"].toInt());
+    const auto weight_dtype = static_cast<torch::ScalarType>(context->saved_data["weight_dtype"].toInt());
+    torch::Tensor grad_input, grad_weight, grad_bias;
+    if (context->needs_input_grad(0)) {
+      grad_input = run_matmul(grad16, weight16, input_dtype, {}, FusedActivation::None);
+      if (!grad_input.defined()) grad_input = grad16.mm(weight16).to(input_dtype);
+      grad_input = grad_input.view(context->saved_data["input_sizes"].toIntVector());
+    }
+    if (context->needs_input_grad(1)) {
+      grad_weight = run_matmul(grad16.t(), input16, weight_dtype, {}, FusedActivation::None);
+      if (!grad_weight.defined()) grad_weight = grad16.t().mm(input16).to(weight_dtype);
+    }
+    if (context->needs_input_grad(2)) grad_bias = grad16.sum(0, false, torch::kFloat32).to(context->saved_data["bias_dtype"].toInt() == static_cast<int64_t>(torch::kBFloat16) ? torch::kBFloat16 : torch::kFloat32);
+    return {grad_input, grad_weight, grad_bias};
+  }
+};
 
 }  // namespace
 
 bool dnnl_linear_applies(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
                          FusedActivation activation) {
-  const auto dtype = input.scalar_type();
-  if (!input.device().is_cpu() || !weight.device().is_cpu() || (dtype != torch::kFloat32 && dtype != torch::kBFloat16)) return false;
-  if (weight.scalar_type() != dtype || weight.dim() != 2 || !weight.is_contiguous() || input.dim() < 1 ||
-      input.size(-1) != weight.size(1) || input.numel() == 0) {
-    return false;
-  }
-  if (bias.defined() && (!bias.device().is_cpu() || bias.dim() != 1 || !bias.is_contiguous() || bias.size(0) != weight.size(0))) return false;
+  if (input.dim() < 1 || weight.dim() != 2 || input.size(-1) != weight.size(1) || input.numel() == 0) return false;
+  if (weight.scalar_type() != input.scalar_type() || (bias.defined() && bias.scalar_type() != input.scalar_type())) return false;
   if (needs_grad(input) || needs_grad(weight) || needs_grad(bias) || at::autocast::is_cpu_enabled() || at::in_parallel_region()) return false;
-  return Plans::instance().find(plan_key(input, weight, bias, activation)) != nullptr;
+  const auto rows = input.reshape({-1, input.size(-1)});
+  const auto weight_t = weight.t();
+  if (!rows.is_contiguous() && !input.is_contiguous()) return false;
+  return matmul_operands_fit(rows, weight_t, input.scalar_type(), bias) &&
+         Plans::instance().find(matmul_key(rows, weight_t, input.scalar_type(), bias, activation)) != nullptr;
 }
 
 torch::Tensor dnnl_linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
                           FusedActivation activation) {
-  const auto key = plan_key(input, weight, bias, activation);
-  const auto* matmul = Plans::instance().find(key);
-  VT_CHECK(matmul != nullptr, "no oneDNN kernel for a ", input.scalar_type(), " linear layer of ", key.in_features, " -> ",
-           key.out_features, " features");
-  const auto rows = input.reshape({key.rows, key.in_features}).contiguous();
-  auto sizes = input.sizes().vec();
-  sizes.back() = key.out_features;
-  auto output = torch::empty({key.rows, key.out_features}, input.options());
-  const auto& engine = Plans::instance().engine();
-  const auto type = dnnl_type(key.dtype);
-  std::unordered_map<int, memory> arguments{
-      {DNNL_ARG_SRC, memory({{key.rows, key.in_features}, type, memory::format_tag::ab}, engine, rows.data_ptr())},
-      {DNNL_ARG_WEIGHTS, memory({{key.in_features, key.out_features}, type, memory::format_tag::ba}, engine, weight.data_ptr())},
-      {DNNL_ARG_DST, memory({{key.rows, key.out_features}, type, memory::format_tag::ab}, engine, output.data_ptr())}};
-  if (bias.defined()) {
-    arguments.emplace(DNNL_ARG_BIAS, memory({{1, key.out_features}, dnnl_type(key.bias_dtype), memory::format_tag::ab}, engine, bias.data_ptr()));
+  auto output = run_matmul(rows_of(input).contiguous(), weight.t(), input.scalar_type(), bias, activation);
+  VT_CHECK(output.defined(), "no oneDNN kernel for a ", input.scalar_type(), " linear layer of ", weight.size(1), " -> ",
+           weight.size(0), " features");
+  return output.view(with_last(input, weight.size(0)));
+}
+
+bool autocast_linear_applies(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias) {
+  if (!at::autocast::is_cpu_enabled() || at::autocast::get_autocast_cpu_dtype() != torch::kBFloat16 || at::in_parallel_region()) return false;
+  if (!input.device().is_cpu() || !weight.device().is_cpu() || !float_or_bfloat16(input.scalar_type()) ||
+      !float_or_bfloat16(weight.scalar_type()) || weight.dim() != 2 || input.dim() < 1 || input.size(-1) != weight.size(1) ||
+      input.numel() == 0 || (bias.defined() && (!bias.device().is_cpu() || !float_or_bfloat16(bias.scalar_type())))) {
+    return false;
   }
-  dnnl::stream stream(engine);
-  matmul->execute(stream, arguments);
-  stream.wait();
-  return output.view(sizes);
+  // The forward product as AutocastLinear runs it: contiguous rows, the weights transposed in place.
+  const int64_t in_features = weight.size(1), out_features = weight.size(0);
+  const MatmulKey forward{input.numel() / in_features, in_features, out_features, in_features, 1, 1, in_features,
+                          torch::kBFloat16, torch::kBFloat16, bias.defined() ? bias.scalar_type() : torch::kFloat32,
+                          FusedActivation::None};
+  return Plans::instance().find(forward) != nullptr;
+}
+
+torch::Tensor autocast_linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias) {
+  // The casts autocast would insert are done inside, once.
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
+  // A layer without a bias gets zeros that need no gradient: the product adds them for free, and
+  // autograd needs no undefined input.
+  return AutocastLinear::apply(input, weight, bias.defined() ? bias : torch::zeros({weight.size(0)}, weight.options().dtype(torch::kFloat32)));
 }
 
 #else  // without oneDNN
@@ -142,6 +231,12 @@ torch::Tensor dnnl_linear(const torch::Tensor& input, const torch::Tensor& weigh
 bool dnnl_linear_applies(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, FusedActivation) { return false; }
 
 torch::Tensor dnnl_linear(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, FusedActivation) {
+  fail("oneDNN linear layers are not available in this build");
+}
+
+bool autocast_linear_applies(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { return false; }
+
+torch::Tensor autocast_linear(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
   fail("oneDNN linear layers are not available in this build");
 }
 

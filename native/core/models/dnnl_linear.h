@@ -21,4 +21,13 @@ bool dnnl_linear_applies(const torch::Tensor& input, const torch::Tensor& weight
 torch::Tensor dnnl_linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
                           FusedActivation activation = FusedActivation::None);
 
+// Whether autocast_linear runs these operands: inside a CPU bfloat16 autocast region, float32
+// or bfloat16 operands on CPU, and a fast oneDNN kernel for the product.
+bool autocast_linear_applies(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias);
+
+// The linear layer as autocast computes it (bfloat16 product, bfloat16 output), differentiable:
+// forward and backward products through oneDNN, and float32 parameters' gradients computed
+// straight into float32 (autocast rounds them to bfloat16 first).
+torch::Tensor autocast_linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias);
+
 }  // namespace vt::kernels

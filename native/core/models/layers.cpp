@@ -82,6 +82,7 @@ void LinearImpl::reset_default() {
 torch::Tensor LinearImpl::forward(const torch::Tensor& input) {
   if (int8_ && !is_training()) return int8_->forward(input);
   if (kernels::dnnl_linear_applies(input, weight, bias)) return kernels::dnnl_linear(input, weight, bias);
+  if (kernels::autocast_linear_applies(input, weight, bias)) return kernels::autocast_linear(input, weight, bias);
   return kernels::linear(input, weight, bias);
 }
 

@@ -242,3 +242,30 @@ TEST_F(Kernels, FusedConvolutionMatchesConvolutionBatchNormResidualRelu) {
   }
   expect_close(run(input, {}, false), reference(input, {}, false), 1e-4);
 }
+
+TEST_F(Kernels, AutocastLinearMatchesTorchAutocastForwardAndBackward) {
+  auto input = torch::randn({4, 50, 96}, torch::requires_grad());
+  auto weight = (torch::randn({160, 96}) * 0.1).requires_grad_();
+  auto bias = torch::randn({160}, torch::requires_grad());
+  auto upstream = torch::randn({4, 50, 160});
+  at::autocast::set_cpu_enabled(true);
+  const bool applies = vt::kernels::autocast_linear_applies(input, weight, bias);
+  auto fast = applies ? vt::kernels::autocast_linear(input, weight, bias) : torch::Tensor();
+  auto reference = torch::nn::functional::linear(input, weight, bias);
+  at::autocast::set_cpu_enabled(false);
+  at::autocast::clear_cache();
+  if (!applies) GTEST_SKIP() << "no oneDNN bfloat16 kernel in this build or on this CPU";
+  EXPECT_EQ(fast.scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(reference.scalar_type(), torch::kBFloat16);
+  expect_close(fast.to(torch::kFloat32), reference.to(torch::kFloat32), 2e-2);
+
+  (fast.to(torch::kFloat32) * upstream).sum().backward();
+  auto grads = std::vector<torch::Tensor>{input.grad().clone(), weight.grad().clone(), bias.grad().clone()};
+  for (auto* t : {&input, &weight, &bias}) t->mutable_grad().reset();
+  (reference.to(torch::kFloat32) * upstream).sum().backward();
+  // Gradients keep their parameters' dtypes; bf16 products agree to bf16 precision.
+  EXPECT_EQ(grads[1].scalar_type(), torch::kFloat32);
+  expect_close(grads[0], input.grad(), 3e-2);
+  expect_close(grads[1], weight.grad(), 3e-2);
+  expect_close(grads[2], bias.grad(), 3e-2);
+}
