@@ -135,6 +135,15 @@ torch::Tensor run_matmul(const torch::Tensor& a, const torch::Tensor& b, torch::
 
 torch::Tensor rows_of(const torch::Tensor& x) { return x.reshape({-1, x.size(-1)}); }
 
+// The product of a linear layer as the functions below run it: the input's rows made contiguous,
+// the weights [out, in] read in place as the [in, out] operand.
+MatmulKey linear_key(const torch::Tensor& input, const torch::Tensor& weight, torch::ScalarType input_dtype,
+                     torch::ScalarType bias_dtype, FusedActivation activation) {
+  const int64_t in_features = weight.size(1);
+  return {input.numel() / in_features, in_features, weight.size(0), in_features, 1, 1, in_features, input_dtype, input_dtype,
+          bias_dtype, activation};
+}
+
 std::vector<int64_t> with_last(const torch::Tensor& x, int64_t last) {
   auto sizes = x.sizes().vec();
   sizes.back() = last;
@@ -176,7 +185,9 @@ class AutocastLinear : public torch::autograd::Function<AutocastLinear> {
       grad_weight = run_matmul(grad16.t(), input16, weight_dtype, {}, FusedActivation::None);
       if (!grad_weight.defined()) grad_weight = grad16.t().mm(input16).to(weight_dtype);
     }
-    if (context->needs_input_grad(2)) grad_bias = grad16.sum(0, false, torch::kFloat32).to(context->saved_data["bias_dtype"].toInt() == static_cast<int64_t>(torch::kBFloat16) ? torch::kBFloat16 : torch::kFloat32);
+    if (context->needs_input_grad(2)) {
+      grad_bias = grad16.sum(0, false, torch::kFloat32).to(static_cast<torch::ScalarType>(context->saved_data["bias_dtype"].toInt()));
+    }
     return {grad_input, grad_weight, grad_bias};
   }
 };
@@ -188,11 +199,9 @@ bool dnnl_linear_applies(const torch::Tensor& input, const torch::Tensor& weight
   if (input.dim() < 1 || weight.dim() != 2 || input.size(-1) != weight.size(1) || input.numel() == 0) return false;
   if (weight.scalar_type() != input.scalar_type() || (bias.defined() && bias.scalar_type() != input.scalar_type())) return false;
   if (needs_grad(input) || needs_grad(weight) || needs_grad(bias) || at::autocast::is_cpu_enabled() || at::in_parallel_region()) return false;
-  const auto rows = input.reshape({-1, input.size(-1)});
-  const auto weight_t = weight.t();
-  if (!rows.is_contiguous() && !input.is_contiguous()) return false;
-  return matmul_operands_fit(rows, weight_t, input.scalar_type(), bias) &&
-         Plans::instance().find(matmul_key(rows, weight_t, input.scalar_type(), bias, activation)) != nullptr;
+  if (!weight.is_contiguous() || !matmul_operands_fit(rows_of(input), weight.t(), input.scalar_type(), bias)) return false;
+  const auto bias_dtype = bias.defined() ? bias.scalar_type() : torch::ScalarType::Undefined;
+  return Plans::instance().find(linear_key(input, weight, input.scalar_type(), bias_dtype, activation)) != nullptr;
 }
 
 torch::Tensor dnnl_linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
@@ -210,12 +219,8 @@ bool autocast_linear_applies(const torch::Tensor& input, const torch::Tensor& we
       input.numel() == 0 || (bias.defined() && (!bias.device().is_cpu() || !float_or_bfloat16(bias.scalar_type())))) {
     return false;
   }
-  // The forward product as AutocastLinear runs it: contiguous rows, the weights transposed in place.
-  const int64_t in_features = weight.size(1), out_features = weight.size(0);
-  const MatmulKey forward{input.numel() / in_features, in_features, out_features, in_features, 1, 1, in_features,
-                          torch::kBFloat16, torch::kBFloat16, bias.defined() ? bias.scalar_type() : torch::kFloat32,
-                          FusedActivation::None};
-  return Plans::instance().find(forward) != nullptr;
+  const auto bias_dtype = bias.defined() ? bias.scalar_type() : torch::kFloat32;  // zeros stand in for a missing bias
+  return Plans::instance().find(linear_key(input, weight, torch::kBFloat16, bias_dtype, FusedActivation::None)) != nullptr;
 }
 
 torch::Tensor autocast_linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias) {
