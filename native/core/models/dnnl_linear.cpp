@@ -194,6 +194,69 @@ class AutocastLinear : public torch::autograd::Function<AutocastLinear> {
 
 }  // namespace
 
+struct PackedLinearWeights::State {
+  struct Plan {
+    std::optional<dnnl::matmul> matmul;  // none: no fast kernel with packed weights
+    memory weights;
+  };
+  std::mutex mutex;
+  std::pair<const void*, int64_t> source{nullptr, -1};  // the weights' storage and version
+  std::map<MatmulKey, Plan> plans;
+  std::vector<memory> packings;  // distinct packed layouts, shared between plans
+
+  Plan& plan(const MatmulKey& key, const torch::Tensor& weight) {
+    const std::pair<const void*, int64_t> current{weight.data_ptr(), weight._version()};
+    if (current != source) {
+      plans.clear();
+      packings.clear();
+      source = current;
+    }
+    if (auto found = plans.find(key); found != plans.end()) return found->second;
+    if (plans.size() >= kMaxPlans) plans.clear();
+    auto& plan = plans[key];
+    const auto& engine = Plans::instance().engine();
+    const auto type = dnnl_type(key.input_dtype);
+    const memory::desc a({key.m, key.k}, type, memory::format_tag::ab);
+    const memory::desc any_weights({key.k, key.n}, type, memory::format_tag::any);
+    const memory::desc out({key.m, key.n}, dnnl_type(key.output_dtype), memory::format_tag::ab);
+    dnnl::primitive_attr attributes;
+    if (key.activation != FusedActivation::None) {
+      dnnl::post_ops post_ops;
+      post_ops.append_eltwise(1.0f, key.activation == FusedActivation::Gelu ? dnnl::algorithm::eltwise_gelu_erf : dnnl::algorithm::eltwise_relu,
+                              0.0f, 0.0f);
+      attributes.set_post_ops(post_ops);
+    }
+    std::optional<dnnl::matmul::primitive_desc> description;
+    try {
+      if (key.bias_dtype == torch::ScalarType::Undefined) {
+        description.emplace(dnnl::matmul::desc(a, any_weights, out), attributes, engine);
+      } else {
+        const memory::desc bias({1, key.n}, dnnl_type(key.bias_dtype), memory::format_tag::ab);
+        description.emplace(dnnl::matmul::desc(a, any_weights, bias, out), attributes, engine);
+      }
+    } catch (const dnnl::error&) {
+      return plan;
+    }
+    if (std::string(description->impl_info_str()).rfind("ref", 0) == 0) return plan;
+    for (const auto& candidate : packings) {
+      if (candidate.get_desc() == description->weights_desc()) plan.weights = candidate;
+    }
+    if (!plan.weights) {
+      plan.weights = memory(description->weights_desc(), engine);
+      memory plain({{key.k, key.n}, type, memory::format_tag::ba}, engine, weight.data_ptr());
+      dnnl::stream stream(engine);
+      dnnl::reorder(plain, plan.weights).execute(stream, plain, plan.weights);
+      stream.wait();
+      packings.push_back(plan.weights);
+    }
+    plan.matmul.emplace(*description);
+    return plan;
+  }
+};
+
+PackedLinearWeights::PackedLinearWeights() : state_(std::make_unique<State>()) {}
+PackedLinearWeights::~PackedLinearWeights() = default;
+
 bool dnnl_linear_applies(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
                          FusedActivation activation) {
   if (input.dim() < 1 || weight.dim() != 2 || input.size(-1) != weight.size(1) || input.numel() == 0) return false;
@@ -205,8 +268,31 @@ bool dnnl_linear_applies(const torch::Tensor& input, const torch::Tensor& weight
 }
 
 torch::Tensor dnnl_linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
-                          FusedActivation activation) {
-  auto output = run_matmul(rows_of(input).contiguous(), weight.t(), input.scalar_type(), bias, activation);
+                          FusedActivation activation, PackedLinearWeights* packed) {
+  const auto rows = rows_of(input).contiguous();
+  if (packed != nullptr) {
+    auto& state = packed->state();
+    std::lock_guard<std::mutex> lock(state.mutex);
+    const auto key = linear_key(input, weight, input.scalar_type(),
+                                bias.defined() ? bias.scalar_type() : torch::ScalarType::Undefined, activation);
+    auto& plan = state.plan(key, weight);
+    if (plan.matmul) {
+      auto output = torch::empty({key.m, key.n}, input.options());
+      const auto& engine = Plans::instance().engine();
+      std::unordered_map<int, memory> arguments{
+          {DNNL_ARG_SRC, memory({{key.m, key.k}, dnnl_type(key.input_dtype), memory::format_tag::ab}, engine, rows.data_ptr())},
+          {DNNL_ARG_WEIGHTS, plan.weights},
+          {DNNL_ARG_DST, memory({{key.m, key.n}, dnnl_type(key.output_dtype), memory::format_tag::ab}, engine, output.data_ptr())}};
+      if (bias.defined()) {
+        arguments.emplace(DNNL_ARG_BIAS, memory({{1, key.n}, dnnl_type(key.bias_dtype), memory::format_tag::ab}, engine, bias.data_ptr()));
+      }
+      dnnl::stream stream(engine);
+      plan.matmul->execute(stream, arguments);
+      stream.wait();
+      return output.view(with_last(input, weight.size(0)));
+    }
+  }
+  auto output = run_matmul(rows, weight.t(), input.scalar_type(), bias, activation);
   VT_CHECK(output.defined(), "no oneDNN kernel for a ", input.scalar_type(), " linear layer of ", weight.size(1), " -> ",
            weight.size(0), " features");
   return output.view(with_last(input, weight.size(0)));
@@ -235,7 +321,11 @@ torch::Tensor autocast_linear(const torch::Tensor& input, const torch::Tensor& w
 
 bool dnnl_linear_applies(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, FusedActivation) { return false; }
 
-torch::Tensor dnnl_linear(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, FusedActivation) {
+struct PackedLinearWeights::State {};
+PackedLinearWeights::PackedLinearWeights() = default;
+PackedLinearWeights::~PackedLinearWeights() = default;
+
+torch::Tensor dnnl_linear(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, FusedActivation, PackedLinearWeights*) {
   fail("oneDNN linear layers are not available in this build");
 }
 

@@ -81,7 +81,9 @@ void LinearImpl::reset_default() {
 
 torch::Tensor LinearImpl::forward(const torch::Tensor& input) {
   if (int8_ && !is_training()) return int8_->forward(input);
-  if (kernels::dnnl_linear_applies(input, weight, bias)) return kernels::dnnl_linear(input, weight, bias);
+  if (kernels::dnnl_linear_applies(input, weight, bias)) {
+    return kernels::dnnl_linear(input, weight, bias, kernels::FusedActivation::None, packed_.get());
+  }
   if (kernels::autocast_linear_applies(input, weight, bias)) return kernels::autocast_linear(input, weight, bias);
   return kernels::linear(input, weight, bias);
 }
@@ -92,7 +94,7 @@ torch::Tensor LinearImpl::forward_then(const torch::Tensor& input, const std::st
                                                  : kernels::FusedActivation::None;
   if (fused != kernels::FusedActivation::None && !(int8_ && !is_training()) &&
       kernels::dnnl_linear_applies(input, weight, bias, fused)) {
-    return kernels::dnnl_linear(input, weight, bias, fused);
+    return kernels::dnnl_linear(input, weight, bias, fused, packed_.get());
   }
   return activation(activation_name)(forward(input));
 }

@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include "models/dnnl_conv.h"
+#include "models/dnnl_linear.h"
 #include "models/int8_linear.h"
 
 namespace vt::layers {
@@ -36,6 +37,8 @@ class LinearImpl : public torch::nn::Module {
 
  private:
   std::shared_ptr<const kernels::Int8Linear> int8_;
+  // Inference's packed copy of the weights (see kernels::PackedLinearWeights).
+  std::shared_ptr<kernels::PackedLinearWeights> packed_ = std::make_shared<kernels::PackedLinearWeights>();
 };
 TORCH_MODULE(Linear);
 

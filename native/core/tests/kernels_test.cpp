@@ -269,3 +269,21 @@ TEST_F(Kernels, AutocastLinearMatchesTorchAutocastForwardAndBackward) {
   expect_close(grads[1], weight.grad(), 3e-2);
   expect_close(grads[2], bias.grad(), 3e-2);
 }
+
+TEST_F(Kernels, PackedLinearWeightsFollowTheWeights) {
+  auto input = torch::randn({3, 40, 64});
+  auto weight = torch::randn({96, 64}) * 0.1;
+  auto bias = torch::randn({96});
+  if (!vt::kernels::dnnl_linear_applies(input, weight, bias)) GTEST_SKIP() << "no oneDNN kernel in this build or on this CPU";
+  vt::kernels::PackedLinearWeights packed;
+  auto run = [&] {
+    c10::InferenceMode inference;
+    return vt::kernels::dnnl_linear(input, weight, bias, vt::kernels::FusedActivation::Gelu, &packed);
+  };
+  expect_close(run(), torch::gelu(torch::nn::functional::linear(input, weight, bias)));
+  {
+    torch::NoGradGuard no_grad;
+    weight.mul_(-2.0);  // an optimizer step, a reload: the packed copy must follow
+  }
+  expect_close(run(), torch::gelu(torch::nn::functional::linear(input, weight, bias)));
+}
