@@ -39,7 +39,11 @@ const processor = JSON.parse(readFileSync(join(vitBaseDir, 'preprocessor_config.
 const model = await HuggingFaceModelLoader.loadModel({ modelName: vitBaseDir, modelType: 'classification', pretrained: false }, { seed: 0 });
 
 const peer = startPeer(join(here, 'peers', 'torch_data.py'));
-await peer.request({ op: 'setup', images, size: [processor.size.height, processor.size.width], resample: processor.resample, mean: processor.image_mean, std: processor.image_std });
+try {
+  await peer.request({ op: 'setup', images, size: [processor.size.height, processor.size.width], resample: processor.resample, mean: processor.image_mean, std: processor.image_std });
+} catch (error) {
+  throw new Error(`the PIL + torchvision peer did not start (${error.message}); it needs Debian's python3-torch, python3-pil and python3-torchvision (or VISIONTORCH_BENCH_PYTHON naming a python3 that has them)`);
+}
 
 /** One round of the peer: its seconds, and the share of the CPU others took (the peer's own CPU time is its). */
 async function peerRound(message) {
@@ -91,7 +95,7 @@ const result = {
 };
 let contended = 0;
 for (const [stage, count] of [['decode', batch], ['preprocess', batch], ['loader', loaderImages]]) {
-  // Rounds during which other processes took over 10% of the CPU are left out when half are quiet.
+  // Rounds during which other processes took over 10% of the CPU are left out when 3 are quiet.
   const rate = (list) => count / median(quietSamples(list).map((s) => s.seconds));
   const { ours: mine, theirs } = samples[stage];
   contended += [...mine, ...theirs].filter((s) => s.otherCpuFraction > 0.1).length;
@@ -102,7 +106,7 @@ for (const [stage, count] of [['decode', batch], ['preprocess', batch], ['loader
     rounds: { ours: mine.map(({ seconds, otherCpuFraction }) => ({ seconds, otherCpuFraction })), theirs: theirs.map(({ seconds, otherCpuFraction }) => ({ seconds, otherCpuFraction })) },
   };
 }
-if (contended > 0) console.warn(`warning: other processes used over 10% of the CPU during ${contended} rounds; those are left out of the medians when at least half are quiet`);
+if (contended > 0) console.warn(`warning: other processes used over 10% of the CPU during ${contended} rounds; those are left out of the medians when at least 3 are quiet`);
 
 const line = (name, r, peerName) =>
   `${name}: visiontorch ${r.visiontorchImagesPerSecond.toFixed(0)} images/s, ${peerName} ${r.pytorchImagesPerSecond.toFixed(0)} images/s, ratio ${r.ratio.toFixed(2)}x`;

@@ -10,11 +10,15 @@ export const PYTHON = process.env.VISIONTORCH_BENCH_PYTHON ?? '/usr/bin/python3'
 export function startPeer(script) {
   const child = spawn(PYTHON, [script], { stdio: ['pipe', 'pipe', 'inherit'] });
   const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+  // A peer that fails to start or dies closes its pipes: the request below then reports it.
+  let failure = '';
+  child.on('error', (error) => (failure = `: ${error.message}`));
+  child.stdin.on('error', () => {});
   return {
     async request(message) {
       child.stdin.write(`${JSON.stringify(message)}\n`);
       const { value, done } = await lines.next();
-      if (done) throw new Error(`${script} exited`);
+      if (done) throw new Error(`${PYTHON} ${script} exited${failure || (child.exitCode !== null ? ` with status ${child.exitCode}` : '')}`);
       const reply = JSON.parse(value);
       if (reply.error) throw new Error(`${script}: ${reply.error}`);
       return reply;
@@ -67,12 +71,12 @@ export function otherCpuFraction(before, after, ownCpuSeconds) {
 
 /**
  * The samples ({ otherCpuFraction }) taken while other processes used at most `threshold` of the
- * CPU, when at least half of them were; otherwise all of them (the caller should then say that
- * the machine was busy).
+ * CPU, when there are at least 3 of them (or all samples are quiet); otherwise all of them (the
+ * caller should then say that the machine was busy).
  */
 export function quietSamples(samples, threshold = 0.1) {
   const quiet = samples.filter((s) => !(s.otherCpuFraction > threshold));
-  return quiet.length * 2 >= samples.length ? quiet : samples;
+  return quiet.length >= Math.min(3, samples.length) ? quiet : samples;
 }
 
 /** Runs `work` and returns its wall seconds and the share of the CPU other processes took meanwhile (this process's CPU time, plus `extraCpuSeconds(result)`, is ours). */

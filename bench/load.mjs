@@ -81,7 +81,7 @@ async function main() {
   }
 
   // On a shared machine other processes can take the cores mid-run; a sample during which they
-  // used over 10% of the CPU is left out of the medians, as long as half the samples are quiet.
+  // used over 10% of the CPU is left out of the medians, as long as 3 samples are quiet.
   const summarize = (list) => {
     if (list.length === 0) return undefined;
     const used = quietSamples(list);
@@ -89,7 +89,7 @@ async function main() {
     return { ...Object.fromEntries(keys.map((key) => [key, median(used.map((s) => s[key]))])), bestTotalSeconds: Math.min(...used.map((s) => s.totalSeconds)), samplesUsed: used.length };
   };
   const contended = [...samples.visiontorch, ...samples.pytorch].filter((s) => s.otherCpuFraction > 0.1).length;
-  if (contended > 0) console.warn(`warning: other processes used over 10% of the CPU during ${contended} of the runs; those runs are left out of the medians when at least half are quiet`);
+  if (contended > 0) console.warn(`warning: other processes used over 10% of the CPU during ${contended} of the runs; those runs are left out of the medians when at least 3 are quiet`);
   const result = {
     benchmark: 'checkpoint load to first prediction (warm page cache, fresh process)',
     checkpoint: 'ViT-B/16 at 224, model.safetensors (random weights)',
