@@ -137,18 +137,21 @@ class TimmBlockImpl : public torch::nn::Module {
     }
   }
 
+  // Each convolution with its normalization (and the residual sum and ReLU after the last) as
+  // one oneDNN kernel where it applies.
   torch::Tensor forward(const torch::Tensor& input) {
-    auto x = torch::relu(bn1_(conv1_(input)));
-    x = bn2_(conv2_(x));
-    if (bottleneck_) x = bn3_(conv3_(torch::relu(x)));
-    auto shortcut = down_conv_ ? down_bn_(down_conv_(input)) : input;
-    return torch::relu(x + shortcut);
+    auto shortcut = down_conv_ ? layers::convolution_norm(fused_down_, down_conv_, down_bn_, input, {}, false) : input;
+    auto x = layers::convolution_norm(fused1_, conv1_, bn1_, input, {}, true);
+    if (!bottleneck_) return layers::convolution_norm(fused2_, conv2_, bn2_, x, shortcut, true);
+    x = layers::convolution_norm(fused2_, conv2_, bn2_, x, {}, true);
+    return layers::convolution_norm(fused3_, conv3_, bn3_, x, shortcut, true);
   }
 
  private:
   bool bottleneck_;
   torch::nn::Conv2d conv1_{nullptr}, conv2_{nullptr}, conv3_{nullptr}, down_conv_{nullptr};
   layers::FrozenBatchNorm2d bn1_{nullptr}, bn2_{nullptr}, bn3_{nullptr}, down_bn_{nullptr};
+  kernels::FusedConvolution fused1_, fused2_, fused3_, fused_down_;
 };
 TORCH_MODULE(TimmBlock);
 
@@ -186,7 +189,7 @@ class TimmResNetImpl : public torch::nn::Module {
   }
 
   std::vector<torch::Tensor> forward(const torch::Tensor& pixel_values) {
-    auto x = torch::max_pool2d(torch::relu(bn1_(conv1_(pixel_values))), 3, 2, 1);
+    auto x = torch::max_pool2d(layers::convolution_norm(fused_stem_, conv1_, bn1_, pixel_values, {}, true), 3, 2, 1);
     std::vector<torch::Tensor> features;
     for (auto& stage : stages_) {
       for (auto& block : stage) x = block(x);
@@ -200,6 +203,7 @@ class TimmResNetImpl : public torch::nn::Module {
  private:
   torch::nn::Conv2d conv1_{nullptr};
   layers::FrozenBatchNorm2d bn1_{nullptr};
+  kernels::FusedConvolution fused_stem_;
   std::vector<std::vector<TimmBlock>> stages_;
 };
 TORCH_MODULE(TimmResNet);

@@ -91,7 +91,8 @@ struct FusedConvolution::State {
     attributes.set_post_ops(post_ops);
     const dnnl::convolution_forward::desc description(
         dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, source_desc, any_weights, bias_desc,
-        output_desc, {layer.stride, layer.stride}, {layer.padding, layer.padding}, {layer.padding, layer.padding});
+        output_desc, {layer.stride, layer.stride}, {layer.dilation - 1, layer.dilation - 1}, {layer.padding, layer.padding},
+        {layer.padding, layer.padding});
     std::optional<dnnl::convolution_forward::primitive_desc> found_primitive;
     try {
       found_primitive.emplace(description, attributes, engine);
@@ -144,8 +145,8 @@ torch::Tensor FusedConvolution::run(const torch::Tensor& input, const Convolutio
   if (!fusion_applies(input, layer)) return {};
   const auto source = input.contiguous(torch::MemoryFormat::ChannelsLast);
   const int64_t kernel_h = layer.weight.size(2), kernel_w = layer.weight.size(3);
-  const int64_t out_h = (input.size(2) + 2 * layer.padding - kernel_h) / layer.stride + 1;
-  const int64_t out_w = (input.size(3) + 2 * layer.padding - kernel_w) / layer.stride + 1;
+  const int64_t out_h = (input.size(2) + 2 * layer.padding - layer.dilation * (kernel_h - 1) - 1) / layer.stride + 1;
+  const int64_t out_w = (input.size(3) + 2 * layer.padding - layer.dilation * (kernel_w - 1) - 1) / layer.stride + 1;
   VT_CHECK(out_h > 0 && out_w > 0, "convolution: input ", input.sizes(), " is smaller than the kernel ", layer.weight.sizes());
   auto output = torch::empty({input.size(0), layer.weight.size(0), out_h, out_w},
                              input.options().memory_format(torch::MemoryFormat::ChannelsLast));

@@ -15,8 +15,8 @@ namespace vt::kernels {
 
 // What a convolution followed by an inference-mode batch normalization computes.
 struct ConvolutionBatchNorm {
-  torch::Tensor weight;  // [out, in, kh, kw], no groups, no dilation
-  int64_t stride = 1, padding = 0;
+  torch::Tensor weight;  // [out, in, kh, kw], no groups
+  int64_t stride = 1, padding = 0, dilation = 1;
   // scale = norm_weight / sqrt(running_var + eps), shift = norm_bias - running_mean * scale
   torch::Tensor norm_weight, norm_bias, running_mean, running_var;
   double eps = 1e-5;

@@ -64,17 +64,27 @@ Activation activation(const std::string& name) {
   return found->second;
 }
 
+namespace {
+thread_local bool initialisation_deferred = false;
+}  // namespace
+
+DeferredInitialisation::DeferredInitialisation() : outer_(initialisation_deferred) { initialisation_deferred = true; }
+DeferredInitialisation::~DeferredInitialisation() { initialisation_deferred = outer_; }
+bool DeferredInitialisation::active() { return initialisation_deferred; }
+
 LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool with_bias)
     : in_features(in_features), out_features(out_features) {
   weight = register_parameter("weight", torch::empty({out_features, in_features}));
-  if (with_bias) bias = register_parameter("bias", torch::zeros({out_features}));
-  reset_default();
+  if (with_bias) bias = register_parameter("bias", torch::empty({out_features}));
+  initialisation_deferred_ = DeferredInitialisation::active();
+  if (!initialisation_deferred_) reset_default();
 }
 
 void LinearImpl::reset_default() {
   // kaiming_uniform_(a=sqrt(5)) reduces to U(-1/sqrt(fan_in), 1/sqrt(fan_in)), for the bias too.
   const double bound = in_features > 0 ? 1.0 / std::sqrt(static_cast<double>(in_features)) : 0.0;
   torch::NoGradGuard no_grad;
+  initialisation_deferred_ = false;
   weight.uniform_(-bound, bound);
   if (bias.defined()) bias.uniform_(-bound, bound);
 }
@@ -103,6 +113,7 @@ void LinearImpl::quantize_int8() { int8_ = std::make_shared<const kernels::Int8L
 
 void LinearImpl::reset_parameters(double std) {
   torch::NoGradGuard no_grad;
+  initialisation_deferred_ = false;
   trunc_normal_(weight, 0.0, std);
   if (bias.defined()) bias.zero_();
 }
@@ -183,21 +194,53 @@ BatchNorm2dSlot::BatchNorm2dSlot(torch::nn::Module& parent, const std::string& n
 
 torch::Tensor BatchNorm2dSlot::operator()(const torch::Tensor& input) { return frozen ? frozen(input) : trainable(input); }
 
-std::optional<kernels::ConvolutionBatchNorm> BatchNorm2dSlot::after(const torch::nn::Conv2d& convolution, int64_t stride,
-                                                                    int64_t padding) const {
-  if (convolution->bias.defined()) return std::nullopt;
-  kernels::ConvolutionBatchNorm fused{convolution->weight, stride, padding};
-  if (frozen) {
-    fused.norm_weight = frozen->weight, fused.norm_bias = frozen->bias;
-    fused.running_mean = frozen->running_mean, fused.running_var = frozen->running_var;
-    fused.eps = kFrozenBatchNormEps;
-  } else if (!trainable->is_training() && trainable->options.track_running_stats() && trainable->options.affine()) {
-    fused.norm_weight = trainable->weight, fused.norm_bias = trainable->bias;
-    fused.running_mean = trainable->running_mean, fused.running_var = trainable->running_var;
-    fused.eps = trainable->options.eps();
-  } else {
-    return std::nullopt;
+namespace {
+
+// The convolution's geometry when it is one kernels::FusedConvolution takes.
+std::optional<kernels::ConvolutionBatchNorm> convolution_geometry(const torch::nn::Conv2d& convolution) {
+  const auto& options = convolution->options;
+  const auto* padding = c10::get_if<torch::ExpandingArray<2>>(&options.padding());
+  if (convolution->bias.defined() || options.groups() != 1 || padding == nullptr) return std::nullopt;
+  const auto stride = *options.stride(), dilation = *options.dilation(), pad = **padding;
+  if (stride[0] != stride[1] || dilation[0] != dilation[1] || pad[0] != pad[1]) return std::nullopt;
+  kernels::ConvolutionBatchNorm layer;
+  layer.weight = convolution->weight;
+  layer.stride = stride[0];
+  layer.padding = pad[0];
+  layer.dilation = dilation[0];
+  return layer;
+}
+
+}  // namespace
+
+std::optional<kernels::ConvolutionBatchNorm> fusable(const torch::nn::Conv2d& convolution, const FrozenBatchNorm2d& norm) {
+  auto fused = convolution_geometry(convolution);
+  if (!fused) return std::nullopt;
+  fused->norm_weight = norm->weight, fused->norm_bias = norm->bias;
+  fused->running_mean = norm->running_mean, fused->running_var = norm->running_var;
+  fused->eps = kFrozenBatchNormEps;
+  return fused;
+}
+
+torch::Tensor convolution_norm(kernels::FusedConvolution& fused, torch::nn::Conv2d convolution, FrozenBatchNorm2d norm,
+                               const torch::Tensor& input, const torch::Tensor& residual, bool relu) {
+  if (auto layer = fusable(convolution, norm)) {
+    if (auto output = fused.run(input, *layer, residual, relu); output.defined()) return output;
   }
+  auto output = norm(convolution(input));
+  if (residual.defined()) output = output + residual;
+  return relu ? torch::relu(output) : output;
+}
+
+std::optional<kernels::ConvolutionBatchNorm> BatchNorm2dSlot::after(const torch::nn::Conv2d& convolution) const {
+  if (frozen) return fusable(convolution, frozen);
+  auto fused = convolution_geometry(convolution);
+  if (!fused) return std::nullopt;
+  // A trainable normalization uses its running statistics only in evaluation mode.
+  if (trainable->is_training() || !trainable->options.track_running_stats() || !trainable->options.affine()) return std::nullopt;
+  fused->norm_weight = trainable->weight, fused->norm_bias = trainable->bias;
+  fused->running_mean = trainable->running_mean, fused->running_var = trainable->running_var;
+  fused->eps = trainable->options.eps();
   return fused;
 }
 

@@ -19,6 +19,21 @@ namespace vt::layers {
 using Activation = std::function<torch::Tensor(const torch::Tensor&)>;
 Activation activation(const std::string& name);  // throws vt::Error listing the known names
 
+// While one is alive on a thread, linear layers built there skip their random initialisation: a
+// checkpoint is about to overwrite it (most of a transformer's load time otherwise), and what it
+// lacks is initialised afterwards, as from_pretrained's no_init_weights does.
+class DeferredInitialisation {
+ public:
+  DeferredInitialisation();
+  ~DeferredInitialisation();
+  DeferredInitialisation(const DeferredInitialisation&) = delete;
+  DeferredInitialisation& operator=(const DeferredInitialisation&) = delete;
+  static bool active();
+
+ private:
+  bool outer_;
+};
+
 class LinearImpl : public torch::nn::Module {
  public:
   LinearImpl(int64_t in_features, int64_t out_features, bool bias = true);
@@ -28,6 +43,7 @@ class LinearImpl : public torch::nn::Module {
   torch::Tensor forward_then(const torch::Tensor& input, const std::string& activation);
   void reset_parameters(double std);  // trunc_normal(0, std) weight, zero bias, as HF's _init_weights
   void reset_default();               // PyTorch's nn.Linear initialisation (kaiming-uniform bounds)
+  bool initialisation_deferred() const { return initialisation_deferred_; }
   // From now on evaluation-mode forwards use an int8 copy of the current weights (see
   // kernels::Int8Linear); the float32 parameters stay for state_dict and save.
   void quantize_int8();
@@ -36,6 +52,7 @@ class LinearImpl : public torch::nn::Module {
   torch::Tensor weight, bias;  // bias undefined when constructed without one
 
  private:
+  bool initialisation_deferred_ = false;  // built under DeferredInitialisation, not yet initialised
   std::shared_ptr<const kernels::Int8Linear> int8_;
   // Inference's packed copy of the weights (see kernels::PackedLinearWeights).
   std::shared_ptr<kernels::PackedLinearWeights> packed_ = std::make_shared<kernels::PackedLinearWeights>();
@@ -78,10 +95,19 @@ struct BatchNorm2dSlot {
   torch::Tensor operator()(const torch::Tensor& input);
   // The convolution followed by this normalization, for kernels::FusedConvolution; nullopt while
   // batch statistics normalize (a trainable one in training mode).
-  std::optional<kernels::ConvolutionBatchNorm> after(const torch::nn::Conv2d& convolution, int64_t stride, int64_t padding) const;
+  std::optional<kernels::ConvolutionBatchNorm> after(const torch::nn::Conv2d& convolution) const;
   torch::nn::BatchNorm2d trainable{nullptr};
   FrozenBatchNorm2d frozen{nullptr};
 };
+
+// A convolution followed by a frozen normalization, for kernels::FusedConvolution; nullopt for
+// convolutions it does not cover (groups, a bias, asymmetric or "same" padding).
+std::optional<kernels::ConvolutionBatchNorm> fusable(const torch::nn::Conv2d& convolution, const FrozenBatchNorm2d& norm);
+
+// relu?(norm(convolution(input)) + residual), residual may be undefined: through `fused` where
+// it applies, else step by step.
+torch::Tensor convolution_norm(kernels::FusedConvolution& fused, torch::nn::Conv2d convolution, FrozenBatchNorm2d norm,
+                               const torch::Tensor& input, const torch::Tensor& residual, bool relu);
 
 // Stochastic depth (timm's drop_path): drops whole samples of a residual branch with
 // probability `p` in training, scaling the kept ones by 1 / (1 - p).

@@ -2,6 +2,7 @@
 
 #include "common/error.h"
 #include "common/json_config.h"
+#include "models/layers.h"
 
 namespace vt {
 
@@ -100,7 +101,11 @@ void VisionModule::initialize(const std::set<std::string>& keys, bool all) {
         selected = selected || owns(buffer.key());
       }
     }
-    if (selected) init_module(name, module);
+    if (!selected) continue;
+    // A linear layer built under DeferredInitialisation gets its constructor's initialisation
+    // now, before the architecture's own (which may leave it as it is).
+    if (auto* linear = module.as<layers::LinearImpl>(); linear && linear->initialisation_deferred()) linear->reset_default();
+    init_module(name, module);
   }
 }
 

@@ -2,6 +2,8 @@
 
 #include <filesystem>
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include "common/error.h"
 #include "common/json_config.h"
 #include "io/safetensors.h"
@@ -218,12 +220,26 @@ void PretrainedModel::load_architecture(const LoadOptions& options) {
   config_["architectures"] = nlohmann::json::array({architecture.name});
 
   if (options.seed) torch::manual_seed(*options.seed);
-  module_ = architecture.build(config_, source);
   if (options.pretrained) {
     std::string weights_source;
     TensorMap checkpoint = read_checkpoint_directory(options.directory, &weights_source);
+    // Built without the random initialisation the checkpoint overwrites (most of the load time).
+    // Where the checkpoint does not cover every weight (a new head), build again with it, from
+    // the same random state, so that seeded new weights come out as they always have.
+    auto generator = at::detail::getDefaultCPUGenerator();
+    const auto random_state = generator.get_state();
+    {
+      layers::DeferredInitialisation deferred;
+      module_ = architecture.build(config_, source);
+    }
     report_ = load_weights(*module_, checkpoint, weights_source, options.ignore_mismatched_sizes);
+    if (!report_.initialized.empty() || !report_.mismatched.empty()) {
+      generator.set_state(random_state);
+      module_ = architecture.build(config_, source);
+      report_ = load_weights(*module_, checkpoint, weights_source, options.ignore_mismatched_sizes);
+    }
   } else {
+    module_ = architecture.build(config_, source);
     module_->initialize({}, /*all=*/true);
     report_.source = "random initialisation";
   }

@@ -41,7 +41,7 @@ ResNetConfig ResNetConfig::from_json(const nlohmann::json& json, const std::stri
 
 ConvLayerImpl::ConvLayerImpl(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride,
                              std::optional<std::string> activation_name, bool frozen_batch_norm)
-    : relu(activation_name == "relu"), stride(stride), padding(kernel_size / 2) {
+    : relu(activation_name == "relu") {
   convolution = register_module(
       "convolution", torch::nn::Conv2d(torch::nn::Conv2dOptions(in_channels, out_channels, kernel_size)
                                            .stride(stride)
@@ -60,13 +60,13 @@ torch::Tensor ConvLayerImpl::forward(const torch::Tensor& input) {
 }
 
 torch::Tensor ConvLayerImpl::fused_forward(const torch::Tensor& input, const torch::Tensor& residual, bool with_relu) {
-  auto layer = normalization.after(convolution, stride, padding);
+  auto layer = normalization.after(convolution);
   return layer ? fused.run(input, *layer, residual, with_relu) : torch::Tensor();
 }
 
 ResidualLayerImpl::ResidualLayerImpl(const ResNetConfig& config, int64_t in_channels, int64_t out_channels,
                                      int64_t stride)
-    : activation(layers::activation(config.hidden_act)), relu(config.hidden_act == "relu"), stride(stride) {
+    : activation(layers::activation(config.hidden_act)), relu(config.hidden_act == "relu") {
   if (in_channels != out_channels || stride != 1) {
     auto shortcut = layers::add_container(*this, "shortcut");
     shortcut_convolution = shortcut->register_module(
@@ -92,7 +92,7 @@ ResidualLayerImpl::ResidualLayerImpl(const ResNetConfig& config, int64_t in_chan
 torch::Tensor ResidualLayerImpl::forward(const torch::Tensor& input) {
   torch::Tensor residual = input;
   if (shortcut_convolution) {
-    auto fusable = shortcut_normalization.after(shortcut_convolution, stride, 0);
+    auto fusable = shortcut_normalization.after(shortcut_convolution);
     residual = fusable ? shortcut_fused.run(input, *fusable, {}, false) : torch::Tensor();
     if (!residual.defined()) residual = shortcut_normalization(shortcut_convolution(input));
   }

@@ -44,7 +44,6 @@ class ConvLayerImpl : public torch::nn::Module {
   layers::BatchNorm2dSlot normalization;
   std::optional<layers::Activation> activation;
   bool relu = false;  // the activation is ReLU
-  int64_t stride, padding;
   kernels::FusedConvolution fused;
 };
 TORCH_MODULE(ConvLayer);
@@ -59,7 +58,6 @@ class ResidualLayerImpl : public torch::nn::Module {
   layers::BatchNorm2dSlot shortcut_normalization;
   layers::Activation activation;
   bool relu;  // the activation after the sum is ReLU
-  int64_t stride;
   kernels::FusedConvolution shortcut_fused;
 };
 TORCH_MODULE(ResidualLayer);
