@@ -4,7 +4,7 @@
 // alike. Prepare the peers first with `bash bench/setup-peers.sh`.
 //
 //   node bench/inference.mjs [--model vit|resnet50|segformer|detr|all (or a comma list)]
-//                            [--batch 1,8] [--dtype float32,bfloat16] [--rounds 3] [--warmup 1]
+//                            [--batch 1,8] [--dtype float32,bfloat16,int8] [--rounds 3] [--warmup 1]
 //                            [--json results.json] [--png chart.png]
 //
 // Prints progress, then a table of images/s (batch / median seconds per batch) with the ratios
@@ -25,8 +25,10 @@ const peersDir = join(here, '.peers');
 const onnxDir = join(peersDir, 'onnx');
 const modelsPath = join(here, 'inference-models.json');
 const MODELS = JSON.parse(readFileSync(modelsPath, 'utf8'));
-const DTYPE_ALIASES = { float32: 'float32', fp32: 'float32', bfloat16: 'bfloat16', bf16: 'bfloat16' };
-const SHORT_DTYPE = { float32: 'fp32', bfloat16: 'bf16' };
+// int8: float32 models with dynamic int8 linear layers (visiontorch's quantization: 'int8',
+// PyTorch's quantize_dynamic); onnxruntime runs its float32 export.
+const DTYPE_ALIASES = { float32: 'float32', fp32: 'float32', bfloat16: 'bfloat16', bf16: 'bfloat16', int8: 'int8' };
+const SHORT_DTYPE = { float32: 'fp32', bfloat16: 'bf16', int8: 'int8' };
 const RUNTIME_NAMES = Object.fromEntries(RUNTIMES.map((r) => [r.key, r.name]));
 
 /** Setup and usage problems: the message alone, without a stack trace. */
@@ -39,7 +41,7 @@ function fail(message) {
 // Options
 
 const USAGE = `usage: node bench/inference.mjs [--model vit|resnet50|segformer|detr|all (or a comma list)]
-         [--batch 1,8] [--dtype float32,bfloat16] [--rounds 3] [--warmup 1] [--json file] [--png file]`;
+         [--batch 1,8] [--dtype float32,bfloat16,int8] [--rounds 3] [--warmup 1] [--json file] [--png file]`;
 
 function parseOptions(argv) {
   if (argv.includes('--help') || argv.includes('-h')) {
@@ -66,7 +68,7 @@ function parseOptions(argv) {
     if (!MODELS[model]) fail(`unknown model ${model}; expected one of ${Object.keys(MODELS).join(', ')} or all`);
   }
   const dtypes = list(values.dtype ?? 'float32,bfloat16').map((d) => {
-    if (!DTYPE_ALIASES[d]) fail(`unknown dtype ${d}; expected float32 (fp32) or bfloat16 (bf16)`);
+    if (!DTYPE_ALIASES[d]) fail(`unknown dtype ${d}; expected float32 (fp32), bfloat16 (bf16) or int8`);
     return DTYPE_ALIASES[d];
   });
   return {
@@ -146,7 +148,8 @@ for (const modelKey of options.models) {
     let model;
     let modelError;
     try {
-      model = await HuggingFaceModelLoader.loadModel({ modelName: configDir, modelType: entry.modelType, pretrained: false, dtype });
+      const precision = dtype === 'int8' ? { dtype: 'float32', quantization: 'int8' } : { dtype };
+      model = await HuggingFaceModelLoader.loadModel({ modelName: configDir, modelType: entry.modelType, pretrained: false, ...precision });
     } catch (error) {
       modelError = `visiontorch could not load ${relative(process.cwd(), configDir)} as ${dtype}: ${errorMessage(error)}`;
       console.log(`  ${modelError}`);
