@@ -40,9 +40,11 @@ struct MatmulKey {
   int64_t a_row_stride, a_column_stride, b_row_stride, b_column_stride;
   torch::ScalarType input_dtype, output_dtype, bias_dtype;  // bias_dtype Undefined: no bias
   FusedActivation activation;
+  // Undefined: none; else a contiguous [m, n] tensor of this dtype added to the result.
+  torch::ScalarType residual_dtype = torch::ScalarType::Undefined;
   auto tied() const {
     return std::tie(m, k, n, a_row_stride, a_column_stride, b_row_stride, b_column_stride, input_dtype, output_dtype, bias_dtype,
-                    activation);
+                    activation, residual_dtype);
   }
   bool operator<(const MatmulKey& other) const { return tied() < other.tied(); }
 };
@@ -64,12 +66,15 @@ class Plans {
     const memory::desc b({key.k, key.n}, dnnl_type(key.input_dtype), {key.b_row_stride, key.b_column_stride});
     const memory::desc out({key.m, key.n}, dnnl_type(key.output_dtype), memory::format_tag::ab);
     dnnl::primitive_attr attributes;
+    dnnl::post_ops post_ops;
     if (key.activation != FusedActivation::None) {
-      dnnl::post_ops post_ops;
       post_ops.append_eltwise(1.0f, key.activation == FusedActivation::Gelu ? dnnl::algorithm::eltwise_gelu_erf : dnnl::algorithm::eltwise_relu,
                               0.0f, 0.0f);
-      attributes.set_post_ops(post_ops);
     }
+    if (key.residual_dtype != torch::ScalarType::Undefined) {
+      post_ops.append_binary(dnnl::algorithm::binary_add, memory::desc({key.m, key.n}, dnnl_type(key.residual_dtype), memory::format_tag::ab));
+    }
+    attributes.set_post_ops(post_ops);
     try {
       auto description =
           key.bias_dtype == torch::ScalarType::Undefined
@@ -110,11 +115,18 @@ bool matmul_operands_fit(const torch::Tensor& a, const torch::Tensor& b, torch::
                              float_or_bfloat16(bias.scalar_type()));
 }
 
-// Runs the product where a plan exists; undefined otherwise.
+// Runs the product (plus `residual` [m, n], when defined) where a plan exists; undefined otherwise.
 torch::Tensor run_matmul(const torch::Tensor& a, const torch::Tensor& b, torch::ScalarType output_dtype, const torch::Tensor& bias,
-                         FusedActivation activation) {
+                         FusedActivation activation, const torch::Tensor& residual = {}) {
   if (!matmul_operands_fit(a, b, output_dtype, bias)) return {};
-  const auto key = matmul_key(a, b, output_dtype, bias, activation);
+  auto key = matmul_key(a, b, output_dtype, bias, activation);
+  if (residual.defined()) {
+    if (!residual.device().is_cpu() || !float_or_bfloat16(residual.scalar_type()) || !residual.is_contiguous() || residual.dim() != 2 ||
+        residual.size(0) != key.m || residual.size(1) != key.n) {
+      return {};
+    }
+    key.residual_dtype = residual.scalar_type();
+  }
   const auto* matmul = Plans::instance().find(key);
   if (matmul == nullptr) return {};
   auto output = torch::empty({key.m, key.n}, a.options().dtype(output_dtype));
@@ -127,10 +139,32 @@ torch::Tensor run_matmul(const torch::Tensor& a, const torch::Tensor& b, torch::
   if (bias.defined()) {
     arguments.emplace(DNNL_ARG_BIAS, memory({{1, key.n}, dnnl_type(key.bias_dtype), memory::format_tag::ab}, engine, bias.data_ptr()));
   }
+  if (residual.defined()) {
+    const int post_op_index = key.activation == FusedActivation::None ? 0 : 1;
+    arguments.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(post_op_index) | DNNL_ARG_SRC_1,
+                      memory({{key.m, key.n}, dnnl_type(key.residual_dtype), memory::format_tag::ab}, engine, residual.data_ptr()));
+  }
   dnnl::stream stream(engine);
   matmul->execute(stream, arguments);
   stream.wait();
   return output;
+}
+
+// Float32 sums of the columns of a contiguous bfloat16 [m, n] matrix (a bias's gradient): one
+// pass over the bfloat16 data, where torch's sum(dtype=float32) first converts all of it.
+torch::Tensor bfloat16_column_sums(const torch::Tensor& rows) {
+  const int64_t m = rows.size(0), n = rows.size(1);
+  auto sums = torch::zeros({n}, rows.options().dtype(torch::kFloat32));
+  const auto* data = rows.data_ptr<c10::BFloat16>();
+  float* out = sums.data_ptr<float>();
+  at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t i = 0; i < m; ++i) {
+      const c10::BFloat16* row = data + i * n;
+#pragma omp simd
+      for (int64_t j = begin; j < end; ++j) out[j] += static_cast<float>(row[j]);
+    }
+  });
+  return sums;
 }
 
 torch::Tensor rows_of(const torch::Tensor& x) { return x.reshape({-1, x.size(-1)}); }
@@ -151,11 +185,14 @@ std::vector<int64_t> with_last(const torch::Tensor& x, int64_t last) {
 }
 
 // Autograd of a linear layer inside a bfloat16 autocast region: the products in bfloat16 through
-// oneDNN both ways, gradients of float32 parameters computed straight into float32.
+// oneDNN both ways, gradients of float32 parameters computed straight into float32. With a
+// `residual` (an empty tensor stands for none: autograd takes no undefined input), returns
+// residual + linear(input) in the residual's dtype, the sum made by the product's kernel as it
+// writes (autocast's `linear(x) + residual`, less one rounding to bfloat16).
 class AutocastLinear : public torch::autograd::Function<AutocastLinear> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* context, const torch::Tensor& input, const torch::Tensor& weight,
-                               const torch::Tensor& bias) {
+                               const torch::Tensor& bias, const torch::Tensor& residual) {
     const auto input16 = rows_of(input).to(torch::kBFloat16).contiguous();
     const auto weight16 = weight.to(torch::kBFloat16);
     context->save_for_backward({input16, weight16});
@@ -163,7 +200,15 @@ class AutocastLinear : public torch::autograd::Function<AutocastLinear> {
     context->saved_data["input_sizes"] = input.sizes().vec();
     context->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
     context->saved_data["bias_dtype"] = static_cast<int64_t>(bias.scalar_type());
-    auto output = run_matmul(input16, weight16.t(), torch::kBFloat16, bias.contiguous(), FusedActivation::None);
+    const bool adds = residual.numel() > 0;
+    const auto output_dtype = adds ? residual.scalar_type() : torch::kBFloat16;
+    auto output = run_matmul(input16, weight16.t(), output_dtype, bias.contiguous(), FusedActivation::None,
+                             adds ? rows_of(residual) : torch::Tensor());
+    if (!output.defined() && adds) {
+      // No kernel with the sum fused for these dtypes: the product alone, then the sum.
+      output = run_matmul(input16, weight16.t(), torch::kBFloat16, bias.contiguous(), FusedActivation::None);
+      if (output.defined()) output = rows_of(residual) + output;
+    }
     VT_CHECK(output.defined(), "no oneDNN kernel for a bfloat16 linear layer of ", weight.size(1), " -> ", weight.size(0), " features");
     return output.view(with_last(input, weight.size(0)));
   }
@@ -175,7 +220,7 @@ class AutocastLinear : public torch::autograd::Function<AutocastLinear> {
     const auto grad16 = rows_of(grad_outputs[0]).to(torch::kBFloat16).contiguous();
     const auto input_dtype = static_cast<torch::ScalarType>(context->saved_data["input_dtype"].toInt());
     const auto weight_dtype = static_cast<torch::ScalarType>(context->saved_data["weight_dtype"].toInt());
-    torch::Tensor grad_input, grad_weight, grad_bias;
+    torch::Tensor grad_input, grad_weight, grad_bias, grad_residual;
     if (context->needs_input_grad(0)) {
       grad_input = run_matmul(grad16, weight16, input_dtype, {}, FusedActivation::None);
       if (!grad_input.defined()) grad_input = grad16.mm(weight16).to(input_dtype);
@@ -186,9 +231,64 @@ class AutocastLinear : public torch::autograd::Function<AutocastLinear> {
       if (!grad_weight.defined()) grad_weight = grad16.t().mm(input16).to(weight_dtype);
     }
     if (context->needs_input_grad(2)) {
-      grad_bias = grad16.sum(0, false, torch::kFloat32).to(static_cast<torch::ScalarType>(context->saved_data["bias_dtype"].toInt()));
+      grad_bias = bfloat16_column_sums(grad16).to(static_cast<torch::ScalarType>(context->saved_data["bias_dtype"].toInt()));
     }
-    return {grad_input, grad_weight, grad_bias};
+    if (context->needs_input_grad(3)) grad_residual = grad_outputs[0];
+    return {grad_input, grad_weight, grad_bias, grad_residual};
+  }
+};
+
+// The exact (erf) GELU of a contiguous bfloat16 tensor through oneDNN's eltwise kernels, both
+// ways: libtorch 1.13's bfloat16 gelu_backward adds conversions around the same kernel.
+class AutocastGelu : public torch::autograd::Function<AutocastGelu> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* context, const torch::Tensor& input) {
+    auto output = torch::empty_like(input);
+    const auto& plan = plan_for(input.numel());
+    run(plan.forward, {{DNNL_ARG_SRC, memory(plan.data, Plans::instance().engine(), input.data_ptr())},
+                       {DNNL_ARG_DST, memory(plan.data, Plans::instance().engine(), output.data_ptr())}});
+    context->save_for_backward({input});
+    return output;
+  }
+
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* context, torch::autograd::tensor_list grad_outputs) {
+    const auto input = context->get_saved_variables()[0];
+    const auto grad_output = grad_outputs[0].to(torch::kBFloat16).contiguous();
+    auto grad_input = torch::empty_like(input);
+    const auto& plan = plan_for(input.numel());
+    const auto& engine = Plans::instance().engine();
+    run(plan.backward, {{DNNL_ARG_SRC, memory(plan.data, engine, input.data_ptr())},
+                        {DNNL_ARG_DIFF_DST, memory(plan.data, engine, grad_output.data_ptr())},
+                        {DNNL_ARG_DIFF_SRC, memory(plan.data, engine, grad_input.data_ptr())}});
+    return {grad_input};
+  }
+
+ private:
+  struct Plan {
+    memory::desc data;
+    dnnl::eltwise_forward forward;
+    dnnl::eltwise_backward backward;
+  };
+
+  static const Plan& plan_for(int64_t numel) {
+    static std::mutex mutex;
+    static std::map<int64_t, Plan> plans;
+    std::lock_guard<std::mutex> lock(mutex);
+    if (auto found = plans.find(numel); found != plans.end()) return found->second;
+    if (plans.size() >= kMaxPlans) plans.clear();
+    const auto& engine = Plans::instance().engine();
+    const memory::desc data({numel}, memory::data_type::bf16, memory::format_tag::a);
+    dnnl::eltwise_forward::primitive_desc forward(
+        dnnl::eltwise_forward::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::eltwise_gelu_erf, data), engine);
+    dnnl::eltwise_backward::primitive_desc backward(dnnl::eltwise_backward::desc(dnnl::algorithm::eltwise_gelu_erf, data, data), engine,
+                                                    forward);
+    return plans.emplace(numel, Plan{data, dnnl::eltwise_forward(forward), dnnl::eltwise_backward(backward)}).first->second;
+  }
+
+  static void run(const dnnl::primitive& primitive, const std::unordered_map<int, memory>& arguments) {
+    dnnl::stream stream(Plans::instance().engine());
+    primitive.execute(stream, arguments);
+    stream.wait();
   }
 };
 
@@ -309,12 +409,25 @@ bool autocast_linear_applies(const torch::Tensor& input, const torch::Tensor& we
   return Plans::instance().find(linear_key(input, weight, torch::kBFloat16, bias_dtype, FusedActivation::None)) != nullptr;
 }
 
-torch::Tensor autocast_linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias) {
+torch::Tensor autocast_linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
+                              const torch::Tensor& residual) {
   // The casts autocast would insert are done inside, once.
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
-  // A layer without a bias gets zeros that need no gradient: the product adds them for free, and
-  // autograd needs no undefined input.
-  return AutocastLinear::apply(input, weight, bias.defined() ? bias : torch::zeros({weight.size(0)}, weight.options().dtype(torch::kFloat32)));
+  // A layer without a bias gets zeros that need no gradient: the product adds them for free.
+  const auto full_bias = bias.defined() ? bias : torch::zeros({weight.size(0)}, weight.options().dtype(torch::kFloat32));
+  if (residual.defined() && (residual.sizes() != with_last(input, weight.size(0)) || !residual.device().is_cpu() ||
+                             !float_or_bfloat16(residual.scalar_type()))) {
+    // Shapes that broadcast, or other dtypes: autocast's own sum.
+    return AutocastLinear::apply(input, weight, full_bias, torch::empty({0})) + residual;
+  }
+  return AutocastLinear::apply(input, weight, full_bias, residual.defined() ? residual.contiguous() : torch::empty({0}));
+}
+
+torch::Tensor autocast_gelu(const torch::Tensor& input) {
+  if (input.scalar_type() != torch::kBFloat16 || !input.device().is_cpu() || !input.is_contiguous() || input.numel() == 0) {
+    return torch::gelu(input);
+  }
+  return AutocastGelu::apply(input);
 }
 
 #else  // without oneDNN
@@ -331,7 +444,9 @@ torch::Tensor dnnl_linear(const torch::Tensor&, const torch::Tensor&, const torc
 
 bool autocast_linear_applies(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { return false; }
 
-torch::Tensor autocast_linear(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
+torch::Tensor autocast_gelu(const torch::Tensor& input) { return torch::gelu(input); }
+
+torch::Tensor autocast_linear(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
   fail("oneDNN linear layers are not available in this build");
 }
 

@@ -44,7 +44,13 @@ bool autocast_linear_applies(const torch::Tensor& input, const torch::Tensor& we
 
 // The linear layer as autocast computes it (bfloat16 product, bfloat16 output), differentiable:
 // forward and backward products through oneDNN, and float32 parameters' gradients computed
-// straight into float32 (autocast rounds them to bfloat16 first).
-torch::Tensor autocast_linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias);
+// straight into float32 (autocast rounds them to bfloat16 first). With `residual` defined:
+// linear(input) + residual (in the residual's dtype), the sum made inside the product's kernel.
+torch::Tensor autocast_linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
+                              const torch::Tensor& residual = {});
+
+// The exact (erf) GELU, differentiable, through oneDNN for a contiguous CPU bfloat16 tensor (a
+// linear layer's output under autocast); torch::gelu otherwise.
+torch::Tensor autocast_gelu(const torch::Tensor& input);
 
 }  // namespace vt::kernels

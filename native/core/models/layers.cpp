@@ -89,13 +89,25 @@ void LinearImpl::reset_default() {
   if (bias.defined()) bias.uniform_(-bound, bound);
 }
 
-torch::Tensor LinearImpl::forward(const torch::Tensor& input) {
-  if (int8_ && !is_training()) return int8_->forward(input);
+torch::Tensor linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
+                     kernels::PackedLinearWeights* packed) {
   if (kernels::dnnl_linear_applies(input, weight, bias)) {
-    return kernels::dnnl_linear(input, weight, bias, kernels::FusedActivation::None, packed_.get());
+    return kernels::dnnl_linear(input, weight, bias, kernels::FusedActivation::None, packed);
   }
   if (kernels::autocast_linear_applies(input, weight, bias)) return kernels::autocast_linear(input, weight, bias);
   return kernels::linear(input, weight, bias);
+}
+
+torch::Tensor LinearImpl::forward(const torch::Tensor& input) {
+  if (int8_ && !is_training()) return int8_->forward(input);
+  return linear(input, weight, bias, packed_.get());
+}
+
+torch::Tensor LinearImpl::forward_add(const torch::Tensor& input, const torch::Tensor& residual) {
+  if (!(int8_ && !is_training()) && kernels::autocast_linear_applies(input, weight, bias)) {
+    return kernels::autocast_linear(input, weight, bias, residual);
+  }
+  return forward(input) + residual;
 }
 
 torch::Tensor LinearImpl::forward_then(const torch::Tensor& input, const std::string& activation_name) {
@@ -105,6 +117,9 @@ torch::Tensor LinearImpl::forward_then(const torch::Tensor& input, const std::st
   if (fused != kernels::FusedActivation::None && !(int8_ && !is_training()) &&
       kernels::dnnl_linear_applies(input, weight, bias, fused)) {
     return kernels::dnnl_linear(input, weight, bias, fused, packed_.get());
+  }
+  if (fused == kernels::FusedActivation::Gelu && !(int8_ && !is_training()) && kernels::autocast_linear_applies(input, weight, bias)) {
+    return kernels::autocast_gelu(kernels::autocast_linear(input, weight, bias));
   }
   return activation(activation_name)(forward(input));
 }
@@ -147,6 +162,9 @@ torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const tor
   const bool drops = dropout > 0.0 && training;
   if (!drops && kernels::fuses_attention(query, key, value, additive_mask)) {
     return kernels::attention(query, key, value, additive_mask, scale);
+  }
+  if (!drops && kernels::autocast_attention_applies(query, key, value, additive_mask)) {
+    return kernels::autocast_attention(query, key, value, scale);
   }
 #if TORCH_VERSION_MAJOR >= 2
   // libtorch 2.x: flash / memory-efficient kernels on CUDA, with the same default scale.

@@ -9,6 +9,7 @@
 
 #include <torch/torch.h>
 
+#include "models/dnnl_attention.h"
 #include "models/dnnl_conv.h"
 #include "models/dnnl_linear.h"
 #include "models/int8_linear.h"
@@ -34,10 +35,18 @@ class DeferredInitialisation {
   bool outer_;
 };
 
+// input [..., in] @ weight [out, in]^T + bias through the fastest path that applies: oneDNN for
+// inference (reading `packed` weights when given), oneDNN under bfloat16 autocast, else
+// kernels::linear.
+torch::Tensor linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
+                     kernels::PackedLinearWeights* packed = nullptr);
+
 class LinearImpl : public torch::nn::Module {
  public:
   LinearImpl(int64_t in_features, int64_t out_features, bool bias = true);
   torch::Tensor forward(const torch::Tensor& input);
+  // forward(input) + residual; under bfloat16 autocast the sum is made by the product's kernel.
+  torch::Tensor forward_add(const torch::Tensor& input, const torch::Tensor& residual);
   // activation(forward(input)) for an ACT2FN name; "gelu" and "relu" run inside the matrix
   // product's kernel where it allows (CPU inference).
   torch::Tensor forward_then(const torch::Tensor& input, const std::string& activation);

@@ -57,7 +57,16 @@ torch::Tensor ViTEmbeddingsImpl::forward(const torch::Tensor& pixel_values) {
   VT_CHECK(pixel_values.size(2) == config.image_height && pixel_values.size(3) == config.image_width,
            "pixel_values: input image size (", pixel_values.size(2), "*", pixel_values.size(3),
            ") doesn't match model (", config.image_height, "*", config.image_width, ")");
-  auto patches = projection(pixel_values.to(projection->weight.scalar_type())).flatten(2).transpose(1, 2);
+  // The convolution's kernel equals its stride: the same as a linear layer over the flattened
+  // patches, whose backward (the weights' gradient) is many times cheaper than a convolution's.
+  const int64_t grid_height = config.grid_height(), grid_width = config.grid_width();
+  auto flattened = pixel_values.to(projection->weight.scalar_type())
+                       .slice(2, 0, grid_height * config.patch_height)
+                       .slice(3, 0, grid_width * config.patch_width)
+                       .reshape({batch, config.num_channels, grid_height, config.patch_height, grid_width, config.patch_width})
+                       .permute({0, 2, 4, 1, 3, 5})
+                       .reshape({batch, grid_height * grid_width, -1});
+  auto patches = layers::linear(flattened, projection->weight.flatten(1), projection->bias);
   auto cls = cls_token.expand({batch, -1, -1});
   auto embeddings = torch::cat({cls, patches}, 1) + position_embeddings;
   return torch::dropout(embeddings, config.hidden_dropout_prob, is_training());
@@ -90,10 +99,12 @@ torch::Tensor ViTLayerImpl::forward(const torch::Tensor& hidden_states) {
                                                       split_heads(value(normed)), {},
                                                       config.attention_probs_dropout_prob, training);
   context = context.transpose(1, 2).reshape({batch, tokens, config.hidden_size});
-  auto attended = torch::dropout(attention_output(context), config.hidden_dropout_prob, training) + hidden_states;
+  const bool drops = training && config.hidden_dropout_prob > 0.0;
+  auto attended = drops ? torch::dropout(attention_output(context), config.hidden_dropout_prob, training) + hidden_states
+                        : attention_output->forward_add(context, hidden_states);
 
   auto mlp = intermediate->forward_then(layernorm_after(attended), config.hidden_act);
-  return torch::dropout(output(mlp), config.hidden_dropout_prob, training) + attended;
+  return drops ? torch::dropout(output(mlp), config.hidden_dropout_prob, training) + attended : output->forward_add(mlp, attended);
 }
 
 ViTBody::ViTBody(const ViTConfig& config, torch::nn::Module& owner, bool add_pooling_layer) : config(config) {

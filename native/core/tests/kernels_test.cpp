@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 
+#include "models/dnnl_attention.h"
 #include "models/dnnl_conv.h"
 #include "models/dnnl_linear.h"
 #include "models/int8_linear.h"
@@ -268,6 +269,64 @@ TEST_F(Kernels, AutocastLinearMatchesTorchAutocastForwardAndBackward) {
   expect_close(grads[0], input.grad(), 3e-2);
   expect_close(grads[1], weight.grad(), 3e-2);
   expect_close(grads[2], bias.grad(), 3e-2);
+}
+
+TEST_F(Kernels, AutocastLinearWithResidualMatchesTheSumForwardAndBackward) {
+  auto input = torch::randn({4, 50, 96}, torch::requires_grad());
+  auto weight = (torch::randn({96, 96}) * 0.1).requires_grad_();
+  auto bias = torch::randn({96}, torch::requires_grad());
+  auto residual = torch::randn({4, 50, 96}, torch::requires_grad());
+  auto upstream = torch::randn({4, 50, 96});
+  at::autocast::set_cpu_enabled(true);
+  const bool applies = vt::kernels::autocast_linear_applies(input, weight, bias);
+  auto fused = applies ? vt::kernels::autocast_linear(input, weight, bias, residual) : torch::Tensor();
+  auto reference = torch::nn::functional::linear(input, weight, bias) + residual;
+  at::autocast::set_cpu_enabled(false);
+  at::autocast::clear_cache();
+  if (!applies) GTEST_SKIP() << "no oneDNN bfloat16 kernel in this build or on this CPU";
+  // The residual's dtype, as autocast's bf16 + fp32 sum gives.
+  EXPECT_EQ(fused.scalar_type(), torch::kFloat32);
+  expect_close(fused, reference, 3e-2);
+
+  (fused * upstream).sum().backward();
+  std::vector<torch::Tensor> grads;
+  for (auto* t : {&input, &weight, &bias, &residual}) {
+    grads.push_back(t->grad().clone());
+    t->mutable_grad().reset();
+  }
+  (reference * upstream).sum().backward();
+  expect_close(grads[0], input.grad(), 3e-2);
+  expect_close(grads[1], weight.grad(), 3e-2);
+  expect_close(grads[2], bias.grad(), 3e-2);
+  expect_close(grads[3], residual.grad(), 0.0);
+}
+
+TEST_F(Kernels, AutocastAttentionMatchesFloat32AttentionForwardAndBackward) {
+  const int64_t batch = 2, tokens = 37, heads = 3, head_dim = 16;
+  // Heads as ViT splits them: strided views of one projection output per operand.
+  auto projections = torch::randn({3, batch, tokens, heads * head_dim}).to(torch::kBFloat16).requires_grad_();
+  auto split_heads = [&](int64_t i) { return projections[i].view({batch, tokens, heads, head_dim}).transpose(1, 2); };
+  auto query = split_heads(0), key = split_heads(1), value = split_heads(2);
+  const double scale = 0.25;
+  at::autocast::set_cpu_enabled(true);
+  const bool applies = vt::kernels::autocast_attention_applies(query, key, value, {});
+  auto fast = applies ? vt::kernels::autocast_attention(query, key, value, scale) : torch::Tensor();
+  at::autocast::set_cpu_enabled(false);
+  at::autocast::clear_cache();
+  if (!applies) GTEST_SKIP() << "no oneDNN bfloat16 kernel in this build or on this CPU";
+  auto reference = torch::matmul(torch::softmax(torch::matmul(query.to(torch::kFloat32), key.to(torch::kFloat32).transpose(-1, -2)) * scale, -1),
+                                 value.to(torch::kFloat32));
+  EXPECT_EQ(fast.scalar_type(), torch::kBFloat16);
+  expect_close(fast.to(torch::kFloat32), reference, 2e-2);
+  // Merging the heads back is free: the output lives in [B, T, heads, head_dim] memory.
+  EXPECT_TRUE(fast.transpose(1, 2).is_contiguous());
+
+  auto upstream = torch::randn({batch, heads, tokens, head_dim});
+  (fast.to(torch::kFloat32) * upstream).sum().backward();
+  auto grad = projections.grad().to(torch::kFloat32);
+  projections.mutable_grad().reset();
+  (reference * upstream).sum().backward();
+  expect_close(grad, projections.grad().to(torch::kFloat32), 3e-2);
 }
 
 TEST_F(Kernels, PackedLinearWeightsFollowTheWeights) {

@@ -1,6 +1,8 @@
 #include "train/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 
 #include <ATen/Parallel.h>
 
@@ -27,7 +29,7 @@ bool flat_float32_alike(const torch::Tensor& parameter, const std::initializer_l
 // each step in torch's order and rounded to float32 as torch's separate kernels round it.
 void fused_adamw_update(torch::Tensor& parameter, const torch::Tensor& grad, torch::Tensor& exp_avg, torch::Tensor& exp_avg_sq,
                         double decay_factor, double beta1, double beta2, double bias_correction2_sqrt, double eps,
-                        double step_size) {
+                        double step_size, double gradient_scale) {
   float* p = parameter.data_ptr<float>();
   const float* g = grad.data_ptr<float>();
   float* m = exp_avg.data_ptr<float>();
@@ -36,10 +38,12 @@ void fused_adamw_update(torch::Tensor& parameter, const torch::Tensor& grad, tor
   const float one_minus_b1 = static_cast<float>(1.0 - beta1), one_minus_b2 = static_cast<float>(1.0 - beta2);
   const float correction = static_cast<float>(bias_correction2_sqrt), epsilon = static_cast<float>(eps);
   const float negative_step = static_cast<float>(-step_size);
+  // Clipping's grad.mul_(scale), rounded to float32 as that would round it, without the pass.
+  const float scale = static_cast<float>(gradient_scale);
   at::parallel_for(0, parameter.numel(), 16384, [&](int64_t begin, int64_t end) {
 #pragma omp simd
     for (int64_t i = begin; i < end; ++i) {
-      const float gradient = g[i];
+      const float gradient = scale == 1.0f ? g[i] : g[i] * scale;
       const float weight = p[i] * decay;
       const float average = m[i] * b1 + one_minus_b1 * gradient;
       const float square = v[i] * b2 + one_minus_b2 * gradient * gradient;
@@ -66,13 +70,13 @@ void Optimizer::zero_grad() {
   for (auto& [name, parameter] : parameters_) parameter.mutable_grad() = torch::Tensor();
 }
 
-void Optimizer::step(double lr) {
+void Optimizer::step(double lr, double gradient_scale) {
   torch::NoGradGuard no_grad;
   ++steps_;
   const double step = static_cast<double>(steps_);
   for (auto& [name, parameter] : parameters_) {
-    const torch::Tensor& grad = parameter.grad();
-    if (!grad.defined()) continue;
+    const torch::Tensor& raw_grad = parameter.grad();
+    if (!raw_grad.defined()) continue;
     const double decay = no_decay_.count(name) ? 0.0 : config_.weight_decay;
     if (config_.name == "adamw") {
       auto& exp_avg = state_["exp_avg." + name];
@@ -84,11 +88,12 @@ void Optimizer::step(double lr) {
       // torch.optim.AdamW (_single_tensor_adamw): decoupled decay, then the Adam update.
       const double bias_correction1 = 1.0 - std::pow(config_.beta1, step);
       const double bias_correction2 = 1.0 - std::pow(config_.beta2, step);
-      if (flat_float32_alike(parameter, {&grad, &exp_avg, &exp_avg_sq})) {
-        fused_adamw_update(parameter, grad, exp_avg, exp_avg_sq, 1.0 - lr * decay, config_.beta1, config_.beta2,
-                           std::sqrt(bias_correction2), config_.eps, lr / bias_correction1);
+      if (flat_float32_alike(parameter, {&raw_grad, &exp_avg, &exp_avg_sq})) {
+        fused_adamw_update(parameter, raw_grad, exp_avg, exp_avg_sq, 1.0 - lr * decay, config_.beta1, config_.beta2,
+                           std::sqrt(bias_correction2), config_.eps, lr / bias_correction1, gradient_scale);
         continue;
       }
+      const torch::Tensor grad = gradient_scale == 1.0 ? raw_grad : raw_grad.mul(gradient_scale);
       if (decay != 0.0) parameter.mul_(1.0 - lr * decay);
       exp_avg.mul_(config_.beta1).add_(grad, 1.0 - config_.beta1);
       exp_avg_sq.mul_(config_.beta2).addcmul_(grad, grad, 1.0 - config_.beta2);
@@ -96,6 +101,7 @@ void Optimizer::step(double lr) {
       parameter.addcdiv_(exp_avg, denom, -lr / bias_correction1);
     } else {
       // torch.optim.SGD: L2 decay added to the gradient, heavy-ball momentum without dampening.
+      const torch::Tensor grad = gradient_scale == 1.0 ? raw_grad : raw_grad.mul(gradient_scale);
       torch::Tensor direction = decay != 0.0 ? grad.add(parameter, decay) : grad;
       if (config_.momentum != 0.0) {
         auto& buffer = state_["momentum_buffer." + name];
@@ -154,21 +160,41 @@ std::set<std::string> no_decay_parameter_names(torch::nn::Module& module) {
 
 double gradient_norm(const NamedParameters& parameters) {
   torch::NoGradGuard no_grad;
+  // CPU float32 gradients are summed in one parallel pass each (squares accumulated in double);
+  // the others through torch's norm.
+  double sum_of_squares = 0.0;
   std::vector<torch::Tensor> norms;
   for (const auto& [name, parameter] : parameters) {
-    if (parameter.grad().defined()) norms.push_back(parameter.grad().detach().to(torch::kFloat32).norm(2));
+    const auto& grad = parameter.grad();
+    if (!grad.defined()) continue;
+    if (!grad.device().is_cpu() || grad.scalar_type() != torch::kFloat32 || !grad.is_contiguous()) {
+      norms.push_back(grad.detach().to(torch::kFloat32).norm(2));
+      continue;
+    }
+    const float* values = grad.data_ptr<float>();
+    sum_of_squares += at::parallel_reduce(
+        int64_t{0}, grad.numel(), int64_t{16384}, 0.0,
+        [&](int64_t begin, int64_t end, double partial) {
+          // Float lanes within a short run vectorize; the runs add up in double.
+          for (int64_t start = begin; start < end; start += 1024) {
+            float block = 0.0f;
+            const int64_t stop = std::min(end, start + 1024);
+#pragma omp simd reduction(+ : block)
+            for (int64_t i = start; i < stop; ++i) block += values[i] * values[i];
+            partial += block;
+          }
+          return partial;
+        },
+        std::plus<double>());
   }
-  if (norms.empty()) return 0.0;
-  return torch::stack(norms).norm(2).item<double>();
+  for (const auto& norm : norms) sum_of_squares += std::pow(norm.item<double>(), 2);
+  return std::sqrt(sum_of_squares);
 }
 
-void clip_gradients(const NamedParameters& parameters, double max_norm, double total_norm) {
-  torch::NoGradGuard no_grad;
+double clipping_scale(double max_norm, double total_norm) {
+  if (max_norm <= 0) return 1.0;
   const double coefficient = max_norm / (total_norm + 1e-6);
-  if (coefficient >= 1.0) return;
-  for (const auto& [name, parameter] : parameters) {
-    if (parameter.grad().defined()) parameter.grad().mul_(coefficient);
-  }
+  return coefficient < 1.0 ? coefficient : 1.0;
 }
 
 }  // namespace vt

@@ -29,8 +29,9 @@ class Optimizer {
   // unless the caller wants decay everywhere).
   Optimizer(NamedParameters parameters, std::set<std::string> no_decay, OptimizerConfig config);
 
-  // One update of every parameter that has a gradient, at learning rate `lr`.
-  void step(double lr);
+  // One update of every parameter that has a gradient, at learning rate `lr`, each gradient
+  // taken times `gradient_scale` (clipping's coefficient, applied within the update's pass).
+  void step(double lr, double gradient_scale = 1.0);
   void zero_grad();
   int64_t steps() const { return steps_; }
   const NamedParameters& parameters() const { return parameters_; }
@@ -53,7 +54,8 @@ std::set<std::string> no_decay_parameter_names(torch::nn::Module& module);
 
 // The total L2 norm of the gradients (float32 accumulation), as clip_grad_norm_ computes it.
 double gradient_norm(const NamedParameters& parameters);
-// Scales gradients so their total norm is at most max_norm (clip_grad_norm_'s rule).
-void clip_gradients(const NamedParameters& parameters, double max_norm, double total_norm);
+// The factor clip_grad_norm_ would scale the gradients by so that their total norm is at most
+// max_norm (1: no clipping; max_norm 0 disables it).
+double clipping_scale(double max_norm, double total_norm);
 
 }  // namespace vt

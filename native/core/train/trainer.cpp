@@ -205,9 +205,8 @@ StepOutcome Trainer::optimizer_step(const std::vector<ModelInputs>& micro_batche
       if (parameter.grad().defined()) outcome.gradients[name] = parameter.grad().detach().to(torch::kCPU).clone();
     }
   }
-  if (options.max_grad_norm > 0) clip_gradients(parameters, options.max_grad_norm, outcome.grad_norm);
   outcome.learning_rate = options.learning_rate * learning_rate_multiplier(schedule, completed_steps_);
-  optimizer.step(outcome.learning_rate);
+  optimizer.step(outcome.learning_rate, clipping_scale(options.max_grad_norm, outcome.grad_norm));
   optimizer.zero_grad();
   ++completed_steps_;
   return outcome;
