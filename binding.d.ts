@@ -107,6 +107,8 @@ export interface NativeRuntimeInfo {
   cudaDevices: number;
   computeThreads: number;
   defaultComputeThreads: number;
+  /** Freed tensor memory held for reuse (see native/core/runtime/caching_allocator.h), bytes. */
+  cachedMemoryBytes: number;
 }
 
 /** The camelCase TrainingConfig (src/schemas/training-config.ts), defaults applied. */

@@ -13,6 +13,7 @@
 #include "models/pretrained.h"
 #include "models/registry.h"
 #include "models/torchscript.h"
+#include "runtime/caching_allocator.h"
 #include "runtime/threads.h"
 
 namespace vt::addon {
@@ -195,6 +196,7 @@ Napi::Value runtime_info_js(const Napi::CallbackInfo& info) {
   result.Set("cudaDevices", static_cast<double>(torch::cuda::device_count()));
   result.Set("computeThreads", compute_threads());
   result.Set("defaultComputeThreads", default_compute_threads());
+  result.Set("cachedMemoryBytes", static_cast<double>(cached_cpu_memory().cached_bytes));
   return result;
 }
 
@@ -206,6 +208,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   data->trainer_constructor = Napi::Persistent(trainer_class);
   env.SetInstanceData<AddonData>(data);
   set_compute_threads(0);
+  install_caching_cpu_allocator();
   exports.Set("loadModel", Napi::Function::New<guarded<load_model>>(env, "loadModel"));
   exports.Set("loadSafetensors", Napi::Function::New<guarded<load_safetensors_js>>(env, "loadSafetensors"));
   exports.Set("saveSafetensors", Napi::Function::New<guarded<save_safetensors_js>>(env, "saveSafetensors"));

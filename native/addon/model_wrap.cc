@@ -3,6 +3,7 @@
 #include "addon_data.h"
 #include "async_work.h"
 #include "convert.h"
+#include "runtime/caching_allocator.h"
 
 namespace vt::addon {
 
@@ -199,6 +200,8 @@ Napi::Value ModelWrap::save(const Napi::CallbackInfo& info) {
 Napi::Value ModelWrap::dispose(const Napi::CallbackInfo& info) {
   // Work already queued keeps its own reference and finishes; later calls are refused.
   model_.reset();
+  // What the model's computations freed goes back to the system with it.
+  release_cached_cpu_memory();
   return info.Env().Undefined();
 }
 

@@ -163,19 +163,19 @@ torch::Tensor heads_layout(int64_t batch, int64_t heads, int64_t tokens, int64_t
   return torch::empty({batch, tokens, heads, dim}, options).transpose(1, 2);
 }
 
-class AutocastAttention : public torch::autograd::Function<AutocastAttention> {
+class TrainingAttention : public torch::autograd::Function<TrainingAttention> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* context, const torch::Tensor& query, const torch::Tensor& key,
                                const torch::Tensor& value, double scale) {
     const int64_t batch = query.size(0), heads = query.size(1), targets = query.size(2), sources = key.size(2);
-    // Scores in bfloat16, as autocast's product gives them (the softmax computes in float32): the
-    // product writing float32 runs at a third of the speed.
+    // Scores in the operands' dtype, as torch (and autocast) computes them; oneDNN's softmax
+    // computes in float32 either way.
     auto scores = torch::empty({batch, heads, targets, sources}, query.options());
     // The products read a transposed operand several times slower than a [.., k, n] row-major
     // one: transposing the keys (a sliver of the work) first pays.
     product_into(query, key.transpose(-1, -2).contiguous(), scores, scale);
     auto probabilities = torch::empty_like(scores);
-    const auto* softmax = Plans::instance().softmax({scores.sizes().vec(), torch::kBFloat16});
+    const auto* softmax = Plans::instance().softmax({scores.sizes().vec(), scores.scalar_type()});
     if (softmax != nullptr) {
       const auto& engine = Plans::instance().engine();
       execute(softmax->forward, {{DNNL_ARG_SRC, memory(strided_desc(scores), engine, scores.data_ptr())},
@@ -194,7 +194,7 @@ class AutocastAttention : public torch::autograd::Function<AutocastAttention> {
     const auto saved = context->get_saved_variables();
     const auto &query = saved[0], &key = saved[1], &value = saved[2], &probabilities = saved[3];
     const double scale = context->saved_data["scale"].toDouble();
-    auto grad_output = grad_outputs[0].to(torch::kBFloat16);
+    auto grad_output = grad_outputs[0].to(query.scalar_type());
     if (grad_output.stride(3) != 1) grad_output = grad_output.contiguous();
     const int64_t batch = query.size(0), heads = query.size(1), targets = query.size(2), sources = key.size(2);
     const auto options = query.options();
@@ -204,7 +204,7 @@ class AutocastAttention : public torch::autograd::Function<AutocastAttention> {
     auto grad_probabilities = torch::empty(probabilities.sizes(), options);
     product_into(grad_output, value.transpose(-1, -2).contiguous(), grad_probabilities, 1.0);
     auto grad_scores = torch::empty_like(probabilities);
-    const auto* softmax = Plans::instance().softmax({probabilities.sizes().vec(), torch::kBFloat16});
+    const auto* softmax = Plans::instance().softmax({probabilities.sizes().vec(), probabilities.scalar_type()});
     if (softmax != nullptr && softmax->backward) {
       const auto& engine = Plans::instance().engine();
       execute(*softmax->backward, {{DNNL_ARG_DST, memory(strided_desc(probabilities), engine, probabilities.data_ptr())},
@@ -224,14 +224,24 @@ class AutocastAttention : public torch::autograd::Function<AutocastAttention> {
 
 }  // namespace
 
-bool autocast_attention_applies(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value,
+bool training_attention_applies(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value,
                                 const torch::Tensor& additive_mask) {
-  if (additive_mask.defined() || !at::autocast::is_cpu_enabled() || at::autocast::get_autocast_cpu_dtype() != torch::kBFloat16 ||
-      at::in_parallel_region()) {
+  if (additive_mask.defined() || at::in_parallel_region()) return false;
+  // bfloat16 operands inside a bfloat16 autocast region; float32 ones outside of autocast, when
+  // a gradient is wanted (inference has kernels::attention).
+  const auto dtype = query.scalar_type();
+  if (dtype == torch::kBFloat16) {
+    if (!at::autocast::is_cpu_enabled() || at::autocast::get_autocast_cpu_dtype() != torch::kBFloat16) return false;
+  } else if (dtype == torch::kFloat32) {
+    if (at::autocast::is_cpu_enabled() || !torch::GradMode::is_enabled() ||
+        !(query.requires_grad() || key.requires_grad() || value.requires_grad())) {
+      return false;
+    }
+  } else {
     return false;
   }
   for (const auto* t : {&query, &key, &value}) {
-    if (!t->device().is_cpu() || t->scalar_type() != torch::kBFloat16 || t->dim() != 4 || t->stride(3) != 1 || t->numel() == 0) return false;
+    if (!t->device().is_cpu() || t->scalar_type() != dtype || t->dim() != 4 || t->stride(3) != 1 || t->numel() == 0) return false;
   }
   const int64_t batch = query.size(0), heads = query.size(1), targets = query.size(2), sources = key.size(2);
   if (key.size(0) != batch || value.size(0) != batch || key.size(1) != heads || value.size(1) != heads || value.size(2) != sources ||
@@ -242,20 +252,20 @@ bool autocast_attention_applies(const torch::Tensor& query, const torch::Tensor&
   const auto transposed_key = key.transpose(-1, -2);
   const std::vector<int64_t> scores_sizes{batch, heads, targets, sources};
   const ProductKey first{query.sizes().vec(), query.strides().vec(), transposed_key.sizes().vec(), transposed_key.strides().vec(),
-                         scores_sizes, contiguous_strides(scores_sizes), torch::kBFloat16, torch::kBFloat16, 1.0f};
-  return Plans::instance().product(first) != nullptr && Plans::instance().softmax({scores_sizes, torch::kBFloat16}) != nullptr;
+                         scores_sizes, contiguous_strides(scores_sizes), dtype, dtype, 1.0f};
+  return Plans::instance().product(first) != nullptr && Plans::instance().softmax({scores_sizes, dtype}) != nullptr;
 }
 
-torch::Tensor autocast_attention(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value, double scale) {
+torch::Tensor training_attention(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value, double scale) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
-  return AutocastAttention::apply(query, key, value, scale);
+  return TrainingAttention::apply(query, key, value, scale);
 }
 
 #else  // without oneDNN
 
-bool autocast_attention_applies(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { return false; }
+bool training_attention_applies(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { return false; }
 
-torch::Tensor autocast_attention(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, double) {
+torch::Tensor training_attention(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, double) {
   fail("oneDNN attention is not available in this build");
 }
 

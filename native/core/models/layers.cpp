@@ -163,8 +163,8 @@ torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const tor
   if (!drops && kernels::fuses_attention(query, key, value, additive_mask)) {
     return kernels::attention(query, key, value, additive_mask, scale);
   }
-  if (!drops && kernels::autocast_attention_applies(query, key, value, additive_mask)) {
-    return kernels::autocast_attention(query, key, value, scale);
+  if (!drops && kernels::training_attention_applies(query, key, value, additive_mask)) {
+    return kernels::training_attention(query, key, value, scale);
   }
 #if TORCH_VERSION_MAJOR >= 2
   // libtorch 2.x: flash / memory-efficient kernels on CUDA, with the same default scale.

@@ -301,7 +301,7 @@ TEST_F(Kernels, AutocastLinearWithResidualMatchesTheSumForwardAndBackward) {
   expect_close(grads[3], residual.grad(), 0.0);
 }
 
-TEST_F(Kernels, AutocastAttentionMatchesFloat32AttentionForwardAndBackward) {
+TEST_F(Kernels, TrainingAttentionInBfloat16MatchesFloat32AttentionForwardAndBackward) {
   const int64_t batch = 2, tokens = 37, heads = 3, head_dim = 16;
   // Heads as ViT splits them: strided views of one projection output per operand.
   auto projections = torch::randn({3, batch, tokens, heads * head_dim}).to(torch::kBFloat16).requires_grad_();
@@ -309,8 +309,8 @@ TEST_F(Kernels, AutocastAttentionMatchesFloat32AttentionForwardAndBackward) {
   auto query = split_heads(0), key = split_heads(1), value = split_heads(2);
   const double scale = 0.25;
   at::autocast::set_cpu_enabled(true);
-  const bool applies = vt::kernels::autocast_attention_applies(query, key, value, {});
-  auto fast = applies ? vt::kernels::autocast_attention(query, key, value, scale) : torch::Tensor();
+  const bool applies = vt::kernels::training_attention_applies(query, key, value, {});
+  auto fast = applies ? vt::kernels::training_attention(query, key, value, scale) : torch::Tensor();
   at::autocast::set_cpu_enabled(false);
   at::autocast::clear_cache();
   if (!applies) GTEST_SKIP() << "no oneDNN bfloat16 kernel in this build or on this CPU";
@@ -327,6 +327,30 @@ TEST_F(Kernels, AutocastAttentionMatchesFloat32AttentionForwardAndBackward) {
   projections.mutable_grad().reset();
   (reference * upstream).sum().backward();
   expect_close(grad, projections.grad().to(torch::kFloat32), 3e-2);
+}
+
+TEST_F(Kernels, TrainingAttentionInFloat32MatchesTorchForwardAndBackward) {
+  const int64_t batch = 2, tokens = 29, heads = 4, head_dim = 8;
+  auto projections = torch::randn({3, batch, tokens, heads * head_dim}, torch::requires_grad());
+  auto split_heads = [&](int64_t i) { return projections[i].view({batch, tokens, heads, head_dim}).transpose(1, 2); };
+  auto query = split_heads(0), key = split_heads(1), value = split_heads(2);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  if (!vt::kernels::training_attention_applies(query, key, value, {})) GTEST_SKIP() << "no oneDNN kernel in this build or on this CPU";
+  {
+    torch::NoGradGuard no_grad;  // inference is kernels::attention's
+    EXPECT_FALSE(vt::kernels::training_attention_applies(query, key, value, {}));
+  }
+  auto fast = vt::kernels::training_attention(query, key, value, scale);
+  auto reference = torch::matmul(torch::softmax(torch::matmul(query, key.transpose(-1, -2)) * scale, -1), value);
+  EXPECT_EQ(fast.scalar_type(), torch::kFloat32);
+  expect_close(fast, reference, 1e-5);
+
+  auto upstream = torch::randn({batch, heads, tokens, head_dim});
+  (fast * upstream).sum().backward();
+  auto grad = projections.grad().clone();
+  projections.mutable_grad().reset();
+  (reference * upstream).sum().backward();
+  expect_close(grad, projections.grad(), 1e-5);
 }
 
 TEST_F(Kernels, PackedLinearWeightsFollowTheWeights) {

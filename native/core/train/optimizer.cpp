@@ -1,8 +1,6 @@
 #include "train/optimizer.h"
 
-#include <algorithm>
 #include <cmath>
-#include <functional>
 
 #include <ATen/Parallel.h>
 
@@ -160,35 +158,12 @@ std::set<std::string> no_decay_parameter_names(torch::nn::Module& module) {
 
 double gradient_norm(const NamedParameters& parameters) {
   torch::NoGradGuard no_grad;
-  // CPU float32 gradients are summed in one parallel pass each (squares accumulated in double);
-  // the others through torch's norm.
-  double sum_of_squares = 0.0;
   std::vector<torch::Tensor> norms;
   for (const auto& [name, parameter] : parameters) {
-    const auto& grad = parameter.grad();
-    if (!grad.defined()) continue;
-    if (!grad.device().is_cpu() || grad.scalar_type() != torch::kFloat32 || !grad.is_contiguous()) {
-      norms.push_back(grad.detach().to(torch::kFloat32).norm(2));
-      continue;
-    }
-    const float* values = grad.data_ptr<float>();
-    sum_of_squares += at::parallel_reduce(
-        int64_t{0}, grad.numel(), int64_t{16384}, 0.0,
-        [&](int64_t begin, int64_t end, double partial) {
-          // Float lanes within a short run vectorize; the runs add up in double.
-          for (int64_t start = begin; start < end; start += 1024) {
-            float block = 0.0f;
-            const int64_t stop = std::min(end, start + 1024);
-#pragma omp simd reduction(+ : block)
-            for (int64_t i = start; i < stop; ++i) block += values[i] * values[i];
-            partial += block;
-          }
-          return partial;
-        },
-        std::plus<double>());
+    if (parameter.grad().defined()) norms.push_back(parameter.grad().detach().to(torch::kFloat32).norm(2));
   }
-  for (const auto& norm : norms) sum_of_squares += std::pow(norm.item<double>(), 2);
-  return std::sqrt(sum_of_squares);
+  if (norms.empty()) return 0.0;
+  return torch::stack(norms).norm(2).item<double>();
 }
 
 double clipping_scale(double max_norm, double total_norm) {
