@@ -36,8 +36,11 @@ struct FusedConvolution::State {
     std::optional<dnnl::convolution_forward> convolution;  // none: no fast kernel, torch computes
     memory weights;  // folded and packed for this plan's kernel
   };
-  // (batch, height, width, with residual, relu)
-  using PlanKey = std::tuple<int64_t, int64_t, int64_t, bool, bool>;
+  // How the residual is added: none, read from its own memory (binary post-op), or accumulated
+  // into the output, which starts as the residual (sum post-op, a faster kernel family).
+  enum class ResidualSum { None, Read, InPlace };
+  // (batch, height, width, residual sum, relu)
+  using PlanKey = std::tuple<int64_t, int64_t, int64_t, ResidualSum, bool>;
 
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   std::mutex mutex;
@@ -71,9 +74,9 @@ struct FusedConvolution::State {
     packings.clear();
   }
 
-  Plan& plan(const torch::Tensor& input, const ConvolutionBatchNorm& layer, const torch::Tensor& output, bool with_residual,
+  Plan& plan(const torch::Tensor& input, const ConvolutionBatchNorm& layer, const torch::Tensor& output, ResidualSum residual_sum,
              bool relu) {
-    const PlanKey key{input.size(0), input.size(2), input.size(3), with_residual, relu};
+    const PlanKey key{input.size(0), input.size(2), input.size(3), residual_sum, relu};
     if (auto found = plans.find(key); found != plans.end()) return found->second;
     if (plans.size() >= kMaxPlans) plans.clear();
     const auto type = dnnl_type(dtype);
@@ -85,7 +88,8 @@ struct FusedConvolution::State {
     const memory::desc any_weights(weight_dims, type, memory::format_tag::any);
     const memory::desc bias_desc({weight_dims[0]}, memory::data_type::f32, memory::format_tag::a);
     dnnl::post_ops post_ops;
-    if (with_residual) post_ops.append_binary(dnnl::algorithm::binary_add, output_desc);
+    if (residual_sum == ResidualSum::Read) post_ops.append_binary(dnnl::algorithm::binary_add, output_desc);
+    if (residual_sum == ResidualSum::InPlace) post_ops.append_sum(1.0f);
     if (relu) post_ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
     dnnl::primitive_attr attributes;
     attributes.set_post_ops(post_ops);
@@ -141,24 +145,32 @@ bool fusion_applies(const torch::Tensor& input, const ConvolutionBatchNorm& laye
 }  // namespace
 
 torch::Tensor FusedConvolution::run(const torch::Tensor& input, const ConvolutionBatchNorm& layer, const torch::Tensor& residual,
-                                    bool relu) {
+                                    bool relu, bool may_overwrite_residual) {
   if (!fusion_applies(input, layer)) return {};
   const auto source = input.contiguous(torch::MemoryFormat::ChannelsLast);
   const int64_t kernel_h = layer.weight.size(2), kernel_w = layer.weight.size(3);
   const int64_t out_h = (input.size(2) + 2 * layer.padding - layer.dilation * (kernel_h - 1) - 1) / layer.stride + 1;
   const int64_t out_w = (input.size(3) + 2 * layer.padding - layer.dilation * (kernel_w - 1) - 1) / layer.stride + 1;
   VT_CHECK(out_h > 0 && out_w > 0, "convolution: input ", input.sizes(), " is smaller than the kernel ", layer.weight.sizes());
-  auto output = torch::empty({input.size(0), layer.weight.size(0), out_h, out_w},
-                             input.options().memory_format(torch::MemoryFormat::ChannelsLast));
-  torch::Tensor residual_source;
+  const std::vector<int64_t> output_sizes{input.size(0), layer.weight.size(0), out_h, out_w};
+  torch::Tensor output, residual_source;
+  auto residual_sum = State::ResidualSum::None;
   if (residual.defined()) {
-    VT_CHECK(residual.sizes() == output.sizes(), "residual ", residual.sizes(), " does not match the convolution's output ", output.sizes());
+    VT_CHECK(residual.sizes() == output_sizes, "residual ", residual.sizes(), " does not match the convolution's output ", output_sizes);
     residual_source = residual.to(input.scalar_type()).contiguous(torch::MemoryFormat::ChannelsLast);
+    // A residual of the caller's to overwrite, or a converted copy of ours: the output is
+    // accumulated into it.
+    const bool writable = (may_overwrite_residual || !residual_source.is_same(residual)) &&
+                          residual_source.storage().data() != source.storage().data();
+    residual_sum = writable ? State::ResidualSum::InPlace : State::ResidualSum::Read;
   }
+  output = residual_sum == State::ResidualSum::InPlace
+               ? residual_source
+               : torch::empty(output_sizes, input.options().memory_format(torch::MemoryFormat::ChannelsLast));
 
   std::lock_guard<std::mutex> lock(state_->mutex);
   state_->refresh(layer);
-  auto& plan = state_->plan(source, layer, output, residual.defined(), relu);
+  auto& plan = state_->plan(source, layer, output, residual_sum, relu);
   if (!plan.convolution) return {};
   const auto type = dnnl_type(state_->dtype);
   const auto& engine = state_->engine;
@@ -170,7 +182,7 @@ torch::Tensor FusedConvolution::run(const torch::Tensor& input, const Convolutio
       {DNNL_ARG_WEIGHTS, plan.weights},
       {DNNL_ARG_BIAS, memory({{layer.weight.size(0)}, memory::data_type::f32, memory::format_tag::a}, engine, state_->folded_bias.data_ptr())},
       {DNNL_ARG_DST, nhwc(output)}};
-  if (residual_source.defined()) arguments.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, nhwc(residual_source));
+  if (residual_sum == State::ResidualSum::Read) arguments.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, nhwc(residual_source));
   dnnl::stream stream(engine);
   plan.convolution->execute(stream, arguments);
   stream.wait();

@@ -25,10 +25,14 @@ struct ConvolutionBatchNorm {
 class FusedConvolution {
  public:
   // relu?(batch_norm(conv(input)) + residual?) as channels-last; residual may be undefined.
+  // With `may_overwrite_residual` (nothing else sees the residual's memory), the result is
+  // accumulated into the residual and returned as it: a faster kernel than reading the residual
+  // on the side, with no output to allocate.
   // Undefined where this path does not apply: a build without oneDNN, not CPU, a dtype other
   // than float32 or bfloat16 (input and weights alike), a gradient wanted, autocast, or no fast
   // oneDNN kernel for the shapes on this CPU.
-  torch::Tensor run(const torch::Tensor& input, const ConvolutionBatchNorm& layer, const torch::Tensor& residual, bool relu);
+  torch::Tensor run(const torch::Tensor& input, const ConvolutionBatchNorm& layer, const torch::Tensor& residual, bool relu,
+                    bool may_overwrite_residual = false);
 
   FusedConvolution();
   ~FusedConvolution();

@@ -39,7 +39,8 @@ class ConvLayerImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& input);
   // relu?(normalization(convolution(input)) + residual) as one oneDNN kernel (CPU inference);
   // undefined where that path does not apply.
-  torch::Tensor fused_forward(const torch::Tensor& input, const torch::Tensor& residual, bool relu);
+  torch::Tensor fused_forward(const torch::Tensor& input, const torch::Tensor& residual, bool relu,
+                              bool may_overwrite_residual = false);
   torch::nn::Conv2d convolution{nullptr};
   layers::BatchNorm2dSlot normalization;
   std::optional<layers::Activation> activation;
@@ -53,12 +54,18 @@ class ResidualLayerImpl : public torch::nn::Module {
  public:
   ResidualLayerImpl(const ResNetConfig& config, int64_t in_channels, int64_t out_channels, int64_t stride);
   torch::Tensor forward(const torch::Tensor& input);
+  // forward(input) for a caller that gives `input` up: where no other handle or view of it
+  // exists, the block's output is accumulated over its memory.
+  torch::Tensor forward_consuming(torch::Tensor&& input);
   std::vector<ConvLayer> layer;                // layer.0, layer.1[, layer.2]
   torch::nn::Conv2d shortcut_convolution{nullptr};      // shortcut.convolution, when shapes change
   layers::BatchNorm2dSlot shortcut_normalization;
   layers::Activation activation;
   bool relu;  // the activation after the sum is ReLU
   kernels::FusedConvolution shortcut_fused;
+
+ private:
+  torch::Tensor run(const torch::Tensor& input, bool input_is_private);
 };
 TORCH_MODULE(ResidualLayer);
 

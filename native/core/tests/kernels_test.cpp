@@ -235,6 +235,19 @@ TEST_F(Kernels, FusedConvolutionMatchesConvolutionBatchNormResidualRelu) {
   expect_close(run(input, {}, false), reference(input, {}, false), 1e-4);
   // A contiguous (NCHW) input is taken too.
   expect_close(run(input.contiguous(), {}, true), reference(input, {}, true), 1e-4);
+  // A channels-last residual the caller gives up receives the result in its own memory; the
+  // caller's residual is left alone otherwise.
+  {
+    auto scratch = residual.contiguous(torch::MemoryFormat::ChannelsLast);
+    const auto expected = reference(input, scratch, true);
+    auto kept = run(input, scratch, true);
+    EXPECT_NE(kept.data_ptr(), scratch.data_ptr());
+    expect_close(scratch, residual, 0.0);
+    c10::InferenceMode inference;
+    auto reused = fused.run(input, layer, scratch, true, /*may_overwrite_residual=*/true);
+    EXPECT_EQ(reused.data_ptr(), scratch.data_ptr());
+    expect_close(reused, expected, 1e-4);
+  }
   // Weights or statistics changed in place (an optimizer step, a reload) are folded again.
   {
     torch::NoGradGuard no_grad;
