@@ -15,7 +15,8 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
-#include <oneapi/dnnl/dnnl.hpp>
+
+#include "models/dnnl_support.h"
 #endif
 
 namespace vt::kernels {
@@ -29,10 +30,6 @@ using dnnl::memory;
 // Distinct shapes seen; past this many the caches start over.
 constexpr size_t kMaxPlans = 256;
 
-memory::data_type dnnl_type(torch::ScalarType type) {
-  return type == torch::kBFloat16 ? memory::data_type::bf16 : memory::data_type::f32;
-}
-
 memory::desc strided_desc(const torch::Tensor& t) {
   return memory::desc(t.sizes().vec(), dnnl_type(t.scalar_type()), t.strides().vec());
 }
@@ -41,10 +38,6 @@ std::vector<int64_t> contiguous_strides(const std::vector<int64_t>& sizes) {
   std::vector<int64_t> strides(sizes.size(), 1);
   for (int i = static_cast<int>(sizes.size()) - 2; i >= 0; --i) strides[i] = strides[i + 1] * sizes[i + 1];
   return strides;
-}
-
-bool is_fast(const dnnl::primitive_desc_base& description) {
-  return std::string(description.impl_info_str()).rfind("ref", 0) != 0;
 }
 
 // out = scale * (a @ b) over the leading (batch) dimensions, each operand with its own strides.
@@ -91,7 +84,7 @@ class Plans {
       dnnl::primitive_attr attributes;
       if (key.scale != 1.0f) attributes.set_output_scales(0, {key.scale});
       dnnl::matmul::primitive_desc description(dnnl::matmul::desc(a, b, out), attributes, engine_);
-      if (is_fast(description)) slot = dnnl::matmul(description);
+      if (!is_reference_kernel(description)) slot = dnnl::matmul(description);
     } catch (const dnnl::error&) {
       // No implementation for these strides: torch's own product computes it.
     }
@@ -109,12 +102,12 @@ class Plans {
       dnnl::softmax_v2_forward::primitive_desc forward(
           dnnl::softmax_v2_forward::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::softmax_accurate, data, data, axis),
           engine_);
-      if (!is_fast(forward)) return nullptr;
+      if (is_reference_kernel(forward)) return nullptr;
       slot = SoftmaxPlan{dnnl::softmax_v2_forward(forward), std::nullopt};
       try {
         dnnl::softmax_v2_backward::primitive_desc backward(
             dnnl::softmax_v2_backward::desc(dnnl::algorithm::softmax_accurate, data, data, data, axis), engine_, forward);
-        if (is_fast(backward)) slot->backward = dnnl::softmax_v2_backward(backward);
+        if (!is_reference_kernel(backward)) slot->backward = dnnl::softmax_v2_backward(backward);
       } catch (const dnnl::error&) {
       }
     } catch (const dnnl::error&) {
@@ -138,9 +131,7 @@ ProductKey product_key(const torch::Tensor& a, const torch::Tensor& b, const tor
 }
 
 void execute(const dnnl::primitive& primitive, const std::unordered_map<int, memory>& arguments) {
-  dnnl::stream stream(Plans::instance().engine());
-  primitive.execute(stream, arguments);
-  stream.wait();
+  run_primitive(primitive, Plans::instance().engine(), arguments);
 }
 
 // out = scale * (a @ b), written into out's own strides; torch's product where oneDNN has no

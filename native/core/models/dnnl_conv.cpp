@@ -9,7 +9,8 @@
 #include <vector>
 
 #include <ATen/autocast_mode.h>
-#include <oneapi/dnnl/dnnl.hpp>
+
+#include "models/dnnl_support.h"
 #endif
 
 namespace vt::kernels {
@@ -19,10 +20,6 @@ namespace vt::kernels {
 namespace {
 
 using dnnl::memory;
-
-memory::data_type dnnl_type(torch::ScalarType type) {
-  return type == torch::kBFloat16 ? memory::data_type::bf16 : memory::data_type::f32;
-}
 
 bool needs_grad(const torch::Tensor& t) { return t.defined() && t.requires_grad() && torch::GradMode::is_enabled(); }
 
@@ -102,7 +99,7 @@ struct FusedConvolution::State {
       found_primitive.emplace(description, attributes, engine);
     } catch (const dnnl::error&) {
     }
-    if (!found_primitive || std::string(found_primitive->impl_info_str()).rfind("ref", 0) == 0) {
+    if (!found_primitive || is_reference_kernel(*found_primitive)) {
       return plans.emplace(key, Plan{}).first->second;
     }
     const auto& primitive = *found_primitive;
@@ -197,7 +194,7 @@ FusedConvolution::~FusedConvolution() = default;
 FusedConvolution::FusedConvolution(FusedConvolution&&) noexcept = default;
 FusedConvolution& FusedConvolution::operator=(FusedConvolution&&) noexcept = default;
 
-torch::Tensor FusedConvolution::run(const torch::Tensor&, const ConvolutionBatchNorm&, const torch::Tensor&, bool) { return {}; }
+torch::Tensor FusedConvolution::run(const torch::Tensor&, const ConvolutionBatchNorm&, const torch::Tensor&, bool, bool) { return {}; }
 
 #endif
 

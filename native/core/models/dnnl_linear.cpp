@@ -15,7 +15,8 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
-#include <oneapi/dnnl/dnnl.hpp>
+
+#include "models/dnnl_support.h"
 #endif
 
 namespace vt::kernels {
@@ -29,10 +30,6 @@ using dnnl::memory;
 // Distinct products (shapes, strides, dtypes, bias, activation) seen; past this many the cache
 // starts over (a model has a handful of shapes per batch size).
 constexpr size_t kMaxPlans = 512;
-
-memory::data_type dnnl_type(torch::ScalarType type) {
-  return type == torch::kBFloat16 ? memory::data_type::bf16 : memory::data_type::f32;
-}
 
 // out [m, n] = a [m, k] @ b [k, n] (+ bias [n]), then the activation; a and b of any strides.
 struct MatmulKey {
@@ -82,7 +79,7 @@ class Plans {
               : dnnl::matmul::primitive_desc(
                     dnnl::matmul::desc(a, b, memory::desc({1, key.n}, dnnl_type(key.bias_dtype), memory::format_tag::ab), out),
                     attributes, engine_);
-      if (std::string(description.impl_info_str()).rfind("ref", 0) != 0) slot = dnnl::matmul(description);
+      if (!is_reference_kernel(description)) slot = dnnl::matmul(description);
     } catch (const dnnl::error&) {
       // No implementation for this combination: torch's own path computes it.
     }
@@ -144,9 +141,7 @@ torch::Tensor run_matmul(const torch::Tensor& a, const torch::Tensor& b, torch::
     arguments.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(post_op_index) | DNNL_ARG_SRC_1,
                       memory({{key.m, key.n}, dnnl_type(key.residual_dtype), memory::format_tag::ab}, engine, residual.data_ptr()));
   }
-  dnnl::stream stream(engine);
-  matmul->execute(stream, arguments);
-  stream.wait();
+  run_primitive(*matmul, engine, arguments);
   return output;
 }
 
@@ -286,9 +281,7 @@ class AutocastGelu : public torch::autograd::Function<AutocastGelu> {
   }
 
   static void run(const dnnl::primitive& primitive, const std::unordered_map<int, memory>& arguments) {
-    dnnl::stream stream(Plans::instance().engine());
-    primitive.execute(stream, arguments);
-    stream.wait();
+    run_primitive(primitive, Plans::instance().engine(), arguments);
   }
 };
 
@@ -337,7 +330,7 @@ struct PackedLinearWeights::State {
     } catch (const dnnl::error&) {
       return plan;
     }
-    if (std::string(description->impl_info_str()).rfind("ref", 0) == 0) return plan;
+    if (is_reference_kernel(*description)) return plan;
     for (const auto& candidate : packings) {
       if (candidate.get_desc() == description->weights_desc()) plan.weights = candidate;
     }

@@ -1,0 +1,32 @@
+// What the oneDNN paths (dnnl_linear, dnnl_attention, dnnl_conv) share. Include only under
+// VISIONTORCH_WITH_DNNL.
+#pragma once
+
+#include <string>
+#include <unordered_map>
+
+#include <oneapi/dnnl/dnnl.hpp>
+#include <torch/torch.h>
+
+namespace vt::kernels {
+
+// float32 or bfloat16 (the only dtypes these paths take).
+inline dnnl::memory::data_type dnnl_type(torch::ScalarType type) {
+  return type == torch::kBFloat16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
+}
+
+// oneDNN answers with its slow reference kernel where it has no optimized one for a problem;
+// the paths then leave the work to torch.
+inline bool is_reference_kernel(const dnnl::primitive_desc_base& description) {
+  return std::string(description.impl_info_str()).rfind("ref", 0) == 0;
+}
+
+// Runs a primitive on the CPU engine and waits for it.
+inline void run_primitive(const dnnl::primitive& primitive, const dnnl::engine& engine,
+                          const std::unordered_map<int, dnnl::memory>& arguments) {
+  dnnl::stream stream(engine);
+  primitive.execute(stream, arguments);
+  stream.wait();
+}
+
+}  // namespace vt::kernels
