@@ -52,7 +52,8 @@ class Optimizer {
 // transformers' Trainer: no weight decay on biases and on LayerNorm weights.
 std::set<std::string> no_decay_parameter_names(torch::nn::Module& module);
 
-// The total L2 norm of the gradients (float32 accumulation), as clip_grad_norm_ computes it.
+// The total L2 norm of the gradients, clip_grad_norm_'s quantity (summed more exactly than its
+// float32 norms: float runs added in double).
 double gradient_norm(const NamedParameters& parameters);
 // The factor clip_grad_norm_ would scale the gradients by so that their total norm is at most
 // max_norm (1: no clipping; max_norm 0 disables it).
