@@ -99,9 +99,12 @@ torch::Tensor ResidualLayerImpl::forward_consuming(torch::Tensor&& input) {
 
 torch::Tensor ResidualLayerImpl::run(const torch::Tensor& input, bool input_is_private) {
   torch::Tensor residual = input;
-  // Only the identity shortcut's memory is reused: accumulating into a projection's output
-  // moves DETR's tiny-model gradients (not its outputs) past the parity tolerance.
-  const bool residual_is_private = input_is_private && !shortcut_convolution;
+  // The sum is accumulated into the shortcut's memory where nothing else reads it: the block's
+  // input when the caller gave it up, or the projection's fresh output. With gradients on, only
+  // the identity's: accumulating into the projection moves DETR's tiny-model gradients (not its
+  // outputs) past the parity tolerance.
+  const bool residual_is_private =
+      shortcut_convolution ? !torch::GradMode::is_enabled() : input_is_private;
   if (shortcut_convolution) {
     auto fusable = shortcut_normalization.after(shortcut_convolution);
     residual = fusable ? shortcut_fused.run(input, *fusable, {}, false) : torch::Tensor();

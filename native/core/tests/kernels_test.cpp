@@ -257,6 +257,32 @@ TEST_F(Kernels, FusedConvolutionMatchesConvolutionBatchNormResidualRelu) {
   expect_close(run(input, {}, false), reference(input, {}, false), 1e-4);
 }
 
+TEST_F(Kernels, FusedConvolutionThreeByThreeStaysCloseToTorch) {
+  // The float32 3x3 stride-1 shapes that take Winograd kernels where the CPU has them; odd sizes
+  // leave partial tiles at the edges. The reorders in and out must keep the channels-last result.
+  vt::kernels::ConvolutionBatchNorm layer;
+  layer.weight = torch::randn({48, 32, 3, 3}) * 0.1;
+  layer.padding = 1;
+  layer.norm_weight = torch::rand({48}) + 0.5;
+  layer.norm_bias = torch::randn({48});
+  layer.running_mean = torch::randn({48}) * 0.1;
+  layer.running_var = torch::rand({48}) + 0.5;
+  vt::kernels::FusedConvolution fused;
+  for (const auto& sizes : {std::vector<int64_t>{3, 32, 21, 23}, std::vector<int64_t>{1, 32, 7, 7}, std::vector<int64_t>{2, 32, 56, 56}}) {
+    auto input = torch::randn(sizes).contiguous(torch::MemoryFormat::ChannelsLast);
+    const auto expected = torch::relu(torch::batch_norm(torch::conv2d(input, layer.weight, {}, 1, 1), layer.norm_weight, layer.norm_bias,
+                                                        layer.running_mean, layer.running_var, false, 0.0, layer.eps, false));
+    torch::Tensor output;
+    {
+      c10::InferenceMode inference;
+      output = fused.run(input, layer, {}, true);
+    }
+    if (!output.defined()) GTEST_SKIP() << "no oneDNN convolution in this build or on this CPU";
+    EXPECT_TRUE(output.is_contiguous(torch::MemoryFormat::ChannelsLast));
+    expect_close(output, expected, 2e-5);
+  }
+}
+
 TEST_F(Kernels, AutocastLinearMatchesTorchAutocastForwardAndBackward) {
   auto input = torch::randn({4, 50, 96}, torch::requires_grad());
   auto weight = (torch::randn({160, 96}) * 0.1).requires_grad_();
