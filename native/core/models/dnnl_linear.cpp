@@ -17,6 +17,7 @@
 #include <ATen/autocast_mode.h>
 
 #include "models/dnnl_support.h"
+#include "models/packed_bf16_weights.h"
 #endif
 
 namespace vt::kernels {
@@ -39,11 +40,18 @@ struct MatmulKey {
   FusedActivation activation;
   // Undefined: none; else a contiguous [m, n] tensor of this dtype added to the result.
   torch::ScalarType residual_dtype = torch::ScalarType::Undefined;
+  // b comes packed in the layout the kernel chose (MatmulPlan::packed_b); its strides are unused.
+  bool packed_b = false;
   auto tied() const {
     return std::tie(m, k, n, a_row_stride, a_column_stride, b_row_stride, b_column_stride, input_dtype, output_dtype, bias_dtype,
-                    activation, residual_dtype);
+                    activation, residual_dtype, packed_b);
   }
   bool operator<(const MatmulKey& other) const { return tied() < other.tied(); }
+};
+
+struct MatmulPlan {
+  dnnl::matmul primitive;
+  memory::desc packed_b;  // the layout b is packed into, for keys with packed_b
 };
 
 // A matmul primitive per product, or none where oneDNN only has its slow reference kernel.
@@ -54,13 +62,15 @@ class Plans {
     return plans;
   }
 
-  const dnnl::matmul* find(const MatmulKey& key) {
+  const MatmulPlan* find(const MatmulKey& key) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (auto found = plans_.find(key); found != plans_.end()) return found->second ? &*found->second : nullptr;
     if (plans_.size() >= kMaxPlans) plans_.clear();
     auto& slot = plans_[key];
     const memory::desc a({key.m, key.k}, dnnl_type(key.input_dtype), {key.a_row_stride, key.a_column_stride});
-    const memory::desc b({key.k, key.n}, dnnl_type(key.input_dtype), {key.b_row_stride, key.b_column_stride});
+    const memory::desc b = key.packed_b
+                               ? memory::desc({key.k, key.n}, dnnl_type(key.input_dtype), memory::format_tag::any)
+                               : memory::desc({key.k, key.n}, dnnl_type(key.input_dtype), {key.b_row_stride, key.b_column_stride});
     const memory::desc out({key.m, key.n}, dnnl_type(key.output_dtype), memory::format_tag::ab);
     dnnl::primitive_attr attributes;
     dnnl::post_ops post_ops;
@@ -79,7 +89,7 @@ class Plans {
               : dnnl::matmul::primitive_desc(
                     dnnl::matmul::desc(a, b, memory::desc({1, key.n}, dnnl_type(key.bias_dtype), memory::format_tag::ab), out),
                     attributes, engine_);
-      if (!is_reference_kernel(description)) slot = dnnl::matmul(description);
+      if (!is_reference_kernel(description)) slot = MatmulPlan{dnnl::matmul(description), description.weights_desc()};
     } catch (const dnnl::error&) {
       // No implementation for this combination: torch's own path computes it.
     }
@@ -91,7 +101,7 @@ class Plans {
  private:
   dnnl::engine engine_{dnnl::engine::kind::cpu, 0};
   std::mutex mutex_;
-  std::map<MatmulKey, std::optional<dnnl::matmul>> plans_;
+  std::map<MatmulKey, std::optional<MatmulPlan>> plans_;
 };
 
 bool needs_grad(const torch::Tensor& t) { return t.defined() && t.requires_grad() && torch::GradMode::is_enabled(); }
@@ -112,26 +122,42 @@ bool matmul_operands_fit(const torch::Tensor& a, const torch::Tensor& b, torch::
                              float_or_bfloat16(bias.scalar_type()));
 }
 
+// Whether `residual` can be added by the product's kernel (key.residual_dtype set to it).
+bool residual_fits(const torch::Tensor& residual, MatmulKey& key) {
+  if (!residual.defined()) return true;
+  if (!residual.device().is_cpu() || !float_or_bfloat16(residual.scalar_type()) || !residual.is_contiguous() || residual.dim() != 2 ||
+      residual.size(0) != key.m || residual.size(1) != key.n) {
+    return false;
+  }
+  key.residual_dtype = residual.scalar_type();
+  return true;
+}
+
+torch::Tensor execute_matmul(const MatmulPlan& plan, const MatmulKey& key, const torch::Tensor& a, const memory& b,
+                             const torch::Tensor& bias, const torch::Tensor& residual);
+
 // Runs the product (plus `residual` [m, n], when defined) where a plan exists; undefined otherwise.
 torch::Tensor run_matmul(const torch::Tensor& a, const torch::Tensor& b, torch::ScalarType output_dtype, const torch::Tensor& bias,
                          FusedActivation activation, const torch::Tensor& residual = {}) {
   if (!matmul_operands_fit(a, b, output_dtype, bias)) return {};
   auto key = matmul_key(a, b, output_dtype, bias, activation);
-  if (residual.defined()) {
-    if (!residual.device().is_cpu() || !float_or_bfloat16(residual.scalar_type()) || !residual.is_contiguous() || residual.dim() != 2 ||
-        residual.size(0) != key.m || residual.size(1) != key.n) {
-      return {};
-    }
-    key.residual_dtype = residual.scalar_type();
-  }
-  const auto* matmul = Plans::instance().find(key);
-  if (matmul == nullptr) return {};
+  if (!residual_fits(residual, key)) return {};
+  const auto* plan = Plans::instance().find(key);
+  if (plan == nullptr) return {};
+  const memory b_memory({{key.k, key.n}, dnnl_type(key.input_dtype), {key.b_row_stride, key.b_column_stride}},
+                        Plans::instance().engine(), b.data_ptr());
+  return execute_matmul(*plan, key, a, b_memory, bias, residual);
+}
+
+torch::Tensor execute_matmul(const MatmulPlan& plan, const MatmulKey& key, const torch::Tensor& a, const memory& b,
+                             const torch::Tensor& bias, const torch::Tensor& residual) {
+  const auto output_dtype = key.output_dtype;
   auto output = torch::empty({key.m, key.n}, a.options().dtype(output_dtype));
   const auto& engine = Plans::instance().engine();
   const auto input_type = dnnl_type(key.input_dtype);
   std::unordered_map<int, memory> arguments{
       {DNNL_ARG_SRC, memory({{key.m, key.k}, input_type, {key.a_row_stride, key.a_column_stride}}, engine, a.data_ptr())},
-      {DNNL_ARG_WEIGHTS, memory({{key.k, key.n}, input_type, {key.b_row_stride, key.b_column_stride}}, engine, b.data_ptr())},
+      {DNNL_ARG_WEIGHTS, b},
       {DNNL_ARG_DST, memory({{key.m, key.n}, dnnl_type(output_dtype), memory::format_tag::ab}, engine, output.data_ptr())}};
   if (bias.defined()) {
     arguments.emplace(DNNL_ARG_BIAS, memory({{1, key.n}, dnnl_type(key.bias_dtype), memory::format_tag::ab}, engine, bias.data_ptr()));
@@ -141,7 +167,7 @@ torch::Tensor run_matmul(const torch::Tensor& a, const torch::Tensor& b, torch::
     arguments.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(post_op_index) | DNNL_ARG_SRC_1,
                       memory({{key.m, key.n}, dnnl_type(key.residual_dtype), memory::format_tag::ab}, engine, residual.data_ptr()));
   }
-  run_primitive(*matmul, engine, arguments);
+  run_primitive(plan.primitive, engine, arguments);
   return output;
 }
 
@@ -179,6 +205,38 @@ std::vector<int64_t> with_last(const torch::Tensor& x, int64_t last) {
   return sizes;
 }
 
+// The products of a training linear layer that read its weights packed (pack_bf16_weights):
+// the forward one, operand W^T, and the input gradient's, operand W. Keys and layouts are
+// checked against the plans oneDNN makes; where either differs, the weights are read plain.
+MatmulKey forward_with_packed_weights_key(int64_t rows, int64_t out_features, int64_t in_features, torch::ScalarType output_dtype,
+                                          torch::ScalarType bias_dtype) {
+  MatmulKey key{rows, in_features, out_features, in_features, 1, 0, 0, torch::kBFloat16, output_dtype, bias_dtype,
+                FusedActivation::None};
+  key.packed_b = true;
+  return key;
+}
+
+MatmulKey input_gradient_with_packed_weights_key(int64_t rows, int64_t out_features, int64_t in_features, torch::ScalarType input_dtype) {
+  MatmulKey key{rows, out_features, in_features, out_features, 1, 0, 0, torch::kBFloat16, input_dtype, torch::ScalarType::Undefined,
+                FusedActivation::None};
+  key.packed_b = true;
+  return key;
+}
+
+// Whether the plan reads its [k, n] operand in the layout pack_bf16_weights writes.
+bool reads_packed_bf16_weights(const MatmulPlan* plan, int64_t k, int64_t n) {
+  if (plan == nullptr) return false;
+  const auto& desc = plan->packed_b.data;
+  if (desc.data_type != dnnl_bf16 || desc.ndims != 2 || desc.format_kind != dnnl_blocked || desc.offset0 != 0 ||
+      desc.extra.flags != 0 || desc.padded_dims[0] != k || desc.padded_dims[1] != n) {
+    return false;
+  }
+  const auto& blocking = desc.format_desc.blocking;
+  return blocking.inner_nblks == 3 && blocking.inner_blks[0] == 16 && blocking.inner_idxs[0] == 0 && blocking.inner_blks[1] == 64 &&
+         blocking.inner_idxs[1] == 1 && blocking.inner_blks[2] == 2 && blocking.inner_idxs[2] == 0 && blocking.strides[0] == 2048 &&
+         blocking.strides[1] == k * 64 && plan->packed_b.get_size() == static_cast<size_t>(k * n * 2);
+}
+
 // Autograd of a linear layer inside a bfloat16 autocast region: the products in bfloat16 through
 // oneDNN both ways, gradients of float32 parameters computed straight into float32. With a
 // `residual` (an empty tensor stands for none: autograd takes no undefined input), returns
@@ -189,20 +247,30 @@ class AutocastLinear : public torch::autograd::Function<AutocastLinear> {
   static torch::Tensor forward(torch::autograd::AutogradContext* context, const torch::Tensor& input, const torch::Tensor& weight,
                                const torch::Tensor& bias, const torch::Tensor& residual) {
     const auto input16 = rows_of(input).to(torch::kBFloat16).contiguous();
-    const auto weight16 = weight.to(torch::kBFloat16);
-    context->save_for_backward({input16, weight16});
     context->saved_data["input_dtype"] = static_cast<int64_t>(input.scalar_type());
     context->saved_data["input_sizes"] = input.sizes().vec();
     context->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
     context->saved_data["bias_dtype"] = static_cast<int64_t>(bias.scalar_type());
     const bool adds = residual.numel() > 0;
     const auto output_dtype = adds ? residual.scalar_type() : torch::kBFloat16;
-    auto output = run_matmul(input16, weight16.t(), output_dtype, bias.contiguous(), FusedActivation::None,
-                             adds ? rows_of(residual) : torch::Tensor());
-    if (!output.defined() && adds) {
-      // No kernel with the sum fused for these dtypes: the product alone, then the sum.
-      output = run_matmul(input16, weight16.t(), torch::kBFloat16, bias.contiguous(), FusedActivation::None);
-      if (output.defined()) output = rows_of(residual) + output;
+    const auto residual_rows = adds ? rows_of(residual) : torch::Tensor();
+    torch::Tensor output;
+    if (auto packed = pack_weights(input16, weight, bias, output_dtype, residual_rows, input.scalar_type(), input.requires_grad())) {
+      output = execute_matmul(*packed->forward_plan, packed->forward_key, input16,
+                              memory(packed->forward_plan->packed_b, Plans::instance().engine(), packed->forward_operand.data_ptr()),
+                              bias, residual_rows);
+      context->save_for_backward({input16, packed->gradient_operand});
+      context->saved_data["packed_weights"] = true;
+    } else {
+      const auto weight16 = weight.to(torch::kBFloat16);
+      context->save_for_backward({input16, weight16});
+      context->saved_data["packed_weights"] = false;
+      output = run_matmul(input16, weight16.t(), output_dtype, bias.contiguous(), FusedActivation::None, residual_rows);
+      if (!output.defined() && adds) {
+        // No kernel with the sum fused for these dtypes: the product alone, then the sum.
+        output = run_matmul(input16, weight16.t(), torch::kBFloat16, bias.contiguous(), FusedActivation::None);
+        if (output.defined()) output = residual_rows + output;
+      }
     }
     VT_CHECK(output.defined(), "no oneDNN kernel for a bfloat16 linear layer of ", weight.size(1), " -> ", weight.size(0), " features");
     return output.view(with_last(input, weight.size(0)));
@@ -211,14 +279,23 @@ class AutocastLinear : public torch::autograd::Function<AutocastLinear> {
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* context, torch::autograd::tensor_list grad_outputs) {
     const auto saved = context->get_saved_variables();
     const auto& input16 = saved[0];
-    const auto& weight16 = saved[1];
+    const auto& weight_operand = saved[1];  // packed for the input gradient's product, or plain bfloat16 [out, in]
     const auto grad16 = rows_of(grad_outputs[0]).to(torch::kBFloat16).contiguous();
     const auto input_dtype = static_cast<torch::ScalarType>(context->saved_data["input_dtype"].toInt());
     const auto weight_dtype = static_cast<torch::ScalarType>(context->saved_data["weight_dtype"].toInt());
     torch::Tensor grad_input, grad_weight, grad_bias, grad_residual;
     if (context->needs_input_grad(0)) {
-      grad_input = run_matmul(grad16, weight16, input_dtype, {}, FusedActivation::None);
-      if (!grad_input.defined()) grad_input = grad16.mm(weight16).to(input_dtype);
+      if (context->saved_data["packed_weights"].toBool()) {
+        const auto input_sizes = context->saved_data["input_sizes"].toIntVector();
+        const int64_t out_features = grad16.size(1), in_features = input_sizes.back();
+        const auto key = input_gradient_with_packed_weights_key(grad16.size(0), out_features, in_features, input_dtype);
+        const auto* plan = Plans::instance().find(key);
+        VT_CHECK(plan != nullptr, "the input gradient's product of a bfloat16 linear layer lost its kernel");
+        grad_input = execute_matmul(*plan, key, grad16, memory(plan->packed_b, Plans::instance().engine(), weight_operand.data_ptr()), {}, {});
+      } else {
+        grad_input = run_matmul(grad16, weight_operand, input_dtype, {}, FusedActivation::None);
+        if (!grad_input.defined()) grad_input = grad16.mm(weight_operand).to(input_dtype);
+      }
       grad_input = grad_input.view(context->saved_data["input_sizes"].toIntVector());
     }
     if (context->needs_input_grad(1)) {
@@ -230,6 +307,40 @@ class AutocastLinear : public torch::autograd::Function<AutocastLinear> {
     }
     if (context->needs_input_grad(3)) grad_residual = grad_outputs[0];
     return {grad_input, grad_weight, grad_bias, grad_residual};
+  }
+
+ private:
+  struct PackedWeights {
+    MatmulKey forward_key;
+    const MatmulPlan* forward_plan;
+    torch::Tensor forward_operand, gradient_operand;  // bytes; gradient_operand empty where no input gradient is wanted
+  };
+
+  // float32 weights packed in one pass for the forward product and, when the input wants a
+  // gradient, the input gradient's; nothing where either product reads another layout.
+  static std::optional<PackedWeights> pack_weights(const torch::Tensor& input16, const torch::Tensor& weight, const torch::Tensor& bias,
+                                                   torch::ScalarType output_dtype, const torch::Tensor& residual_rows,
+                                                   torch::ScalarType input_dtype, bool input_wants_gradient) {
+    const int64_t out_features = weight.size(0), in_features = weight.size(1), rows = input16.size(0);
+    if (weight.scalar_type() != torch::kFloat32 || !weight.is_contiguous() || !bias.is_contiguous() ||
+        !bf16_weight_packing_applies(out_features, in_features) || !float_or_bfloat16(input_dtype)) {
+      return std::nullopt;
+    }
+    PackedWeights packed{};
+    packed.forward_key = forward_with_packed_weights_key(rows, out_features, in_features, output_dtype, bias.scalar_type());
+    if (!residual_fits(residual_rows, packed.forward_key)) return std::nullopt;
+    packed.forward_plan = Plans::instance().find(packed.forward_key);
+    if (!reads_packed_bf16_weights(packed.forward_plan, in_features, out_features)) return std::nullopt;
+    if (input_wants_gradient) {
+      const auto gradient_key = input_gradient_with_packed_weights_key(rows, out_features, in_features, input_dtype);
+      if (!reads_packed_bf16_weights(Plans::instance().find(gradient_key), out_features, in_features)) return std::nullopt;
+    }
+    const auto bytes = torch::dtype(torch::kUInt8);
+    packed.forward_operand = torch::empty({out_features * in_features * 2}, bytes);
+    packed.gradient_operand = input_wants_gradient ? torch::empty({out_features * in_features * 2}, bytes) : torch::empty({0}, bytes);
+    pack_bf16_weights(weight.data_ptr<float>(), out_features, in_features, static_cast<uint16_t*>(packed.forward_operand.data_ptr()),
+                      input_wants_gradient ? static_cast<uint16_t*>(packed.gradient_operand.data_ptr()) : nullptr);
+    return packed;
   }
 };
 

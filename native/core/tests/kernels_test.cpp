@@ -11,6 +11,7 @@
 #include "models/dnnl_linear.h"
 #include "models/int8_linear.h"
 #include "models/kernels.h"
+#include "models/packed_bf16_weights.h"
 #include "runtime/threads.h"
 
 namespace {
@@ -283,11 +284,18 @@ TEST_F(Kernels, FusedConvolutionThreeByThreeStaysCloseToTorch) {
   }
 }
 
-TEST_F(Kernels, AutocastLinearMatchesTorchAutocastForwardAndBackward) {
-  auto input = torch::randn({4, 50, 96}, torch::requires_grad());
-  auto weight = (torch::randn({160, 96}) * 0.1).requires_grad_();
-  auto bias = torch::randn({160}, torch::requires_grad());
-  auto upstream = torch::randn({4, 50, 160});
+// Sizes that read the weights plain, and multiples of 64 that read them packed where the CPU
+// has AVX-512 BF16.
+class AutocastLinearSizes : public Kernels, public ::testing::WithParamInterface<std::pair<int64_t, int64_t>> {};
+INSTANTIATE_TEST_SUITE_P(PlainAndPacked, AutocastLinearSizes,
+                         ::testing::Values(std::make_pair<int64_t, int64_t>(96, 160), std::make_pair<int64_t, int64_t>(128, 192)));
+
+TEST_P(AutocastLinearSizes, MatchesTorchAutocastForwardAndBackward) {
+  const auto [in_features, out_features] = GetParam();
+  auto input = torch::randn({4, 50, in_features}, torch::requires_grad());
+  auto weight = (torch::randn({out_features, in_features}) * 0.1).requires_grad_();
+  auto bias = torch::randn({out_features}, torch::requires_grad());
+  auto upstream = torch::randn({4, 50, out_features});
   at::autocast::set_cpu_enabled(true);
   const bool applies = vt::kernels::autocast_linear_applies(input, weight, bias);
   auto fast = applies ? vt::kernels::autocast_linear(input, weight, bias) : torch::Tensor();
@@ -310,12 +318,13 @@ TEST_F(Kernels, AutocastLinearMatchesTorchAutocastForwardAndBackward) {
   expect_close(grads[2], bias.grad(), 3e-2);
 }
 
-TEST_F(Kernels, AutocastLinearWithResidualMatchesTheSumForwardAndBackward) {
-  auto input = torch::randn({4, 50, 96}, torch::requires_grad());
-  auto weight = (torch::randn({96, 96}) * 0.1).requires_grad_();
-  auto bias = torch::randn({96}, torch::requires_grad());
-  auto residual = torch::randn({4, 50, 96}, torch::requires_grad());
-  auto upstream = torch::randn({4, 50, 96});
+TEST_P(AutocastLinearSizes, WithResidualMatchesTheSumForwardAndBackward) {
+  const int64_t features = GetParam().first;
+  auto input = torch::randn({4, 50, features}, torch::requires_grad());
+  auto weight = (torch::randn({features, features}) * 0.1).requires_grad_();
+  auto bias = torch::randn({features}, torch::requires_grad());
+  auto residual = torch::randn({4, 50, features}, torch::requires_grad());
+  auto upstream = torch::randn({4, 50, features});
   at::autocast::set_cpu_enabled(true);
   const bool applies = vt::kernels::autocast_linear_applies(input, weight, bias);
   auto fused = applies ? vt::kernels::autocast_linear(input, weight, bias, residual) : torch::Tensor();
@@ -338,6 +347,32 @@ TEST_F(Kernels, AutocastLinearWithResidualMatchesTheSumForwardAndBackward) {
   expect_close(grads[1], weight.grad(), 3e-2);
   expect_close(grads[2], bias.grad(), 3e-2);
   expect_close(grads[3], residual.grad(), 0.0);
+}
+
+TEST_F(Kernels, PackedBfloat16WeightsHoldEachWeightWhereTheLayoutSays) {
+  const int64_t out_features = 192, in_features = 128;
+  if (!vt::kernels::bf16_weight_packing_applies(out_features, in_features)) GTEST_SKIP() << "no AVX-512 BF16 on this CPU";
+  EXPECT_FALSE(vt::kernels::bf16_weight_packing_applies(out_features, 96));
+  const auto weight = torch::randn({out_features, in_features});
+  const auto expected = weight.to(torch::kBFloat16);
+  std::vector<uint16_t> forward(out_features * in_features), gradient(out_features * in_features);
+  vt::kernels::pack_bf16_weights(weight.data_ptr<float>(), out_features, in_features, forward.data(), gradient.data());
+  const auto* bits = reinterpret_cast<const uint16_t*>(expected.data_ptr<c10::BFloat16>());
+  int64_t forward_mismatches = 0, gradient_mismatches = 0;
+  for (int64_t o = 0; o < out_features; ++o) {
+    for (int64_t i = 0; i < in_features; ++i) {
+      const uint16_t want = bits[o * in_features + i];
+      // The forward operand is W^T [in, out]; the gradient's is W [out, in].
+      forward_mismatches += forward[vt::kernels::packed_bf16_offset(i, o, in_features)] != want;
+      gradient_mismatches += gradient[vt::kernels::packed_bf16_offset(o, i, out_features)] != want;
+    }
+  }
+  EXPECT_EQ(forward_mismatches, 0);
+  EXPECT_EQ(gradient_mismatches, 0);
+  // Without a gradient operand, the forward one alone, the same.
+  std::vector<uint16_t> forward_only(out_features * in_features);
+  vt::kernels::pack_bf16_weights(weight.data_ptr<float>(), out_features, in_features, forward_only.data(), nullptr);
+  EXPECT_EQ(forward_only, forward);
 }
 
 TEST_F(Kernels, TrainingAttentionInBfloat16MatchesFloat32AttentionForwardAndBackward) {
