@@ -67,6 +67,19 @@ MixLayerImpl::MixLayerImpl(const SegformerConfig& config, int64_t hidden, int64_
   dense2 = mlp->register_module("dense2", layers::Linear(inner, hidden));
 }
 
+namespace {
+
+// Tokens [batch, height * width, channels] as the image [batch, channels, height, width] they
+// are, channels-last in memory, no copy. Made by permuting [batch, height, width, channels], so
+// that the strides read as channels-last even for a single image (libtorch 1.13 took a
+// transposed token view with batch 1 for a plain layout: its convolutions copied it, and its
+// bilinear resize went through a strided path 8x slower).
+torch::Tensor channels_last_grid(const torch::Tensor& tokens, int64_t height, int64_t width) {
+  return tokens.reshape({tokens.size(0), height, width, tokens.size(2)}).permute({0, 3, 1, 2});
+}
+
+}  // namespace
+
 torch::Tensor MixLayerImpl::forward(const torch::Tensor& input, int64_t height, int64_t width) {
   const bool training = is_training();
   const int64_t batch = input.size(0), tokens = input.size(1), head_dim = hidden_size / heads;
@@ -76,7 +89,7 @@ torch::Tensor MixLayerImpl::forward(const torch::Tensor& input, int64_t height, 
   auto normed = layer_norm_1(input);
   auto reduced = normed;
   if (sr) {
-    auto grid = normed.permute({0, 2, 1}).reshape({batch, hidden_size, height, width});
+    auto grid = channels_last_grid(normed, height, width);
     reduced = sr_norm(sr(grid).reshape({batch, hidden_size, -1}).permute({0, 2, 1}));
   }
   auto context = layers::scaled_dot_product_attention(split(query(normed)), split(key(reduced)), split(value(reduced)), {},
@@ -87,8 +100,7 @@ torch::Tensor MixLayerImpl::forward(const torch::Tensor& input, int64_t height, 
 
   // Mix-FFN: the depthwise 3x3 convolution gives the MLP its positional information.
   auto mlp = dense1(layer_norm_2(hidden));
-  const int64_t inner = mlp.size(2);
-  mlp = dwconv(mlp.transpose(1, 2).view({batch, inner, height, width})).flatten(2).transpose(1, 2);
+  mlp = dwconv(channels_last_grid(mlp, height, width)).flatten(2).transpose(1, 2);
   mlp = torch::dropout(act(mlp), config.hidden_dropout_prob, training);
   mlp = torch::dropout(dense2(mlp), config.hidden_dropout_prob, training);
   return layers::drop_path(mlp, drop_path, training) + hidden;
@@ -133,12 +145,12 @@ std::vector<torch::Tensor> MixTransformer::forward(const torch::Tensor& pixel_va
   auto hidden = pixel_values.to(patch_projections.front()->weight.scalar_type());
   for (size_t i = 0; i < blocks.size(); ++i) {
     auto projected = patch_projections[i](hidden);
-    const int64_t batch = projected.size(0), height = projected.size(2), width = projected.size(3);
+    const int64_t height = projected.size(2), width = projected.size(3);
     auto tokens = patch_norms[i](projected.flatten(2).transpose(1, 2));
     for (auto& layer : blocks[i]) tokens = layer->forward(tokens, height, width);
     tokens = stage_norms[i](tokens);
     const bool last = i + 1 == blocks.size();
-    hidden = !last || config.reshape_last_stage ? tokens.reshape({batch, height, width, -1}).permute({0, 3, 1, 2}).contiguous() : tokens;
+    hidden = !last || config.reshape_last_stage ? channels_last_grid(tokens, height, width) : tokens;
     states.push_back(hidden);
   }
   return states;
@@ -188,22 +200,25 @@ SegformerForSemanticSegmentation::SegformerForSemanticSegmentation(const Segform
 ModelOutputs SegformerForSemanticSegmentation::forward(const ModelInputs& inputs) {
   VT_CHECK(inputs.targets.empty(), "labels: semantic segmentation takes a label map tensor [batch, height, width]");
   auto states = segformer->forward(inputs.pixel_values);
-  const int64_t batch = states.front().size(0);
   const auto target_size = std::vector<int64_t>{states.front().size(2), states.front().size(3)};
   // The all-MLP head: every stage projected to decoder_hidden_size and upsampled to the first
   // stage's resolution, concatenated deepest first.
   std::vector<torch::Tensor> projected;
   for (size_t i = 0; i < states.size(); ++i) {
-    auto state = states[i];
-    if (state.dim() == 3) {  // the last stage without reshape_last_stage: [B, HW, C]
-      const auto side = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(state.size(1)))));
-      state = state.reshape({batch, side, side, -1}).permute({0, 3, 1, 2}).contiguous();
-    }
-    const int64_t height = state.size(2), width = state.size(3);
-    auto tokens = linear_c[i](state.flatten(2).transpose(1, 2));
-    auto grid = tokens.permute({0, 2, 1}).reshape({batch, -1, height, width});
-    projected.push_back(torch::nn::functional::interpolate(
-        grid, torch::nn::functional::InterpolateFuncOptions().size(target_size).mode(torch::kBilinear).align_corners(false)));
+    const auto& state = states[i];
+    // [B, C, H, W], or [B, HW, C] for the last stage without reshape_last_stage (square)
+    const bool flat = state.dim() == 3;
+    const int64_t height = flat ? std::llround(std::sqrt(static_cast<double>(state.size(1)))) : state.size(2);
+    const int64_t width = flat ? height : state.size(3);
+    auto tokens = linear_c[i](flat ? state : state.flatten(2).transpose(1, 2));
+    // At the target size, bilinear resizing (half-pixel centres) is the identity.
+    auto grid = channels_last_grid(tokens, height, width);
+    projected.push_back(height == target_size[0] && width == target_size[1]
+                            ? grid
+                            : torch::nn::functional::interpolate(grid, torch::nn::functional::InterpolateFuncOptions()
+                                                                           .size(target_size)
+                                                                           .mode(torch::kBilinear)
+                                                                           .align_corners(false)));
   }
   std::reverse(projected.begin(), projected.end());
   auto hidden = torch::relu(batch_norm(linear_fuse(torch::cat(projected, 1))));
