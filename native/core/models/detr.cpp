@@ -139,12 +139,17 @@ class TimmBlockImpl : public torch::nn::Module {
 
   // Each convolution with its normalization (and the residual sum and ReLU after the last) as
   // one oneDNN kernel where it applies.
-  torch::Tensor forward(const torch::Tensor& input) {
+  // The sum is accumulated into the shortcut's memory where nothing else reads it (as in
+  // ResNet's blocks): the block's input when the caller gives it up (no other handle, no view),
+  // or the projection's fresh output when no gradient is recorded.
+  torch::Tensor forward(torch::Tensor&& input) {
+    const bool input_is_private = input.use_count() == 1 && input.storage().use_count() == 1;
     auto shortcut = down_conv_ ? layers::convolution_norm(fused_down_, down_conv_, down_bn_, input, {}, false) : input;
+    const bool shortcut_is_private = down_conv_ ? !torch::GradMode::is_enabled() : input_is_private;
     auto x = layers::convolution_norm(fused1_, conv1_, bn1_, input, {}, true);
-    if (!bottleneck_) return layers::convolution_norm(fused2_, conv2_, bn2_, x, shortcut, true);
+    if (!bottleneck_) return layers::convolution_norm(fused2_, conv2_, bn2_, x, shortcut, true, shortcut_is_private);
     x = layers::convolution_norm(fused2_, conv2_, bn2_, x, {}, true);
-    return layers::convolution_norm(fused3_, conv3_, bn3_, x, shortcut, true);
+    return layers::convolution_norm(fused3_, conv3_, bn3_, x, shortcut, true, shortcut_is_private);
   }
 
  private:
@@ -192,7 +197,7 @@ class TimmResNetImpl : public torch::nn::Module {
     auto x = torch::max_pool2d(layers::convolution_norm(fused_stem_, conv1_, bn1_, pixel_values, {}, true), 3, 2, 1);
     std::vector<torch::Tensor> features;
     for (auto& stage : stages_) {
-      for (auto& block : stage) x = block(x);
+      for (auto& block : stage) x = block->forward(std::move(x));
       features.push_back(x);
     }
     return features;

@@ -240,10 +240,26 @@ std::optional<kernels::ConvolutionBatchNorm> fusable(const torch::nn::Conv2d& co
   return fused;
 }
 
+torch::Tensor conv2d(torch::nn::Conv2d convolution, const torch::Tensor& input) {
+  const auto& options = convolution->options;
+  const auto* padding = c10::get_if<torch::ExpandingArray<2>>(&options.padding());
+  const auto& weight = convolution->weight;
+  const bool wants_gradient =
+      torch::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad() ||
+                                        (convolution->bias.defined() && convolution->bias.requires_grad()));
+  if (padding == nullptr || !c10::get_if<torch::enumtype::kZeros>(&options.padding_mode()) || wants_gradient ||
+      !input.device().is_cpu() || input.scalar_type() != torch::kFloat32 || weight.scalar_type() != torch::kFloat32 ||
+      input.dim() != 4 || input.size(1) != weight.size(1) * options.groups() || input.numel() == 0) {
+    return convolution->forward(input);
+  }
+  return at::mkldnn_convolution(input, weight, convolution->bias.defined() ? c10::optional<torch::Tensor>(convolution->bias) : c10::nullopt,
+                                **padding, *options.stride(), *options.dilation(), options.groups());
+}
+
 torch::Tensor convolution_norm(kernels::FusedConvolution& fused, torch::nn::Conv2d convolution, FrozenBatchNorm2d norm,
-                               const torch::Tensor& input, const torch::Tensor& residual, bool relu) {
+                               const torch::Tensor& input, const torch::Tensor& residual, bool relu, bool may_overwrite_residual) {
   if (auto layer = fusable(convolution, norm)) {
-    if (auto output = fused.run(input, *layer, residual, relu); output.defined()) return output;
+    if (auto output = fused.run(input, *layer, residual, relu, may_overwrite_residual); output.defined()) return output;
   }
   auto output = norm(convolution(input));
   if (residual.defined()) output = output + residual;

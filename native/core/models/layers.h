@@ -113,10 +113,18 @@ struct BatchNorm2dSlot {
 // convolutions it does not cover (groups, a bias, asymmetric or "same" padding).
 std::optional<kernels::ConvolutionBatchNorm> fusable(const torch::nn::Conv2d& convolution, const FrozenBatchNorm2d& norm);
 
+// convolution(input), through oneDNN for every float32 CPU input when no gradient is wanted.
+// libtorch 1.13 sends a small single-image input to its im2col kernel and the same input in a
+// batch to oneDNN, whose results differ in the last bits: a micro-batched call would not give
+// what the call alone gives.
+torch::Tensor conv2d(torch::nn::Conv2d convolution, const torch::Tensor& input);
+
 // relu?(norm(convolution(input)) + residual), residual may be undefined: through `fused` where
-// it applies, else step by step.
+// it applies (accumulated into the residual's memory with `may_overwrite_residual`, see
+// FusedConvolution::run), else step by step.
 torch::Tensor convolution_norm(kernels::FusedConvolution& fused, torch::nn::Conv2d convolution, FrozenBatchNorm2d norm,
-                               const torch::Tensor& input, const torch::Tensor& residual, bool relu);
+                               const torch::Tensor& input, const torch::Tensor& residual, bool relu,
+                               bool may_overwrite_residual = false);
 
 // Stochastic depth (timm's drop_path): drops whole samples of a residual branch with
 // probability `p` in training, scaling the kept ones by 1 / (1 - p).

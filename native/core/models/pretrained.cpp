@@ -270,7 +270,9 @@ void PretrainedModel::load_torchscript(const LoadOptions& options, const fs::pat
     const auto [height, width] = fields.get_size_pair("image_size", 224);
     torch::NoGradGuard no_grad;
     scripted->eval();
-    auto logits = find_output(scripted->forward({torch::zeros({1, fields.get_positive_int("num_channels", 3), height, width})}), "logits");
+    ModelInputs probe;
+    probe.pixel_values = torch::zeros({1, fields.get_positive_int("num_channels", 3), height, width});
+    auto logits = find_output(scripted->forward(probe), "logits");
     VT_CHECK(logits.dim() == 2, archive.string(), ": forward returned logits of shape ", logits.sizes(),
              "; a classification model returns [batch, num_labels]");
     config_["num_labels"] = logits.size(1);

@@ -90,7 +90,7 @@ torch::Tensor MixLayerImpl::forward(const torch::Tensor& input, int64_t height, 
   auto reduced = normed;
   if (sr) {
     auto grid = channels_last_grid(normed, height, width);
-    reduced = sr_norm(sr(grid).reshape({batch, hidden_size, -1}).permute({0, 2, 1}));
+    reduced = sr_norm(layers::conv2d(sr, grid).reshape({batch, hidden_size, -1}).permute({0, 2, 1}));
   }
   auto context = layers::scaled_dot_product_attention(split(query(normed)), split(key(reduced)), split(value(reduced)), {},
                                                       config.attention_probs_dropout_prob, training);
@@ -100,7 +100,7 @@ torch::Tensor MixLayerImpl::forward(const torch::Tensor& input, int64_t height, 
 
   // Mix-FFN: the depthwise 3x3 convolution gives the MLP its positional information.
   auto mlp = dense1(layer_norm_2(hidden));
-  mlp = dwconv(channels_last_grid(mlp, height, width)).flatten(2).transpose(1, 2);
+  mlp = layers::conv2d(dwconv, channels_last_grid(mlp, height, width)).flatten(2).transpose(1, 2);
   mlp = torch::dropout(act(mlp), config.hidden_dropout_prob, training);
   mlp = torch::dropout(dense2(mlp), config.hidden_dropout_prob, training);
   return layers::drop_path(mlp, drop_path, training) + hidden;
@@ -144,7 +144,7 @@ std::vector<torch::Tensor> MixTransformer::forward(const torch::Tensor& pixel_va
   std::vector<torch::Tensor> states;
   auto hidden = pixel_values.to(patch_projections.front()->weight.scalar_type());
   for (size_t i = 0; i < blocks.size(); ++i) {
-    auto projected = patch_projections[i](hidden);
+    auto projected = layers::conv2d(patch_projections[i], hidden);
     const int64_t height = projected.size(2), width = projected.size(3);
     auto tokens = patch_norms[i](projected.flatten(2).transpose(1, 2));
     for (auto& layer : blocks[i]) tokens = layer->forward(tokens, height, width);
@@ -221,9 +221,9 @@ ModelOutputs SegformerForSemanticSegmentation::forward(const ModelInputs& inputs
                                                                            .align_corners(false)));
   }
   std::reverse(projected.begin(), projected.end());
-  auto hidden = torch::relu(batch_norm(linear_fuse(torch::cat(projected, 1))));
+  auto hidden = torch::relu(batch_norm(layers::conv2d(linear_fuse, torch::cat(projected, 1))));
   hidden = torch::dropout(hidden, config.classifier_dropout_prob, is_training());
-  auto logits = classifier(hidden);
+  auto logits = layers::conv2d(classifier, hidden);
   ModelOutputs outputs;
   if (inputs.labels.defined()) {
     outputs.emplace_back("loss", semantic_segmentation_loss(logits, inputs.labels, config.semantic_loss_ignore_index));
