@@ -118,9 +118,10 @@ struct FusedConvolution::State {
       if (found && is_reference_kernel(*found)) found.reset();
       return found;
     };
-    // float32 3x3 convolutions through Winograd F(4x4, 3x3): a bottleneck's 3x3 ran in half the
-    // time here even with both reorders (ResNet-50, batch 8, every stage), and the outputs
-    // stayed within 3e-6 of the direct kernel's relative to their largest value.
+    // float32 3x3 convolutions through oneDNN's Winograd kernels (F(4x4, 3x3), or F(2x2, 3x3)
+    // where it prefers): a bottleneck's 3x3 ran in half the time here even with both reorders
+    // (ResNet-50, batch 8, every stage), the outputs within 3e-6 of the direct kernel's relative
+    // to their largest value.
     std::optional<dnnl::convolution_forward::primitive_desc> found_primitive;
     const bool winograd_shape = weight_dims[2] == 3 && weight_dims[3] == 3 && layer.stride == 1 && layer.dilation == 1 &&
                                 layer.padding == 1 && weight_dims[0] % 16 == 0 && weight_dims[1] % 16 == 0;

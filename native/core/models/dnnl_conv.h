@@ -1,7 +1,9 @@
 // Inference convolution + batch normalization through oneDNN, in channels-last (NHWC) layout:
 // the normalization folded into the convolution's weights and bias, a residual sum and a ReLU
 // applied by the kernel as it writes each block, and the folded weights packed once into the
-// kernel's own layout (again only when the weights or statistics change).
+// kernel's own layout (again only when the weights or statistics change). float32 3x3 stride-1
+// convolutions without a residual take oneDNN's Winograd kernels (VISIONTORCH_CONV_WINOGRAD=0:
+// direct ones only).
 #pragma once
 
 #include <map>

@@ -55,6 +55,7 @@ struct MatmulPlan {
 };
 
 // A matmul primitive per product, or none where oneDNN only has its slow reference kernel.
+// Plans are shared: one in use survives the cache starting over.
 class Plans {
  public:
   static Plans& instance() {
@@ -62,9 +63,9 @@ class Plans {
     return plans;
   }
 
-  const MatmulPlan* find(const MatmulKey& key) {
+  std::shared_ptr<const MatmulPlan> find(const MatmulKey& key) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (auto found = plans_.find(key); found != plans_.end()) return found->second ? &*found->second : nullptr;
+    if (auto found = plans_.find(key); found != plans_.end()) return found->second;
     if (plans_.size() >= kMaxPlans) plans_.clear();
     auto& slot = plans_[key];
     const memory::desc a({key.m, key.k}, dnnl_type(key.input_dtype), {key.a_row_stride, key.a_column_stride});
@@ -89,11 +90,13 @@ class Plans {
               : dnnl::matmul::primitive_desc(
                     dnnl::matmul::desc(a, b, memory::desc({1, key.n}, dnnl_type(key.bias_dtype), memory::format_tag::ab), out),
                     attributes, engine_);
-      if (!is_reference_kernel(description)) slot = MatmulPlan{dnnl::matmul(description), description.weights_desc()};
+      if (!is_reference_kernel(description)) {
+        slot = std::make_shared<const MatmulPlan>(MatmulPlan{dnnl::matmul(description), description.weights_desc()});
+      }
     } catch (const dnnl::error&) {
       // No implementation for this combination: torch's own path computes it.
     }
-    return slot ? &*slot : nullptr;
+    return slot;
   }
 
   const dnnl::engine& engine() const { return engine_; }
@@ -101,7 +104,7 @@ class Plans {
  private:
   dnnl::engine engine_{dnnl::engine::kind::cpu, 0};
   std::mutex mutex_;
-  std::map<MatmulKey, std::optional<MatmulPlan>> plans_;
+  std::map<MatmulKey, std::shared_ptr<const MatmulPlan>> plans_;  // null: no fast kernel
 };
 
 bool needs_grad(const torch::Tensor& t) { return t.defined() && t.requires_grad() && torch::GradMode::is_enabled(); }
@@ -142,7 +145,7 @@ torch::Tensor run_matmul(const torch::Tensor& a, const torch::Tensor& b, torch::
   if (!matmul_operands_fit(a, b, output_dtype, bias)) return {};
   auto key = matmul_key(a, b, output_dtype, bias, activation);
   if (!residual_fits(residual, key)) return {};
-  const auto* plan = Plans::instance().find(key);
+  const auto plan = Plans::instance().find(key);
   if (plan == nullptr) return {};
   const memory b_memory({{key.k, key.n}, dnnl_type(key.input_dtype), {key.b_row_stride, key.b_column_stride}},
                         Plans::instance().engine(), b.data_ptr());
@@ -224,7 +227,7 @@ MatmulKey input_gradient_with_packed_weights_key(int64_t rows, int64_t out_featu
 }
 
 // Whether the plan reads its [k, n] operand in the layout pack_bf16_weights writes.
-bool reads_packed_bf16_weights(const MatmulPlan* plan, int64_t k, int64_t n) {
+bool reads_packed_bf16_weights(const std::shared_ptr<const MatmulPlan>& plan, int64_t k, int64_t n) {
   if (plan == nullptr) return false;
   const auto& desc = plan->packed_b.data;
   if (desc.data_type != dnnl_bf16 || desc.ndims != 2 || desc.format_kind != dnnl_blocked || desc.offset0 != 0 ||
@@ -289,7 +292,7 @@ class AutocastLinear : public torch::autograd::Function<AutocastLinear> {
         const auto input_sizes = context->saved_data["input_sizes"].toIntVector();
         const int64_t out_features = grad16.size(1), in_features = input_sizes.back();
         const auto key = input_gradient_with_packed_weights_key(grad16.size(0), out_features, in_features, input_dtype);
-        const auto* plan = Plans::instance().find(key);
+        const auto plan = Plans::instance().find(key);
         VT_CHECK(plan != nullptr, "the input gradient's product of a bfloat16 linear layer lost its kernel");
         grad_input = execute_matmul(*plan, key, grad16, memory(plan->packed_b, Plans::instance().engine(), weight_operand.data_ptr()), {}, {});
       } else {
@@ -312,7 +315,7 @@ class AutocastLinear : public torch::autograd::Function<AutocastLinear> {
  private:
   struct PackedWeights {
     MatmulKey forward_key;
-    const MatmulPlan* forward_plan;
+    std::shared_ptr<const MatmulPlan> forward_plan;
     torch::Tensor forward_operand, gradient_operand;  // bytes; gradient_operand empty where no input gradient is wanted
   };
 

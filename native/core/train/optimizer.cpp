@@ -26,9 +26,9 @@ bool flat_float32_alike(const torch::Tensor& parameter, const std::initializer_l
 }
 
 // The loops below are compiled twice: for the baseline ISA and for AVX-512, picked at run time
-// where the CPU has it. Memory-bound as they are, the wider loads and the vector square roots and
-// divisions took the AdamW pass from 111 to ~80 ms per 86M parameters here. The file is built
-// without contraction into FMA, so both variants round exactly as torch's separate kernels do.
+// where the CPU has it. The file is built with -fno-math-errno (an errno-setting sqrt kept the
+// AdamW loop scalar: 111 ms per 86M parameters here, 56 ms vectorized) and without contraction
+// into FMA, so both variants round exactly as torch's separate kernels do.
 #if defined(__x86_64__) && defined(__GNUC__)
 #define VT_TWO_ISAS 1
 #define VT_INLINE_BODY inline __attribute__((always_inline))
