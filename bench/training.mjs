@@ -2,6 +2,8 @@
 // architecture, batch and precision, run alternately in one process tree:
 //   node bench/training.mjs [--model <dir with config.json>] [--batch 8] [--precision fp32|bf16]
 //                           [--rounds 5] [--steps 3] [--json results.json]
+// A ViT config trains against the same ViT in plain torch.nn; a ResNet config (ResNet-50's
+// depths) against torchvision's ResNet-50, at the config's image_size or 224.
 // Prints the median seconds per optimizer step of each and the ratio of images/s.
 import { writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -22,7 +24,7 @@ const threads = runtimeInfo().computeThreads;
 const modelConfig = { modelName: modelDir, modelType: 'classification', pretrained: false };
 const model = await HuggingFaceModelLoader.loadModel(modelConfig);
 const channels = Number(model.config.num_channels ?? 3);
-const size = Number(model.config.image_size);
+const size = Number(model.config.image_size ?? 224);
 const trainer = new BaseTrainer({
   model,
   modelConfig,
@@ -36,7 +38,7 @@ pixels.data.forEach((_, i) => (pixels.data[i] = Math.sin(i * 0.37)));
 const labels = tensor('int64', [batch], BigInt64Array.from({ length: batch }, (_, i) => BigInt(i % model.labels.length)));
 
 const peer = startPeer(join(here, 'peers', 'torch_vit.py'));
-await peer.request({ op: 'setup', config: join(modelDir, 'config.json'), batch, precision, threads });
+await peer.request({ op: 'setup', config: join(modelDir, 'config.json'), batch, precision, threads, image_size: size });
 
 async function visiontorchSteps(count) {
   const seconds = [];

@@ -1,10 +1,12 @@
 """PyTorch eager peer for the benchmarks: HuggingFace's ViT (ViTForImageClassification) written
 out in plain torch.nn, with the same module structure and arithmetic as transformers'
 modeling_vit.py, because the machine that runs the benchmarks has Debian's python3-torch but not
-transformers.
+transformers. A ResNet config (model_type "resnet") trains torchvision's ResNet-50 instead, in
+channels-last as PyTorch's CPU guides advise.
 
 Protocol: one JSON request per line on stdin, one JSON reply per line on stdout.
-  {"op": "setup", "config": "<dir>/config.json", "batch": 8, "precision": "fp32" | "bf16", "threads": 2}
+  {"op": "setup", "config": "<dir>/config.json", "batch": 8, "precision": "fp32" | "bf16", "threads": 2,
+   "image_size": 224}
   {"op": "train", "steps": 5}   -> {"seconds": [per-step seconds...]}   (AdamW step, as the Trainer)
   {"op": "infer", "steps": 5}   -> {"seconds": [...]}                   (no_grad forward)
 """
@@ -79,13 +81,23 @@ def main():
             torch.set_num_threads(request.get("threads", 2))
             torch.manual_seed(0)
             config = json.load(open(request["config"]))
-            model = ViT(config)
-            batch = request["batch"]
+            batch, size = request["batch"], request.get("image_size", config.get("image_size", 224))
+            channels = config.get("num_channels", 3)
+            pixels = torch.randn(batch, channels, size, size)
+            if config.get("model_type") == "resnet":
+                from vision_models import build_model  # imports this module: load it only here
+
+                model = build_model("resnet50", request["config"]).to(memory_format=torch.channels_last)
+                pixels = pixels.contiguous(memory_format=torch.channels_last)
+                classes = model.fc.out_features
+            else:
+                model = ViT(config)
+                classes = model.classifier.out_features
             state = {
                 "model": model,
                 "optimizer": torch.optim.AdamW(model.parameters(), lr=1e-4),
-                "pixels": torch.randn(batch, model.channels, model.size, model.size),
-                "labels": torch.randint(0, model.classifier.out_features, (batch,)),
+                "pixels": pixels,
+                "labels": torch.randint(0, classes, (batch,)),
                 "bf16": request.get("precision") == "bf16",
             }
             reply = {"ok": True, "parameters": sum(p.numel() for p in model.parameters())}
