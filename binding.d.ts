@@ -15,7 +15,7 @@ export type NativeImage = string | Uint8Array | { data: Uint8Array; width: numbe
 export interface NativeLoadOptions {
   /** A local directory holding config.json (and the weights when pretrained). */
   directory: string;
-  task?: 'classification' | 'object_detection' | 'segmentation';
+  task?: NativeTask;
   pretrained?: boolean;
   numClasses?: number;
   id2label?: Record<number, string>;
@@ -47,7 +47,9 @@ export interface NativeLoadReport {
 
 export interface NativeModelInfo {
   architecture: string;
-  modelType: 'classification' | 'object_detection' | 'segmentation';
+  modelType: NativeTask;
+  /** Preprocessing pads a batch to its largest image (predictions depend on the batch's sizes). */
+  padsBatches: boolean;
   labels: string[];
   device: string;
   dtype: NativeDType;
@@ -74,9 +76,36 @@ export interface NativeClassScore {
 export interface NativeDetection {
   label: string;
   score: number;
-  index: number;
   /** Pixels of the original image. */
   box: { xmin: number; ymin: number; xmax: number; ymax: number };
+}
+
+export interface NativeSegmentation {
+  width: number;
+  height: number;
+  /** The class index of every pixel, row-major, at the original size. */
+  labelMap: Int32Array;
+  /** The classes present, with their pixel counts, most pixels first. */
+  segments: { label: string; index: number; pixels: number }[];
+}
+
+/**
+ * The tasks of native/core/tasks/, each with what predict() gives per image: the one place the
+ * TypeScript types of a task come from (ModelType, Prediction).
+ */
+export interface NativeTaskPredictions {
+  classification: NativeClassScore[];
+  object_detection: NativeDetection[];
+  segmentation: NativeSegmentation;
+}
+export type NativeTask = keyof NativeTaskPredictions;
+
+/** predict()'s options; a task reads those it knows (defaults in native/core/tasks/). */
+export interface NativePredictOptions {
+  /** Classification: how many labels per image, best first (default 5). */
+  topK?: number;
+  /** Object detection: the lowest score kept (default 0.5), as post_process_object_detection. */
+  threshold?: number;
 }
 
 export interface NativeModel {
@@ -84,10 +113,8 @@ export interface NativeModel {
   forward(inputs: NativeForwardInputs): Promise<Record<string, NativeTensor>>;
   stateDict(): Promise<Record<string, NativeTensor>>;
   preprocess(images: NativeImage[]): Promise<{ pixelValues: NativeTensor; pixelMask?: NativeTensor }>;
-  classify(images: NativeImage[], options: { topK: number }): Promise<NativeClassScore[][]>;
-  detect(images: NativeImage[], options: { threshold: number }): Promise<NativeDetection[][]>;
-  /** Per image, an int32 [height, width] map of class indices at the original size. */
-  segment(images: NativeImage[]): Promise<NativeTensor[]>;
+  /** One prediction per image, post-processed by the model's task. */
+  predict(images: NativeImage[], options: NativePredictOptions): Promise<NativeTaskPredictions[NativeTask][]>;
   save(directory: string): Promise<void>;
   dispose(): void;
 }
@@ -97,7 +124,7 @@ export interface NativeArchitecture {
   /** config.json's model_type of the family, e.g. "vit". */
   modelType: string;
   /** The task of the head, null for base models. */
-  task: 'classification' | 'object_detection' | 'segmentation' | null;
+  task: NativeTask | null;
   checkpoints: string[];
 }
 
@@ -111,16 +138,69 @@ export interface NativeRuntimeInfo {
   cachedMemoryBytes: number;
 }
 
-/** The camelCase TrainingConfig (src/schemas/training-config.ts), defaults applied. */
+/**
+ * The camelCase TrainingConfig (src/schemas/training-config.ts) with its defaults applied there:
+ * the addon requires every field the schema defaults and applies no default of its own.
+ */
 export interface NativeTrainingOptions {
-  [key: string]: unknown;
+  epochs: number;
+  maxSteps?: number;
+  batchSize: number;
+  learningRate: number;
+  weightDecay: number;
+  optimizer: 'adamw' | 'sgd';
+  momentum: number;
+  adamBeta1: number;
+  adamBeta2: number;
+  adamEpsilon: number;
+  lrScheduler: 'linear' | 'cosine' | 'constant' | 'constant_with_warmup';
+  warmupSteps: number;
+  warmupRatio: number;
+  gradientAccumulationSteps: number;
+  maxGradNorm: number;
+  mixedPrecision: 'no' | 'bf16' | 'fp16';
+  labelSmoothing: number;
+  seed: number;
+  evalEvery: number;
+  saveEvery: number;
+  logEvery: number;
+  outputDir: string;
+  resumeFrom?: string;
+  earlyStoppingPatience?: number;
+  earlyStoppingMetric: string;
+  decayBiasAndNorm: boolean;
+  freezeBatchNorm: boolean;
+  gradientCheckpointing: boolean;
+  numWorkers: number;
   dataset?: NativeDatasetSpec;
 }
 
-/** The camelCase DatasetConfig (src/schemas/dataset-config.ts). */
+/** The camelCase DatasetConfig (src/schemas/dataset-config.ts), defaults applied; each format reads its own fields. */
 export interface NativeDatasetSpec {
   format: 'imagefolder' | 'csv' | 'jsonl' | 'idx' | 'coco' | 'masks';
-  [key: string]: unknown;
+  root?: string;
+  validationRoot?: string;
+  path?: string;
+  validationPath?: string;
+  imageColumn?: string;
+  labelColumn?: string;
+  maskColumn?: string;
+  images?: string;
+  labels?: string;
+  masks?: string;
+  annotations?: string;
+  validationImages?: string;
+  validationLabels?: string;
+  validationMasks?: string;
+  validationAnnotations?: string;
+  validationSplit?: number;
+  limit?: number;
+  classNames?: string[];
+  augment?: {
+    randomResizedCrop?: boolean | { scale: [number, number]; ratio: [number, number] };
+    horizontalFlip?: boolean;
+    scales?: number[];
+  };
 }
 
 export interface NativeStepResult {

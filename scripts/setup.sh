@@ -9,12 +9,12 @@ say() { printf 'visiontorch setup: %s\n' "$*" >&2; }
 
 # libtorch (CPU, with Gloo) and a threaded OpenBLAS for it; oneDNN's headers for the int8 kernels
 # (its CMake package asks for OpenCL's too); codecs; JSON; GoogleTest for the core's ctest suite;
-# Fashion-MNIST for the default fine-tuning job.
+# clang-format for the C++ format check; Fashion-MNIST for the default fine-tuning job.
 DEB_PACKAGES=(
   cmake make g++ pkg-config
   libtorch-dev libopenblas0-pthread libdnnl-dev ocl-icd-opencl-dev
   libjpeg62-turbo-dev libpng-dev
-  nlohmann-json3-dev libgtest-dev
+  nlohmann-json3-dev libgtest-dev clang-format
   dataset-fashion-mnist
 )
 

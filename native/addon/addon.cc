@@ -10,24 +10,44 @@
 #include "addon_data.h"
 #include "model_wrap.h"
 #include "trainer_wrap.h"
-#include "models/pretrained.h"
-#include "models/registry.h"
+#include "pretrained/pretrained.h"
+#include "pretrained/registry.h"
 #include "models/torchscript.h"
 #include "runtime/caching_allocator.h"
 #include "runtime/threads.h"
 
 namespace vt::addon {
 
-std::string describe_current_exception() {
+NativeFailure describe_current_exception() {
   try {
     throw;
+  } catch (const vt::Error& error) {
+    return {error.what(), error_code_name(error.code())};
   } catch (const c10::Error& error) {
-    return error.what_without_backtrace();
+    const std::string message = error.what_without_backtrace();
+    // libtorch's allocators report exhaustion as c10::Error.
+    const bool out_of_memory = message.find("can't allocate memory") != std::string::npos ||
+                               message.find("out of memory") != std::string::npos;
+    return {message, error_code_name(out_of_memory ? ErrorCode::OutOfMemory : ErrorCode::Torch)};
+  } catch (const std::bad_alloc&) {
+    return {"out of memory", error_code_name(ErrorCode::OutOfMemory)};
   } catch (const std::exception& error) {
-    return error.what();
+    return {error.what(), error_code_name(ErrorCode::Torch)};
   } catch (...) {
-    return "unknown native error";
+    return {"unknown native error", error_code_name(ErrorCode::Torch)};
   }
+}
+
+Napi::Error to_js_error(Napi::Env env, const NativeFailure& failure) {
+  Napi::Error error = Napi::Error::New(env, failure.message);
+  error.Set("code", failure.code);
+  return error;
+}
+
+Napi::Error coded_error(Napi::Env env, const std::string& message, const char* code) {
+  Napi::Error error = Napi::Error::New(env, message);
+  error.Set("code", code);
+  return error;
 }
 
 namespace {
@@ -48,7 +68,7 @@ LoadOptions load_options_from_js(const Napi::Object& object) {
   auto directory = optional_string(object, "directory");
   if (!directory || directory->empty()) throw Napi::TypeError::New(env, "loadModel: directory is required");
   options.directory = *directory;
-  options.task = task_from_name(optional_string(object, "task").value_or("classification"));
+  options.task = find_task(optional_string(object, "task").value_or("classification"));
   options.pretrained = optional_bool(object, "pretrained").value_or(true);
   options.num_classes = optional_int(object, "numClasses");
   if (options.num_classes && *options.num_classes <= 0) throw Napi::TypeError::New(env, "numClasses: expected a positive integer");
@@ -162,7 +182,7 @@ Napi::Value architectures_js(const Napi::CallbackInfo& info) {
     Napi::Object entry = Napi::Object::New(env);
     entry.Set("architecture", table[i].name);
     entry.Set("modelType", table[i].model_type);
-    entry.Set("task", table[i].task ? Napi::Value(Napi::String::New(env, task_name(*table[i].task))) : env.Null());
+    entry.Set("task", table[i].task ? Napi::Value(Napi::String::New(env, table[i].task->name)) : env.Null());
     Napi::Array checkpoints = Napi::Array::New(env, table[i].checkpoints.size());
     for (size_t j = 0; j < table[i].checkpoints.size(); ++j) checkpoints.Set(static_cast<uint32_t>(j), table[i].checkpoints[j]);
     entry.Set("checkpoints", checkpoints);

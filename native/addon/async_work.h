@@ -9,23 +9,37 @@
 
 #include <napi.h>
 
+#include "common/error.h"
 #include "runtime/executor.h"
 
 namespace vt::addon {
 
-// The message of whatever a native job threw (c10::Error without its C++ backtrace).
-std::string describe_current_exception();
+// What a native job threw: its message (c10::Error without its C++ backtrace) and its stable
+// ERR_VISIONTORCH_* code.
+struct NativeFailure {
+  std::string message;
+  std::string code;
+};
+NativeFailure describe_current_exception();
+
+// A JS Error with the failure's message and `code`.
+Napi::Error to_js_error(Napi::Env env, const NativeFailure& failure);
+// An error the addon raises itself, with its code (a wrong argument, a disposed model).
+Napi::Error coded_error(Napi::Env env, const std::string& message, const char* code);
 
 // Runs `body` (a JS-thread entry point) so that any C++ exception becomes a JS exception:
-// node-addon-api only converts Napi::Error, anything else would terminate the process.
+// node-addon-api only converts Napi::Error, anything else would terminate the process. Argument
+// errors thrown as Napi::TypeError/RangeError get ERR_VISIONTORCH_INVALID_ARGUMENT.
 template <typename Body>
 Napi::Value guard(Napi::Env env, Body&& body) {
   try {
     return body();
-  } catch (const Napi::Error&) {
+  } catch (const Napi::Error& error) {
+    Napi::Object object = error.Value();
+    if (!object.IsEmpty() && !object.Has("code")) object.Set("code", "ERR_VISIONTORCH_INVALID_ARGUMENT");
     throw;
   } catch (...) {
-    throw Napi::Error::New(env, describe_current_exception());
+    throw to_js_error(env, describe_current_exception());
   }
 }
 
@@ -70,7 +84,7 @@ Napi::Promise run_async(Napi::Env env, std::function<Result()> work,
     std::function<Result()> work;
     std::function<Napi::Value(Napi::Env, Result&)> to_js;
     std::unique_ptr<Result> result;
-    std::string error;
+    NativeFailure error;
 
     Job(Napi::Env env, std::function<Result()> work, std::function<Napi::Value(Napi::Env, Result&)> to_js)
         : deferred(Napi::Promise::Deferred::New(env)), work(std::move(work)), to_js(std::move(to_js)) {}
@@ -78,7 +92,7 @@ Napi::Promise run_async(Napi::Env env, std::function<Result()> work,
     void settle(Napi::Env env) override {
       Napi::HandleScope scope(env);
       if (!result) {
-        deferred.Reject(Napi::Error::New(env, error).Value());
+        deferred.Reject(to_js_error(env, error).Value());
         return;
       }
       try {
@@ -86,7 +100,7 @@ Napi::Promise run_async(Napi::Env env, std::function<Result()> work,
       } catch (const Napi::Error& e) {
         deferred.Reject(e.Value());
       } catch (...) {
-        deferred.Reject(Napi::Error::New(env, describe_current_exception()).Value());
+        deferred.Reject(to_js_error(env, describe_current_exception()).Value());
       }
     }
   };

@@ -245,28 +245,6 @@ std::optional<int64_t> optional_int(const Napi::Object& object, const char* key)
 
 namespace vt::addon {
 
-Napi::Value json_to_js(Napi::Env env, const nlohmann::json& value) {
-  switch (value.type()) {
-    case nlohmann::json::value_t::null: return env.Null();
-    case nlohmann::json::value_t::boolean: return Napi::Boolean::New(env, value.get<bool>());
-    case nlohmann::json::value_t::number_integer:
-    case nlohmann::json::value_t::number_unsigned:
-    case nlohmann::json::value_t::number_float: return Napi::Number::New(env, value.get<double>());
-    case nlohmann::json::value_t::string: return Napi::String::New(env, value.get<std::string>());
-    case nlohmann::json::value_t::array: {
-      Napi::Array array = Napi::Array::New(env, value.size());
-      for (size_t i = 0; i < value.size(); ++i) array.Set(static_cast<uint32_t>(i), json_to_js(env, value[i]));
-      return array;
-    }
-    case nlohmann::json::value_t::object: {
-      Napi::Object object = Napi::Object::New(env);
-      for (const auto& [key, item] : value.items()) object.Set(key, json_to_js(env, item));
-      return object;
-    }
-    default: return env.Undefined();
-  }
-}
-
 std::optional<double> optional_number(const Napi::Object& object, const char* key) {
   Napi::Value value = object.Get(key);
   if (value.IsUndefined() || value.IsNull()) return std::nullopt;

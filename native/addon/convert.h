@@ -10,7 +10,7 @@
 #include <torch/torch.h>
 
 #include "io/image.h"
-#include "models/module.h"
+#include "nn/module.h"
 
 namespace vt::addon {
 
@@ -44,9 +44,39 @@ std::optional<int64_t> optional_int(const Napi::Object& object, const char* key)
 
 namespace vt::addon {
 
-// JSON values (events, results, metrics) as JS values.
-Napi::Value json_to_js(Napi::Env env, const nlohmann::json& value);
+// JSON values (events, results, metrics, predictions) as JS values; objects keep their keys' order.
+template <typename Json>
+Napi::Value json_to_js(Napi::Env env, const Json& value) {
+  switch (value.type()) {
+    case Json::value_t::null: return env.Null();
+    case Json::value_t::boolean: return Napi::Boolean::New(env, value.template get<bool>());
+    case Json::value_t::number_integer:
+    case Json::value_t::number_unsigned:
+    case Json::value_t::number_float: return Napi::Number::New(env, value.template get<double>());
+    case Json::value_t::string: return Napi::String::New(env, value.template get<std::string>());
+    case Json::value_t::array: {
+      Napi::Array array = Napi::Array::New(env, value.size());
+      for (size_t i = 0; i < value.size(); ++i) array.Set(static_cast<uint32_t>(i), json_to_js(env, value[i]));
+      return array;
+    }
+    case Json::value_t::object: {
+      Napi::Object object = Napi::Object::New(env);
+      for (const auto& [key, item] : value.items()) object.Set(key, json_to_js(env, item));
+      return object;
+    }
+    default: return env.Undefined();
+  }
+}
 
 std::optional<double> optional_number(const Napi::Object& object, const char* key);
+
+// A field the caller must give (the TypeScript layer applies every default): absent throws a
+// TypeError naming it.
+template <typename T>
+T required(const Napi::Object& object, const char* key, std::optional<T> (*read)(const Napi::Object&, const char*)) {
+  std::optional<T> value = read(object, key);
+  if (!value) throw Napi::TypeError::New(object.Env(), std::string(key) + ": required (defaults are applied by the TypeScript schema)");
+  return *value;
+}
 
 }  // namespace vt::addon

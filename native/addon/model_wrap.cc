@@ -30,9 +30,7 @@ Napi::Function ModelWrap::define(Napi::Env env) {
                          InstanceMethod<&ModelWrap::guarded<&ModelWrap::forward>>("forward"),
                          InstanceMethod<&ModelWrap::guarded<&ModelWrap::state_dict>>("stateDict"),
                          InstanceMethod<&ModelWrap::guarded<&ModelWrap::preprocess>>("preprocess"),
-                         InstanceMethod<&ModelWrap::guarded<&ModelWrap::classify>>("classify"),
-                         InstanceMethod<&ModelWrap::guarded<&ModelWrap::detect>>("detect"),
-                         InstanceMethod<&ModelWrap::guarded<&ModelWrap::segment>>("segment"),
+                         InstanceMethod<&ModelWrap::guarded<&ModelWrap::predict>>("predict"),
                          InstanceMethod<&ModelWrap::guarded<&ModelWrap::save>>("save"),
                          InstanceMethod<&ModelWrap::guarded<&ModelWrap::dispose>>("dispose"),
                      });
@@ -55,7 +53,7 @@ std::shared_ptr<PretrainedModel> ModelWrap::unwrap_model(const Napi::Value& valu
 }
 
 std::shared_ptr<PretrainedModel> ModelWrap::model(Napi::Env env) const {
-  if (!model_) throw Napi::Error::New(env, "this model was disposed");
+  if (!model_) throw coded_error(env, "this model was disposed", error_code_name(ErrorCode::Disposed));
   return model_;
 }
 
@@ -64,7 +62,8 @@ Napi::Value ModelWrap::info(const Napi::CallbackInfo& info) {
   auto model = this->model(env);
   Napi::Object result = Napi::Object::New(env);
   result.Set("architecture", model->architecture());
-  result.Set("modelType", task_name(model->task()));
+  result.Set("modelType", model->task()->name);
+  result.Set("padsBatches", model->task()->pads_batches);
   result.Set("labels", strings_to_js(env, model->labels()));
   result.Set("device", model->device_name());
   result.Set("dtype", dtype_name(model->dtype()));
@@ -115,72 +114,28 @@ Napi::Value ModelWrap::preprocess(const Napi::CallbackInfo& info) {
       });
 }
 
-Napi::Value ModelWrap::segment(const Napi::CallbackInfo& info) {
+// predict(images, options): the model's task post-processes (see tasks/task.h); options of other
+// tasks are ignored.
+Napi::Value ModelWrap::predict(const Napi::CallbackInfo& info) {
   auto model = this->model(info.Env());
   auto sources = images_from_js(info[0], "image");
-  using Maps = std::vector<torch::Tensor>;
-  return run_async<Maps>(
-      info.Env(), [model, sources] { return model->segment(load_images(sources)); },
-      [](Napi::Env env, Maps& maps) -> Napi::Value {
-        Napi::Array result = Napi::Array::New(env, maps.size());
-        for (size_t i = 0; i < maps.size(); ++i) result.Set(static_cast<uint32_t>(i), tensor_to_js(env, maps[i]));
-        return result;
-      });
-}
-
-Napi::Value ModelWrap::detect(const Napi::CallbackInfo& info) {
-  auto model = this->model(info.Env());
-  auto sources = images_from_js(info[0], "image");
-  double threshold = 0.5;
-  if (info.Length() > 1 && info[1].IsObject()) threshold = optional_number(info[1].As<Napi::Object>(), "threshold").value_or(0.5);
-  using Results = std::vector<std::vector<PretrainedModel::LabeledDetection>>;
-  return run_async<Results>(
-      info.Env(), [model, sources, threshold] { return model->detect(load_images(sources), threshold); },
-      [](Napi::Env env, Results& results) -> Napi::Value {
-        Napi::Array images = Napi::Array::New(env, results.size());
-        for (size_t i = 0; i < results.size(); ++i) {
-          Napi::Array detections = Napi::Array::New(env, results[i].size());
-          for (size_t j = 0; j < results[i].size(); ++j) {
-            const auto& [label, d] = results[i][j];
-            Napi::Object box = Napi::Object::New(env);
-            box.Set("xmin", d.xmin);
-            box.Set("ymin", d.ymin);
-            box.Set("xmax", d.xmax);
-            box.Set("ymax", d.ymax);
-            Napi::Object entry = Napi::Object::New(env);
-            entry.Set("label", label);
-            entry.Set("score", d.score);
-            entry.Set("index", static_cast<double>(d.label));
-            entry.Set("box", box);
-            detections.Set(static_cast<uint32_t>(j), entry);
+  PredictOptions options;
+  if (info.Length() > 1 && info[1].IsObject()) {
+    Napi::Object object = info[1].As<Napi::Object>();
+    options.top_k = optional_int(object, "topK");
+    options.threshold = optional_number(object, "threshold");
+  }
+  using Predictions = std::vector<Prediction>;
+  return run_async<Predictions>(
+      info.Env(), [model, sources, options] { return model->predict(load_images(sources), options); },
+      [](Napi::Env env, Predictions& predictions) -> Napi::Value {
+        Napi::Array result = Napi::Array::New(env, predictions.size());
+        for (size_t i = 0; i < predictions.size(); ++i) {
+          Napi::Value value = json_to_js(env, predictions[i].value);
+          for (const auto& [name, map] : predictions[i].maps) {
+            value.As<Napi::Object>().Set(name, tensor_to_js(env, map).Get("data"));
           }
-          images.Set(static_cast<uint32_t>(i), detections);
-        }
-        return images;
-      });
-}
-
-Napi::Value ModelWrap::classify(const Napi::CallbackInfo& info) {
-  auto model = this->model(info.Env());
-  auto sources = images_from_js(info[0], "image");
-  int64_t top_k = 5;
-  if (info.Length() > 1 && info[1].IsObject()) top_k = optional_int(info[1].As<Napi::Object>(), "topK").value_or(5);
-  using Scores = std::vector<std::vector<ClassScore>>;
-  return run_async<Scores>(
-      info.Env(),
-      [model, sources, top_k] { return model->classify(load_images(sources), top_k); },
-      [](Napi::Env env, Scores& scores) -> Napi::Value {
-        Napi::Array result = Napi::Array::New(env, scores.size());
-        for (size_t i = 0; i < scores.size(); ++i) {
-          Napi::Array ranked = Napi::Array::New(env, scores[i].size());
-          for (size_t j = 0; j < scores[i].size(); ++j) {
-            Napi::Object entry = Napi::Object::New(env);
-            entry.Set("label", scores[i][j].label);
-            entry.Set("score", scores[i][j].score);
-            entry.Set("index", static_cast<double>(scores[i][j].index));
-            ranked.Set(static_cast<uint32_t>(j), entry);
-          }
-          result.Set(static_cast<uint32_t>(i), ranked);
+          result.Set(static_cast<uint32_t>(i), value);
         }
         return result;
       });

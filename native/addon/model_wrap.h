@@ -7,7 +7,7 @@
 #include <napi.h>
 
 #include "async_work.h"
-#include "models/pretrained.h"
+#include "pretrained/pretrained.h"
 
 namespace vt::addon {
 
@@ -31,9 +31,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value forward(const Napi::CallbackInfo& info);
   Napi::Value state_dict(const Napi::CallbackInfo& info);
   Napi::Value preprocess(const Napi::CallbackInfo& info);
-  Napi::Value classify(const Napi::CallbackInfo& info);
-  Napi::Value detect(const Napi::CallbackInfo& info);
-  Napi::Value segment(const Napi::CallbackInfo& info);
+  Napi::Value predict(const Napi::CallbackInfo& info);
   Napi::Value save(const Napi::CallbackInfo& info);
   Napi::Value dispose(const Napi::CallbackInfo& info);
   // The model, or a thrown Error when it was disposed.

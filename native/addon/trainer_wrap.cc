@@ -33,8 +33,9 @@ DatasetSpec dataset_from_js(const Napi::Value& value) {
   spec.validation_root = optional_string(object, "validationRoot").value_or("");
   spec.path = optional_string(object, "path").value_or("");
   spec.validation_path = optional_string(object, "validationPath").value_or("");
-  spec.image_column = optional_string(object, "imageColumn").value_or("image");
-  spec.label_column = optional_string(object, "labelColumn").value_or("label");
+  // Manifest columns have their defaults in the schema; other formats have no columns.
+  spec.image_column = optional_string(object, "imageColumn").value_or("");
+  spec.label_column = optional_string(object, "labelColumn").value_or("");
   spec.images = optional_string(object, "images").value_or("");
   spec.labels = optional_string(object, "labels").value_or("");
   spec.validation_images = optional_string(object, "validationImages").value_or("");
@@ -42,7 +43,7 @@ DatasetSpec dataset_from_js(const Napi::Value& value) {
   spec.annotations = optional_string(object, "annotations").value_or("");
   spec.masks = optional_string(object, "masks").value_or("");
   spec.validation_masks = optional_string(object, "validationMasks").value_or("");
-  spec.mask_column = optional_string(object, "maskColumn").value_or("mask");
+  spec.mask_column = optional_string(object, "maskColumn").value_or("");
   spec.validation_annotations = optional_string(object, "validationAnnotations").value_or("");
   spec.validation_split = optional_number(object, "validationSplit");
   spec.limit = optional_int(object, "limit");
@@ -72,40 +73,44 @@ DatasetSpec dataset_from_js(const Napi::Value& value) {
   return spec;
 }
 
+// The TrainingConfig of the TypeScript schema, defaults applied there: every field it defaults is
+// required here, so the core never falls back on defaults of its own.
 TrainingOptions options_from_js(const Napi::Value& value) {
   Napi::Env env = value.Env();
   if (!value.IsObject()) throw Napi::TypeError::New(env, "training options: expected an object");
   Napi::Object object = value.As<Napi::Object>();
   TrainingOptions options;
-  options.optimizer.name = optional_string(object, "optimizer").value_or(options.optimizer.name);
-  options.optimizer.weight_decay = optional_number(object, "weightDecay").value_or(0.0);
-  options.optimizer.beta1 = optional_number(object, "adamBeta1").value_or(options.optimizer.beta1);
-  options.optimizer.beta2 = optional_number(object, "adamBeta2").value_or(options.optimizer.beta2);
-  options.optimizer.eps = optional_number(object, "adamEpsilon").value_or(options.optimizer.eps);
-  options.optimizer.momentum = optional_number(object, "momentum").value_or(options.optimizer.momentum);
-  options.learning_rate = optional_number(object, "learningRate").value_or(options.learning_rate);
-  options.lr_scheduler = optional_string(object, "lrScheduler").value_or(options.lr_scheduler);
-  options.warmup_steps = optional_int(object, "warmupSteps").value_or(0);
-  options.warmup_ratio = optional_number(object, "warmupRatio").value_or(0.0);
+  options.optimizer.name = required(object, "optimizer", optional_string);
+  options.optimizer.weight_decay = required(object, "weightDecay", optional_number);
+  options.optimizer.beta1 = required(object, "adamBeta1", optional_number);
+  options.optimizer.beta2 = required(object, "adamBeta2", optional_number);
+  options.optimizer.eps = required(object, "adamEpsilon", optional_number);
+  options.optimizer.momentum = required(object, "momentum", optional_number);
+  options.learning_rate = required(object, "learningRate", optional_number);
+  options.lr_scheduler = required(object, "lrScheduler", optional_string);
+  options.warmup_steps = required(object, "warmupSteps", optional_int);
+  options.warmup_ratio = required(object, "warmupRatio", optional_number);
   options.max_steps = optional_int(object, "maxSteps");
-  options.epochs = optional_int(object, "epochs").value_or(options.epochs);
-  options.batch_size = optional_int(object, "batchSize").value_or(options.batch_size);
-  options.gradient_accumulation_steps = optional_int(object, "gradientAccumulationSteps").value_or(1);
-  options.max_grad_norm = optional_number(object, "maxGradNorm").value_or(options.max_grad_norm);
-  options.mixed_precision = optional_string(object, "mixedPrecision").value_or("no");
-  options.label_smoothing = optional_number(object, "labelSmoothing").value_or(0.0);
-  options.seed = static_cast<uint64_t>(optional_int(object, "seed").value_or(42));
-  options.eval_every = optional_int(object, "evalEvery").value_or(0);
-  options.save_every = optional_int(object, "saveEvery").value_or(0);
-  options.log_every = optional_int(object, "logEvery").value_or(options.log_every);
-  options.output_dir = optional_string(object, "outputDir").value_or(options.output_dir);
+  options.epochs = required(object, "epochs", optional_int);
+  options.batch_size = required(object, "batchSize", optional_int);
+  options.gradient_accumulation_steps = required(object, "gradientAccumulationSteps", optional_int);
+  options.max_grad_norm = required(object, "maxGradNorm", optional_number);
+  options.mixed_precision = required(object, "mixedPrecision", optional_string);
+  options.label_smoothing = required(object, "labelSmoothing", optional_number);
+  const int64_t seed = required(object, "seed", optional_int);
+  if (seed < 0) throw Napi::RangeError::New(env, "seed: expected a non-negative integer");
+  options.seed = static_cast<uint64_t>(seed);
+  options.eval_every = required(object, "evalEvery", optional_int);
+  options.save_every = required(object, "saveEvery", optional_int);
+  options.log_every = required(object, "logEvery", optional_int);
+  options.output_dir = required(object, "outputDir", optional_string);
   options.resume_from = optional_string(object, "resumeFrom").value_or("");
   options.early_stopping_patience = optional_int(object, "earlyStoppingPatience");
-  options.early_stopping_metric = optional_string(object, "earlyStoppingMetric").value_or(options.early_stopping_metric);
-  options.decay_bias_and_norm = optional_bool(object, "decayBiasAndNorm").value_or(false);
-  options.freeze_batch_norm = optional_bool(object, "freezeBatchNorm").value_or(false);
-  options.gradient_checkpointing = optional_bool(object, "gradientCheckpointing").value_or(false);
-  options.num_workers = static_cast<int>(optional_int(object, "numWorkers").value_or(options.num_workers));
+  options.early_stopping_metric = required(object, "earlyStoppingMetric", optional_string);
+  options.decay_bias_and_norm = required(object, "decayBiasAndNorm", optional_bool);
+  options.freeze_batch_norm = required(object, "freezeBatchNorm", optional_bool);
+  options.gradient_checkpointing = required(object, "gradientCheckpointing", optional_bool);
+  options.num_workers = static_cast<int>(required(object, "numWorkers", optional_int));
   Napi::Value dataset = object.Get("dataset");
   if (!dataset.IsUndefined() && !dataset.IsNull()) options.dataset = dataset_from_js(dataset);
   return options;
@@ -156,7 +161,8 @@ class TrainWorker : public Napi::AsyncProgressQueueWorker<std::string> {
           progress.Send(&text, 1);
         });
       } catch (...) {
-        SetError(describe_current_exception());
+        failure_ = describe_current_exception();
+        SetError(failure_.message);
       }
       done.set_value();
     });
@@ -179,7 +185,11 @@ class TrainWorker : public Napi::AsyncProgressQueueWorker<std::string> {
     Napi::HandleScope scope(Env());
     deferred_.Resolve(json_to_js(Env(), result_));
   }
-  void OnError(const Napi::Error& error) override { deferred_.Reject(error.Value()); }
+  void OnError(const Napi::Error& error) override {
+    Napi::Object object = error.Value();
+    object.Set("code", failure_.code.empty() ? error_code_name(ErrorCode::Torch) : failure_.code.c_str());
+    deferred_.Reject(object);
+  }
 
  private:
   Napi::Promise::Deferred deferred_;
@@ -187,6 +197,7 @@ class TrainWorker : public Napi::AsyncProgressQueueWorker<std::string> {
   TrainingOptions options_;
   Napi::FunctionReference on_event_;
   nlohmann::json result_;
+  NativeFailure failure_;
 };
 
 }  // namespace
@@ -231,7 +242,8 @@ Napi::Value TrainerWrap::train(const Napi::CallbackInfo& info) {
 
 Napi::Value TrainerWrap::evaluate(const Napi::CallbackInfo& info) {
   DatasetSpec spec = dataset_from_js(info[0]);
-  const int64_t batch_size = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int64Value() : 8;
+  if (info.Length() < 2 || !info[1].IsNumber()) throw Napi::TypeError::New(info.Env(), "evaluate: batchSize is required");
+  const int64_t batch_size = info[1].As<Napi::Number>().Int64Value();
   if (batch_size < 1) throw Napi::RangeError::New(info.Env(), "evaluate: batchSize must be a positive integer");
   auto trainer = trainer_;
   return run_async<Metrics>(

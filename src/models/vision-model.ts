@@ -2,7 +2,17 @@
  * A loaded model: the public VisionModel of the contract, over a native handle. Arguments are
  * checked here; every computing method is async and runs on the addon's worker threads.
  */
-import type { NativeImage, NativeLoadReport, NativeModel, NativeModelInfo } from '../../binding.js';
+import type {
+  NativeClassScore,
+  NativeDetection,
+  NativeImage,
+  NativeLoadReport,
+  NativeModel,
+  NativeModelInfo,
+  NativePredictOptions,
+  NativeSegmentation,
+  NativeTaskPredictions,
+} from '../../binding.js';
 import type { ModelType } from '../schemas/model-config.js';
 import type { DType, Tensor } from '../tensor.js';
 import { imageDimensions } from './image-dimensions.js';
@@ -28,37 +38,13 @@ export interface ForwardInputs {
   labels?: Labels;
 }
 
-export interface ClassificationPrediction {
-  label: string;
-  score: number;
-  index: number;
-}
+export type ClassificationPrediction = NativeClassScore;
+export type DetectionPrediction = NativeDetection;
+export type SegmentationPrediction = NativeSegmentation;
+export type PredictOptions = NativePredictOptions;
 
-export interface DetectionPrediction {
-  label: string;
-  score: number;
-  /** Pixels of the original image. */
-  box: { xmin: number; ymin: number; xmax: number; ymax: number };
-}
-
-export interface SegmentationPrediction {
-  width: number;
-  height: number;
-  /** The class index of every pixel, row-major, at the original size. */
-  labelMap: Int32Array;
-  /** The classes present, with their pixel counts, most pixels first. */
-  segments: { label: string; index: number; pixels: number }[];
-}
-
-export interface PredictOptions {
-  /** Classification: how many labels per image, best first (default 5). */
-  topK?: number;
-  /** Object detection: the lowest score kept (default 0.5), as post_process_object_detection. */
-  threshold?: number;
-}
-
-/** Per image: classification gives its top-K labels, best first; detection its objects; segmentation its label map. */
-export type Prediction = ClassificationPrediction[] | DetectionPrediction[] | SegmentationPrediction;
+/** Per image, what the model's task gives: classification its top-K labels, best first; detection its objects; segmentation its label map. */
+export type Prediction = NativeTaskPredictions[ModelType];
 
 export type LoadReport = NativeLoadReport;
 
@@ -146,7 +132,7 @@ export class VisionModel {
     const { key, run } = this.#predictor(options);
     this.handle(); // a disposed model refuses at once
     if (!this.#batcher || !this.#isBatching()) return run(list);
-    const batchKey = this.modelType === 'object_detection' ? await detectionBatchKey(key, list) : key;
+    const batchKey = this.#info.padsBatches ? await sameSizeBatchKey(key, list) : key;
     // Batching may have been turned off while the headers were read (a disposed model refuses in submit).
     if (!this.#isBatching()) return run(list);
     return this.#batcher.submit(batchKey, list, run);
@@ -188,31 +174,11 @@ export class VisionModel {
     return this.#batching !== false;
   }
 
-  /** Checks the options; `key` is the same for calls that may share a native call. */
+  /** `key` is the same for calls that may share a native call; the native task checks the options. */
   #predictor(options: PredictOptions): { key: string; run: BatchRunner<NativeImage, Prediction> } {
-    if (this.modelType === 'object_detection') {
-      const threshold = options.threshold ?? 0.5;
-      if (!(threshold >= 0 && threshold <= 1)) throw new RangeError(`predict: threshold must be between 0 and 1, got ${threshold}`);
-      return {
-        key: `threshold=${threshold}`,
-        run: async (list) => {
-          const results = await this.handle().detect(list, { threshold });
-          return results.map((detections) => detections.map(({ label, score, box }) => ({ label, score, box })));
-        },
-      };
-    }
-    if (this.modelType === 'segmentation') {
-      return {
-        key: 'segmentation',
-        run: async (list) => {
-          const maps = await this.handle().segment(list);
-          return maps.map((map) => segmentationOf(map as Tensor, this.labels));
-        },
-      };
-    }
-    const topK = options.topK ?? 5;
-    if (!Number.isInteger(topK) || topK < 1) throw new RangeError(`predict: topK must be a positive integer, got ${topK}`);
-    return { key: `topK=${topK}`, run: async (list) => this.handle().classify(list, { topK }) };
+    if (options === null || typeof options !== 'object') throw new TypeError('predict: options must be an object');
+    const { topK, threshold } = options;
+    return { key: JSON.stringify({ topK, threshold }), run: async (list) => this.handle().predict(list, { topK, threshold }) };
   }
 
   /** Writes config.json, model.safetensors and preprocessor_config.json (each atomically). */
@@ -244,25 +210,14 @@ function imageList(images: ImageInput[], method: string): NativeImage[] {
 }
 
 /**
- * DetrImageProcessor pads a batch to its largest image, and the padding changes what the
- * backbone sees near the borders of the smaller ones: detection calls may share a batch only
- * when all their images have one size, which no padding then touches. A call whose images
- * differ in size, or whose size the headers do not tell, runs alone (undefined).
+ * A task whose preprocessing pads a batch to its largest image (DetrImageProcessor) changes what
+ * the model sees near the borders of the smaller ones: its calls may share a batch only when all
+ * their images have one size, which no padding then touches. A call whose images differ in
+ * size, or whose size the headers do not tell, runs alone (undefined).
  */
-async function detectionBatchKey(optionsKey: string, images: ImageInput[]): Promise<string | undefined> {
+async function sameSizeBatchKey(optionsKey: string, images: ImageInput[]): Promise<string | undefined> {
   const sizes = await Promise.all(images.map((image) => imageDimensions(image)));
   const first = sizes[0];
   if (!first || sizes.some((size) => !size || size.width !== first.width || size.height !== first.height)) return undefined;
   return `${optionsKey} ${first.width}x${first.height}`;
-}
-
-function segmentationOf(map: Tensor, labels: string[]): SegmentationPrediction {
-  const [height = 0, width = 0] = map.shape;
-  const labelMap = map.data as Int32Array;
-  const counts = new Map<number, number>();
-  for (const index of labelMap) counts.set(index, (counts.get(index) ?? 0) + 1);
-  const segments = [...counts]
-    .map(([index, pixels]) => ({ label: labels[index] ?? String(index), index, pixels }))
-    .sort((a, b) => b.pixels - a.pixels || a.index - b.index);
-  return { width, height, labelMap, segments };
 }

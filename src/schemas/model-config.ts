@@ -1,12 +1,17 @@
 import { z } from 'zod';
+import type { NativeTask } from '../../binding.js';
 import { bool, nonEmptyString, oneOf, parseOrThrow, positiveInt, whenValid } from './common.js';
 
 export const ModelType = {
   CLASSIFICATION: 'classification',
   OBJECT_DETECTION: 'object_detection',
   SEGMENTATION: 'segmentation',
-} as const;
-export type ModelType = (typeof ModelType)[keyof typeof ModelType];
+} as const satisfies Record<string, NativeTask>;
+/** The tasks of the native task table (binding.d.ts); ModelType names each one. */
+export type ModelType = NativeTask;
+// A task added to the table without its ModelType constant fails to compile here.
+const everyTaskNamed: Record<Exclude<NativeTask, (typeof ModelType)[keyof typeof ModelType]>, never> = {};
+void everyTaskNamed;
 
 const MODEL_TYPES = Object.values(ModelType) as [ModelType, ...ModelType[]];
 

@@ -4,7 +4,7 @@
  * and keeps the run's record (metrics.jsonl and a chart in the output directory).
  */
 import { join } from 'node:path';
-import type { NativeForwardInputs, NativeTrainer } from '../../binding.js';
+import type { NativeForwardInputs, NativeTrainer, NativeTrainingOptions } from '../../binding.js';
 import type { VisionModel, Labels } from '../models/vision-model.js';
 import { native } from '../native.js';
 import type { ModelConfig } from '../schemas/model-config.js';
@@ -130,7 +130,7 @@ export class BaseTrainer {
     return this.#native.evaluate(parsed, this.config.batchSize);
   }
 
-  private nativeOptions(config: TrainingConfig): Record<string, unknown> & { dataset?: DatasetConfig } {
+  private nativeOptions(config: TrainingConfig): NativeTrainingOptions {
     return { ...config, gradientCheckpointing: config.gradientCheckpointing ?? this.modelConfig?.gradientCheckpointing ?? false };
   }
 }

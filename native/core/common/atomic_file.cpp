@@ -22,6 +22,7 @@ std::string directory_of(const std::string& path) {
 }  // namespace
 
 AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
+  ErrorScope errors(ErrorCode::Io);
   std::filesystem::path target(path_);
   std::random_device random;
   temp_path_ = (std::filesystem::path(directory_of(path_)) /
@@ -38,6 +39,7 @@ AtomicFile::~AtomicFile() {
 }
 
 void AtomicFile::write(const void* data, size_t size) {
+  ErrorScope errors(ErrorCode::Io);
   VT_CHECK(fd_ >= 0 && !committed_, path_, ": write after commit");
   const char* bytes = static_cast<const char*>(data);
   size_t written = 0;
@@ -50,6 +52,7 @@ void AtomicFile::write(const void* data, size_t size) {
 }
 
 void AtomicFile::commit() {
+  ErrorScope errors(ErrorCode::Io);
   VT_CHECK(fd_ >= 0 && !committed_, path_, ": committed twice");
   if (::fsync(fd_) != 0) fail(path_, ": cannot flush to disk (", std::strerror(errno), ")");
   int closed = ::close(fd_);
@@ -71,6 +74,7 @@ void AtomicFile::commit() {
 }
 
 void write_file_atomically(const std::string& path, const std::string& bytes) {
+  ErrorScope errors(ErrorCode::Io);
   AtomicFile file(path);
   file.write(bytes.data(), bytes.size());
   file.commit();

@@ -150,6 +150,7 @@ std::pair<int64_t, int64_t> JsonConfig::get_size_pair(const std::string& key, in
 }
 
 nlohmann::json read_json_file(const std::string& path) {
+  ErrorScope errors(ErrorCode::Config);
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, ": cannot open (", std::strerror(errno), ")");
   std::stringstream buffer;

@@ -1,5 +1,5 @@
 // The batch loader. Workers claim batch numbers in order, build each whole batch on their own
-// (decode, augment, preprocess, write into the batch tensor) and park it until next() takes it,
+// (the builder decodes, augments, preprocesses and writes into the batch tensor) and park it until next() takes it,
 // so batches come out in order whatever the timing. At most prefetch_batches batches are claimed
 // ahead of the last one delivered. Everything random depends only on (seed, epoch) for the order
 // and (seed, epoch, dataset index) for a sample's augmentation, never on which thread did what:
@@ -60,10 +60,51 @@ torch::Tensor prepare_sample(const Image& image, const ImageProcessor& processor
 
 // ---------------------------------------------------------------------------------------------
 
+// Classification's batches: each image decoded, augmented and normalised straight into the batch
+// tensor, with its class index.
+BatchBuilder classification_batches(std::shared_ptr<ImageDataset> dataset, std::shared_ptr<const ImageProcessor> processor,
+                                    AugmentSpec augment, bool apply_augment, uint64_t seed) {
+  return [dataset = std::move(dataset), processor = std::move(processor), augment, apply_augment, seed](
+             const std::vector<size_t>& indices, int64_t epoch, const std::atomic<bool>& cancel) -> std::optional<Batch> {
+    const int64_t count = static_cast<int64_t>(indices.size());
+    Batch batch;
+    batch.indices = indices;
+    batch.labels = torch::empty({count}, torch::kInt64);
+    int64_t* labels = batch.labels.data_ptr<int64_t>();
+    float* pixels = nullptr;
+    Image first;
+    for (int64_t k = 0; k < count; ++k) {
+      if (cancel.load(std::memory_order_relaxed)) return std::nullopt;
+      const size_t index = batch.indices[k];
+      Image prepared;
+      try {
+        labels[k] = dataset->label(index);
+        prepared = prepare_image(dataset->image(index), *processor, augment, apply_augment, seed, epoch, index);
+      } catch (const std::exception& e) {
+        fail("decode failed for ", dataset->describe(index), ": ", e.what());
+      }
+      if (k == 0) {
+        // The batch tensor is allocated once, sized by its first sample.
+        batch.pixel_values = torch::empty({count, prepared.channels, prepared.height, prepared.width}, torch::kFloat32);
+        pixels = batch.pixel_values.data_ptr<float>();
+        first.width = prepared.width;
+        first.height = prepared.height;
+        first.channels = prepared.channels;
+      } else if (prepared.width != first.width || prepared.height != first.height) {
+        fail("sample ", dataset->describe(index), " comes out as ", shape_text(prepared), " (CxHxW) but ",
+             dataset->describe(batch.indices[0]), " as ", shape_text(first),
+             ": this image processor does not produce a fixed size, so they cannot share a batch");
+      }
+      const size_t sample_floats = static_cast<size_t>(first.channels) * first.height * first.width;
+      processor->normalize_into(prepared, pixels + k * sample_floats);
+    }
+    return batch;
+  };
+}
+
 struct BatchLoader::Impl {
-  std::shared_ptr<ImageDataset> dataset;
-  std::shared_ptr<const ImageProcessor> processor;
-  AugmentSpec augment;
+  Sampler sampler;
+  BatchBuilder builder;
   LoaderOptions options;
 
   // The epoch in progress; set by start_epoch before the workers start, constant while they run.
@@ -90,47 +131,17 @@ struct BatchLoader::Impl {
   std::exception_ptr failed;    // a delivered error stays until the next start_epoch
 
   size_t batches_per_epoch() const {
-    const size_t n = dataset->size(), b = options.batch_size;
+    const size_t n = sampler.size(), b = options.batch_size;
     return options.drop_last ? n / b : (n + b - 1) / b;
   }
 
   // Builds batch `b` of the current epoch; nullopt when cancelled.
   std::optional<Batch> build(size_t b) const {
+    ErrorScope errors(ErrorCode::Dataset);  // on a loader thread: a failing sample is the dataset's
     const size_t begin = b * options.batch_size;
     const size_t end = std::min(order.size(), begin + options.batch_size);
-    const int64_t count = static_cast<int64_t>(end - begin);
-    Batch batch;
-    batch.indices.assign(order.begin() + begin, order.begin() + end);
-    batch.labels = torch::empty({count}, torch::kInt64);
-    int64_t* labels = batch.labels.data_ptr<int64_t>();
-    float* pixels = nullptr;
-    Image first;
-    for (int64_t k = 0; k < count; ++k) {
-      if (cancel.load(std::memory_order_relaxed)) return std::nullopt;
-      const size_t index = batch.indices[k];
-      Image prepared;
-      try {
-        labels[k] = dataset->label(index);
-        prepared = prepare_image(dataset->image(index), *processor, augment, options.augment, options.seed, epoch, index);
-      } catch (const std::exception& e) {
-        fail("decode failed for ", dataset->describe(index), ": ", e.what());
-      }
-      if (k == 0) {
-        // The batch tensor is allocated once, sized by its first sample.
-        batch.pixel_values = torch::empty({count, prepared.channels, prepared.height, prepared.width}, torch::kFloat32);
-        pixels = batch.pixel_values.data_ptr<float>();
-        first.width = prepared.width;
-        first.height = prepared.height;
-        first.channels = prepared.channels;
-      } else if (prepared.width != first.width || prepared.height != first.height) {
-        fail("sample ", dataset->describe(index), " comes out as ", shape_text(prepared), " (CxHxW) but ",
-             dataset->describe(batch.indices[0]), " as ", shape_text(first),
-             ": this image processor does not produce a fixed size, so they cannot share a batch");
-      }
-      const size_t sample_floats = static_cast<size_t>(first.channels) * first.height * first.width;
-      processor->normalize_into(prepared, pixels + k * sample_floats);
-    }
-    return batch;
+    return builder(std::vector<size_t>(order.begin() + static_cast<std::ptrdiff_t>(begin), order.begin() + static_cast<std::ptrdiff_t>(end)),
+                   epoch, cancel);
   }
 
   void worker_loop() {
@@ -193,22 +204,34 @@ struct BatchLoader::Impl {
   }
 };
 
-BatchLoader::BatchLoader(std::shared_ptr<ImageDataset> dataset, std::shared_ptr<const ImageProcessor> processor,
-                         AugmentSpec augment, LoaderOptions options)
-    : impl_(std::make_unique<Impl>()) {
-  VT_CHECK(dataset != nullptr, "BatchLoader: no dataset");
-  VT_CHECK(processor != nullptr, "BatchLoader: no image processor");
+BatchLoader::BatchLoader(Sampler sampler, BatchBuilder build, LoaderOptions options) : impl_(std::make_unique<Impl>()) {
+  VT_CHECK(build != nullptr, "BatchLoader: no batch builder");
   VT_CHECK(options.batch_size > 0, "BatchLoader: batch_size must be positive");
   VT_CHECK(options.num_workers >= 0 && options.num_workers <= 256,
            "BatchLoader: num_workers must be between 0 and 256, got ", options.num_workers);
   VT_CHECK(options.num_workers == 0 || options.prefetch_batches >= 1,
            "BatchLoader: prefetch_batches must be at least 1, got ", options.prefetch_batches);
-  if (options.augment) check_augment(augment);
-  impl_->dataset = std::move(dataset);
-  impl_->processor = std::move(processor);
-  impl_->augment = augment;
+  impl_->sampler = std::move(sampler);
+  impl_->builder = std::move(build);
   impl_->options = options;
 }
+
+namespace {
+
+std::shared_ptr<ImageDataset> checked(std::shared_ptr<ImageDataset> dataset, const std::shared_ptr<const ImageProcessor>& processor,
+                                      const AugmentSpec& augment, const LoaderOptions& options) {
+  VT_CHECK(dataset != nullptr, "BatchLoader: no dataset");
+  VT_CHECK(processor != nullptr, "BatchLoader: no image processor");
+  if (options.augment) check_augment(augment);
+  return dataset;
+}
+
+}  // namespace
+
+BatchLoader::BatchLoader(std::shared_ptr<ImageDataset> dataset, std::shared_ptr<const ImageProcessor> processor,
+                         AugmentSpec augment, LoaderOptions options)
+    : BatchLoader(Sampler::over(checked(dataset, processor, augment, options)->size(), options.shuffle, options.seed),
+                  classification_batches(dataset, processor, augment, options.augment, options.seed), options) {}
 
 BatchLoader::~BatchLoader() { impl_->stop_workers(); }
 
@@ -220,14 +243,7 @@ void BatchLoader::start_epoch(int64_t epoch, size_t first_batch) {
   VT_CHECK(first_batch <= batches, "BatchLoader: cannot start at batch ", first_batch, ": an epoch has ", batches,
            " batches");
   s.stop_workers();
-  const size_t n = s.dataset->size();
-  s.order.resize(n);
-  for (size_t i = 0; i < n; ++i) s.order[i] = i;
-  if (s.options.shuffle) {
-    // The whole epoch's permutation, also when resuming mid-epoch, so batches k.. are the same.
-    std::mt19937_64 rng(mix_seed(s.options.seed, static_cast<uint64_t>(epoch)));
-    seeded_shuffle(s.order, rng);
-  }
+  s.order = s.sampler.epoch_order(epoch);
   s.epoch = epoch;
   s.end_batch = batches;
   s.next_claim = s.next_deliver = first_batch;

@@ -418,6 +418,7 @@ std::string errno_text(int code) { return std::strerror(code); }
 
 Image decode_image(const uint8_t* data, size_t size, const std::string& source,
                    int64_t max_pixels) {
+  ErrorScope errors(ErrorCode::Image);
   VT_CHECK(data != nullptr && size > 0, source, ": empty input (0 bytes), not an image");
   if (is_jpeg(data, size)) return decode_jpeg(data, size, source, max_pixels);
   if (is_png(data, size)) return decode_png(data, size, source, max_pixels);
@@ -427,6 +428,7 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& source,
 namespace {
 
 std::vector<uint8_t> read_file_bytes(const std::string& path) {
+  ErrorScope errors(ErrorCode::Io);
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     const int code = errno;
@@ -459,17 +461,20 @@ std::vector<uint8_t> read_file_bytes(const std::string& path) {
 }  // namespace
 
 Image read_image_file(const std::string& path) {
+  ErrorScope errors(ErrorCode::Image);
   const std::vector<uint8_t> bytes = read_file_bytes(path);
   return decode_image(bytes.data(), bytes.size(), path);
 }
 
 Image decode_label_map(const uint8_t* data, size_t size, const std::string& source, int64_t max_pixels) {
+  ErrorScope errors(ErrorCode::Image);
   VT_CHECK(data != nullptr && size > 0, source, ": empty input (0 bytes), not an image");
   if (is_png(data, size)) return label_map_channel(decode_png(data, size, source, max_pixels, true), source);
   return label_map_channel(decode_image(data, size, source, max_pixels), source);
 }
 
 Image read_label_map_file(const std::string& path) {
+  ErrorScope errors(ErrorCode::Image);
   const std::vector<uint8_t> bytes = read_file_bytes(path);
   return decode_label_map(bytes.data(), bytes.size(), path);
 }
@@ -499,6 +504,7 @@ Image label_map_channel(const Image& image, const std::string& source) {
 
 Image image_from_pixels(const uint8_t* data, size_t size, int width, int height, int channels,
                         const std::string& source) {
+  ErrorScope errors(ErrorCode::Image);
   VT_CHECK(channels == 1 || channels == 3 || channels == 4, source,
            ": unsupported channel count ", channels, " (expected 1, 3 or 4)");
   VT_CHECK(width > 0 && height > 0, source, ": invalid dimensions ", width, "x", height);
@@ -573,6 +579,7 @@ std::vector<uint8_t> encode_png(const Image& image) {
 }
 
 void write_png(const Image& image, const std::string& path) {
+  ErrorScope errors(ErrorCode::Io);
   const std::vector<uint8_t> bytes = encode_png(image);
 
   static std::atomic<unsigned> counter{0};

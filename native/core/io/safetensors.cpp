@@ -195,6 +195,7 @@ SafetensorsFile::SafetensorsFile(std::unique_ptr<Impl> impl) : impl_(std::move(i
 SafetensorsFile::~SafetensorsFile() = default;
 
 std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
+  ErrorScope errors(ErrorCode::Checkpoint);
   auto impl = std::make_unique<Impl>();
   impl->path = path;
   impl->mapping = std::make_shared<Mapping>(path);
@@ -301,6 +302,7 @@ std::string safetensors_dtype_name(torch::ScalarType type) {
 
 void save_safetensors(const std::string& path, const TensorMap& tensors,
                       const std::map<std::string, std::string>& metadata) {
+  ErrorScope errors(ErrorCode::Io);
   struct Planned {
     const std::string* name;
     torch::Tensor data;  // contiguous CPU
@@ -385,6 +387,7 @@ void check_shard_name(const std::string& index_path, const std::string& tensor, 
 }  // namespace
 
 TensorMap load_sharded_safetensors(const std::string& index_path) {
+  ErrorScope errors(ErrorCode::Checkpoint);
   std::ifstream in(index_path, std::ios::binary);
   VT_CHECK(in, index_path, ": cannot open: ", errno_text(errno));
   nlohmann::json index;

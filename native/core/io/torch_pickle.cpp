@@ -626,6 +626,7 @@ bool is_legacy_torch_save(const std::string& path) {
 }  // namespace
 
 TensorMap load_torch_checkpoint(const std::string& path) {
+  ErrorScope errors(ErrorCode::Checkpoint);
   {
     std::ifstream probe(path, std::ios::binary);
     VT_CHECK(probe, path, ": cannot open: ", std::strerror(errno));

@@ -2,7 +2,7 @@
 
 #include "common/error.h"
 #include "common/json_config.h"
-#include "models/losses.h"
+#include "losses/classification.h"
 
 namespace vt::convnext {
 
@@ -61,7 +61,7 @@ ConvNextLayerImpl::ConvNextLayerImpl(const ConvNextConfig& config, int64_t dim, 
 }
 
 torch::Tensor ConvNextLayerImpl::forward(const torch::Tensor& input) {
-  auto x = dwconv(input).permute({0, 2, 3, 1});
+  auto x = layers::conv2d(dwconv, input).permute({0, 2, 3, 1});
   x = pwconv2(pwconv1->forward_then(layernorm(x), hidden_act));
   if (layer_scale_parameter.defined()) x = layer_scale_parameter * x;
   x = x.permute({0, 3, 1, 2});
@@ -104,30 +104,17 @@ ConvNextBody::ConvNextBody(const ConvNextConfig& config, torch::nn::Module& owne
 }
 
 std::pair<torch::Tensor, torch::Tensor> ConvNextBody::forward(const torch::Tensor& pixel_values) {
-  VT_CHECK(pixel_values.dim() == 4, "pixel_values: expected [batch, channels, height, width], got shape ", pixel_values.sizes());
-  VT_CHECK(pixel_values.size(1) == config.num_channels,
-           "pixel_values: the channel dimension must match the configuration: expected ", config.num_channels,
-           " but got ", pixel_values.size(1));
-  auto hidden = embeddings_norm(patch_embeddings(pixel_values.to(patch_embeddings->weight.scalar_type())));
+  check_pixel_values(pixel_values, config.num_channels);
+  auto hidden = embeddings_norm(layers::conv2d(patch_embeddings, pixel_values.to(patch_embeddings->weight.scalar_type())));
   for (auto& stage : stages) {
-    if (stage.downsample_conv) hidden = stage.downsample_conv(stage.downsample_norm(hidden));
+    if (stage.downsample_conv) hidden = layers::conv2d(stage.downsample_conv, stage.downsample_norm(hidden));
     for (auto& layer : stage.layers) hidden = layer(hidden);
   }
   return {hidden, layernorm(hidden.mean({-2, -1}))};
 }
 
 void ConvNextModuleBase::init_module(const std::string& name, torch::nn::Module& module) {
-  torch::NoGradGuard no_grad;
-  const double std = config.head.initializer_range;
-  if (auto* linear = dynamic_cast<layers::LinearImpl*>(&module)) {
-    linear->weight.normal_(0.0, std);
-    if (linear->bias.defined()) linear->bias.zero_();
-  } else if (auto* conv = dynamic_cast<torch::nn::Conv2dImpl*>(&module)) {
-    conv->weight.normal_(0.0, std);
-    if (conv->bias.defined()) conv->bias.zero_();
-  } else if (auto* norm = dynamic_cast<layers::LayerNormImpl*>(&module)) {
-    norm->reset_parameters();
-  }
+  layers::init_normal(module, config.head.initializer_range);
 }
 
 ConvNextModel::ConvNextModel(const ConvNextConfig& config) : ConvNextModuleBase(config) {
@@ -150,12 +137,7 @@ ConvNextForImageClassification::ConvNextForImageClassification(const ConvNextCon
 ModelOutputs ConvNextForImageClassification::forward(const ModelInputs& inputs) {
   auto pooled = convnext->forward(inputs.pixel_values).second;
   auto logits = classifier ? classifier(pooled) : pooled;
-  ModelOutputs outputs;
-  if (inputs.labels.defined()) {
-    outputs.emplace_back("loss", image_classification_loss(logits, inputs.labels, config.head.problem_type));
-  }
-  outputs.emplace_back("logits", logits);
-  return outputs;
+  return classification_outputs(logits, inputs.labels, config.head.problem_type);
 }
 
 }  // namespace vt::convnext

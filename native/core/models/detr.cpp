@@ -5,8 +5,7 @@
 
 #include "common/error.h"
 #include "common/json_config.h"
-#include "models/kernels.h"
-#include "train/hungarian.h"
+#include "losses/detr_set_loss.h"
 
 namespace vt::detr {
 
@@ -55,14 +54,14 @@ DetrConfig DetrConfig::from_json(const nlohmann::json& json, const std::string& 
     fields.fail_field("position_embedding_type", "\"sine\" or \"learned\"");
   }
   config.auxiliary_loss = fields.get_bool("auxiliary_loss", false);
-  config.class_cost = fields.get_number("class_cost", 1);
-  config.bbox_cost = fields.get_number("bbox_cost", 5);
-  config.giou_cost = fields.get_number("giou_cost", 2);
-  VT_CHECK(config.class_cost != 0 || config.bbox_cost != 0 || config.giou_cost != 0, source,
+  config.set_loss.class_cost = fields.get_number("class_cost", 1);
+  config.set_loss.bbox_cost = fields.get_number("bbox_cost", 5);
+  config.set_loss.giou_cost = fields.get_number("giou_cost", 2);
+  VT_CHECK(config.set_loss.class_cost != 0 || config.set_loss.bbox_cost != 0 || config.set_loss.giou_cost != 0, source,
            ": class_cost, bbox_cost and giou_cost cannot all be 0");
-  config.bbox_loss_coefficient = fields.get_number("bbox_loss_coefficient", 5);
-  config.giou_loss_coefficient = fields.get_number("giou_loss_coefficient", 2);
-  config.eos_coefficient = fields.get_number("eos_coefficient", 0.1);
+  config.set_loss.bbox_loss_coefficient = fields.get_number("bbox_loss_coefficient", 5);
+  config.set_loss.giou_loss_coefficient = fields.get_number("giou_loss_coefficient", 2);
+  config.set_loss.eos_coefficient = fields.get_number("eos_coefficient", 0.1);
   config.init_std = fields.get_number("init_std", 0.02);
   config.num_channels = fields.get_positive_int("num_channels", 3);
   config.use_timm_backbone = fields.get_bool("use_timm_backbone", true);
@@ -134,7 +133,11 @@ class TimmBlockImpl : public torch::nn::Module {
       auto sequence = layers::add_container(*this, "downsample");
       down_conv_ = sequence->register_module("0", Conv2d(Conv2dOptions(in_channels, out_channels, 1).stride(stride).bias(false)));
       down_bn_ = sequence->register_module("1", layers::FrozenBatchNorm2d(out_channels));
+      down_ = layers::ConvolutionNorm(down_conv_, down_bn_);
     }
+    block1_ = layers::ConvolutionNorm(conv1_, bn1_);
+    block2_ = layers::ConvolutionNorm(conv2_, bn2_);
+    if (bottleneck) block3_ = layers::ConvolutionNorm(conv3_, bn3_);
   }
 
   // Each convolution with its normalization (and the residual sum and ReLU after the last) as
@@ -144,19 +147,19 @@ class TimmBlockImpl : public torch::nn::Module {
   // or the projection's fresh output when no gradient is recorded.
   torch::Tensor forward(torch::Tensor&& input) {
     const bool input_is_private = input.use_count() == 1 && input.storage().use_count() == 1;
-    auto shortcut = down_conv_ ? layers::convolution_norm(fused_down_, down_conv_, down_bn_, input, {}, false) : input;
+    auto shortcut = down_conv_ ? down_(input) : input;
     const bool shortcut_is_private = down_conv_ ? !torch::GradMode::is_enabled() : input_is_private;
-    auto x = layers::convolution_norm(fused1_, conv1_, bn1_, input, {}, true);
-    if (!bottleneck_) return layers::convolution_norm(fused2_, conv2_, bn2_, x, shortcut, true, shortcut_is_private);
-    x = layers::convolution_norm(fused2_, conv2_, bn2_, x, {}, true);
-    return layers::convolution_norm(fused3_, conv3_, bn3_, x, shortcut, true, shortcut_is_private);
+    auto x = block1_(input, {}, true);
+    if (!bottleneck_) return block2_(x, shortcut, true, shortcut_is_private);
+    x = block2_(x, {}, true);
+    return block3_(x, shortcut, true, shortcut_is_private);
   }
 
  private:
   bool bottleneck_;
   torch::nn::Conv2d conv1_{nullptr}, conv2_{nullptr}, conv3_{nullptr}, down_conv_{nullptr};
   layers::FrozenBatchNorm2d bn1_{nullptr}, bn2_{nullptr}, bn3_{nullptr}, down_bn_{nullptr};
-  kernels::FusedConvolution fused1_, fused2_, fused3_, fused_down_;
+  layers::ConvolutionNorm block1_, block2_, block3_, down_;  // each convolution with its normalization
 };
 TORCH_MODULE(TimmBlock);
 
@@ -167,6 +170,7 @@ class TimmResNetImpl : public torch::nn::Module {
     const TimmDepths depths = timm_resnet(config.backbone, "config.json");
     conv1_ = register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(config.num_channels, 64, 7).stride(2).padding(3).bias(false)));
     bn1_ = register_module("bn1", layers::FrozenBatchNorm2d(64));
+    stem_ = layers::ConvolutionNorm(conv1_, bn1_);
     int64_t in_channels = 64, dilation = 1;
     const int64_t expansion = depths.bottleneck ? 4 : 1;
     for (size_t stage = 0; stage < 4; ++stage) {
@@ -194,7 +198,7 @@ class TimmResNetImpl : public torch::nn::Module {
   }
 
   std::vector<torch::Tensor> forward(const torch::Tensor& pixel_values) {
-    auto x = torch::max_pool2d(layers::convolution_norm(fused_stem_, conv1_, bn1_, pixel_values, {}, true), 3, 2, 1);
+    auto x = torch::max_pool2d(stem_(pixel_values, {}, true), 3, 2, 1);
     std::vector<torch::Tensor> features;
     for (auto& stage : stages_) {
       for (auto& block : stage) x = block->forward(std::move(x));
@@ -208,7 +212,7 @@ class TimmResNetImpl : public torch::nn::Module {
  private:
   torch::nn::Conv2d conv1_{nullptr};
   layers::FrozenBatchNorm2d bn1_{nullptr};
-  kernels::FusedConvolution fused_stem_;
+  layers::ConvolutionNorm stem_;  // conv1 with bn1
   std::vector<std::vector<TimmBlock>> stages_;
 };
 TORCH_MODULE(TimmResNet);
@@ -278,16 +282,8 @@ torch::Tensor DetrAttentionImpl::forward(const torch::Tensor& hidden, const torc
   auto query = split(q_proj(with_position(hidden, position)) * scaling);
   auto key = split(k_proj(cross ? with_position(key_value, key_value_position) : with_position(hidden, position)));
   auto value = split(v_proj(cross ? key_value : hidden));
-  torch::Tensor context;
-  if (!(dropout > 0.0 && is_training()) && kernels::fuses_attention(query, key, value, mask)) {
-    // The query is already scaled, in transformers' order.
-    context = kernels::attention(query, key, value, mask, 1.0);
-  } else {
-    auto scores = torch::matmul(query, key.transpose(-1, -2));
-    if (mask.defined()) scores = scores + mask;
-    auto probs = torch::dropout(torch::softmax(scores, -1), dropout, is_training());
-    context = torch::matmul(probs, value);
-  }
+  // The query is already scaled, in transformers' order.
+  auto context = layers::scaled_dot_product_attention(query, key, value, mask, dropout, is_training(), /*scale=*/1.0);
   return out_proj(context.transpose(1, 2).reshape({batch, target, embed_dim}));
 }
 
@@ -418,14 +414,8 @@ bool DetrForObjectDetection::is_head_key(const std::string& key) const {
 void DetrForObjectDetection::init_module(const std::string& name, torch::nn::Module& module) {
   torch::NoGradGuard no_grad;
   const double std = config.init_std;
-  if (auto* linear = dynamic_cast<layers::LinearImpl*>(&module)) {
-    linear->weight.normal_(0.0, std);
-    if (linear->bias.defined()) linear->bias.zero_();
-  } else if (auto* conv = dynamic_cast<torch::nn::Conv2dImpl*>(&module)) {
-    conv->weight.normal_(0.0, std);
-    if (conv->bias.defined()) conv->bias.zero_();
-  } else if (auto* norm = dynamic_cast<layers::LayerNormImpl*>(&module)) {
-    norm->reset_parameters();
+  if (layers::init_normal(module, std)) {
+    return;
   } else if (name.size() >= 25 && name.compare(name.size() - 25, 25, "query_position_embeddings") == 0) {
     query_position_embeddings.normal_(0.0, std);
   } else if (name.find("position_embedding.row_embeddings") != std::string::npos) {
@@ -436,9 +426,7 @@ void DetrForObjectDetection::init_module(const std::string& name, torch::nn::Mod
 }
 
 DetrOutputs DetrForObjectDetection::run(const torch::Tensor& pixel_values, const torch::Tensor& pixel_mask_in) {
-  VT_CHECK(pixel_values.dim() == 4, "pixel_values: expected [batch, channels, height, width], got shape ", pixel_values.sizes());
-  VT_CHECK(pixel_values.size(1) == config.num_channels, "pixel_values: the channel dimension must match the configuration: expected ",
-           config.num_channels, " but got ", pixel_values.size(1));
+  check_pixel_values(pixel_values, config.num_channels);
   const int64_t batch = pixel_values.size(0);
   auto pixel_mask = pixel_mask_in.defined()
                         ? pixel_mask_in
@@ -516,132 +504,6 @@ DetrOutputs DetrForObjectDetection::run(const torch::Tensor& pixel_values, const
   return outputs;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Loss
-
-torch::Tensor center_to_corners(const torch::Tensor& boxes) {
-  auto cx = boxes.select(-1, 0), cy = boxes.select(-1, 1), w = boxes.select(-1, 2), h = boxes.select(-1, 3);
-  return torch::stack({cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h}, -1);
-}
-
-torch::Tensor generalized_box_iou(const torch::Tensor& boxes1, const torch::Tensor& boxes2) {
-  using torch::indexing::Slice;
-  auto area = [](const torch::Tensor& b) { return (b.select(1, 2) - b.select(1, 0)) * (b.select(1, 3) - b.select(1, 1)); };
-  auto area1 = area(boxes1), area2 = area(boxes2);
-  auto left_top = torch::max(boxes1.index({Slice(), torch::indexing::None, Slice(0, 2)}), boxes2.index({Slice(), Slice(0, 2)}));
-  auto right_bottom = torch::min(boxes1.index({Slice(), torch::indexing::None, Slice(2, 4)}), boxes2.index({Slice(), Slice(2, 4)}));
-  auto wh = (right_bottom - left_top).clamp_min(0);
-  auto inter = wh.select(2, 0) * wh.select(2, 1);
-  auto union_area = area1.unsqueeze(1) + area2 - inter;
-  auto iou = inter / union_area;
-  auto enclosing_top = torch::min(boxes1.index({Slice(), torch::indexing::None, Slice(0, 2)}), boxes2.index({Slice(), Slice(0, 2)}));
-  auto enclosing_bottom = torch::max(boxes1.index({Slice(), torch::indexing::None, Slice(2, 4)}), boxes2.index({Slice(), Slice(2, 4)}));
-  auto enclosing_wh = (enclosing_bottom - enclosing_top).clamp_min(0);
-  auto enclosing = enclosing_wh.select(2, 0) * enclosing_wh.select(2, 1);
-  return iou - (enclosing - union_area) / enclosing;
-}
-
-namespace {
-
-using Matching = std::vector<std::pair<torch::Tensor, torch::Tensor>>;  // per image: (query indices, target indices)
-
-// HungarianMatcher: cost = bbox_cost * L1 + class_cost * (-probability) + giou_cost * (-GIoU).
-Matching match(const DetrConfig& config, const torch::Tensor& logits, const torch::Tensor& boxes, const std::vector<Target>& targets) {
-  torch::NoGradGuard no_grad;
-  const int64_t batch = logits.size(0), queries = logits.size(1);
-  auto probabilities = logits.flatten(0, 1).softmax(-1);
-  auto predicted = boxes.flatten(0, 1);
-  std::vector<torch::Tensor> ids, target_boxes;
-  std::vector<int64_t> sizes;
-  for (const auto& target : targets) {
-    ids.push_back(target.class_labels);
-    target_boxes.push_back(target.boxes.to(predicted.scalar_type()));
-    sizes.push_back(target.class_labels.size(0));
-  }
-  auto target_ids = torch::cat(ids);
-  auto target_box = torch::cat(target_boxes);
-  auto class_cost = -probabilities.index_select(1, target_ids);
-  auto bbox_cost = torch::cdist(predicted, target_box, 1);
-  auto giou_cost = -generalized_box_iou(center_to_corners(predicted), center_to_corners(target_box));
-  auto cost = (config.bbox_cost * bbox_cost + config.class_cost * class_cost + config.giou_cost * giou_cost)
-                  .view({batch, queries, -1})
-                  .to(torch::kCPU, torch::kFloat64);
-  Matching matching;
-  int64_t offset = 0;
-  for (int64_t i = 0; i < batch; ++i) {
-    auto pairs = linear_sum_assignment(cost[i].slice(1, offset, offset + sizes[static_cast<size_t>(i)]));
-    offset += sizes[static_cast<size_t>(i)];
-    std::vector<int64_t> source, target;
-    for (const auto& [row, col] : pairs) {
-      source.push_back(row);
-      target.push_back(col);
-    }
-    auto as_tensor = [&](const std::vector<int64_t>& values) {
-      return torch::tensor(values, torch::TensorOptions().dtype(torch::kInt64)).to(logits.device());
-    };
-    matching.emplace_back(as_tensor(source), as_tensor(target));
-  }
-  return matching;
-}
-
-// loss_ce, loss_bbox, loss_giou and cardinality_error for one set of predictions.
-std::map<std::string, torch::Tensor> set_losses(const DetrConfig& config, const torch::Tensor& logits, const torch::Tensor& boxes,
-                                                const std::vector<Target>& targets, double num_boxes) {
-  const Matching matching = match(config, logits, boxes, targets);
-  const int64_t num_labels = config.head.num_labels();
-  std::vector<torch::Tensor> batch_index, source_index, matched_classes, matched_boxes;
-  for (size_t i = 0; i < matching.size(); ++i) {
-    const auto& [source, target] = matching[i];
-    batch_index.push_back(torch::full_like(source, static_cast<int64_t>(i)));
-    source_index.push_back(source);
-    matched_classes.push_back(targets[i].class_labels.index_select(0, target));
-    matched_boxes.push_back(targets[i].boxes.index_select(0, target));
-  }
-  auto batch_idx = torch::cat(batch_index), source_idx = torch::cat(source_index);
-
-  std::map<std::string, torch::Tensor> losses;
-  auto target_classes = torch::full({logits.size(0), logits.size(1)}, num_labels, torch::TensorOptions().dtype(torch::kInt64).device(logits.device()));
-  target_classes.index_put_({batch_idx, source_idx}, torch::cat(matched_classes));
-  auto empty_weight = torch::ones({num_labels + 1}, logits.options().dtype(torch::kFloat32));
-  empty_weight[num_labels] = config.eos_coefficient;
-  losses["loss_ce"] = torch::nn::functional::cross_entropy(logits.to(torch::kFloat32).transpose(1, 2), target_classes,
-                                                           torch::nn::functional::CrossEntropyFuncOptions().weight(empty_weight));
-  {
-    torch::NoGradGuard no_grad;
-    std::vector<float> lengths;
-    for (const auto& target : targets) lengths.push_back(static_cast<float>(target.class_labels.size(0)));
-    auto card_pred = logits.argmax(-1).ne(logits.size(-1) - 1).sum(1).to(torch::kFloat32);
-    losses["cardinality_error"] = torch::l1_loss(card_pred, torch::tensor(lengths).to(logits.device()));
-  }
-  auto source_boxes = boxes.index({batch_idx, source_idx}).to(torch::kFloat32);
-  auto target_boxes = torch::cat(matched_boxes).to(torch::kFloat32);
-  losses["loss_bbox"] = torch::l1_loss(source_boxes, target_boxes, at::Reduction::None).sum() / num_boxes;
-  auto giou = generalized_box_iou(center_to_corners(source_boxes), center_to_corners(target_boxes));
-  losses["loss_giou"] = (1 - torch::diag(giou)).sum() / num_boxes;
-  return losses;
-}
-
-void validate_targets(const std::vector<Target>& targets, int64_t batch, int64_t num_labels) {
-  VT_CHECK(static_cast<int64_t>(targets.size()) == batch, "labels: ", targets.size(), " targets for a batch of ", batch, " images");
-  for (size_t i = 0; i < targets.size(); ++i) {
-    const auto& t = targets[i];
-    const std::string name = "labels[" + std::to_string(i) + "]";
-    VT_CHECK(t.class_labels.defined() && t.class_labels.dim() == 1 && t.class_labels.scalar_type() == torch::kLong, name,
-             ".classLabels: expected an int64 tensor [n]");
-    VT_CHECK(t.boxes.defined() && t.boxes.dim() == 2 && t.boxes.size(1) == 4 && t.boxes.size(0) == t.class_labels.size(0), name,
-             ".boxes: expected a float32 tensor [", t.class_labels.size(0), ", 4] (cx, cy, w, h, normalised)");
-    if (t.class_labels.numel() > 0) {
-      const int64_t low = t.class_labels.min().item<int64_t>(), high = t.class_labels.max().item<int64_t>();
-      VT_CHECK(low >= 0 && high < num_labels, name, ".classLabels: class ", low < 0 ? low : high, " is out of range for ", num_labels, " labels");
-      VT_CHECK(t.boxes.isfinite().all().item<bool>() && t.boxes.select(1, 2).ge(0).all().item<bool>() &&
-                   t.boxes.select(1, 3).ge(0).all().item<bool>(),
-               name, ".boxes: widths and heights must be finite and non-negative");
-    }
-  }
-}
-
-}  // namespace
-
 ModelOutputs DetrForObjectDetection::forward(const ModelInputs& inputs) {
   DetrOutputs out = run(inputs.pixel_values, inputs.pixel_mask);
   ModelOutputs outputs;
@@ -651,34 +513,10 @@ ModelOutputs DetrForObjectDetection::forward(const ModelInputs& inputs) {
   }
   if (!inputs.targets.empty()) {
     VT_CHECK(!inputs.labels.defined(), "labels: detection takes one {classLabels, boxes} per image, not a tensor");
-    validate_targets(inputs.targets, inputs.pixel_values.size(0), config.head.num_labels());
-    double num_boxes = 0;
-    for (const auto& target : inputs.targets) num_boxes += static_cast<double>(target.class_labels.size(0));
-    num_boxes = std::max(num_boxes, 1.0);
-    std::map<std::string, torch::Tensor> loss_dict = set_losses(config, out.logits, out.pred_boxes, inputs.targets, num_boxes);
-    for (size_t i = 0; i < out.aux_logits.size(); ++i) {
-      for (auto& [name, value] : set_losses(config, out.aux_logits[i], out.aux_boxes[i], inputs.targets, num_boxes)) {
-        loss_dict[name + "_" + std::to_string(i)] = value;
-      }
-    }
-    // Weighted as transformers does; auxiliary terms ("loss_ce_0", ...) weigh as their base loss,
-    // cardinality_error is reported only.
-    const std::map<std::string, double> weights{
-        {"loss_ce", 1.0}, {"loss_bbox", config.bbox_loss_coefficient}, {"loss_giou", config.giou_loss_coefficient}};
-    auto base_name = [](const std::string& name) {
-      const auto underscore = name.rfind('_');
-      const bool layer_suffix = underscore != std::string::npos && underscore + 1 < name.size() &&
-                                name.find_first_not_of("0123456789", underscore + 1) == std::string::npos;
-      return layer_suffix ? name.substr(0, underscore) : name;
-    };
-    torch::Tensor loss;
-    for (const auto& [name, value] : loss_dict) {
-      auto weight = weights.find(base_name(name));
-      if (weight == weights.end()) continue;
-      loss = loss.defined() ? loss + weight->second * value : weight->second * value;
-    }
-    outputs.emplace_back("loss", loss);
-    for (auto& [name, value] : loss_dict) outputs.emplace_back("lossDict." + name, value);
+    losses::SetLoss set_loss = losses::detr_set_loss(config.set_loss, config.head.num_labels(), out.logits, out.pred_boxes,
+                                                     out.aux_logits, out.aux_boxes, inputs.targets);
+    outputs.emplace_back("loss", set_loss.loss);
+    for (auto& [name, value] : set_loss.parts) outputs.emplace_back("lossDict." + name, value);
   } else {
     VT_CHECK(!inputs.labels.defined(), "labels: detection takes one {classLabels, boxes} per image, not a tensor");
   }

@@ -12,8 +12,9 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
-#include "models/layers.h"
-#include "models/module.h"
+#include "losses/detr_set_loss.h"
+#include "nn/layers.h"
+#include "nn/module.h"
 #include "models/resnet.h"
 
 namespace vt::detr {
@@ -31,8 +32,7 @@ struct DetrConfig {
   int64_t num_queries = 100;
   std::string position_embedding_type = "sine";  // or "learned"
   bool auxiliary_loss = false;
-  double class_cost = 1, bbox_cost = 5, giou_cost = 2;
-  double bbox_loss_coefficient = 5, giou_loss_coefficient = 2, eos_coefficient = 0.1;
+  losses::SetLossConfig set_loss;  // the matcher's costs and the loss weights
   double init_std = 0.02;
   int64_t num_channels = 3;
   // Backbone: transformers' ResNetBackbone from backbone_config, or a timm ResNet by name.
@@ -122,9 +122,5 @@ class DetrForObjectDetection : public VisionModule {
   layers::Linear class_labels_classifier{nullptr};
   std::vector<layers::Linear> bbox_predictor;       // bbox_predictor.layers.0..2
 };
-
-// The box utilities of the loss (exposed for tests): cx,cy,w,h -> corners, and generalized IoU.
-torch::Tensor center_to_corners(const torch::Tensor& boxes);
-torch::Tensor generalized_box_iou(const torch::Tensor& boxes1, const torch::Tensor& boxes2);
 
 }  // namespace vt::detr

@@ -4,7 +4,7 @@
 
 #include "common/error.h"
 #include "common/json_config.h"
-#include "models/losses.h"
+#include "losses/classification.h"
 
 namespace vt::resnet {
 
@@ -48,6 +48,7 @@ ConvLayerImpl::ConvLayerImpl(int64_t in_channels, int64_t out_channels, int64_t 
                                            .padding(kernel_size / 2)
                                            .bias(false)));
   normalization = layers::BatchNorm2dSlot(*this, "normalization", out_channels, frozen_batch_norm);
+  fused = layers::ConvolutionNorm(convolution, normalization);
   if (activation_name) activation = layers::activation(*activation_name);
 }
 
@@ -61,8 +62,7 @@ torch::Tensor ConvLayerImpl::forward(const torch::Tensor& input) {
 
 torch::Tensor ConvLayerImpl::fused_forward(const torch::Tensor& input, const torch::Tensor& residual, bool with_relu,
                                           bool may_overwrite_residual) {
-  auto layer = normalization.after(convolution);
-  return layer ? fused.run(input, *layer, residual, with_relu, may_overwrite_residual) : torch::Tensor();
+  return fused.fused(input, residual, with_relu, may_overwrite_residual);
 }
 
 ResidualLayerImpl::ResidualLayerImpl(const ResNetConfig& config, int64_t in_channels, int64_t out_channels,
@@ -74,6 +74,7 @@ ResidualLayerImpl::ResidualLayerImpl(const ResNetConfig& config, int64_t in_chan
         "convolution",
         torch::nn::Conv2d(torch::nn::Conv2dOptions(in_channels, out_channels, 1).stride(stride).bias(false)));
     shortcut_normalization = layers::BatchNorm2dSlot(*shortcut, "normalization", out_channels, config.frozen_batch_norm);
+    this->shortcut = layers::ConvolutionNorm(shortcut_convolution, shortcut_normalization);
   }
   auto sequence = layers::add_container(*this, "layer");
   const bool frozen = config.frozen_batch_norm;
@@ -105,11 +106,7 @@ torch::Tensor ResidualLayerImpl::run(const torch::Tensor& input, bool input_is_p
   // outputs) past the parity tolerance.
   const bool residual_is_private =
       shortcut_convolution ? !torch::GradMode::is_enabled() : input_is_private;
-  if (shortcut_convolution) {
-    auto fusable = shortcut_normalization.after(shortcut_convolution);
-    residual = fusable ? shortcut_fused.run(input, *fusable, {}, false) : torch::Tensor();
-    if (!residual.defined()) residual = shortcut_normalization(shortcut_convolution(input));
-  }
+  if (shortcut_convolution) residual = shortcut(input);
   torch::Tensor hidden = input;
   for (size_t i = 0; i + 1 < layer.size(); ++i) hidden = layer[i](hidden);
   // The last convolution, the sum and the activation in one pass where the kernel allows.
@@ -139,10 +136,7 @@ ResNetBody::ResNetBody(const ResNetConfig& config, torch::nn::Module& owner) : c
 }
 
 std::vector<torch::Tensor> ResNetBody::forward(const torch::Tensor& pixel_values) {
-  VT_CHECK(pixel_values.dim() == 4, "pixel_values: expected [batch, channels, height, width], got shape ", pixel_values.sizes());
-  VT_CHECK(pixel_values.size(1) == config.num_channels,
-           "pixel_values: the channel dimension must match the configuration: expected ", config.num_channels,
-           " but got ", pixel_values.size(1));
+  check_pixel_values(pixel_values, config.num_channels);
   auto hidden = torch::max_pool2d(embedder(pixel_values.to(embedder->convolution->weight.scalar_type())), 3, 2, 1);
   std::vector<torch::Tensor> hidden_states{hidden};
   for (auto& stage : stages) {
@@ -186,12 +180,7 @@ ResNetForImageClassification::ResNetForImageClassification(const ResNetConfig& c
 ModelOutputs ResNetForImageClassification::forward(const ModelInputs& inputs) {
   auto pooled = torch::adaptive_avg_pool2d(resnet->forward(inputs.pixel_values).back(), {1, 1}).flatten(1);
   auto logits = classifier ? classifier(pooled) : pooled;
-  ModelOutputs outputs;
-  if (inputs.labels.defined()) {
-    outputs.emplace_back("loss", image_classification_loss(logits, inputs.labels, config.head.problem_type));
-  }
-  outputs.emplace_back("logits", logits);
-  return outputs;
+  return classification_outputs(logits, inputs.labels, config.head.problem_type);
 }
 
 ResNetBackbone::ResNetBackbone(const ResNetConfig& config) : ResNetModuleBase(config) {

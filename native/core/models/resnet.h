@@ -10,8 +10,8 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
-#include "models/layers.h"
-#include "models/module.h"
+#include "nn/layers.h"
+#include "nn/module.h"
 
 namespace vt::resnet {
 
@@ -45,7 +45,7 @@ class ConvLayerImpl : public torch::nn::Module {
   layers::BatchNorm2dSlot normalization;
   std::optional<layers::Activation> activation;
   bool relu = false;  // the activation is ReLU
-  kernels::FusedConvolution fused;
+  layers::ConvolutionNorm fused;  // convolution and normalization as one kernel where it applies
 };
 TORCH_MODULE(ConvLayer);
 
@@ -62,7 +62,7 @@ class ResidualLayerImpl : public torch::nn::Module {
   layers::BatchNorm2dSlot shortcut_normalization;
   layers::Activation activation;
   bool relu;  // the activation after the sum is ReLU
-  kernels::FusedConvolution shortcut_fused;
+  layers::ConvolutionNorm shortcut;  // shortcut_convolution and shortcut_normalization
 
  private:
   torch::Tensor run(const torch::Tensor& input, bool input_is_private);

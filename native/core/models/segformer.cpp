@@ -138,9 +138,7 @@ MixTransformer::MixTransformer(const SegformerConfig& config, torch::nn::Module&
 }
 
 std::vector<torch::Tensor> MixTransformer::forward(const torch::Tensor& pixel_values) {
-  VT_CHECK(pixel_values.dim() == 4, "pixel_values: expected [batch, channels, height, width], got shape ", pixel_values.sizes());
-  VT_CHECK(pixel_values.size(1) == config.num_channels, "pixel_values: the channel dimension must match the configuration: expected ",
-           config.num_channels, " but got ", pixel_values.size(1));
+  check_pixel_values(pixel_values, config.num_channels);
   std::vector<torch::Tensor> states;
   auto hidden = pixel_values.to(patch_projections.front()->weight.scalar_type());
   for (size_t i = 0; i < blocks.size(); ++i) {
@@ -157,17 +155,7 @@ std::vector<torch::Tensor> MixTransformer::forward(const torch::Tensor& pixel_va
 }
 
 void SegformerModuleBase::init_module(const std::string& name, torch::nn::Module& module) {
-  torch::NoGradGuard no_grad;
-  const double std = config.head.initializer_range;
-  if (auto* linear = dynamic_cast<layers::LinearImpl*>(&module)) {
-    linear->weight.normal_(0.0, std);
-    if (linear->bias.defined()) linear->bias.zero_();
-  } else if (auto* conv = dynamic_cast<torch::nn::Conv2dImpl*>(&module)) {
-    conv->weight.normal_(0.0, std);
-    if (conv->bias.defined()) conv->bias.zero_();
-  } else if (auto* norm = dynamic_cast<layers::LayerNormImpl*>(&module)) {
-    norm->reset_parameters();
-  }
+  layers::init_normal(module, config.head.initializer_range);
 }
 
 SegformerModel::SegformerModel(const SegformerConfig& config) : SegformerModuleBase(config) {

@@ -4,8 +4,8 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
-#include "models/layers.h"
-#include "models/losses.h"
+#include "nn/layers.h"
+#include "losses/classification.h"
 
 namespace vt::torchscript {
 
@@ -71,13 +71,8 @@ ModelOutputs TorchScriptModule::forward(const ModelInputs& inputs) {
     }
   }
   VT_CHECK(logits.defined(), path_, ": forward must return the logits: a Tensor, a tuple starting with one, or a dict with \"logits\"");
-  ModelOutputs outputs;
-  if (inputs.labels.defined()) {
-    VT_CHECK(logits.dim() == 2, path_, ": labels need logits of shape [batch, num_labels], got ", logits.sizes());
-    outputs.emplace_back("loss", image_classification_loss(logits, inputs.labels, problem_type_));
-  }
-  outputs.emplace_back("logits", logits);
-  return outputs;
+  VT_CHECK(!inputs.labels.defined() || logits.dim() == 2, path_, ": labels need logits of shape [batch, num_labels], got ", logits.sizes());
+  return classification_outputs(logits, inputs.labels, problem_type_);
 }
 
 void TorchScriptModule::save(const std::string& path) const {

@@ -10,7 +10,7 @@
 #include <torch/script.h>
 #include <torch/torch.h>
 
-#include "models/module.h"
+#include "nn/module.h"
 
 namespace vt::torchscript {
 

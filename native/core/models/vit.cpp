@@ -4,7 +4,7 @@
 
 #include "common/error.h"
 #include "common/json_config.h"
-#include "models/losses.h"
+#include "losses/classification.h"
 
 namespace vt::vit {
 
@@ -48,12 +48,8 @@ ViTEmbeddingsImpl::ViTEmbeddingsImpl(const ViTConfig& config) : config(config) {
 }
 
 torch::Tensor ViTEmbeddingsImpl::forward(const torch::Tensor& pixel_values) {
-  VT_CHECK(pixel_values.dim() == 4, "pixel_values: expected [batch, channels, height, width], got shape ",
-           pixel_values.sizes());
+  check_pixel_values(pixel_values, config.num_channels);
   const int64_t batch = pixel_values.size(0);
-  VT_CHECK(pixel_values.size(1) == config.num_channels,
-           "pixel_values: the channel dimension must match the configuration: expected ", config.num_channels,
-           " but got ", pixel_values.size(1));
   VT_CHECK(pixel_values.size(2) == config.image_height && pixel_values.size(3) == config.image_width,
            "pixel_values: input image size (", pixel_values.size(2), "*", pixel_values.size(3),
            ") doesn't match model (", config.image_height, "*", config.image_width, ")");
@@ -199,12 +195,7 @@ ModelOutputs ViTForImageClassification::forward(const ModelInputs& inputs) {
   auto [sequence_output, pooled] = vit->forward(inputs.pixel_values, gradient_checkpointing());
   auto cls = sequence_output.select(1, 0);
   auto logits = classifier ? classifier(cls) : cls;
-  ModelOutputs outputs;
-  if (inputs.labels.defined()) {
-    outputs.emplace_back("loss", image_classification_loss(logits, inputs.labels, config.head.problem_type));
-  }
-  outputs.emplace_back("logits", logits);
-  return outputs;
+  return classification_outputs(logits, inputs.labels, config.head.problem_type);
 }
 
 bool ViTForImageClassification::is_head_key(const std::string& key) const {

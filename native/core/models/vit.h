@@ -8,8 +8,8 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
-#include "models/layers.h"
-#include "models/module.h"
+#include "nn/layers.h"
+#include "nn/module.h"
 
 namespace vt::vit {
 

@@ -6,12 +6,12 @@
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 
-#include "models/dnnl_attention.h"
-#include "models/dnnl_conv.h"
-#include "models/dnnl_linear.h"
-#include "models/int8_linear.h"
-#include "models/kernels.h"
-#include "models/packed_bf16_weights.h"
+#include "kernels/dnnl_attention.h"
+#include "kernels/dnnl_conv.h"
+#include "kernels/dnnl_linear.h"
+#include "kernels/int8_linear.h"
+#include "kernels/threaded.h"
+#include "kernels/packed_bf16_weights.h"
 #include "runtime/threads.h"
 
 namespace {

@@ -4,7 +4,7 @@
 
 #include <torch/script.h>
 
-#include "models/pretrained.h"
+#include "pretrained/pretrained.h"
 #include "models/torchscript.h"
 #include "test_util.h"
 #include "train/trainer.h"

@@ -5,7 +5,7 @@
 #include "common/json_config.h"
 #include "io/safetensors.h"
 #include "models/vit.h"
-#include "models/weights.h"
+#include "pretrained/weights.h"
 #include "test_util.h"
 
 namespace {

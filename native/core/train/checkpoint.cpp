@@ -30,6 +30,7 @@ void sync_directory(const fs::path& directory) {
 
 void save_checkpoint(const std::string& directory, PretrainedModel& model, const Optimizer& optimizer,
                      const nlohmann::json& trainer_state) {
+  ErrorScope errors(ErrorCode::Io);
   const fs::path target = fs::absolute(directory);
   const fs::path parent = target.parent_path();
   fs::create_directories(parent);
@@ -64,6 +65,7 @@ void save_checkpoint(const std::string& directory, PretrainedModel& model, const
 }
 
 CheckpointContents load_checkpoint(const std::string& directory) {
+  ErrorScope errors(ErrorCode::Checkpoint);
   const fs::path dir(directory);
   for (const char* file : {"config.json", "model.safetensors", "optimizer.safetensors", "rng_state.safetensors", kStateFile}) {
     VT_CHECK(fs::is_regular_file(dir / file), directory, ": not a complete checkpoint (no ", file, ")");
@@ -89,6 +91,7 @@ CheckpointContents load_checkpoint(const std::string& directory) {
 }
 
 std::optional<std::string> find_checkpoint(const std::string& path) {
+  ErrorScope errors(ErrorCode::Checkpoint);
   const fs::path dir(path);
   if (fs::is_regular_file(dir / kStateFile)) return dir.string();
   if (!fs::is_directory(dir)) return std::nullopt;

@@ -13,7 +13,7 @@
 #include <torch/torch.h>
 
 #include "common/tensor_map.h"
-#include "models/pretrained.h"
+#include "pretrained/pretrained.h"
 #include "train/optimizer.h"
 
 namespace vt {

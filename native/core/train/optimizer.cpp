@@ -7,7 +7,7 @@
 #include <ATen/Parallel.h>
 
 #include "common/error.h"
-#include "models/layers.h"
+#include "nn/layers.h"
 
 namespace vt {
 

@@ -10,7 +10,7 @@
 
 #include "common/error.h"
 #include "train/training_data.h"
-#include "models/losses.h"
+#include "losses/classification.h"
 #include "runtime/threads.h"
 #include "train/checkpoint.h"
 
@@ -29,7 +29,7 @@ class AutocastScope {
     if (mixed_precision == "no") return;
     cpu_ = device.is_cpu();
     if (cpu_) {
-      VT_CHECK(mixed_precision == "bf16", "mixedPrecision \"", mixed_precision, "\" needs a CUDA device; on CPU use bf16");
+      VT_CHECK(mixed_precision == "bf16", "mixed_precision \"", mixed_precision, "\" needs a CUDA device; on CPU use bf16");
       was_enabled_ = at::autocast::is_cpu_enabled();
       was_dtype_ = at::autocast::get_autocast_cpu_dtype();
       at::autocast::set_cpu_enabled(true);
@@ -74,15 +74,15 @@ ScheduleConfig schedule_for(const TrainingOptions& options, int64_t total_steps)
 }
 
 void validate_options(const TrainingOptions& options) {
-  VT_CHECK(options.learning_rate > 0, "learningRate must be positive");
-  VT_CHECK(options.batch_size > 0, "batchSize must be a positive integer");
+  VT_CHECK(options.learning_rate > 0, "learning_rate must be positive");
+  VT_CHECK(options.batch_size > 0, "batch_size must be a positive integer");
   VT_CHECK(options.epochs > 0, "epochs must be a positive integer");
-  VT_CHECK(options.gradient_accumulation_steps > 0, "gradientAccumulationSteps must be a positive integer");
-  VT_CHECK(options.max_grad_norm >= 0, "maxGradNorm must not be negative");
-  VT_CHECK(options.label_smoothing >= 0 && options.label_smoothing < 1, "labelSmoothing must be in [0, 1)");
+  VT_CHECK(options.gradient_accumulation_steps > 0, "gradient_accumulation_steps must be a positive integer");
+  VT_CHECK(options.max_grad_norm >= 0, "max_grad_norm must not be negative");
+  VT_CHECK(options.label_smoothing >= 0 && options.label_smoothing < 1, "label_smoothing must be in [0, 1)");
   VT_CHECK(options.mixed_precision == "no" || options.mixed_precision == "bf16" || options.mixed_precision == "fp16",
-           "mixedPrecision must be no, bf16 or fp16");
-  VT_CHECK(!options.max_steps || *options.max_steps > 0, "maxSteps must be a positive integer");
+           "mixed_precision must be no, bf16 or fp16");
+  VT_CHECK(!options.max_steps || *options.max_steps > 0, "max_steps must be a positive integer");
 }
 
 // The per-metric improvement rule of early stopping and best-checkpoint tracking.
@@ -90,8 +90,8 @@ bool lower_is_better(const std::string& metric) { return metric.find("loss") != 
 
 std::string dataset_hint(size_t model_labels, size_t classes) {
   return str_cat("the model has ", model_labels, " labels but the dataset has ", classes,
-                 " classes: load the model with numClasses: ", classes,
-                 " (and ignoreMismatchedSizes: true to replace a pretrained head)");
+                 " classes: load the model with num_classes: ", classes,
+                 " (and ignore_mismatched_sizes: true to replace a pretrained head)");
 }
 
 }  // namespace
@@ -146,11 +146,11 @@ Optimizer& Trainer::optimizer_for(const TrainingOptions& options) {
   return *optimizer_;
 }
 
-StepOutcome Trainer::optimizer_step(const std::vector<ModelInputs>& micro_batches, bool return_gradients,
-                                    const TrainingOptions& options, const ScheduleConfig& schedule) {
-  Optimizer& optimizer = optimizer_for(options);
-  std::lock_guard<std::mutex> lock(model_->mutex());
-  apply_compute_threads();
+// ---------------------------------------------------------------------------------------------
+// One optimizer step, in phases: forward and loss, backward (per micro-batch), the gradient
+// synchronisation point, loss unscaling, clipping, the optimizer step and the schedule.
+
+void Trainer::prepare_module(const TrainingOptions& options) {
   VisionModule& module = *model_->module();
   module.train();
   if (options.freeze_batch_norm) {
@@ -159,53 +159,80 @@ StepOutcome Trainer::optimizer_step(const std::vector<ModelInputs>& micro_batche
     }
   }
   module.set_gradient_checkpointing(options.gradient_checkpointing);
+}
+
+Trainer::MicroStep Trainer::forward_and_loss(const ModelInputs& micro_batch, const TrainingOptions& options, const HeadConfig& head) {
+  VT_CHECK(micro_batch.has_labels(), "trainingStep: the batch has no labels");
+  VisionModule& module = *model_->module();
+  ModelInputs inputs = move_inputs(micro_batch, model_->device(), model_->dtype(), model_->memory_format());
+  MicroStep step;
+  {
+    AutocastScope autocast(options.mixed_precision, model_->device());
+    if (options.label_smoothing > 0 && inputs.labels.defined() && model_->task()->labels == LabelsFormat::ClassIndices) {
+      // transformers' Trainer smooths the labels itself, from the logits.
+      ModelInputs unlabeled = inputs;
+      unlabeled.labels = torch::Tensor();
+      step.outputs = module.forward(unlabeled);
+      step.loss = image_classification_loss(find_output(step.outputs, "logits"), inputs.labels, head.problem_type, options.label_smoothing);
+    } else {
+      step.outputs = module.forward(inputs);
+      step.loss = find_output(step.outputs, "loss");
+    }
+  }
+  VT_CHECK(step.loss.defined(), model_->architecture(), " returned no loss for these labels");
+  step.loss = step.loss.to(torch::kFloat32);
+  return step;
+}
+
+void Trainer::backward(const MicroStep& step, double share, const TrainingOptions& options) {
+  // fp16 gradients are computed on a scaled loss, so that small values survive half precision.
+  const bool loss_scaling = options.mixed_precision == "fp16";
+  (step.loss * (share * (loss_scaling ? loss_scale_ : 1.0))).backward();
+}
+
+void Trainer::synchronize_gradients(const NamedParameters&) {
+  // One process holds every gradient already. Data-parallel training averages them over the
+  // ranks here, once per optimizer step (not on the accumulation micro-steps before it).
+}
+
+double Trainer::scheduled_learning_rate(const TrainingOptions& options, const ScheduleConfig& schedule) const {
+  return options.learning_rate * learning_rate_multiplier(schedule, completed_steps_);
+}
+
+StepOutcome Trainer::optimizer_step(const std::vector<ModelInputs>& micro_batches, bool return_gradients,
+                                    const TrainingOptions& options, const ScheduleConfig& schedule) {
+  Optimizer& optimizer = optimizer_for(options);
+  std::lock_guard<std::mutex> lock(model_->mutex());
+  apply_compute_threads();
+  prepare_module(options);
   const HeadConfig head = HeadConfig::from_json(model_->config(), "config.json");
   StepOutcome outcome;
   const double share = 1.0 / static_cast<double>(micro_batches.size());
-  const bool loss_scaling = options.mixed_precision == "fp16";
   for (const auto& micro_batch : micro_batches) {
-    VT_CHECK(micro_batch.has_labels(), "trainingStep: the batch has no labels");
-    ModelInputs inputs = move_inputs(micro_batch, model_->device(), model_->dtype(), model_->memory_format());
-    torch::Tensor loss;
-    ModelOutputs outputs;
-    {
-      AutocastScope autocast(options.mixed_precision, model_->device());
-      if (options.label_smoothing > 0 && inputs.labels.defined() && model_->task() == Task::Classification) {
-        // transformers' Trainer smooths the labels itself, from the logits.
-        ModelInputs unlabeled = inputs;
-        unlabeled.labels = torch::Tensor();
-        outputs = module.forward(unlabeled);
-        loss = image_classification_loss(find_output(outputs, "logits"), inputs.labels, head.problem_type,
-                                         options.label_smoothing);
-      } else {
-        outputs = module.forward(inputs);
-        loss = find_output(outputs, "loss");
-      }
-    }
-    VT_CHECK(loss.defined(), model_->architecture(), " returned no loss for these labels");
-    loss = loss.to(torch::kFloat32);
-    // fp16 gradients are computed on a scaled loss, so that small values survive half precision.
-    (loss * (share * (loss_scaling ? loss_scale_ : 1.0))).backward();
-    outcome.loss += loss.item<double>() * share;
-    for (const auto& [name, value] : outputs) {
+    MicroStep step = forward_and_loss(micro_batch, options, head);
+    backward(step, share, options);
+    outcome.loss += step.loss.item<double>() * share;
+    for (const auto& [name, value] : step.outputs) {
       if (name.rfind("lossDict.", 0) == 0) outcome.loss_dict[name.substr(9)] += value.item<double>() * share;
     }
   }
   const NamedParameters& parameters = optimizer.parameters();
-  if (loss_scaling && !unscale_gradients(parameters)) {
+  synchronize_gradients(parameters);
+  if (options.mixed_precision == "fp16" && !unscale_gradients(parameters)) {
     // torch.cuda.amp.GradScaler: an overflowing step is skipped and the scale halves.
     optimizer.zero_grad();
     outcome.grad_norm = std::numeric_limits<double>::infinity();
     ++completed_steps_;
     return outcome;
   }
+  // Clipping: the norm of the gradients before it, and the scale AdamW applies to them.
   outcome.grad_norm = gradient_norm(parameters);
   if (return_gradients) {
     for (const auto& [name, parameter] : parameters) {
       if (parameter.grad().defined()) outcome.gradients[name] = parameter.grad().detach().to(torch::kCPU).clone();
     }
   }
-  outcome.learning_rate = options.learning_rate * learning_rate_multiplier(schedule, completed_steps_);
+  outcome.learning_rate = scheduled_learning_rate(options, schedule);
   optimizer.step(outcome.learning_rate, clipping_scale(options.max_grad_norm, outcome.grad_norm));
   optimizer.zero_grad();
   ++completed_steps_;
@@ -249,77 +276,37 @@ Metrics Trainer::evaluate(const DatasetSpec& spec, int64_t batch_size) {
   return data->evaluate(evaluation_forward(options), /*whole=*/!data->has_validation());
 }
 
-nlohmann::json Trainer::train(const TrainingOptions& options, const EventSink& emit) {
-  std::lock_guard<std::mutex> run_lock(run_mutex_);
-  validate_options(options);
-  VT_CHECK(options.dataset.has_value(), "train: no dataset (give training.dataset, or data: in the YAML file)");
-  VT_CHECK(!model_->labels().empty(), model_->architecture(), " has no task head; load it with numClasses");
-  const auto& metric = options.early_stopping_metric;
-  static const std::map<Task, std::set<std::string>> task_metrics = {
-      {Task::Classification, {"eval_loss", "eval_accuracy", "eval_top5_accuracy"}},
-      {Task::ObjectDetection, {"eval_loss", "eval_map", "eval_map_50", "eval_map_75"}},
-      {Task::Segmentation, {"eval_loss", "eval_mean_iou", "eval_overall_accuracy"}}};
-  const auto& reported = task_metrics.at(model_->task());
-  if (!reported.count(metric)) {
-    std::string names;
-    for (const auto& name : reported) names += (names.empty() ? "" : ", ") + name;
-    fail("earlyStoppingMetric \"", metric, "\" is not reported for ", task_name(model_->task()), " (use one of ", names, ")");
-  }
-  stop_requested_ = false;
+// ---------------------------------------------------------------------------------------------
+// The loop over a dataset, in phases: the run's start (data, schedule, resume), the next batch,
+// the step, then the step's events, evaluation and checkpoint, and the run's end.
 
-  auto data = open_training_data(model_->task(), *options.dataset, data_options(options), model_->shared_processor(), model_->labels());
-  VT_CHECK(data->class_names().size() == model_->labels().size(), dataset_hint(model_->labels().size(), data->class_names().size()));
-  if (data->class_names() != model_->labels()) model_->set_labels(data->class_names());
-  const int64_t batches_per_epoch = static_cast<int64_t>(data->batches_per_epoch());
-  const int64_t accumulation = options.gradient_accumulation_steps;
-  const int64_t steps_per_epoch = (batches_per_epoch + accumulation - 1) / accumulation;
-  const int64_t total_steps = options.max_steps.value_or(options.epochs * steps_per_epoch);
-  const ScheduleConfig schedule = schedule_for(options, total_steps);
+// The loop's position and bookkeeping (saved in checkpoints), and what its phases share.
+struct Trainer::Run {
+  Run(const TrainingOptions& options, const EventSink& emit) : options(options), emit(emit) {}
+  const TrainingOptions& options;
+  const EventSink& emit;
+  std::unique_ptr<TrainingData> data;
+  ScheduleConfig schedule;
+  int64_t batches_per_epoch = 0, steps_per_epoch = 0, total_steps = 0;
 
-  // The loop's position and bookkeeping, all of it saved in checkpoints.
   int64_t global_step = 0, epoch = 0, batch_in_epoch = 0, evals_without_improvement = 0;
   double train_loss_sum = 0.0;
   std::optional<double> best_metric;
   Metrics last_metrics;
 
-  optimizer_.reset();
-  Optimizer& optimizer = optimizer_for(options);
-  if (!options.resume_from.empty()) {
-    auto found = find_checkpoint(options.resume_from);
-    VT_CHECK(found.has_value(), "resumeFrom: no checkpoint in ", options.resume_from);
-    CheckpointContents checkpoint = load_checkpoint(*found);
-    const auto& state = checkpoint.trainer_state;
-    try {
-      // The data order and the step boundaries depend on these: a resumed run must share them.
-      const std::pair<const char*, nlohmann::json> must_match[] = {
-          {"seed", options.seed}, {"batch_size", options.batch_size}, {"gradient_accumulation_steps", accumulation}};
-      for (const auto& [key, now] : must_match) {
-        const auto& saved = state.at("options").at(key);
-        VT_CHECK(saved == now, "resumeFrom: ", *found, " was trained with ", key, " ", saved.dump(), ", this run has ",
-                 now.dump(), "; resuming needs the same");
-      }
-      global_step = state.at("global_step").get<int64_t>();
-      epoch = state.at("epoch").get<int64_t>();
-      batch_in_epoch = state.at("batch_in_epoch").get<int64_t>();
-      evals_without_improvement = state.at("evals_without_improvement").get<int64_t>();
-      train_loss_sum = state.at("train_loss_sum").get<double>();
-      if (!state.at("best_metric").is_null()) best_metric = state.at("best_metric").get<double>();
-    } catch (const nlohmann::json::exception& error) {
-      fail(*found, "/trainer_state.json: ", error.what());
-    }
-    model_->load_state(checkpoint.model, *found + "/model.safetensors");
-    optimizer.load_state(checkpoint.optimizer, checkpoint.optimizer_steps);
-    auto generator = at::detail::getDefaultCPUGenerator();
-    {
-      std::lock_guard<std::mutex> lock(generator.mutex());
-      generator.set_state(checkpoint.rng_state);
-    }
-  } else {
-    torch::manual_seed(options.seed);
-  }
-  completed_steps_ = global_step;
+  std::string last_checkpoint;
+  int64_t last_saved_step = -1;
+  bool stopped_early = false, aborted = false;
+  std::chrono::steady_clock::time_point started;
+  int64_t first_step = 0, images = 0;
 
-  auto trainer_state = [&] {
+  bool running() const { return global_step < total_steps && !stopped_early && !aborted; }
+  double fractional_epoch() const {
+    return static_cast<double>(epoch) + static_cast<double>(batch_in_epoch) / static_cast<double>(batches_per_epoch);
+  }
+  double elapsed_seconds() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(); }
+
+  nlohmann::json trainer_state() const {
     return nlohmann::json{
         {"global_step", global_step},
         {"epoch", epoch},
@@ -333,104 +320,194 @@ nlohmann::json Trainer::train(const TrainingOptions& options, const EventSink& e
         {"options",
          {{"seed", options.seed},
           {"batch_size", options.batch_size},
-          {"gradient_accumulation_steps", accumulation},
+          {"gradient_accumulation_steps", options.gradient_accumulation_steps},
           {"learning_rate", options.learning_rate},
           {"lr_scheduler", options.lr_scheduler},
           {"warmup_steps", schedule.warmup_steps}}}};
-  };
-  std::string last_checkpoint;
-  int64_t last_saved_step = -1;
-  auto save = [&] {
-    last_checkpoint = (fs::path(options.output_dir) / ("checkpoint-" + std::to_string(global_step))).string();
-    save_checkpoint(last_checkpoint, *model_, optimizer, trainer_state());
-    last_saved_step = global_step;
-    emit({{"kind", "save"}, {"step", global_step}, {"path", last_checkpoint}});
-  };
-  bool stopped_early = false;
-  const EvaluationForward evaluate_forward = evaluation_forward(options);
-  auto run_evaluation = [&] {
-    if (!data->has_validation()) return;
-    last_metrics = data->evaluate(evaluate_forward);
-    const double fractional_epoch = static_cast<double>(epoch) + static_cast<double>(batch_in_epoch) / static_cast<double>(batches_per_epoch);
-    emit({{"kind", "eval"}, {"step", global_step}, {"epoch", fractional_epoch}, {"metrics", last_metrics}});
-    const double value = last_metrics.at(options.early_stopping_metric);
-    if (!best_metric || metric_improves(options.early_stopping_metric, value, *best_metric)) {
-      best_metric = value;
-      evals_without_improvement = 0;
-    } else {
-      ++evals_without_improvement;
-    }
-    if (options.early_stopping_patience && evals_without_improvement >= *options.early_stopping_patience) stopped_early = true;
-  };
+  }
+};
 
-  const auto started = std::chrono::steady_clock::now();
-  const int64_t first_step = global_step;
-  int64_t images = 0;
-  bool aborted = false;
-  while (global_step < total_steps && !stopped_early && !aborted) {
-    data->start_epoch(epoch, static_cast<size_t>(batch_in_epoch));
-    std::vector<ModelInputs> micro_batches;
-    while (global_step < total_steps && !stopped_early && !aborted) {
-      auto batch = data->next();
-      if (batch) {
-        images += batch->pixel_values.size(0);
-        micro_batches.push_back(std::move(*batch));
-        ++batch_in_epoch;
-      }
-      const bool epoch_done = !batch || batch_in_epoch == batches_per_epoch;
-      if (static_cast<int64_t>(micro_batches.size()) < accumulation && !(epoch_done && !micro_batches.empty())) {
-        if (!batch) break;
-        continue;
-      }
-      StepOutcome outcome = optimizer_step(micro_batches, false, options, schedule);
-      micro_batches.clear();
-      ++global_step;
-      train_loss_sum += outcome.loss;
-      if (epoch_done) {
-        ++epoch;
-        batch_in_epoch = 0;
-      }
-      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-      const double steps_done = static_cast<double>(global_step - first_step);
-      const double fractional_epoch = static_cast<double>(epoch) + static_cast<double>(batch_in_epoch) / static_cast<double>(batches_per_epoch);
-      emit({{"kind", "step"},
-            {"step", global_step},
-            {"totalSteps", total_steps},
-            {"epoch", fractional_epoch},
-            {"totalEpochs", static_cast<double>(total_steps) / static_cast<double>(steps_per_epoch)},
+void Trainer::start_run(Run& run) {
+  const TrainingOptions& options = run.options;
+  validate_options(options);
+  VT_CHECK(options.dataset.has_value(), "train: no dataset (give training.dataset, or data: in the YAML file)");
+  VT_CHECK(!model_->labels().empty(), model_->architecture(), " has no task head; load it with numClasses");
+  const auto& metric = options.early_stopping_metric;
+  const std::vector<std::string> reported = reported_metrics(model_->task());
+  if (std::find(reported.begin(), reported.end(), metric) == reported.end()) {
+    std::set<std::string> sorted(reported.begin(), reported.end());
+    std::string names;
+    for (const auto& name : sorted) names += (names.empty() ? "" : ", ") + name;
+    fail("early_stopping_metric \"", metric, "\" is not reported for ", model_->task()->name, " (use one of ", names, ")");
+  }
+  stop_requested_ = false;
+
+  run.data = open_training_data(model_->task(), *options.dataset, data_options(options), model_->shared_processor(), model_->labels());
+  VT_CHECK(run.data->class_names().size() == model_->labels().size(),
+           dataset_hint(model_->labels().size(), run.data->class_names().size()));
+  if (run.data->class_names() != model_->labels()) model_->set_labels(run.data->class_names());
+  run.batches_per_epoch = static_cast<int64_t>(run.data->batches_per_epoch());
+  const int64_t accumulation = options.gradient_accumulation_steps;
+  run.steps_per_epoch = (run.batches_per_epoch + accumulation - 1) / accumulation;
+  run.total_steps = options.max_steps.value_or(options.epochs * run.steps_per_epoch);
+  run.schedule = schedule_for(options, run.total_steps);
+
+  optimizer_.reset();
+  Optimizer& optimizer = optimizer_for(options);
+  if (!options.resume_from.empty()) {
+    resume(run, optimizer);
+  } else {
+    torch::manual_seed(options.seed);
+  }
+  completed_steps_ = run.global_step;
+  run.started = std::chrono::steady_clock::now();
+  run.first_step = run.global_step;
+}
+
+void Trainer::resume(Run& run, Optimizer& optimizer) {
+  const TrainingOptions& options = run.options;
+  auto found = find_checkpoint(options.resume_from);
+  VT_CHECK(found.has_value(), "resume_from: no checkpoint in ", options.resume_from);
+  CheckpointContents checkpoint = load_checkpoint(*found);
+  const auto& state = checkpoint.trainer_state;
+  try {
+    // The data order and the step boundaries depend on these: a resumed run must share them.
+    const std::pair<const char*, nlohmann::json> must_match[] = {{"seed", options.seed},
+                                                                 {"batch_size", options.batch_size},
+                                                                 {"gradient_accumulation_steps", options.gradient_accumulation_steps}};
+    for (const auto& [key, now] : must_match) {
+      const auto& saved = state.at("options").at(key);
+      VT_CHECK(saved == now, "resume_from: ", *found, " was trained with ", key, " ", saved.dump(), ", this run has ", now.dump(),
+               "; resuming needs the same");
+    }
+    run.global_step = state.at("global_step").get<int64_t>();
+    run.epoch = state.at("epoch").get<int64_t>();
+    run.batch_in_epoch = state.at("batch_in_epoch").get<int64_t>();
+    run.evals_without_improvement = state.at("evals_without_improvement").get<int64_t>();
+    run.train_loss_sum = state.at("train_loss_sum").get<double>();
+    if (!state.at("best_metric").is_null()) run.best_metric = state.at("best_metric").get<double>();
+  } catch (const nlohmann::json::exception& error) {
+    fail(*found, "/trainer_state.json: ", error.what());
+  }
+  model_->load_state(checkpoint.model, *found + "/model.safetensors");
+  optimizer.load_state(checkpoint.optimizer, checkpoint.optimizer_steps);
+  auto generator = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  generator.set_state(checkpoint.rng_state);
+}
+
+std::optional<bool> Trainer::next_batches(Run& run, std::vector<ModelInputs>& micro_batches) {
+  while (true) {
+    auto batch = run.data->next();
+    if (batch) {
+      run.images += batch->pixel_values.size(0);
+      micro_batches.push_back(std::move(*batch));
+      ++run.batch_in_epoch;
+    }
+    const bool epoch_done = !batch || run.batch_in_epoch == run.batches_per_epoch;
+    if (static_cast<int64_t>(micro_batches.size()) >= run.options.gradient_accumulation_steps ||
+        (epoch_done && !micro_batches.empty())) {
+      return epoch_done;
+    }
+    if (!batch) return std::nullopt;
+  }
+}
+
+void Trainer::emit_step(Run& run, const StepOutcome& outcome) {
+  const double elapsed = run.elapsed_seconds();
+  const double steps_done = static_cast<double>(run.global_step - run.first_step);
+  run.emit({{"kind", "step"},
+            {"step", run.global_step},
+            {"totalSteps", run.total_steps},
+            {"epoch", run.fractional_epoch()},
+            {"totalEpochs", static_cast<double>(run.total_steps) / static_cast<double>(run.steps_per_epoch)},
             {"loss", outcome.loss},
             {"learningRate", outcome.learning_rate},
             {"gradNorm", outcome.grad_norm},
-            {"imagesPerSecond", static_cast<double>(images) / std::max(elapsed, 1e-9)},
-            {"etaSeconds", elapsed / steps_done * static_cast<double>(total_steps - global_step)},
+            {"imagesPerSecond", static_cast<double>(run.images) / std::max(elapsed, 1e-9)},
+            {"etaSeconds", elapsed / steps_done * static_cast<double>(run.total_steps - run.global_step)},
             {"elapsedSeconds", elapsed}});
-      const bool evaluate_now = options.eval_every > 0 ? global_step % options.eval_every == 0 : epoch_done;
-      if (evaluate_now) run_evaluation();
-      if (options.save_every > 0 && global_step % options.save_every == 0) save();
-      if (stop_requested_) aborted = true;
-      if (epoch_done) break;
+}
+
+void Trainer::run_evaluation(Run& run, const EvaluationForward& forward) {
+  if (!run.data->has_validation()) return;
+  const std::string& metric = run.options.early_stopping_metric;
+  run.last_metrics = run.data->evaluate(forward);
+  run.emit({{"kind", "eval"}, {"step", run.global_step}, {"epoch", run.fractional_epoch()}, {"metrics", run.last_metrics}});
+  const double value = run.last_metrics.at(metric);
+  if (!run.best_metric || metric_improves(metric, value, *run.best_metric)) {
+    run.best_metric = value;
+    run.evals_without_improvement = 0;
+  } else {
+    ++run.evals_without_improvement;
+  }
+  const auto& patience = run.options.early_stopping_patience;
+  if (patience && run.evals_without_improvement >= *patience) run.stopped_early = true;
+}
+
+void Trainer::save_run_checkpoint(Run& run) {
+  run.last_checkpoint = (fs::path(run.options.output_dir) / ("checkpoint-" + std::to_string(run.global_step))).string();
+  save_checkpoint(run.last_checkpoint, *model_, *optimizer_, run.trainer_state());
+  run.last_saved_step = run.global_step;
+  run.emit({{"kind", "save"}, {"step", run.global_step}, {"path", run.last_checkpoint}});
+}
+
+void Trainer::end_step(Run& run, const StepOutcome& outcome, bool epoch_done, const EvaluationForward& forward) {
+  const TrainingOptions& options = run.options;
+  ++run.global_step;
+  run.train_loss_sum += outcome.loss;
+  if (epoch_done) {
+    ++run.epoch;
+    run.batch_in_epoch = 0;
+  }
+  emit_step(run, outcome);
+  const bool evaluate_now = options.eval_every > 0 ? run.global_step % options.eval_every == 0 : epoch_done;
+  if (evaluate_now) run_evaluation(run, forward);
+  if (options.save_every > 0 && run.global_step % options.save_every == 0) save_run_checkpoint(run);
+  if (stop_requested_) run.aborted = true;
+}
+
+nlohmann::json Trainer::finish_run(Run& run, const EvaluationForward& forward) {
+  const TrainingOptions& options = run.options;
+  // A run that ends between evaluations (maxSteps, an abort) still reports where it stands.
+  if (run.last_metrics.empty() && !run.aborted) run_evaluation(run, forward);
+  if (run.last_saved_step != run.global_step) save_run_checkpoint(run);
+  if (!run.aborted) {
+    model_->save(options.output_dir);
+    run.emit({{"kind", "save"}, {"step", run.global_step}, {"path", fs::absolute(options.output_dir).string()}});
+  }
+  const double runtime = run.elapsed_seconds();
+  nlohmann::json result{{"globalStep", run.global_step},
+                        {"epoch", run.fractional_epoch()},
+                        {"trainLoss", run.global_step > 0 ? run.train_loss_sum / static_cast<double>(run.global_step) : 0.0},
+                        {"trainRuntime", runtime},
+                        {"trainSamplesPerSecond", static_cast<double>(run.images) / std::max(runtime, 1e-9)},
+                        {"metrics", run.last_metrics},
+                        {"stoppedEarly", run.stopped_early},
+                        {"aborted", run.aborted},
+                        {"outputDir", fs::absolute(options.output_dir).string()},
+                        {"checkpoint", fs::absolute(run.last_checkpoint).string()}};
+  if (run.best_metric) result["bestMetric"] = *run.best_metric;
+  return result;
+}
+
+nlohmann::json Trainer::train(const TrainingOptions& options, const EventSink& emit) {
+  std::lock_guard<std::mutex> run_lock(run_mutex_);
+  Run run(options, emit);
+  start_run(run);
+  const EvaluationForward forward = evaluation_forward(options);
+  while (run.running()) {
+    run.data->start_epoch(run.epoch, static_cast<size_t>(run.batch_in_epoch));
+    while (run.running()) {
+      std::vector<ModelInputs> micro_batches;
+      const std::optional<bool> epoch_done = next_batches(run, micro_batches);
+      if (!epoch_done) break;  // the epoch had no batch left
+      StepOutcome outcome = optimizer_step(micro_batches, false, options, run.schedule);
+      end_step(run, outcome, *epoch_done, forward);
+      if (*epoch_done) break;
     }
   }
-  // A run that ends between evaluations (maxSteps, an abort) still reports where it stands.
-  if (last_metrics.empty() && !aborted) run_evaluation();
-  if (last_saved_step != global_step) save();
-  if (!aborted) {
-    model_->save(options.output_dir);
-    emit({{"kind", "save"}, {"step", global_step}, {"path", fs::absolute(options.output_dir).string()}});
-  }
-  const double runtime = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  nlohmann::json result{{"globalStep", global_step},
-                        {"epoch", static_cast<double>(epoch) + static_cast<double>(batch_in_epoch) / static_cast<double>(batches_per_epoch)},
-                        {"trainLoss", global_step > 0 ? train_loss_sum / static_cast<double>(global_step) : 0.0},
-                        {"trainRuntime", runtime},
-                        {"trainSamplesPerSecond", static_cast<double>(images) / std::max(runtime, 1e-9)},
-                        {"metrics", last_metrics},
-                        {"stoppedEarly", stopped_early},
-                        {"aborted", aborted},
-                        {"outputDir", fs::absolute(options.output_dir).string()},
-                        {"checkpoint", fs::absolute(last_checkpoint).string()}};
-  if (best_metric) result["bestMetric"] = *best_metric;
-  return result;
+  return finish_run(run, forward);
 }
 
 }  // namespace vt

@@ -16,7 +16,7 @@
 
 #include "data/dataset.h"
 #include "train/training_data.h"
-#include "models/pretrained.h"
+#include "pretrained/pretrained.h"
 #include "train/optimizer.h"
 #include "train/scheduler.h"
 
@@ -79,8 +79,35 @@ class Trainer {
 
  private:
   struct Run;
+  // The outputs and float32 loss of one micro-batch's forward pass.
+  struct MicroStep {
+    ModelOutputs outputs;
+    torch::Tensor loss;
+  };
+
+  // The run's phases (train()).
+  void start_run(Run& run);                      // data, schedule, optimizer; resumed or seeded
+  void resume(Run& run, Optimizer& optimizer);   // position, weights, optimizer and RNG from a checkpoint
+  // The micro-batches of the next optimizer step: whether they end the epoch; nullopt when the
+  // epoch had no batch left.
+  std::optional<bool> next_batches(Run& run, std::vector<ModelInputs>& micro_batches);
+  void end_step(Run& run, const StepOutcome& outcome, bool epoch_done, const EvaluationForward& forward);
+  void emit_step(Run& run, const StepOutcome& outcome);
+  void run_evaluation(Run& run, const EvaluationForward& forward);  // and early stopping's bookkeeping
+  void save_run_checkpoint(Run& run);
+  nlohmann::json finish_run(Run& run, const EvaluationForward& forward);
+
+  // An optimizer step's phases.
   StepOutcome optimizer_step(const std::vector<ModelInputs>& micro_batches, bool return_gradients,
                              const TrainingOptions& options, const ScheduleConfig& schedule);
+  void prepare_module(const TrainingOptions& options);  // training mode, frozen BatchNorm, checkpointing
+  MicroStep forward_and_loss(const ModelInputs& micro_batch, const TrainingOptions& options, const HeadConfig& head);
+  void backward(const MicroStep& step, double share, const TrainingOptions& options);
+  // Where the gradients of all micro-batches are complete: data-parallel training averages them
+  // over the ranks here.
+  void synchronize_gradients(const NamedParameters& parameters);
+  double scheduled_learning_rate(const TrainingOptions& options, const ScheduleConfig& schedule) const;
+
   // Evaluation-mode forward passes on the model, for TrainingData::evaluate.
   EvaluationForward evaluation_forward(const TrainingOptions& options);
   DataOptions data_options(const TrainingOptions& options) const;

@@ -12,7 +12,9 @@
 
 #include "data/dataset.h"
 #include "data/image_processor.h"
-#include "models/module.h"
+#include "data/loader.h"
+#include "nn/module.h"
+#include "tasks/task.h"
 
 namespace vt {
 
@@ -33,7 +35,7 @@ class TrainingData {
   virtual size_t batches_per_epoch() const = 0;
   // Training batches of `epoch` from `first_batch` on; next() gives nullopt at the epoch's end.
   virtual void start_epoch(int64_t epoch, size_t first_batch) = 0;
-  virtual std::optional<ModelInputs> next() = 0;
+  virtual std::optional<Batch> next() = 0;
   virtual bool has_validation() const = 0;
   // Metrics on the validation split ("eval_..."); `whole`: on the training split instead, for
   // evaluate() on a dataset without one.

@@ -1,4 +1,4 @@
-#include "models/registry.h"
+#include "pretrained/registry.h"
 
 #include "common/error.h"
 #include "models/convnext.h"
@@ -11,60 +11,60 @@ namespace vt {
 
 const std::vector<Architecture>& architectures() {
   static const std::vector<Architecture> table = {
-      {"ViTForImageClassification", "vit", Task::Classification,
+      {"ViTForImageClassification", "vit", find_task("classification"),
        {"google/vit-base-patch16-224", "google/vit-base-patch32-384", "google/vit-large-patch16-224"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<vit::ViTForImageClassification>(vit::ViTConfig::from_json(config, source));
        }},
-      {"ViTModel", "vit", std::nullopt,
+      {"ViTModel", "vit", nullptr,
        {"google/vit-base-patch16-224-in21k", "google/vit-large-patch16-224-in21k"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<vit::ViTModel>(vit::ViTConfig::from_json(config, source));
        }},
-      {"ResNetForImageClassification", "resnet", Task::Classification,
+      {"ResNetForImageClassification", "resnet", find_task("classification"),
        {"microsoft/resnet-50", "microsoft/resnet-18", "microsoft/resnet-34", "microsoft/resnet-101", "microsoft/resnet-152"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<resnet::ResNetForImageClassification>(resnet::ResNetConfig::from_json(config, source));
        }},
-      {"ResNetModel", "resnet", std::nullopt, {"microsoft/resnet-50"},
+      {"ResNetModel", "resnet", nullptr, {"microsoft/resnet-50"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<resnet::ResNetModel>(resnet::ResNetConfig::from_json(config, source));
        }},
-      {"ConvNextForImageClassification", "convnext", Task::Classification,
+      {"ConvNextForImageClassification", "convnext", find_task("classification"),
        {"facebook/convnext-tiny-224", "facebook/convnext-small-224", "facebook/convnext-base-224",
         "facebook/convnext-large-224"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<convnext::ConvNextForImageClassification>(convnext::ConvNextConfig::from_json(config, source));
        }},
-      {"ConvNextModel", "convnext", std::nullopt, {"facebook/convnext-tiny-224"},
+      {"ConvNextModel", "convnext", nullptr, {"facebook/convnext-tiny-224"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<convnext::ConvNextModel>(convnext::ConvNextConfig::from_json(config, source));
        }},
-      {"DetrForObjectDetection", "detr", Task::ObjectDetection,
+      {"DetrForObjectDetection", "detr", find_task("object_detection"),
        {"facebook/detr-resnet-50", "facebook/detr-resnet-101", "facebook/detr-resnet-50-dc5"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<detr::DetrForObjectDetection>(detr::DetrConfig::from_json(config, source));
        }},
-      {"DetrModel", "detr", std::nullopt, {"facebook/detr-resnet-50"},
+      {"DetrModel", "detr", nullptr, {"facebook/detr-resnet-50"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<detr::DetrForObjectDetection>(detr::DetrConfig::from_json(config, source), false);
        }},
-      {"TableTransformerModel", "table-transformer", std::nullopt, {"microsoft/table-transformer-detection"},
+      {"TableTransformerModel", "table-transformer", nullptr, {"microsoft/table-transformer-detection"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<detr::DetrForObjectDetection>(detr::DetrConfig::from_json(config, source), false);
        }},
-      {"TableTransformerForObjectDetection", "table-transformer", Task::ObjectDetection,
+      {"TableTransformerForObjectDetection", "table-transformer", find_task("object_detection"),
        {"microsoft/table-transformer-detection", "microsoft/table-transformer-structure-recognition"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<detr::DetrForObjectDetection>(detr::DetrConfig::from_json(config, source));
        }},
-      {"SegformerForSemanticSegmentation", "segformer", Task::Segmentation,
+      {"SegformerForSemanticSegmentation", "segformer", find_task("segmentation"),
        {"nvidia/segformer-b0-finetuned-ade-512-512", "nvidia/segformer-b2-finetuned-ade-512-512",
         "nvidia/segformer-b0-finetuned-cityscapes-1024-1024"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<segformer::SegformerForSemanticSegmentation>(segformer::SegformerConfig::from_json(config, source));
        }},
-      {"SegformerModel", "segformer", std::nullopt, {"nvidia/mit-b0", "nvidia/mit-b2"},
+      {"SegformerModel", "segformer", nullptr, {"nvidia/mit-b0", "nvidia/mit-b2"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<segformer::SegformerModel>(segformer::SegformerConfig::from_json(config, source));
        }},
@@ -117,7 +117,7 @@ const Architecture& select_architecture(const nlohmann::json& config, Task task,
   if (architecture && architecture->task == task) return *architecture;
   if (architecture && !architecture->task && !want_head) return *architecture;
   if (const Architecture* task_class = task_class_of_family(model_type, task)) return *task_class;
-  fail(source, ": no ", task_name(task), " model for model_type \"", model_type, "\"",
+  fail(source, ": no ", task->name, " model for model_type \"", model_type, "\"",
        declared.empty() ? std::string() : " (checkpoint class " + declared + ")",
        "; supported architectures: ", supported_names());
 }

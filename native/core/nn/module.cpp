@@ -1,25 +1,15 @@
-#include "models/module.h"
+#include "nn/module.h"
 
 #include "common/error.h"
 #include "common/json_config.h"
-#include "models/layers.h"
+#include "nn/layers.h"
 
 namespace vt {
 
-std::string task_name(Task task) {
-  switch (task) {
-    case Task::Classification: return "classification";
-    case Task::ObjectDetection: return "object_detection";
-    case Task::Segmentation: return "segmentation";
-  }
-  return "unknown";
-}
-
-Task task_from_name(const std::string& name) {
-  if (name == "classification") return Task::Classification;
-  if (name == "object_detection") return Task::ObjectDetection;
-  if (name == "segmentation") return Task::Segmentation;
-  fail("unknown model type \"", name, "\" (expected classification, object_detection or segmentation)");
+void check_pixel_values(const torch::Tensor& pixel_values, int64_t num_channels) {
+  VT_CHECK(pixel_values.dim() == 4, "pixel_values: expected [batch, channels, height, width], got shape ", pixel_values.sizes());
+  VT_CHECK(pixel_values.size(1) == num_channels, "pixel_values: the channel dimension must match the configuration: expected ",
+           num_channels, " but got ", pixel_values.size(1));
 }
 
 ModelInputs move_inputs(const ModelInputs& raw, torch::Device device, torch::ScalarType dtype,

@@ -9,10 +9,10 @@
 
 #include <torch/torch.h>
 
-#include "models/dnnl_attention.h"
-#include "models/dnnl_conv.h"
-#include "models/dnnl_linear.h"
-#include "models/int8_linear.h"
+#include "kernels/dnnl_attention.h"
+#include "kernels/dnnl_conv.h"
+#include "kernels/dnnl_linear.h"
+#include "kernels/int8_linear.h"
 
 namespace vt::layers {
 
@@ -79,12 +79,14 @@ class LayerNormImpl : public torch::nn::Module {
 };
 TORCH_MODULE(LayerNorm);
 
-// Scaled dot-product attention on [B, heads, T, head_dim] tensors; `additive_mask`, when defined,
-// broadcasts to [B, heads, Tq, Tk].
+// softmax(query key^T * scale + additive_mask) value on [B, heads, T, head_dim] tensors, through
+// the fastest path that applies (fused CPU inference, oneDNN training attention, libtorch 2.x's
+// sdpa on CUDA). `additive_mask`, when defined, broadcasts to [B, heads, Tq, Tk]; `scale`
+// defaults to 1 / sqrt(head_dim) (DETR scales its queries itself and passes 1).
 torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const torch::Tensor& key,
                                            const torch::Tensor& value,
                                            const torch::Tensor& additive_mask, double dropout,
-                                           bool training);
+                                           bool training, std::optional<double> scale = std::nullopt);
 
 // BatchNorm2d with fixed statistics and affine weights, all buffers (DETR's FrozenBatchNorm2d:
 // torchvision's, with eps inside the rsqrt).
@@ -109,26 +111,41 @@ struct BatchNorm2dSlot {
   FrozenBatchNorm2d frozen{nullptr};
 };
 
-// A convolution followed by a frozen normalization, for kernels::FusedConvolution; nullopt for
-// convolutions it does not cover (groups, a bias, asymmetric or "same" padding).
-std::optional<kernels::ConvolutionBatchNorm> fusable(const torch::nn::Conv2d& convolution, const FrozenBatchNorm2d& norm);
-
 // convolution(input), through oneDNN for every float32 CPU input when no gradient is wanted.
 // libtorch 1.13 sends a small single-image input to its im2col kernel and the same input in a
 // batch to oneDNN, whose results differ in the last bits: a micro-batched call would not give
 // what the call alone gives.
 torch::Tensor conv2d(torch::nn::Conv2d convolution, const torch::Tensor& input);
 
-// relu?(norm(convolution(input)) + residual), residual may be undefined: through `fused` where
-// it applies (accumulated into the residual's memory with `may_overwrite_residual`, see
-// FusedConvolution::run), else step by step.
-torch::Tensor convolution_norm(kernels::FusedConvolution& fused, torch::nn::Conv2d convolution, FrozenBatchNorm2d norm,
-                               const torch::Tensor& input, const torch::Tensor& residual, bool relu,
-                               bool may_overwrite_residual = false);
+// A convolution and the normalization after it, registered by the model under its own names,
+// with the fused kernel's state: relu?(norm(convolution(input)) + residual) runs as one oneDNN
+// kernel (folded, prepacked weights) where it applies, else step by step.
+class ConvolutionNorm {
+ public:
+  ConvolutionNorm() = default;
+  ConvolutionNorm(torch::nn::Conv2d convolution, BatchNorm2dSlot normalization);
+  ConvolutionNorm(torch::nn::Conv2d convolution, FrozenBatchNorm2d normalization);
+  // `residual` may be undefined; with `may_overwrite_residual` (nothing else sees its memory) the
+  // sum is accumulated into it.
+  torch::Tensor operator()(const torch::Tensor& input, const torch::Tensor& residual = {}, bool relu = false,
+                           bool may_overwrite_residual = false);
+  // The fused kernel alone: undefined where it does not apply (a gradient wanted, batch
+  // statistics in training, a geometry or dtype it does not cover).
+  torch::Tensor fused(const torch::Tensor& input, const torch::Tensor& residual, bool relu, bool may_overwrite_residual = false);
+  torch::nn::Conv2d convolution{nullptr};
+  BatchNorm2dSlot normalization;
+
+ private:
+  kernels::FusedConvolution kernel_;
+};
 
 // Stochastic depth (timm's drop_path): drops whole samples of a residual branch with
 // probability `p` in training, scaling the kept ones by 1 / (1 - p).
 torch::Tensor drop_path(const torch::Tensor& x, double p, bool training);
+
+// transformers' common _init_weights: Linear and Conv2d weights normal(0, std) with zero biases,
+// LayerNorm weight 1 and bias 0. False for a module of another type (the model's own to handle).
+bool init_normal(torch::nn::Module& module, double std);
 
 // PyTorch's nn.init.trunc_normal_ (bounds a, b are absolute values, as in PyTorch).
 void trunc_normal_(torch::Tensor& tensor, double mean, double std, double a = -2.0, double b = 2.0);

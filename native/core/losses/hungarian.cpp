@@ -1,7 +1,7 @@
 // Shortest augmenting paths with dual potentials (the Hungarian method in its O(n^2 m) form, the
 // family scipy's solver belongs to): rows are added one at a time, each by a Dijkstra-like search
 // over columns on reduced costs; the potentials keep every partial assignment optimal.
-#include "train/hungarian.h"
+#include "losses/hungarian.h"
 
 #include <algorithm>
 #include <cmath>

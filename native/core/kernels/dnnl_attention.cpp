@@ -1,4 +1,4 @@
-#include "models/dnnl_attention.h"
+#include "kernels/dnnl_attention.h"
 
 #include "common/error.h"
 
@@ -16,7 +16,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 
-#include "models/dnnl_support.h"
+#include "kernels/dnnl_support.h"
 #endif
 
 namespace vt::kernels {

@@ -1,4 +1,4 @@
-#include "models/layers.h"
+#include "nn/layers.h"
 
 #include <cmath>
 #include <map>
@@ -6,8 +6,8 @@
 #include <torch/version.h>
 
 #include "common/error.h"
-#include "models/dnnl_linear.h"
-#include "models/kernels.h"
+#include "kernels/dnnl_linear.h"
+#include "kernels/threaded.h"
 
 namespace vt::layers {
 
@@ -157,8 +157,9 @@ void LayerNormImpl::reset_parameters() {
 torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const torch::Tensor& key,
                                            const torch::Tensor& value,
                                            const torch::Tensor& additive_mask, double dropout,
-                                           bool training) {
-  const double scale = 1.0 / std::sqrt(static_cast<double>(query.size(-1)));
+                                           bool training, std::optional<double> requested_scale) {
+  const double default_scale = 1.0 / std::sqrt(static_cast<double>(query.size(-1)));
+  const double scale = requested_scale.value_or(default_scale);
   const bool drops = dropout > 0.0 && training;
   if (!drops && kernels::fuses_attention(query, key, value, additive_mask)) {
     return kernels::attention(query, key, value, additive_mask, scale);
@@ -169,9 +170,14 @@ torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const tor
 #if TORCH_VERSION_MAJOR >= 2
   // libtorch 2.x: flash / memory-efficient kernels on CUDA, with the same default scale.
   if (!query.device().is_cpu()) {
-    return at::scaled_dot_product_attention(query, key, value,
-                                            additive_mask.defined() ? c10::optional<torch::Tensor>(additive_mask) : c10::nullopt,
-                                            drops ? dropout : 0.0);
+    const auto mask = additive_mask.defined() ? c10::optional<torch::Tensor>(additive_mask) : c10::nullopt;
+#if TORCH_VERSION_MAJOR > 2 || TORCH_VERSION_MINOR >= 1
+    return at::scaled_dot_product_attention(query, key, value, mask, drops ? dropout : 0.0, /*is_causal=*/false, scale);
+#else
+    // 2.0 has no scale argument: fold the requested scale into the query.
+    auto scaled_query = scale == default_scale ? query : query * (scale / default_scale);
+    return at::scaled_dot_product_attention(scaled_query, key, value, mask, drops ? dropout : 0.0);
+#endif
   }
 #endif
   // Same order of operations as transformers, (q k^T) / sqrt(d), except in bfloat16 on CPU:
@@ -229,8 +235,8 @@ std::optional<kernels::ConvolutionBatchNorm> convolution_geometry(const torch::n
   return layer;
 }
 
-}  // namespace
-
+// A convolution followed by a frozen normalization, for kernels::FusedConvolution; nullopt for
+// convolutions it does not cover (groups, a bias, asymmetric or "same" padding).
 std::optional<kernels::ConvolutionBatchNorm> fusable(const torch::nn::Conv2d& convolution, const FrozenBatchNorm2d& norm) {
   auto fused = convolution_geometry(convolution);
   if (!fused) return std::nullopt;
@@ -239,6 +245,8 @@ std::optional<kernels::ConvolutionBatchNorm> fusable(const torch::nn::Conv2d& co
   fused->eps = kFrozenBatchNormEps;
   return fused;
 }
+
+}  // namespace
 
 torch::Tensor conv2d(torch::nn::Conv2d convolution, const torch::Tensor& input) {
   const auto& options = convolution->options;
@@ -256,12 +264,22 @@ torch::Tensor conv2d(torch::nn::Conv2d convolution, const torch::Tensor& input) 
                                 **padding, *options.stride(), *options.dilation(), options.groups());
 }
 
-torch::Tensor convolution_norm(kernels::FusedConvolution& fused, torch::nn::Conv2d convolution, FrozenBatchNorm2d norm,
-                               const torch::Tensor& input, const torch::Tensor& residual, bool relu, bool may_overwrite_residual) {
-  if (auto layer = fusable(convolution, norm)) {
-    if (auto output = fused.run(input, *layer, residual, relu, may_overwrite_residual); output.defined()) return output;
-  }
-  auto output = norm(convolution(input));
+ConvolutionNorm::ConvolutionNorm(torch::nn::Conv2d convolution, BatchNorm2dSlot normalization)
+    : convolution(std::move(convolution)), normalization(std::move(normalization)) {}
+
+ConvolutionNorm::ConvolutionNorm(torch::nn::Conv2d convolution, FrozenBatchNorm2d frozen) : convolution(std::move(convolution)) {
+  normalization.frozen = std::move(frozen);
+}
+
+torch::Tensor ConvolutionNorm::fused(const torch::Tensor& input, const torch::Tensor& residual, bool relu, bool may_overwrite_residual) {
+  auto layer = normalization.after(convolution);
+  return layer ? kernel_.run(input, *layer, residual, relu, may_overwrite_residual) : torch::Tensor();
+}
+
+torch::Tensor ConvolutionNorm::operator()(const torch::Tensor& input, const torch::Tensor& residual, bool relu,
+                                          bool may_overwrite_residual) {
+  if (auto output = fused(input, residual, relu, may_overwrite_residual); output.defined()) return output;
+  auto output = normalization(convolution(input));
   if (residual.defined()) output = output + residual;
   return relu ? torch::relu(output) : output;
 }
@@ -285,6 +303,22 @@ torch::Tensor drop_path(const torch::Tensor& x, double p, bool training) {
   shape[0] = x.size(0);
   auto mask = (keep + torch::rand(shape, x.options())).floor_();
   return x.div(keep) * mask;
+}
+
+bool init_normal(torch::nn::Module& module, double std) {
+  torch::NoGradGuard no_grad;
+  if (auto* linear = dynamic_cast<LinearImpl*>(&module)) {
+    linear->weight.normal_(0.0, std);
+    if (linear->bias.defined()) linear->bias.zero_();
+  } else if (auto* conv = dynamic_cast<torch::nn::Conv2dImpl*>(&module)) {
+    conv->weight.normal_(0.0, std);
+    if (conv->bias.defined()) conv->bias.zero_();
+  } else if (auto* norm = dynamic_cast<LayerNormImpl*>(&module)) {
+    norm->reset_parameters();
+  } else {
+    return false;
+  }
+  return true;
 }
 
 void trunc_normal_(torch::Tensor& tensor, double mean, double std, double a, double b) {

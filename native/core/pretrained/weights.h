@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "common/tensor_map.h"
-#include "models/module.h"
+#include "nn/module.h"
 
 namespace vt {
 

@@ -1,4 +1,4 @@
-#include "models/dnnl_linear.h"
+#include "kernels/dnnl_linear.h"
 
 #include "common/error.h"
 
@@ -16,8 +16,8 @@
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 
-#include "models/dnnl_support.h"
-#include "models/packed_bf16_weights.h"
+#include "kernels/dnnl_support.h"
+#include "kernels/packed_bf16_weights.h"
 #endif
 
 namespace vt::kernels {

@@ -1,4 +1,4 @@
-#include "models/losses.h"
+#include "losses/classification.h"
 
 #include "common/error.h"
 
@@ -48,6 +48,14 @@ torch::Tensor image_classification_loss(const torch::Tensor& logits, const torch
     return torch::binary_cross_entropy_with_logits(logits32, labels.to(torch::kFloat32));
   }
   fail("unknown problem_type \"", problem, "\"");
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> classification_outputs(const torch::Tensor& logits, const torch::Tensor& labels,
+                                                                          const std::string& problem_type) {
+  std::vector<std::pair<std::string, torch::Tensor>> outputs;
+  if (labels.defined()) outputs.emplace_back("loss", image_classification_loss(logits, labels, problem_type));
+  outputs.emplace_back("logits", logits);
+  return outputs;
 }
 
 }  // namespace vt

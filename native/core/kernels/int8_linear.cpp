@@ -1,4 +1,4 @@
-#include "models/int8_linear.h"
+#include "kernels/int8_linear.h"
 
 #include "common/error.h"
 

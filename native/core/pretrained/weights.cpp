@@ -1,4 +1,4 @@
-#include "models/weights.h"
+#include "pretrained/weights.h"
 
 #include <filesystem>
 #include <set>
@@ -57,6 +57,7 @@ TensorMap align_prefix(const TensorMap& checkpoint, const std::map<std::string, 
 
 LoadReport load_weights(VisionModule& module, const TensorMap& checkpoint_in, const std::string& source,
                         bool ignore_mismatched_sizes) {
+  ErrorScope errors(ErrorCode::Checkpoint);
   LoadReport report;
   report.source = source;
   auto state = module.named_state();
@@ -118,6 +119,7 @@ LoadReport load_weights(VisionModule& module, const TensorMap& checkpoint_in, co
 }
 
 TensorMap read_checkpoint_directory(const std::string& directory, std::string* source) {
+  ErrorScope errors(ErrorCode::Checkpoint);
   namespace fs = std::filesystem;
   const fs::path dir(directory);
   auto exists = [&](const char* name) { return fs::is_regular_file(dir / name); };

@@ -1,4 +1,4 @@
-#include "models/dnnl_conv.h"
+#include "kernels/dnnl_conv.h"
 
 #include "common/error.h"
 
@@ -11,7 +11,7 @@
 
 #include <ATen/autocast_mode.h>
 
-#include "models/dnnl_support.h"
+#include "kernels/dnnl_support.h"
 #endif
 
 namespace vt::kernels {

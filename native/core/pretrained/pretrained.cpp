@@ -1,4 +1,4 @@
-#include "models/pretrained.h"
+#include "pretrained/pretrained.h"
 
 #include <filesystem>
 
@@ -7,8 +7,8 @@
 #include "common/error.h"
 #include "common/json_config.h"
 #include "io/safetensors.h"
-#include "models/layers.h"
-#include "models/losses.h"
+#include "nn/layers.h"
+#include "data/detection.h"
 #include "models/torchscript.h"
 #include "runtime/threads.h"
 
@@ -41,7 +41,7 @@ torch::Device device_from_name(const std::string& name) {
   if (name == "auto") return torch::cuda::is_available() ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
   if (name == "cpu") return torch::Device(torch::kCPU);
   if (name.rfind("cuda", 0) == 0) {
-    VT_CHECK(torch::cuda::is_available(), "device \"", name, "\" requested, but CUDA is not available here");
+    if (!torch::cuda::is_available()) fail_with(ErrorCode::Unsupported, "device \"", name, "\" requested, but CUDA is not available here");
     torch::Device device(name);
     VT_CHECK(device.index() < static_cast<int>(torch::cuda::device_count()), "device \"", name, "\": only ",
              torch::cuda::device_count(), " CUDA device(s) present");
@@ -171,9 +171,12 @@ std::shared_ptr<PretrainedModel> PretrainedModel::load(const LoadOptions& option
     model->load_architecture(options);
   }
   const std::string source = (fs::path(model->directory_) / "config.json").string();
-  const int64_t channels = JsonConfig(model->config_, source).get_positive_int("num_channels", 3);
-  model->processor_ = std::make_shared<ImageProcessor>(
-      processor_config_for(model->directory_, model->config_, options, channels), static_cast<int>(channels));
+  {
+    ErrorScope config_errors(ErrorCode::Config);
+    const int64_t channels = JsonConfig(model->config_, source).get_positive_int("num_channels", 3);
+    model->processor_ = std::make_shared<ImageProcessor>(
+        processor_config_for(model->directory_, model->config_, options, channels), static_cast<int>(channels));
+  }
 
   model->device_ = device_from_name(options.device);
   model->dtype_ = model_dtype_from_name(options.dtype);
@@ -196,7 +199,9 @@ void PretrainedModel::quantize(const std::string& quantization) {
   VT_CHECK(architecture_ != torchscript::kArchitecture, "int8 quantization applies to the built-in architectures, not to TorchScript models");
   VT_CHECK(device_.is_cpu() && dtype_ == torch::kFloat32, "int8 quantization runs on CPU in float32: load with device cpu and dtype float32 (got ",
            device_name(), ", ", dtype_name(dtype_), ")");
-  VT_CHECK(kernels::int8_linear_available(), "int8 quantization is not available in this build (it needs oneDNN when building)");
+  if (!kernels::int8_linear_available()) {
+    fail_with(ErrorCode::Unsupported, "int8 quantization is not available in this build (it needs oneDNN when building)");
+  }
   for (const auto& child : module_->modules()) {
     if (auto* linear = child->as<layers::LinearImpl>()) linear->quantize_int8();
   }
@@ -204,6 +209,7 @@ void PretrainedModel::quantize(const std::string& quantization) {
 }
 
 void PretrainedModel::load_architecture(const LoadOptions& options) {
+  ErrorScope config_errors(ErrorCode::Config);  // reading weights sets its own
   const fs::path directory(options.directory);
   VT_CHECK(fs::is_directory(directory), options.directory, ": not a directory");
   const fs::path config_path = directory / "config.json";
@@ -249,6 +255,7 @@ void PretrainedModel::load_architecture(const LoadOptions& options) {
 }
 
 void PretrainedModel::load_torchscript(const LoadOptions& options, const fs::path& archive) {
+  ErrorScope config_errors(ErrorCode::Config);
   VT_CHECK(options.pretrained, archive.string(),
            ": a TorchScript model carries its own weights; pretrained: false has nothing to initialise from");
   directory_ = fs::is_regular_file(options.directory) ? archive.parent_path().string() : options.directory;
@@ -261,7 +268,11 @@ void PretrainedModel::load_torchscript(const LoadOptions& options, const fs::pat
   architecture_ = torchscript::kArchitecture;
   config_["architectures"] = nlohmann::json::array({architecture_});
 
-  auto scripted = std::make_shared<torchscript::TorchScriptModule>(archive.string(), config_.value("problem_type", ""));
+  std::shared_ptr<torchscript::TorchScriptModule> scripted;
+  {
+    ErrorScope checkpoint_errors(ErrorCode::Checkpoint);
+    scripted = std::make_shared<torchscript::TorchScriptModule>(archive.string(), config_.value("problem_type", ""));
+  }
   module_ = scripted;
   report_.source = archive.string();
   if (!config_.contains("id2label")) {
@@ -306,70 +317,24 @@ TensorMap PretrainedModel::state_dict() {
 
 PretrainedModel::Preprocessed PretrainedModel::preprocess(const std::vector<Image>& images) const {
   VT_CHECK(!images.empty(), "preprocess: no images given");
-  if (task_ == Task::ObjectDetection) {
+  if (task_->pads_batches) {
     DetectionBatch batch = preprocess_detection(images, *processor_);
     return {batch.pixel_values, batch.pixel_mask};
   }
   return {processor_->process_batch(images), {}};
 }
 
-std::vector<std::vector<PretrainedModel::LabeledDetection>> PretrainedModel::detect(const std::vector<Image>& images,
-                                                                                     double threshold) {
-  VT_CHECK(task_ == Task::ObjectDetection, architecture_, " is not an object detection model");
-  VT_CHECK(threshold >= 0.0 && threshold <= 1.0, "threshold must be between 0 and 1, got ", threshold);
-  DetectionBatch batch = preprocess_detection(images, *processor_);
+std::vector<Prediction> PretrainedModel::predict(const std::vector<Image>& images, const PredictOptions& options) {
+  VT_CHECK(!labels_.empty(), architecture_, " has no ", task_->name, " head; load it with numClasses to add one");
+  task_->check_options(options);
+  Preprocessed batch = preprocess(images);
   ModelInputs inputs;
   inputs.pixel_values = batch.pixel_values;
   inputs.pixel_mask = batch.pixel_mask;
   ModelOutputs outputs = forward(inputs);
-  auto detections = post_process_object_detection(find_output(outputs, "logits").to(torch::kCPU, torch::kFloat32),
-                                                   find_output(outputs, "predBoxes").to(torch::kCPU, torch::kFloat32), threshold,
-                                                   batch.original_sizes);
-  std::vector<std::vector<LabeledDetection>> results(detections.size());
-  for (size_t i = 0; i < detections.size(); ++i) {
-    for (const auto& detection : detections[i]) {
-      const auto index = static_cast<size_t>(detection.label);
-      results[i].push_back({index < labels_.size() ? labels_[index] : std::to_string(detection.label), detection});
-    }
-  }
-  return results;
-}
-
-std::vector<torch::Tensor> PretrainedModel::segment(const std::vector<Image>& images) {
-  VT_CHECK(task_ == Task::Segmentation, architecture_, " is not a semantic segmentation model");
-  ModelInputs inputs;
-  inputs.pixel_values = preprocess(images).pixel_values;
-  auto logits = find_output(forward(inputs), "logits").to(torch::kCPU, torch::kFloat32);
-  VT_CHECK(logits.defined() && logits.dim() == 4, architecture_, " gives no per-pixel logits");
-  std::vector<torch::Tensor> maps;
-  for (size_t i = 0; i < images.size(); ++i) {
-    maps.push_back(post_process_semantic_segmentation(logits[static_cast<int64_t>(i)], std::make_pair(images[i].height, images[i].width))
-                       .to(torch::kInt32));
-  }
-  return maps;
-}
-
-std::vector<std::vector<ClassScore>> PretrainedModel::classify(const std::vector<Image>& images, int64_t top_k) {
-  VT_CHECK(task_ == Task::Classification && !labels_.empty(), architecture_,
-           " has no classification head; load it with numClasses to add one");
-  VT_CHECK(top_k > 0, "topK must be a positive integer, got ", top_k);
-  ModelInputs inputs;
-  inputs.pixel_values = preprocess(images).pixel_values;
-  auto logits = find_output(forward(inputs), "logits").to(torch::kCPU, torch::kFloat32);
-  HeadConfig head = HeadConfig::from_json(config_, "config.json");
-  // transformers' image-classification pipeline: sigmoid for multi-label or single-logit heads.
-  bool sigmoid = head.problem_type == "multi_label_classification" || logits.size(-1) == 1;
-  auto scores = sigmoid ? torch::sigmoid(logits) : torch::softmax(logits, -1);
-  const int64_t k = std::min<int64_t>(top_k, scores.size(-1));
-  auto [values, indices] = scores.topk(k, -1);
-  std::vector<std::vector<ClassScore>> results(static_cast<size_t>(scores.size(0)));
-  for (int64_t b = 0; b < scores.size(0); ++b) {
-    for (int64_t j = 0; j < k; ++j) {
-      int64_t index = indices[b][j].item<int64_t>();
-      results[b].push_back({labels_.at(static_cast<size_t>(index)), values[b][j].item<double>(), index});
-    }
-  }
-  return results;
+  PredictContext context{labels_, config_, {}};
+  for (const auto& image : images) context.original_sizes.emplace_back(image.height, image.width);
+  return task_->post_process(outputs, context, options);
 }
 
 void PretrainedModel::save(const std::string& directory) {

@@ -15,13 +15,12 @@
 #include <torch/torch.h>
 
 #include "common/tensor_map.h"
-#include "data/detection.h"
 #include "data/image_processor.h"
-#include "data/segmentation.h"
 #include "io/image.h"
-#include "models/module.h"
-#include "models/registry.h"
-#include "models/weights.h"
+#include "nn/module.h"
+#include "pretrained/registry.h"
+#include "pretrained/weights.h"
+#include "tasks/task.h"
 
 namespace vt {
 
@@ -29,7 +28,7 @@ struct LoadOptions {
   // Holds config.json, and the weights when pretrained; or a TorchScript archive (a .pt file, or
   // a directory with model.pt whose config.json, if any, says TorchScriptModule).
   std::string directory;
-  Task task = Task::Classification;
+  Task task = find_task("classification");
   bool pretrained = true;
   std::optional<int64_t> num_classes;
   std::optional<std::map<int64_t, std::string>> id2label;
@@ -41,12 +40,6 @@ struct LoadOptions {
   std::optional<uint64_t> seed;   // random initialisation seed (pretrained: false, new heads)
   std::string memory_format = "auto";  // auto (the model's preference on CPU) | contiguous | channels_last
   std::string quantization = "none";   // none | int8 (dynamic int8 linear layers, CPU float32 inference)
-};
-
-struct ClassScore {
-  std::string label;
-  double score = 0.0;
-  int64_t index = 0;
 };
 
 class PretrainedModel {
@@ -79,18 +72,8 @@ class PretrainedModel {
     torch::Tensor pixel_mask;  // undefined unless padded
   };
   Preprocessed preprocess(const std::vector<Image>& images) const;
-  // Classification: the top_k labels of each image, best first.
-  std::vector<std::vector<ClassScore>> classify(const std::vector<Image>& images, int64_t top_k);
-  // Object detection: per image, the detections scoring above `threshold`, boxes in pixels of
-  // the original image (post_process_object_detection).
-  struct LabeledDetection {
-    std::string label;
-    Detection detection;
-  };
-  std::vector<std::vector<LabeledDetection>> detect(const std::vector<Image>& images, double threshold);
-  // Semantic segmentation: per image, the class of every pixel at the original size
-  // ([height, width] int32, post_process_semantic_segmentation).
-  std::vector<torch::Tensor> segment(const std::vector<Image>& images);
+  // The task's predictions for these images (its entry's post-processing of one forward pass).
+  std::vector<Prediction> predict(const std::vector<Image>& images, const PredictOptions& options);
   // config.json + model.safetensors + preprocessor_config.json, each written atomically.
   void save(const std::string& directory);
 
@@ -108,7 +91,7 @@ class PretrainedModel {
   void quantize(const std::string& quantization);
   std::string directory_;  // where config.json and preprocessor_config.json are looked for
   std::string architecture_;
-  Task task_ = Task::Classification;
+  Task task_ = nullptr;
   std::vector<std::string> labels_;
   nlohmann::json config_;
   std::shared_ptr<ImageProcessor> processor_;

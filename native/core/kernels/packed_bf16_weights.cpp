@@ -1,4 +1,4 @@
-#include "models/packed_bf16_weights.h"
+#include "kernels/packed_bf16_weights.h"
 
 #include <ATen/Parallel.h>
 

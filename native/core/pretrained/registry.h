@@ -10,14 +10,15 @@
 
 #include <nlohmann/json.hpp>
 
-#include "models/module.h"
+#include "nn/module.h"
+#include "tasks/task.h"
 
 namespace vt {
 
 struct Architecture {
   std::string name;                 // "ViTForImageClassification"
   std::string model_type;           // config.json's model_type: "vit"
-  std::optional<Task> task;         // none for base models (ViTModel)
+  Task task = nullptr;              // none for base models (ViTModel)
   std::vector<std::string> checkpoints;  // known hub checkpoints of this class
   std::function<std::shared_ptr<VisionModule>(const nlohmann::json& config, const std::string& source)> build;
 };

@@ -1,4 +1,4 @@
-#include "models/kernels.h"
+#include "kernels/threaded.h"
 
 #include <algorithm>
 

@@ -2,6 +2,8 @@
 #pragma once
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -13,6 +15,11 @@ namespace vt {
 // batch gets an error naming the problem rather than a libtorch assertion.
 torch::Tensor image_classification_loss(const torch::Tensor& logits, const torch::Tensor& labels,
                                         const std::string& problem_type, double label_smoothing = 0.0);
+
+// What every *ForImageClassification forward returns: the loss first when labels are given, then
+// the logits.
+std::vector<std::pair<std::string, torch::Tensor>> classification_outputs(const torch::Tensor& logits, const torch::Tensor& labels,
+                                                                          const std::string& problem_type);
 
 // The problem type classification_loss resolves to for these labels.
 std::string resolve_problem_type(const std::string& configured, int64_t num_labels,

@@ -14,10 +14,6 @@
 
 namespace vt {
 
-enum class Task { Classification, ObjectDetection, Segmentation };
-std::string task_name(Task task);    // "classification", "object_detection", "segmentation"
-Task task_from_name(const std::string& name);
-
 // Per-image targets for detection (class_labels [n], boxes [n,4] cx,cy,w,h normalized) and
 // Mask2Former (class_labels [n], mask_labels [n,H,W]).
 struct Target {
@@ -37,6 +33,10 @@ struct ModelInputs {
 // The inputs on `device`, pixel values in `dtype` and `memory_format` (validated: floating point).
 ModelInputs move_inputs(const ModelInputs& inputs, torch::Device device, torch::ScalarType dtype,
                         torch::MemoryFormat memory_format = torch::MemoryFormat::Contiguous);
+
+// pixel_values as every architecture takes them: [batch, channels, height, width] with the
+// configuration's channel count (throws naming what differs).
+void check_pixel_values(const torch::Tensor& pixel_values, int64_t num_channels);
 
 // Outputs in a stable order, under the public (camelCase) names of the contract:
 // logits, predBoxes, lastHiddenState, poolerOutput, loss, lossDict.<name>.
