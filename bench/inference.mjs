@@ -56,7 +56,11 @@ function parseOptions(argv) {
     if (i + 1 >= argv.length) fail(`--${name} needs a value`);
     values[name] = argv[i + 1];
   }
-  const list = (value) => value.split(',').map((s) => s.trim()).filter(Boolean);
+  const list = (value) =>
+    value
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
   const positiveInteger = (name, value, min = 1) => {
     const n = Number(value);
     if (!Number.isInteger(n) || n < min) fail(`--${name} must be an integer >= ${min}, got ${value}`);
@@ -229,7 +233,9 @@ for (const modelKey of options.models) {
       result.ratios = { visiontorchOverOnnxruntime: ratio('onnxruntime') || null, visiontorchOverPytorch: ratio('pytorch') || null };
       cases.push(result);
       const rates = RUNTIMES.map(({ key, name }) =>
-        result[key].error ? `${name} failed` : `${name} ${formatRate(result[key].imagesPerSecond)} img/s${key === 'onnxruntime' && dtype !== 'float32' ? ' (fp32)' : ''}`,
+        result[key].error
+          ? `${name} failed`
+          : `${name} ${formatRate(result[key].imagesPerSecond)} img/s${key === 'onnxruntime' && dtype !== 'float32' ? ' (fp32)' : ''}`,
       );
       console.log(`  => ${rates.join(', ')}`);
     }
@@ -250,8 +256,9 @@ const lines = [
   '',
   '| model | input | batch | dtype | visiontorch | onnxruntime-node | PyTorch eager | vs ORT | vs PyTorch |',
   '|---|---|---|---|---|---|---|---|---|',
-  ...cases.map((c) =>
-    `| ${c.title} | ${c.imageSize}x${c.imageSize} | ${c.batch} | ${c.dtype} | ${cell(c.visiontorch)} | ` +
+  ...cases.map(
+    (c) =>
+      `| ${c.title} | ${c.imageSize}x${c.imageSize} | ${c.batch} | ${c.dtype} | ${cell(c.visiontorch)} | ` +
       `${cell(c.onnxruntime, c.dtype === 'float32' ? '' : ' (fp32)')} | ${cell(c.pytorch)} | ` +
       `${ratioCell(c.ratios.visiontorchOverOnnxruntime)} | ${ratioCell(c.ratios.visiontorchOverPytorch)} |`,
   ),
@@ -291,7 +298,10 @@ if (options.png) {
     },
   }));
   const subtitle = `images/s, median of ${options.rounds} rounds, ${threads} threads; bars scaled within each case`;
-  await writeFileAtomically(options.png, renderInferenceChart(chartCases, { title: 'visiontorch inference against onnxruntime-node and PyTorch eager', subtitle }));
+  await writeFileAtomically(
+    options.png,
+    renderInferenceChart(chartCases, { title: 'visiontorch inference against onnxruntime-node and PyTorch eager', subtitle }),
+  );
   console.log(`wrote ${options.png}`);
 }
 if (failed.length) process.exitCode = 1;

@@ -1,5 +1,16 @@
 import { execFile, execFileSync, spawn } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  symlinkSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -7,7 +18,14 @@ import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { retryPolicy } from '../src/hub/http.js';
 import { withFileLock } from '../src/hub/lock.js';
-import { type DownloadProgress, HubError, HuggingFaceModelLoader, type LoadModelOptions, ModelNotFoundError, type VisionModel } from '../src/index.js';
+import {
+  type DownloadProgress,
+  HubError,
+  HuggingFaceModelLoader,
+  type LoadModelOptions,
+  ModelNotFoundError,
+  type VisionModel,
+} from '../src/index.js';
 import { fixture, reference, repoRoot, tempDir } from './helpers.js';
 import { FakeHub, gitSha1, isLfs, serve, sha256 } from './hub-server.js';
 
@@ -15,7 +33,17 @@ const REPO = 'acme/vit-tiny';
 const COMMIT = '1234567890abcdef1234567890abcdef12345678';
 const COMMIT2 = 'fedcba0987654321fedcba0987654321fedcba09';
 const FILES = ['config.json', 'model.safetensors', 'preprocessor_config.json'];
-const ENV = ['HF_ENDPOINT', 'HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN', 'HF_TOKEN_PATH', 'HF_HOME', 'HF_HUB_CACHE', 'HF_HUB_OFFLINE', 'HF_HUB_ETAG_TIMEOUT', 'HF_HUB_DOWNLOAD_TIMEOUT'];
+const ENV = [
+  'HF_ENDPOINT',
+  'HF_TOKEN',
+  'HUGGING_FACE_HUB_TOKEN',
+  'HF_TOKEN_PATH',
+  'HF_HOME',
+  'HF_HUB_CACHE',
+  'HF_HUB_OFFLINE',
+  'HF_HUB_ETAG_TIMEOUT',
+  'HF_HUB_DOWNLOAD_TIMEOUT',
+];
 
 let hub: FakeHub;
 let cache: string;
@@ -99,7 +127,11 @@ describe('downloading from the hub', () => {
     expect(await logitsOf(model)).toEqual(await logitsOf(direct));
 
     const size = fileOf('model.safetensors').length;
-    expect(events.filter((e) => e.file === 'model.safetensors').at(-1)).toEqual({ file: 'model.safetensors', downloadedBytes: size, totalBytes: size });
+    expect(events.filter((e) => e.file === 'model.safetensors').at(-1)).toEqual({
+      file: 'model.safetensors',
+      downloadedBytes: size,
+      totalBytes: size,
+    });
     expect(events.map((e) => e.file)).toContain('config.json');
   });
 
@@ -250,7 +282,12 @@ describe('downloading from the hub', () => {
     hub.addRepo('acme/sharded', fixture('vit-tiny-random-sharded'), COMMIT2);
     const model = await load({ modelName: 'acme/sharded' });
     const shards = ['model-00001-of-00003.safetensors', 'model-00002-of-00003.safetensors', 'model-00003-of-00003.safetensors'];
-    expect(readdirSync(snapshot(COMMIT2, 'acme/sharded')).sort()).toEqual(['config.json', ...shards, 'model.safetensors.index.json', 'preprocessor_config.json']);
+    expect(readdirSync(snapshot(COMMIT2, 'acme/sharded')).sort()).toEqual([
+      'config.json',
+      ...shards,
+      'model.safetensors.index.json',
+      'preprocessor_config.json',
+    ]);
     expect(existsSync(join(repoDir('acme/sharded'), '.no_exist', COMMIT2, 'model.safetensors'))).toBe(true);
     const direct = await HuggingFaceModelLoader.loadModel({ modelName: fixture('vit-tiny-random-sharded'), modelType: 'classification' });
     opened.push(direct);
@@ -261,13 +298,12 @@ describe('downloading from the hub', () => {
     hub.addRepo('acme/pt', fixture('vit-tiny-random-pt'), COMMIT2);
     hub.redirectLfs = false;
     await load({ modelName: 'acme/pt' });
-    expect(hub.log().filter((l) => l.startsWith('HEAD')).map((l) => l.split('/').at(-1))).toEqual([
-      'config.json',
-      'preprocessor_config.json',
-      'model.safetensors',
-      'model.safetensors.index.json',
-      'pytorch_model.bin',
-    ]);
+    expect(
+      hub
+        .log()
+        .filter((l) => l.startsWith('HEAD'))
+        .map((l) => l.split('/').at(-1)),
+    ).toEqual(['config.json', 'preprocessor_config.json', 'model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin']);
     expect(readdirSync(join(repoDir('acme/pt'), '.no_exist', COMMIT2)).sort()).toEqual(['model.safetensors', 'model.safetensors.index.json']);
     hub.requests.length = 0;
     await load({ modelName: 'acme/pt', revision: COMMIT2 });
@@ -334,7 +370,9 @@ describe('hub errors', () => {
     writeFileSync(join(process.env.HF_HOME!, 'token'), `${hub.token}\n`);
     await load({ modelName: 'acme/private', cacheDir: tempDir() });
     process.env.HF_TOKEN = 'hf_wrong';
-    await expect(load({ modelName: 'acme/private', cacheDir: tempDir() })).rejects.toThrow(/the hub refused the token from \$HF_TOKEN for "acme\/private"/);
+    await expect(load({ modelName: 'acme/private', cacheDir: tempDir() })).rejects.toThrow(
+      /the hub refused the token from \$HF_TOKEN for "acme\/private"/,
+    );
   });
 
   it('names a repository that does not exist, and every place it looked', async () => {
@@ -359,7 +397,9 @@ describe('hub errors', () => {
     hub.intercept = (req, res, r) => (r.path.endsWith('/preprocessor_config.json') ? (res.writeHead(503).end(), true) : false);
     const attempt = load({ cacheDir: tempDir() });
     await expect(attempt).rejects.toBeInstanceOf(HubError);
-    await expect(attempt).rejects.toThrow(/could not download preprocessor_config\.json of "acme\/vit-tiny": http:\/\/127\.0\.0\.1:\d+\/acme\/vit-tiny\/resolve\/[0-9a-f]{40}\/preprocessor_config\.json answered 503 \(tried 4 times\)/);
+    await expect(attempt).rejects.toThrow(
+      /could not download preprocessor_config\.json of "acme\/vit-tiny": http:\/\/127\.0\.0\.1:\d+\/acme\/vit-tiny\/resolve\/[0-9a-f]{40}\/preprocessor_config\.json answered 503 \(tried 4 times\)/,
+    );
   });
 
   it('gives up on a silent server after HF_HUB_ETAG_TIMEOUT and tries again', async () => {
@@ -384,7 +424,8 @@ describe('hub errors', () => {
       ['ETag', '"../../../escape"', /an etag "\.\.\/\.\.\/\.\.\/escape" that cannot name a file/],
       ['X-Repo-Commit', '../../x', /a commit "\.\.\/\.\.\/x" that is not a commit hash/],
     ] as const) {
-      hub.intercept = (req, res, r) => (r.method === 'HEAD' ? (res.writeHead(200, { ETag: '"abc"', 'X-Repo-Commit': COMMIT, [name]: value }).end(), true) : false);
+      hub.intercept = (req, res, r) =>
+        r.method === 'HEAD' ? (res.writeHead(200, { ETag: '"abc"', 'X-Repo-Commit': COMMIT, [name]: value }).end(), true) : false;
       await expect(load({ cacheDir: tempDir() })).rejects.toThrow(message);
     }
   });
@@ -415,7 +456,9 @@ describe('without a network', () => {
   it('offline with nothing cached says so and where it looked', async () => {
     const attempt = load({ localFilesOnly: true });
     await expect(attempt).rejects.toBeInstanceOf(ModelNotFoundError);
-    await expect(attempt).rejects.toThrow(new RegExp(`HuggingFace cache: ${repoDir().replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} \\(not in the cache\\)[\\s\\S]*localFilesOnly is set`));
+    await expect(attempt).rejects.toThrow(
+      new RegExp(`HuggingFace cache: ${repoDir().replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} \\(not in the cache\\)[\\s\\S]*localFilesOnly is set`),
+    );
     process.env.HF_HUB_OFFLINE = 'true';
     await expect(load()).rejects.toThrow(/HF_HUB_OFFLINE is set/);
     expect(hub.requests).toEqual([]);

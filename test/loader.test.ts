@@ -38,9 +38,19 @@ describe('HuggingFaceModelLoader.loadModel resolution', () => {
     const ref = await reference('vit-tiny-random');
     const home = tempDir();
     buildHubCache(join(home, 'hub'), 'acme/vit-tiny');
-    const viaOption = await HuggingFaceModelLoader.loadModel({ modelName: 'acme/vit-tiny', modelType: 'classification', cacheDir: join(home, 'hub') });
+    const viaOption = await HuggingFaceModelLoader.loadModel({
+      modelName: 'acme/vit-tiny',
+      modelType: 'classification',
+      cacheDir: join(home, 'hub'),
+    });
     const logits = (await viaOption.forward({ pixelValues: ref.tensors.pixel_values! })).logits!;
-    expect(logits.data).toEqual((await (await HuggingFaceModelLoader.loadModel({ modelName: fixture('vit-tiny-random'), modelType: 'classification' })).forward({ pixelValues: ref.tensors.pixel_values! })).logits!.data);
+    expect(logits.data).toEqual(
+      (
+        await (
+          await HuggingFaceModelLoader.loadModel({ modelName: fixture('vit-tiny-random'), modelType: 'classification' })
+        ).forward({ pixelValues: ref.tensors.pixel_values! })
+      ).logits!.data,
+    );
     viaOption.dispose();
 
     process.env.HF_HUB_CACHE = join(home, 'hub');
@@ -56,7 +66,9 @@ describe('HuggingFaceModelLoader.loadModel resolution', () => {
     await expect(attempt).rejects.toBeInstanceOf(ModelNotFoundError);
     await expect(attempt).rejects.toThrow(/local directory .*acme\/missing-model[\s\S]*HuggingFace cache: .*models--acme--missing-model/);
     buildHubCache(cache, 'acme/vit-tiny');
-    await expect(HuggingFaceModelLoader.loadModel({ modelName: 'acme/vit-tiny', modelType: 'classification', cacheDir: cache, revision: 'v2' })).rejects.toThrow(/refs\/v2 \(no such revision/);
+    await expect(
+      HuggingFaceModelLoader.loadModel({ modelName: 'acme/vit-tiny', modelType: 'classification', cacheDir: cache, revision: 'v2' }),
+    ).rejects.toThrow(/refs\/v2 \(no such revision/);
     await expect(HuggingFaceModelLoader.loadModel({ modelName: './no/such/dir', modelType: 'classification' })).rejects.toThrow(/local directory/);
   });
 
@@ -64,7 +76,9 @@ describe('HuggingFaceModelLoader.loadModel resolution', () => {
     const cache = tempDir();
     buildHubCache(cache, 'acme/vit-tiny');
     writeFileSync(join(cache, 'models--acme--vit-tiny', 'refs', 'main'), '../../../etc');
-    await expect(HuggingFaceModelLoader.loadModel({ modelName: 'acme/vit-tiny', modelType: 'classification', cacheDir: cache })).rejects.toThrow(/does not hold a commit hash/);
+    await expect(HuggingFaceModelLoader.loadModel({ modelName: 'acme/vit-tiny', modelType: 'classification', cacheDir: cache })).rejects.toThrow(
+      /does not hold a commit hash/,
+    );
   });
 
   it('validates the config before touching anything', async () => {
@@ -88,7 +102,11 @@ describe('getAvailableModels', () => {
 describe('the event loop', () => {
   it('keeps turning while a forward pass runs', async () => {
     // ViT-Base at 224x224 with random weights: a forward pass long enough to measure.
-    const model = await HuggingFaceModelLoader.loadModel({ modelName: fixture('configs', 'vit-base-patch16-224'), modelType: 'classification', pretrained: false });
+    const model = await HuggingFaceModelLoader.loadModel({
+      modelName: fixture('configs', 'vit-base-patch16-224'),
+      modelType: 'classification',
+      pretrained: false,
+    });
     const input = tensor('float32', [2, 3, 224, 224]);
     let ticks = 0;
     let longestGap = 0;
@@ -112,14 +130,26 @@ describe('the event loop', () => {
 
 describe('the package', () => {
   it("resolves `import { HuggingFaceModelLoader } from 'visiontorch'` inside the checkout", () => {
-    const out = execFileSync(process.execPath, ['--input-type=module', '-e', "import { HuggingFaceModelLoader } from 'visiontorch'; console.log(HuggingFaceModelLoader.getAvailableModels().length > 0)"], { cwd: repoRoot, encoding: 'utf8' });
+    const out = execFileSync(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        "import { HuggingFaceModelLoader } from 'visiontorch'; console.log(HuggingFaceModelLoader.getAvailableModels().length > 0)",
+      ],
+      { cwd: repoRoot, encoding: 'utf8' },
+    );
     expect(out.trim()).toBe('true');
   });
 
   it('the CLI lists models and predicts', () => {
     const cli = join(repoRoot, 'dist', 'cli', 'main.js');
     expect(execFileSync(process.execPath, [cli, 'models'], { encoding: 'utf8' })).toMatch(/ViTForImageClassification\s+classification/);
-    const out = execFileSync(process.execPath, [cli, 'predict', '--model', fixture('vit-tiny-random'), '--json', '--top-k', '2', fixture('images', 'rocket.jpg')], { encoding: 'utf8' });
+    const out = execFileSync(
+      process.execPath,
+      [cli, 'predict', '--model', fixture('vit-tiny-random'), '--json', '--top-k', '2', fixture('images', 'rocket.jpg')],
+      { encoding: 'utf8' },
+    );
     const [result] = JSON.parse(out);
     expect(result.predictions).toHaveLength(2);
   });

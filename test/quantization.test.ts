@@ -2,7 +2,6 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { BaseTrainer, ConfigError, HuggingFaceModelLoader, type ModelType, type Tensor, toFloat32, type VisionModel } from '../src/index.js';
 import { fixture, reference } from './helpers.js';
 
-
 const loaded: VisionModel[] = [];
 afterAll(() => {
   for (const model of loaded) model.dispose();
@@ -71,7 +70,9 @@ describe('int8 quantization: where it does not apply', () => {
   });
 
   it('needs float32', async () => {
-    await expect(load('vit-tiny-random', 'classification', { quantization: 'int8', dtype: 'bfloat16' })).rejects.toThrow(/int8 quantization runs on CPU in float32/);
+    await expect(load('vit-tiny-random', 'classification', { quantization: 'int8', dtype: 'bfloat16' })).rejects.toThrow(
+      /int8 quantization runs on CPU in float32/,
+    );
   });
 
   it('is for inference: a trainer refuses the model', async () => {

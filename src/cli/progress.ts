@@ -304,7 +304,15 @@ export class DownloadReporter {
 export function formatDownloadLine(e: DownloadProgress, bytesPerSecond: number, columns: number): string {
   const total = e.totalBytes;
   const rate = Number.isFinite(bytesPerSecond) ? `${formatBytes(Math.round(bytesPerSecond))}/s` : '-- B/s';
-  if (total === undefined) return fitLine([{ text: e.file, keep: 2 }, { text: formatBytes(e.downloadedBytes), keep: 1 }, { text: rate, keep: 0 }], columns);
+  if (total === undefined)
+    return fitLine(
+      [
+        { text: e.file, keep: 2 },
+        { text: formatBytes(e.downloadedBytes), keep: 1 },
+        { text: rate, keep: 0 },
+      ],
+      columns,
+    );
   const fraction = total > 0 ? Math.min(1, e.downloadedBytes / total) : 1;
   return fitLine(
     [

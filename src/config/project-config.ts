@@ -81,7 +81,10 @@ function inDocumentOrder(issues: ConfigIssue[], obj: unknown): ConfigIssue[] {
     }
     return -1;
   };
-  return issues.map((i) => [rankOf(i.path), i] as const).sort((a, b) => a[0] - b[0]).map(([, i]) => i);
+  return issues
+    .map((i) => [rankOf(i.path), i] as const)
+    .sort((a, b) => a[0] - b[0])
+    .map(([, i]) => i);
 }
 
 /**

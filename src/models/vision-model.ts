@@ -17,10 +17,7 @@ import {
 
 export type ImageInput = string | Uint8Array | { data: Uint8Array; width: number; height: number; channels: 1 | 3 | 4 };
 
-export type Labels =
-  | Tensor
-  | { classLabels: Tensor; boxes: Tensor }[]
-  | { classLabels: Tensor; maskLabels: Tensor }[];
+export type Labels = Tensor | { classLabels: Tensor; boxes: Tensor }[] | { classLabels: Tensor; maskLabels: Tensor }[];
 
 export interface ForwardInputs {
   pixelValues: Tensor;

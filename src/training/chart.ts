@@ -23,7 +23,6 @@ export interface ChartOptions {
   smoothing?: number;
 }
 
-
 /** Where a panel is drawn, what range its y-axis spans and which series it holds. */
 export interface PanelLayout {
   title: string;
@@ -180,7 +179,11 @@ function tickFormatter(values: number[], step: number): (v: number) => string {
 
 /** Step counts: 2500, 25k, 1.5M. */
 function formatCount(v: number): string {
-  for (const [unit, size] of [['B', 1e9], ['M', 1e6], ['k', 1e3]] as const) {
+  for (const [unit, size] of [
+    ['B', 1e9],
+    ['M', 1e6],
+    ['k', 1e3],
+  ] as const) {
     if (Math.abs(v) >= size * (unit === 'k' ? 10 : 1)) return `${trimZeros((v / size).toFixed(2))}${unit}`;
   }
   return String(Math.round(v));
@@ -238,7 +241,11 @@ function plan(history: TrainerEvent[], options: ChartOptions): Plan {
     'no training steps yet',
   );
   const lr = finitePoints(steps, (e) => e.learningRate);
-  addPanel('learning rate', lr.length === 0 ? [] : [{ label: 'learning rate', points: lr, color: LR, width: 2, markers: false }], 'no training steps yet');
+  addPanel(
+    'learning rate',
+    lr.length === 0 ? [] : [{ label: 'learning rate', points: lr, color: LR, width: 2, markers: false }],
+    'no training steps yet',
+  );
 
   // Evaluation panels appear with the first evaluation; metrics keep their colour across panels.
   const names = [...new Set(evals.flatMap((e) => Object.keys(e.metrics)))];
@@ -257,7 +264,10 @@ function plan(history: TrainerEvent[], options: ChartOptions): Plan {
   }
 
   // The x-axis spans the whole run when its length is known, so the chart also shows how far along it is.
-  const xMax = history.reduce((m, e) => (Number.isFinite(e.step) ? Math.max(m, e.step) : m), Math.max(1, Number.isFinite(last?.totalSteps) ? last!.totalSteps : 0));
+  const xMax = history.reduce(
+    (m, e) => (Number.isFinite(e.step) ? Math.max(m, e.step) : m),
+    Math.max(1, Number.isFinite(last?.totalSteps) ? last!.totalSteps : 0),
+  );
 
   // Y tick labels decide the left margin, which all panels share so that their x-axes line up.
   const panelHeight = Math.floor((height - HEADER - FOOTER - PANEL_GAP * (panels.length - 1)) / panels.length);
@@ -299,7 +309,6 @@ export function layoutTrainingChart(history: TrainerEvent[], options: ChartOptio
 
 // ---------------------------------------------------------------------------------------------
 // Drawing
-
 
 /** Keeps, per pixel column, the first, lowest, highest and last point: the drawn shape is unchanged. */
 function decimate(points: Point[]): Point[] {
