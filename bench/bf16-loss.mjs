@@ -49,7 +49,9 @@ const largestRelativeDifference = Math.max(...fp32Means.map((loss, i) => Math.ab
 
 console.log(`| steps | float32 loss | bf16 autocast loss |`);
 console.log(`|---|---|---|`);
-fp32Means.forEach((loss, i) => console.log(`| ${i * window + 1}-${(i + 1) * window} | ${loss.toFixed(4)} | ${bf16Means[i].toFixed(4)} |`));
+for (const [i, loss] of fp32Means.entries()) {
+  console.log(`| ${i * window + 1}-${(i + 1) * window} | ${loss.toFixed(4)} | ${bf16Means[i].toFixed(4)} |`);
+}
 console.log(`largest relative difference of ${window}-step means: ${(largestRelativeDifference * 100).toFixed(2)}%`);
 console.log(`time: float32 ${fp32.seconds.toFixed(0)} s, bf16 ${bf16.seconds.toFixed(0)} s`);
 

@@ -9,11 +9,11 @@
 // --threads sets the compute threads (default: one per core), e.g. 1 to leave a core to Node.
 // Goal (issue "Speed"): event-loop delay p99 under 10 ms in every phase.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, Agent, request } from 'node:http';
+import { Agent, createServer, request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
 import { BaseTrainer, HuggingFaceModelLoader, loadConfig, runtimeInfo, setNumThreads, tensor } from '../dist/index.js';
 import { machineCpuTimes, option, otherCpuFraction, quantile, warnIfMachineBusy } from './lib.mjs';
 
@@ -49,7 +49,7 @@ const needsVitBase = phases.some((p) => ['forward', 'predict', 'step-vit-base'].
 const vitBase = needsVitBase ? await HuggingFaceModelLoader.loadModel(vitBaseConfig, { seed: 0 }) : undefined;
 const batch = 8;
 const pixels = tensor('float32', [batch, 3, 224, 224]);
-pixels.data.forEach((_, i) => (pixels.data[i] = Math.sin(i * 0.37)));
+for (let i = 0; i < pixels.data.length; i++) pixels.data[i] = Math.sin(i * 0.37);
 const photos = ['images/rocket.jpg', 'images/chelsea.png', 'coco-sample/000000039769.jpg'].map((p) => join(root, 'test', 'fixtures', p));
 const images = Array.from({ length: batch }, (_, i) => photos[i % photos.length]);
 
@@ -78,7 +78,7 @@ for (const name of phases) {
     const model = await HuggingFaceModelLoader.loadModel(modelConfig, { seed: 0 });
     const trainer = new BaseTrainer({ model, modelConfig, learningRate: 1e-3, lrScheduler: 'constant', mixedPrecision: 'bf16' });
     const small = tensor('float32', [128, 1, 28, 28]);
-    small.data.forEach((_, i) => (small.data[i] = Math.sin(i * 0.11)));
+    for (let i = 0; i < small.data.length; i++) small.data[i] = Math.sin(i * 0.11);
     const labels = tensor(
       'int64',
       [128],
@@ -232,7 +232,7 @@ function startProbes() {
 /** An HTTP server on 127.0.0.1 (an ephemeral port) answering a small JSON body, with a keep-alive client. */
 async function startServer() {
   const body = JSON.stringify({ status: 'ok' });
-  const httpServer = createServer((req, res) => {
+  const httpServer = createServer((_req, res) => {
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
     res.end(body);
   });

@@ -17,7 +17,7 @@ import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { HuggingFaceModelLoader, runtimeInfo, tensor } from '../dist/index.js';
 import { writeFileAtomically } from '../dist/render/canvas.js';
-import { renderInferenceChart, RUNTIMES } from './chart.mjs';
+import { RUNTIMES, renderInferenceChart } from './chart.mjs';
 import { median, startPeer } from './lib.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -163,7 +163,7 @@ for (const modelKey of options.models) {
       const label = `${entry.title} ${size}px b${batch} ${SHORT_DTYPE[dtype]}`;
       console.log(`[${cases.length + 1}/${total}] ${entry.title}, ${size}x${size}, batch ${batch}, ${dtype}`);
       const pixels = tensor('float32', [batch, 3, size, size]);
-      pixels.data.forEach((_, i) => (pixels.data[i] = Math.sin(i * 0.13)));
+      for (let i = 0; i < pixels.data.length; i++) pixels.data[i] = Math.sin(i * 0.13);
       const ortInput = new ort.Tensor('float32', pixels.data, [batch, 3, size, size]);
 
       const failures = {};

@@ -34,7 +34,7 @@ const trainer = new BaseTrainer({
   mixedPrecision: precision === 'bf16' ? 'bf16' : 'no',
 });
 const pixels = tensor('float32', [batch, channels, size, size]);
-pixels.data.forEach((_, i) => (pixels.data[i] = Math.sin(i * 0.37)));
+for (let i = 0; i < pixels.data.length; i++) pixels.data[i] = Math.sin(i * 0.37);
 const labels = tensor(
   'int64',
   [batch],

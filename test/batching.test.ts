@@ -4,8 +4,8 @@ import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import {
   type BatchingOptions,
   type ClassificationPrediction,
-  decodeImage,
   type DetectionPrediction,
+  decodeImage,
   HuggingFaceModelLoader,
   type ImageInput,
   type ModelType,
@@ -17,7 +17,9 @@ import { headerDimensions, imageDimensions } from '../src/models/image-dimension
 import { fixture, tempDir } from './helpers.js';
 
 const loaded: VisionModel[] = [];
-afterAll(() => loaded.forEach((model) => model.dispose()));
+afterAll(() => {
+  for (const model of loaded) model.dispose();
+});
 afterEach(() => {
   vi.useRealTimers();
 });
@@ -73,7 +75,7 @@ function expectSameClassification(actual: Prediction[], expected: Prediction[], 
       got.map((p) => [p.index, p.label]),
       `${what}, image ${i}: labels`,
     ).toEqual(want.map((p) => [p.index, p.label]));
-    got.forEach((p, j) => expect(Math.abs(p.score - want[j]!.score), `${what}, image ${i}: score ${j}`).toBeLessThan(1e-6));
+    for (const [j, p] of got.entries()) expect(Math.abs(p.score - want[j]!.score), `${what}, image ${i}: score ${j}`).toBeLessThan(1e-6);
   });
 }
 
@@ -117,7 +119,7 @@ describe('micro-batching of classification predict calls', () => {
     expect(new Set(expected.map(([ranked]) => (ranked as ClassificationPrediction[])[0]!.score)).size).toBeGreaterThan(40);
 
     const results = await Promise.all(images.map((image) => model.predict(image)));
-    results.forEach((result, i) => expectSameClassification(result, expected[i]!, `caller ${i}`));
+    for (const [i, result] of results.entries()) expectSameClassification(result, expected[i]!, `caller ${i}`);
     expect(model.batchingStats).toEqual({ requests: 64, images: 64, batches: 4, largestBatch: 16, splitBatches: 0, pending: 0 });
   });
 
@@ -162,7 +164,7 @@ describe('micro-batching of classification predict calls', () => {
     expect(model.batchingStats).toMatchObject({ batches: 1, largestBatch: 3, pending: 0 });
     vi.useRealTimers();
     const results = await Promise.all(calls);
-    results.forEach((result, i) => expectSameClassification(result, expected[i]!, `caller ${i}`));
+    for (const [i, result] of results.entries()) expectSameClassification(result, expected[i]!, `caller ${i}`);
   });
 
   it('a full batch starts at once; the next waits for it, taking calls until full', async () => {
@@ -279,7 +281,7 @@ describe('micro-batching of detection and segmentation predict calls', () => {
     const expected = await oneByOne(model, calls, { threshold: 0 });
     const results = await Promise.all(calls.map((images) => model.predict(images, { threshold: 0 })));
     // threshold 0 keeps every query: all scores and boxes are compared.
-    results.forEach((result, i) => expectSameDetections(result, expected[i]!, `call ${i}`));
+    for (const [i, result] of results.entries()) expectSameDetections(result, expected[i]!, `call ${i}`);
     expect(model.batchingStats).toMatchObject({ requests: 13, batches: 4, largestBatch: 4, splitBatches: 0 });
   });
 

@@ -13,7 +13,9 @@ const FIXTURE_OPTIMIZER = {
   decayBiasAndNorm: true,
 } as const;
 const models: VisionModel[] = [];
-afterAll(() => models.forEach((m) => m.dispose()));
+afterAll(() => {
+  for (const m of models) m.dispose();
+});
 
 async function load(config: Partial<ModelConfig> & { modelName: string }, seed?: number): Promise<{ model: VisionModel; modelConfig: ModelConfig }> {
   const modelConfig = { modelType: 'classification', ...config } as ModelConfig;

@@ -13,7 +13,9 @@ const FIXTURE_OPTIMIZER = {
   decayBiasAndNorm: true,
 } as const;
 const models: VisionModel[] = [];
-afterAll(() => models.forEach((m) => m.dispose()));
+afterAll(() => {
+  for (const m of models) m.dispose();
+});
 
 async function load(config: Partial<ModelConfig> & { modelName: string }): Promise<{ model: VisionModel; modelConfig: ModelConfig }> {
   const modelConfig = { modelType: 'object_detection', ...config } as ModelConfig;
@@ -160,7 +162,7 @@ describe('detection errors', () => {
     await expect(model.forward({ pixelValues: ref.tensors.pixel_values!, pixelMask: ref.tensors.pixel_mask!, labels: bad })).rejects.toThrow(
       /labels\[0\]\.boxes: expected a float32 tensor \[2, 4\]/,
     );
-    const outOfRange = [0, 1].map((i) => ({
+    const outOfRange = [0, 1].map(() => ({
       classLabels: { dtype: 'int64' as const, shape: [1], data: new BigInt64Array([9n]) },
       boxes: ref.tensors.boxes_1!,
     }));

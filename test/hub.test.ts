@@ -177,7 +177,7 @@ describe('downloading from the hub', () => {
     const data = fileOf('model.safetensors');
     const half = Math.floor(data.length / 2);
     let cut = false;
-    hub.intercept = (req, res, r) => {
+    hub.intercept = (_req, res, r) => {
       if (r.server !== 'cdn' || cut) return false;
       cut = true;
       res.writeHead(200, { 'Content-Length': String(data.length) });
@@ -223,7 +223,11 @@ describe('downloading from the hub', () => {
   it('rejects a corrupt body, naming the file, and keeps nothing of it', async () => {
     const bad = Buffer.from(fileOf('model.safetensors'));
     bad[bad.length - 1]! ^= 0xff;
-    hub.intercept = (req, res, r) => (r.server === 'cdn' ? (serve(req, res, bad, {}), true) : false);
+    hub.intercept = (req, res, r) => {
+      if (r.server !== 'cdn') return false;
+      serve(req, res, bad, {});
+      return true;
+    };
     const attempt = load();
     await expect(attempt).rejects.toBeInstanceOf(HubError);
     await expect(attempt).rejects.toThrow(/model\.safetensors of "acme\/vit-tiny" from .* is corrupt: its sha256 is [0-9a-f]{64}, not/);
@@ -237,7 +241,11 @@ describe('downloading from the hub', () => {
   });
 
   it('rejects a small file whose size is not the announced one', async () => {
-    hub.intercept = (req, res, r) => (r.method === 'GET' && r.path.endsWith('/config.json') ? (serve(req, res, Buffer.from('{}'), {}), true) : false);
+    hub.intercept = (req, res, r) => {
+      if (r.method !== 'GET' || !r.path.endsWith('/config.json')) return false;
+      serve(req, res, Buffer.from('{}'), {});
+      return true;
+    };
     await expect(load()).rejects.toThrow(/config\.json of "acme\/vit-tiny" .* is corrupt: 2 bytes where \d+ were announced/);
     expect(existsSync(snapshot())).toBe(false);
   });
@@ -245,13 +253,14 @@ describe('downloading from the hub', () => {
   it('two loads in this process and one in another download each blob once', async () => {
     const data = fileOf('model.safetensors');
     // The weights come slowly, so that all three loads overlap.
-    hub.intercept = (req, res, r) => {
+    hub.intercept = (_req, res, r) => {
       if (r.server !== 'cdn') return false;
       res.writeHead(200, { 'Content-Length': String(data.length) });
       const step = Math.ceil(data.length / 8);
       let at = 0;
       const timer = setInterval(() => {
-        res.write(data.subarray(at, (at += step)));
+        res.write(data.subarray(at, at + step));
+        at += step;
         if (at >= data.length) {
           clearInterval(timer);
           res.end();
@@ -385,7 +394,7 @@ describe('hub errors', () => {
 
   it('retries a server error, then succeeds; reports the URL when it goes on', async () => {
     let failures = 0;
-    hub.intercept = (req, res, r) => {
+    hub.intercept = (_req, res, r) => {
       if (r.server !== 'hub' || !r.path.endsWith('/config.json') || r.method !== 'HEAD' || failures >= 2) return false;
       failures++;
       res.writeHead(500).end();
@@ -394,7 +403,11 @@ describe('hub errors', () => {
     await load();
     expect(hub.log().filter((l) => l.startsWith('HEAD') && l.endsWith('/config.json'))).toHaveLength(3);
 
-    hub.intercept = (req, res, r) => (r.path.endsWith('/preprocessor_config.json') ? (res.writeHead(503).end(), true) : false);
+    hub.intercept = (_req, res, r) => {
+      if (!r.path.endsWith('/preprocessor_config.json')) return false;
+      res.writeHead(503).end();
+      return true;
+    };
     const attempt = load({ cacheDir: tempDir() });
     await expect(attempt).rejects.toBeInstanceOf(HubError);
     await expect(attempt).rejects.toThrow(
@@ -405,7 +418,7 @@ describe('hub errors', () => {
   it('gives up on a silent server after HF_HUB_ETAG_TIMEOUT and tries again', async () => {
     process.env.HF_HUB_ETAG_TIMEOUT = '0.2';
     let silent = 0;
-    hub.intercept = (req, res, r) => r.method === 'HEAD' && silent++ < 2; // no answer at all
+    hub.intercept = (_req, _res, r) => r.method === 'HEAD' && silent++ < 2; // no answer at all
     await load();
     expect(silent).toBeGreaterThan(2);
     hub.intercept = () => true;
@@ -424,8 +437,11 @@ describe('hub errors', () => {
       ['ETag', '"../../../escape"', /an etag "\.\.\/\.\.\/\.\.\/escape" that cannot name a file/],
       ['X-Repo-Commit', '../../x', /a commit "\.\.\/\.\.\/x" that is not a commit hash/],
     ] as const) {
-      hub.intercept = (req, res, r) =>
-        r.method === 'HEAD' ? (res.writeHead(200, { ETag: '"abc"', 'X-Repo-Commit': COMMIT, [name]: value }).end(), true) : false;
+      hub.intercept = (_req, res, r) => {
+        if (r.method !== 'HEAD') return false;
+        res.writeHead(200, { ETag: '"abc"', 'X-Repo-Commit': COMMIT, [name]: value }).end();
+        return true;
+      };
       await expect(load({ cacheDir: tempDir() })).rejects.toThrow(message);
     }
   });

@@ -116,7 +116,7 @@ describe('ProgressReporter on a TTY', () => {
       expect(line.length, line).toBeLessThanOrEqual(columns - 1);
       expect(line).toContain('47%');
     }
-    expect(formatProgressBar(e, 60)).toMatch(/^▕█+▌? *▏  47% step 470\/1000 loss 0.4213 ETA 1m12s$/);
+    expect(formatProgressBar(e, 60)).toMatch(/^▕█+▌? *▏ {2}47% step 470\/1000 loss 0.4213 ETA 1m12s$/);
     expect(formatProgressBar(step(0), 100)).toMatch(/▕ {30}▏|▕ +▏/);
     expect(formatProgressBar(step(1000), 100)).toMatch(/▕█+▏ 100%/);
   });

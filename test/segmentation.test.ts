@@ -14,7 +14,9 @@ const FIXTURE_OPTIMIZER = {
   decayBiasAndNorm: true,
 } as const;
 const models: VisionModel[] = [];
-afterAll(() => models.forEach((m) => m.dispose()));
+afterAll(() => {
+  for (const m of models) m.dispose();
+});
 
 async function load(config: Partial<ModelConfig> & { modelName: string }): Promise<{ model: VisionModel; modelConfig: ModelConfig }> {
   const modelConfig = { modelType: 'segmentation', ...config } as ModelConfig;

@@ -16,7 +16,9 @@ const FIXTURE_OPTIMIZER = {
 } as const;
 
 const models: VisionModel[] = [];
-afterAll(() => models.forEach((m) => m.dispose()));
+afterAll(() => {
+  for (const m of models) m.dispose();
+});
 
 // Seeded: models initialised at random start the same in every run, whatever ran before.
 async function load(config: Partial<ModelConfig> & { modelName: string }): Promise<{ model: VisionModel; modelConfig: ModelConfig }> {
@@ -221,7 +223,7 @@ describe.skipIf(!existsSync(FASHION))('BaseTrainer.train options', () => {
     const whole = await run(16, 1);
     const accumulated = await run(8, 2);
     expect(whole.losses).toHaveLength(3);
-    accumulated.losses.forEach((loss, i) => expect(loss).toBeCloseTo(whole.losses[i]!, 5));
+    for (const [i, loss] of accumulated.losses.entries()) expect(loss).toBeCloseTo(whole.losses[i]!, 5);
     for (const [key, value] of Object.entries(whole.state)) expectClose(accumulated.state[key], value, { atol: 1e-5, rtol: 1e-4 }, key);
   });
 

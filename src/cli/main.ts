@@ -8,12 +8,12 @@
  */
 import { extname, join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ConfigError } from '../errors.js';
 import { loadConfig } from '../config/project-config.js';
+import { ConfigError } from '../errors.js';
 import { HuggingFaceModelLoader, type LoadModelOptions } from '../models/loader.js';
-import { ModelType } from '../schemas/model-config.js';
 import type { DetectionPrediction, Prediction, VisionModel } from '../models/vision-model.js';
 import { drawDetections, drawSegmentation } from '../render/annotate.js';
+import { ModelType } from '../schemas/model-config.js';
 import { tensor } from '../tensor.js';
 import { BaseTrainer } from '../training/base-trainer.js';
 import { DownloadReporter, formatMetricsTable, ProgressReporter } from './progress.js';
@@ -164,7 +164,7 @@ async function bench(args: string[]): Promise<void> {
     const width = size?.width ?? size?.shortest_edge ?? 224;
     const channels = Number(model.config.num_channels ?? 3);
     const input = tensor('float32', [batch, channels, height, width]);
-    input.data.forEach((_, i) => (input.data[i] = Math.sin(i)));
+    for (let i = 0; i < input.data.length; i++) input.data[i] = Math.sin(i);
     await model.forward({ pixelValues: input }); // warm-up
     const times: number[] = [];
     for (let i = 0; i < iterations; i++) {

@@ -56,7 +56,10 @@ export class ProgressReporter {
   /** Takes one trainer event; an arrow function so it can be passed as a listener as is. */
   readonly report = (event: TrainerEvent): void => {
     if (this.mode === 'silent') return;
-    if (event.kind === 'step') return this.step(event);
+    if (event.kind === 'step') {
+      this.step(event);
+      return;
+    }
     const line = event.kind === 'eval' ? formatEvalLine(event) : formatSaveLine(event);
     if (this.mode === 'plain') return void this.stream.write(`${line}\n`);
     // Above the bar: clear it, print the line, draw the bar again below.

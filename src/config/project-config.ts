@@ -8,7 +8,7 @@ import { dirname, resolve } from 'node:path';
 import { parseDocument, type YAMLError } from 'yaml';
 import { z } from 'zod';
 import { ConfigError, type ConfigIssue } from '../errors.js';
-import { check, describe, isMapping, keysOf, objectOptions, selectedOption, type Spelling, unknownKeyMessage, unwrap } from '../schemas/common.js';
+import { check, describe, isMapping, keysOf, objectOptions, type Spelling, selectedOption, unknownKeyMessage, unwrap } from '../schemas/common.js';
 import { type DatasetConfig, DatasetConfigSchema, resolveDatasetPaths } from '../schemas/dataset-config.js';
 import { ModelConfigSchema } from '../schemas/model-config.js';
 import { TrainingConfigSchema } from '../schemas/training-config.js';

@@ -23,10 +23,11 @@
 import { createHash, type Hash, randomUUID } from 'node:crypto';
 import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
 import { type FileHandle, mkdir, open, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import type { IncomingMessage } from 'node:http';
 import { dirname, join, relative, resolve } from 'node:path';
 import { HubError, ModelNotFoundError } from '../errors.js';
 import { type CacheLookup, COMMIT_HASH, findCachedSnapshot, hfHome, hubCacheDir, isValidRepoId, isValidRevision, repoFolderName } from './cache.js';
-import { header, HttpError, isTransient, type RetryPolicy, sendFollowing, withRetries } from './http.js';
+import { HttpError, header, isTransient, type RetryPolicy, sendFollowing, withRetries } from './http.js';
 import { withFileLock } from './lock.js';
 
 /** One step of a file's download: sent on start, for each chunk received, and at the end. */
@@ -305,7 +306,7 @@ class RepoDownload {
    */
   private async head(revision: string, file: string, policy?: RetryPolicy, optional = false): Promise<FileMeta | undefined> {
     const url = this.url(revision, file);
-    let answer;
+    let answer: { final: string; response: IncomingMessage };
     try {
       answer = await withRetries(async () => {
         const { url: final, response } = await sendFollowing(

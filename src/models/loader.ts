@@ -79,6 +79,7 @@ export async function fetchModelDirectory(config: Location, options: Omit<LoadMo
   }
 }
 
+// biome-ignore lint/complexity/noStaticOnlyClass: the public API, named after transformers' loaders (HuggingFaceModelLoader.loadModel)
 export class HuggingFaceModelLoader {
   /**
    * Loads the model `config` describes (validated with ModelConfigSchema; throws ConfigError),

@@ -2,8 +2,8 @@
  * Predictions drawn onto a copy of the image: boxes with their labels for detection, a
  * translucent colour per class for segmentation. `visiontorch predict --draw out.png` uses these.
  */
-import { decodeImage } from '../runtime.js';
 import type { ImageInput } from '../models/vision-model.js';
+import { decodeImage } from '../runtime.js';
 import { Canvas, CHAR_H, encodePng, type RGB, SCALE, textWidth, writeFileAtomically } from './canvas.js';
 
 export interface BoxAnnotation {

@@ -319,7 +319,9 @@ export function toConfigIssues(root: AnySchema, issues: readonly z.core.$ZodIssu
   const seen = new Set<string>();
   return out.filter((i) => {
     const k = `${i.path}\0${i.message}`;
-    return seen.has(k) ? false : (seen.add(k), true);
+    if (seen.has(k)) return false;
+    seen.add(k);
+    return true;
   });
 }
 

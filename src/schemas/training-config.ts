@@ -14,14 +14,14 @@ import {
 import { DatasetConfigSchema } from './dataset-config.js';
 
 export {
+  type AugmentConfig,
   AugmentSchema,
   DATASET_PATH_FIELDS,
-  DatasetConfigSchema,
-  resolveDatasetPaths,
-  type AugmentConfig,
   type DatasetConfig,
   type DatasetConfigInput,
+  DatasetConfigSchema,
   type DatasetFormat,
+  resolveDatasetPaths,
 } from './dataset-config.js';
 
 const beta = () => {

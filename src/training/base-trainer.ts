@@ -5,8 +5,9 @@
  */
 import { join } from 'node:path';
 import type { NativeForwardInputs, NativeTrainer } from '../../binding.js';
-import type { VisionModel, Labels } from '../models/vision-model.js';
+import type { Labels, VisionModel } from '../models/vision-model.js';
 import { native } from '../native.js';
+import { parseOrThrow } from '../schemas/common.js';
 import type { ModelConfig } from '../schemas/model-config.js';
 import {
   type DatasetConfig,
@@ -15,7 +16,6 @@ import {
   type TrainingConfig,
   type TrainingConfigInput,
 } from '../schemas/training-config.js';
-import { parseOrThrow } from '../schemas/common.js';
 import type { Tensor } from '../tensor.js';
 import { writeTrainingChart } from './chart.js';
 import type { TrainerEvent } from './events.js';

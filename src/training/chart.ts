@@ -5,8 +5,9 @@
  * any image viewer opens, with no TensorBoard to install.
  */
 import { Canvas, CHAR_H, CHAR_W, encodePng, type Rect, type RGB, textWidth, writeFileAtomically } from '../render/canvas.js';
-export type { Rect } from '../render/canvas.js';
 import type { EvalEvent, ProgressEvent, TrainerEvent } from './events.js';
+
+export type { Rect } from '../render/canvas.js';
 
 export interface ChartOptions {
   /** Pixels; default 1000. */
@@ -199,7 +200,12 @@ function formatValue(v: number): string {
 function yDomain(series: Series[], capAtOne: boolean): [number, number] {
   let lo = Infinity;
   let hi = -Infinity;
-  for (const s of series) for (const p of s.points) (lo = Math.min(lo, p.y)), (hi = Math.max(hi, p.y));
+  for (const s of series) {
+    for (const p of s.points) {
+      lo = Math.min(lo, p.y);
+      hi = Math.max(hi, p.y);
+    }
+  }
   if (!Number.isFinite(lo)) return [0, 1];
   // A constant series still needs a non-empty range; padding keeps lines and markers off the frame.
   const pad = hi > lo ? (hi - lo) * 0.06 : Math.abs(lo) * 0.1 || 1;
@@ -432,7 +438,7 @@ export function renderTrainingChart(history: TrainerEvent[], options: ChartOptio
   const canvas = new Canvas(p.width, p.height);
   canvas.text(16, 14, p.title, INK, true);
   if (p.summary) canvas.text(p.width - RIGHT - textWidth(p.summary), 14, p.summary, MUTED);
-  p.panels.forEach((panel, i) => drawPanel(canvas, panel, p, i === 0, i === p.panels.length - 1));
+  for (const [i, panel] of p.panels.entries()) drawPanel(canvas, panel, p, i === 0, i === p.panels.length - 1);
   return encodePng(p.width, p.height, canvas.pixels);
 }
 
