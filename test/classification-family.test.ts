@@ -1,7 +1,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { BaseTrainer, HuggingFaceModelLoader, type ModelConfig, type VisionModel } from '../src/index.js';
+import { BaseTrainer, type ClassificationPrediction, HuggingFaceModelLoader, type ModelConfig, type VisionModel } from '../src/index.js';
 import { expectClose, fixture, reference, tempDir } from './helpers.js';
 
 const FIXTURE_OPTIMIZER = {
@@ -153,7 +153,7 @@ describe('custom TorchScript models', () => {
     expect(Object.keys(state)).toEqual(
       expect.arrayContaining(['classifier.weight', 'features.0.weight', 'features.1.running_mean', 'features.1.num_batches_tracked']),
     );
-    const [ranked] = await model.predict(fixture('images', 'rocket.jpg'), { topK: 3 });
+    const [ranked] = (await model.predict(fixture('images', 'rocket.jpg'), { topK: 3 })) as ClassificationPrediction[][];
     expect(ranked!.map((p) => p.label).sort()).toEqual(['cat', 'remote', 'rocket']);
 
     const { pixelValues } = await model.preprocess([fixture('images', 'rocket.jpg'), fixture('images', 'chelsea.png')]);

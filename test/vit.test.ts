@@ -1,7 +1,7 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { HuggingFaceModelLoader, type Tensor, type VisionModel } from '../src/index.js';
+import { type ClassificationPrediction, HuggingFaceModelLoader, type Tensor, type VisionModel } from '../src/index.js';
 import { expectClose, fixture, reference, tempDir } from './helpers.js';
 
 const VIT_FIXTURES = ['vit-tiny-random', 'vit-tiny-random-pt', 'vit-tiny-random-sharded'];
@@ -76,12 +76,12 @@ describe('ViT preprocessing parity with ViTImageProcessor', () => {
 describe('ViT predict, save and reload', () => {
   it('predict ranks labels by softmax score', async () => {
     const model = await load(fixture('vit-tiny-random'));
-    const [ranked] = await model.predict(fixture('images', 'rocket.jpg'), { topK: 3 });
+    const [ranked] = (await model.predict(fixture('images', 'rocket.jpg'), { topK: 3 })) as ClassificationPrediction[][];
     expect(ranked).toHaveLength(3);
     const scores = ranked!.map((p) => p.score);
     expect([...scores].sort((a, b) => b - a)).toEqual(scores);
     for (const p of ranked!) expect(model.labels[p.index]).toBe(p.label);
-    const all = (await model.predict([fixture('images', 'rocket.jpg')], { topK: 100 }))[0]!;
+    const all = (await model.predict([fixture('images', 'rocket.jpg')], { topK: 100 }))[0] as ClassificationPrediction[];
     expect(all).toHaveLength(5);
     expect(all.reduce((sum, p) => sum + p.score, 0)).toBeCloseTo(1, 5);
   });

@@ -11,6 +11,7 @@ import { parseOrThrow } from '../schemas/common.js';
 import type { ModelConfig } from '../schemas/model-config.js';
 import {
   type DatasetConfig,
+  type DatasetConfigInput,
   DatasetConfigSchema,
   parseTrainingConfig,
   type TrainingConfig,
@@ -125,7 +126,7 @@ export class BaseTrainer {
   }
 
   /** Loss, accuracy and top-5 accuracy on the dataset's validation split (all of it when it has none). */
-  async evaluate(dataset: DatasetConfig): Promise<Metrics> {
+  async evaluate(dataset: DatasetConfigInput): Promise<Metrics> {
     const parsed = parseOrThrow(DatasetConfigSchema, dataset, 'Invalid dataset configuration');
     return this.#native.evaluate(parsed, this.config.batchSize);
   }
