@@ -68,7 +68,7 @@ export class VisionModel {
   /** Created when batching is first turned on; kept afterwards for its statistics. */
   #batcher: MicroBatcher<NativeImage, Prediction> | undefined;
 
-  /** @internal Created by HuggingFaceModelLoader.loadModel. */
+  /** Created by HuggingFaceModelLoader.loadModel, over the native model it loaded; not for direct use. */
   constructor(handle: NativeModel) {
     this.#native = handle;
     this.#info = handle.info();
