@@ -28,9 +28,11 @@ const log = (line) => (json ? process.stderr : process.stdout).write(`${line}\n`
 const model = await HuggingFaceModelLoader.loadModel({ modelName: modelDir, modelType, pretrained: false, dtype }, { seed: 0 });
 // Encoded photos, as a server receives them: every call decodes and preprocesses its own image.
 const fixtures = join(here, '..', 'test', 'fixtures');
-const photos = [join(fixtures, 'images', 'rocket.jpg'), join(fixtures, 'images', 'chelsea.png'), join(fixtures, 'coco-sample', '000000039769.jpg')].map((path) =>
-  readFileSync(path),
-);
+const photos = [
+  join(fixtures, 'images', 'rocket.jpg'),
+  join(fixtures, 'images', 'chelsea.png'),
+  join(fixtures, 'coco-sample', '000000039769.jpg'),
+].map((path) => readFileSync(path));
 const batching = { maxBatchSize, maxWaitMs };
 
 /** Every caller predicts one image at once; seconds until the last one has its answer. */

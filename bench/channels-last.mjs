@@ -22,7 +22,7 @@ const models = {};
 for (const memoryFormat of layouts) models[memoryFormat] = await HuggingFaceModelLoader.loadModel(modelConfig, { seed: 0, memoryFormat });
 const size = Number(models.contiguous.processorConfig.crop_size?.height ?? models.contiguous.processorConfig.size?.shortest_edge ?? 224);
 const pixels = tensor('float32', [batch, 3, size, size]);
-pixels.data.forEach((_, i) => (pixels.data[i] = Math.sin(i * 0.13)));
+for (let i = 0; i < pixels.data.length; i++) pixels.data[i] = Math.sin(i * 0.13);
 
 const seconds = { contiguous: [], channels_last: [] };
 for (const memoryFormat of layouts) await models[memoryFormat].forward({ pixelValues: pixels }); // warm-up

@@ -40,9 +40,18 @@ const model = await HuggingFaceModelLoader.loadModel({ modelName: vitBaseDir, mo
 
 const peer = startPeer(join(here, 'peers', 'torch_data.py'));
 try {
-  await peer.request({ op: 'setup', images, size: [processor.size.height, processor.size.width], resample: processor.resample, mean: processor.image_mean, std: processor.image_std });
+  await peer.request({
+    op: 'setup',
+    images,
+    size: [processor.size.height, processor.size.width],
+    resample: processor.resample,
+    mean: processor.image_mean,
+    std: processor.image_std,
+  });
 } catch (error) {
-  throw new Error(`the PIL + torchvision peer did not start (${error.message}); it needs Debian's python3-torch, python3-pil and python3-torchvision (or VISIONTORCH_BENCH_PYTHON naming a python3 that has them)`);
+  throw new Error(
+    `the PIL + torchvision peer did not start (${error.message}); it needs Debian's python3-torch, python3-pil and python3-torchvision (or VISIONTORCH_BENCH_PYTHON naming a python3 that has them)`,
+  );
 }
 
 /** One round of the peer: its seconds, and the share of the CPU others took (the peer's own CPU time is its). */
@@ -56,9 +65,10 @@ async function peerRound(message) {
 }
 
 const ours = {
-  decode: () => timedWithLoad(async () => {
-    for (const image of images) await decodeImage(image);
-  }),
+  decode: () =>
+    timedWithLoad(async () => {
+      for (const image of images) await decodeImage(image);
+    }),
   preprocess: () => timedWithLoad(() => model.preprocess(images)),
 };
 
@@ -77,7 +87,9 @@ for (const stage of ['decode', 'preprocess']) {
 setNumThreads(0); // back to the default
 const { pixelValues } = await model.preprocess(images.slice(0, 1));
 if (pixelValues.shape.join('x') !== `1x3x${processor.size.height}x${processor.size.width}`) {
-  throw new Error(`preprocess gave pixelValues of shape ${pixelValues.shape.join('x')}, expected 1x3x${processor.size.height}x${processor.size.width}`);
+  throw new Error(
+    `preprocess gave pixelValues of shape ${pixelValues.shape.join('x')}, expected 1x3x${processor.size.height}x${processor.size.width}`,
+  );
 }
 model.dispose();
 
@@ -94,7 +106,11 @@ const result = {
   machineLoadBefore: machineLoad,
 };
 let contended = 0;
-for (const [stage, count] of [['decode', batch], ['preprocess', batch], ['loader', loaderImages]]) {
+for (const [stage, count] of [
+  ['decode', batch],
+  ['preprocess', batch],
+  ['loader', loaderImages],
+]) {
   // Rounds during which other processes took over 10% of the CPU are left out when 3 are quiet.
   const rate = (list) => count / median(quietSamples(list).map((s) => s.seconds));
   const { ours: mine, theirs } = samples[stage];
@@ -103,16 +119,24 @@ for (const [stage, count] of [['decode', batch], ['preprocess', batch], ['loader
     visiontorchImagesPerSecond: rate(mine),
     pytorchImagesPerSecond: rate(theirs),
     ratio: rate(mine) / rate(theirs),
-    rounds: { ours: mine.map(({ seconds, otherCpuFraction }) => ({ seconds, otherCpuFraction })), theirs: theirs.map(({ seconds, otherCpuFraction }) => ({ seconds, otherCpuFraction })) },
+    rounds: {
+      ours: mine.map(({ seconds, otherCpuFraction }) => ({ seconds, otherCpuFraction })),
+      theirs: theirs.map(({ seconds, otherCpuFraction }) => ({ seconds, otherCpuFraction })),
+    },
   };
 }
-if (contended > 0) console.warn(`warning: other processes used over 10% of the CPU during ${contended} rounds; those are left out of the medians when at least 3 are quiet`);
+if (contended > 0)
+  console.warn(
+    `warning: other processes used over 10% of the CPU during ${contended} rounds; those are left out of the medians when at least 3 are quiet`,
+  );
 
 const line = (name, r, peerName) =>
   `${name}: visiontorch ${r.visiontorchImagesPerSecond.toFixed(0)} images/s, ${peerName} ${r.pytorchImagesPerSecond.toFixed(0)} images/s, ratio ${r.ratio.toFixed(2)}x`;
 console.log(line('decode (JPEG+PNG to RGB, 1 thread)', result.decode, 'PIL'));
 console.log(line(`preprocess (decode+resize+normalize, batch ${batch}, 1 thread)`, result.preprocess, 'PIL+torchvision'));
-console.log(line(`training loader (${workers} workers, batch ${batch}, ${loaderImages} images)`, result.loader, `torch DataLoader (${workers} workers)`));
+console.log(
+  line(`training loader (${workers} workers, batch ${batch}, ${loaderImages} images)`, result.loader, `torch DataLoader (${workers} workers)`),
+);
 if (jsonPath) writeFileSync(jsonPath, `${JSON.stringify(result, null, 2)}\n`);
 
 /**

@@ -9,11 +9,11 @@
 // --threads sets the compute threads (default: one per core), e.g. 1 to leave a core to Node.
 // Goal (issue "Speed"): event-loop delay p99 under 10 ms in every phase.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, Agent, request } from 'node:http';
+import { Agent, createServer, request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
 import { BaseTrainer, HuggingFaceModelLoader, loadConfig, runtimeInfo, setNumThreads, tensor } from '../dist/index.js';
 import { machineCpuTimes, option, otherCpuFraction, quantile, warnIfMachineBusy } from './lib.mjs';
 
@@ -40,12 +40,16 @@ const { computeThreads } = runtimeInfo();
 const server = await startServer();
 const results = [];
 
-const vitBaseConfig = { modelName: join(root, 'test', 'fixtures', 'configs', 'vit-base-patch16-224'), modelType: 'classification', pretrained: false };
+const vitBaseConfig = {
+  modelName: join(root, 'test', 'fixtures', 'configs', 'vit-base-patch16-224'),
+  modelType: 'classification',
+  pretrained: false,
+};
 const needsVitBase = phases.some((p) => ['forward', 'predict', 'step-vit-base'].includes(p));
 const vitBase = needsVitBase ? await HuggingFaceModelLoader.loadModel(vitBaseConfig, { seed: 0 }) : undefined;
 const batch = 8;
 const pixels = tensor('float32', [batch, 3, 224, 224]);
-pixels.data.forEach((_, i) => (pixels.data[i] = Math.sin(i * 0.37)));
+for (let i = 0; i < pixels.data.length; i++) pixels.data[i] = Math.sin(i * 0.37);
 const photos = ['images/rocket.jpg', 'images/chelsea.png', 'coco-sample/000000039769.jpg'].map((p) => join(root, 'test', 'fixtures', p));
 const images = Array.from({ length: batch }, (_, i) => photos[i % photos.length]);
 
@@ -60,16 +64,26 @@ for (const name of phases) {
     results.push(await measure(name, 'ViT-B/16 predict, 8 image files', () => vitBase.predict(images)));
   } else if (name === 'step-vit-base') {
     const trainer = new BaseTrainer({ model: vitBase, modelConfig: vitBaseConfig, learningRate: 1e-4, lrScheduler: 'constant' });
-    const labels = tensor('int64', [batch], BigInt64Array.from({ length: batch }, (_, i) => BigInt(i)));
+    const labels = tensor(
+      'int64',
+      [batch],
+      BigInt64Array.from({ length: batch }, (_, i) => BigInt(i)),
+    );
     await trainer.trainingStep({ pixelValues: pixels, labels }); // allocates the optimizer state
-    results.push(await measure(name, 'ViT-B/16 trainingStep, batch 8', () => trainer.trainingStep({ pixelValues: pixels, labels }), { minIterations: 2 }));
+    results.push(
+      await measure(name, 'ViT-B/16 trainingStep, batch 8', () => trainer.trainingStep({ pixelValues: pixels, labels }), { minIterations: 2 }),
+    );
   } else if (name === 'step-small') {
     const modelConfig = { modelName: join(root, 'config', 'models', 'vit-fashion-mnist'), modelType: 'classification', pretrained: false };
     const model = await HuggingFaceModelLoader.loadModel(modelConfig, { seed: 0 });
     const trainer = new BaseTrainer({ model, modelConfig, learningRate: 1e-3, lrScheduler: 'constant', mixedPrecision: 'bf16' });
     const small = tensor('float32', [128, 1, 28, 28]);
-    small.data.forEach((_, i) => (small.data[i] = Math.sin(i * 0.11)));
-    const labels = tensor('int64', [128], BigInt64Array.from({ length: 128 }, (_, i) => BigInt(i % 10)));
+    for (let i = 0; i < small.data.length; i++) small.data[i] = Math.sin(i * 0.11);
+    const labels = tensor(
+      'int64',
+      [128],
+      BigInt64Array.from({ length: 128 }, (_, i) => BigInt(i % 10)),
+    );
     await trainer.trainingStep({ pixelValues: small, labels });
     results.push(await measure(name, 'Fashion-MNIST ViT trainingStep, batch 128, bf16', () => trainer.trainingStep({ pixelValues: small, labels })));
     model.dispose();
@@ -80,7 +94,13 @@ for (const name of phases) {
 vitBase?.dispose();
 server.close();
 
-const result = { benchmark: 'event-loop delay while computing', threads: computeThreads, goalP99Ms: GOAL_P99_MS, machineLoadBefore: machineLoad, phases: results };
+const result = {
+  benchmark: 'event-loop delay while computing',
+  threads: computeThreads,
+  goalP99Ms: GOAL_P99_MS,
+  machineLoadBefore: machineLoad,
+  phases: results,
+};
 result.goalMet = results.every((r) => r.eventLoopDelayMs.p99 < GOAL_P99_MS);
 for (const r of results) {
   const d = r.eventLoopDelayMs;
@@ -114,8 +134,12 @@ async function measureTrain() {
       dataset: { ...job.training.dataset, limit: 2048 },
     };
     let events = 0;
-    const measured = await measure('train', `trainer.train, ${steps} steps of the Fashion-MNIST ViT (batch ${job.training.batchSize}, evaluations, checkpoints)`,
-      () => trainer.train(config, { onProgress: () => events++ }), { minIterations: 1, seconds: 0 });
+    const measured = await measure(
+      'train',
+      `trainer.train, ${steps} steps of the Fashion-MNIST ViT (batch ${job.training.batchSize}, evaluations, checkpoints)`,
+      () => trainer.train(config, { onProgress: () => events++ }),
+      { minIterations: 1, seconds: 0 },
+    );
     model.dispose();
     return { ...measured, trainerEvents: events };
   } finally {
@@ -161,7 +185,13 @@ async function measure(phase, work, run, options = {}) {
     seconds: elapsed,
     // monitorEventLoopDelay records the intervals between ticks of a 1 ms timer, so its figures are
     // the delay plus about 1 ms (idle p50 ~1.1 ms): compared with the goal as they are, conservatively.
-    eventLoopDelayMs: { p50: ms(histogram.percentile(50)), p99: ms(histogram.percentile(99)), max: ms(histogram.max), mean: ms(histogram.mean), samples: histogram.count },
+    eventLoopDelayMs: {
+      p50: ms(histogram.percentile(50)),
+      p99: ms(histogram.percentile(99)),
+      max: ms(histogram.max),
+      mean: ms(histogram.mean),
+      samples: histogram.count,
+    },
     timerGapMs: { p50: quantile(timerGaps, 0.5), p99: quantile(timerGaps, 0.99), max: Math.max(...timerGaps), ticks: timerGaps.length },
     httpMs: { p50: quantile(httpLatencies, 0.5), p99: quantile(httpLatencies, 0.99), max: Math.max(...httpLatencies), count: httpLatencies.length },
     gcPauseMs: { count: gcPauses.length, total: gcPauses.reduce((a, b) => a + b, 0), max: gcPauses.length ? Math.max(...gcPauses) : 0 },
@@ -202,7 +232,7 @@ function startProbes() {
 /** An HTTP server on 127.0.0.1 (an ephemeral port) answering a small JSON body, with a keep-alive client. */
 async function startServer() {
   const body = JSON.stringify({ status: 'ok' });
-  const httpServer = createServer((req, res) => {
+  const httpServer = createServer((_req, res) => {
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
     res.end(body);
   });

@@ -71,7 +71,11 @@ async function imagesPerSecond(visiontorch, job, dataset) {
   let last;
   await trainer.train(
     { maxSteps: steps, batchSize, learningRate: 1e-4, lrScheduler: 'constant', outputDir: join(work, 'run'), dataset, seed: 0 },
-    { onProgress: (e) => e.kind === 'step' && (last = e) },
+    {
+      onProgress: (e) => {
+        if (e.kind === 'step') last = e;
+      },
+    },
   );
   model.dispose();
   return last.imagesPerSecond;
@@ -86,7 +90,12 @@ for (const job of jobs) {
   for (let round = 0; round < rounds; round++) {
     for (const [i, build] of builds.entries()) samples[i].push(await imagesPerSecond(build.visiontorch, job, dataset));
   }
-  const row = { job: job.name, steps, batchSize, builds: builds.map((b, i) => ({ package: b.path, imagesPerSecond: median(samples[i]), samples: samples[i] })) };
+  const row = {
+    job: job.name,
+    steps,
+    batchSize,
+    builds: builds.map((b, i) => ({ package: b.path, imagesPerSecond: median(samples[i]), samples: samples[i] })),
+  };
   results.push(row);
   const figures = row.builds.map((b) => `${b.imagesPerSecond.toFixed(1)} images/s (${b.package})`).join('  vs  ');
   const ratio = row.builds.length > 1 ? `  ratio ${(row.builds[0].imagesPerSecond / row.builds[1].imagesPerSecond).toFixed(2)}x` : '';

@@ -17,7 +17,7 @@ import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { HuggingFaceModelLoader, runtimeInfo, tensor } from '../dist/index.js';
 import { writeFileAtomically } from '../dist/render/canvas.js';
-import { renderInferenceChart, RUNTIMES } from './chart.mjs';
+import { RUNTIMES, renderInferenceChart } from './chart.mjs';
 import { median, startPeer } from './lib.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -56,7 +56,11 @@ function parseOptions(argv) {
     if (i + 1 >= argv.length) fail(`--${name} needs a value`);
     values[name] = argv[i + 1];
   }
-  const list = (value) => value.split(',').map((s) => s.trim()).filter(Boolean);
+  const list = (value) =>
+    value
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
   const positiveInteger = (name, value, min = 1) => {
     const n = Number(value);
     if (!Number.isInteger(n) || n < min) fail(`--${name} must be an integer >= ${min}, got ${value}`);
@@ -159,7 +163,7 @@ for (const modelKey of options.models) {
       const label = `${entry.title} ${size}px b${batch} ${SHORT_DTYPE[dtype]}`;
       console.log(`[${cases.length + 1}/${total}] ${entry.title}, ${size}x${size}, batch ${batch}, ${dtype}`);
       const pixels = tensor('float32', [batch, 3, size, size]);
-      pixels.data.forEach((_, i) => (pixels.data[i] = Math.sin(i * 0.13)));
+      for (let i = 0; i < pixels.data.length; i++) pixels.data[i] = Math.sin(i * 0.13);
       const ortInput = new ort.Tensor('float32', pixels.data, [batch, 3, size, size]);
 
       const failures = {};
@@ -229,7 +233,9 @@ for (const modelKey of options.models) {
       result.ratios = { visiontorchOverOnnxruntime: ratio('onnxruntime') || null, visiontorchOverPytorch: ratio('pytorch') || null };
       cases.push(result);
       const rates = RUNTIMES.map(({ key, name }) =>
-        result[key].error ? `${name} failed` : `${name} ${formatRate(result[key].imagesPerSecond)} img/s${key === 'onnxruntime' && dtype !== 'float32' ? ' (fp32)' : ''}`,
+        result[key].error
+          ? `${name} failed`
+          : `${name} ${formatRate(result[key].imagesPerSecond)} img/s${key === 'onnxruntime' && dtype !== 'float32' ? ' (fp32)' : ''}`,
       );
       console.log(`  => ${rates.join(', ')}`);
     }
@@ -250,8 +256,9 @@ const lines = [
   '',
   '| model | input | batch | dtype | visiontorch | onnxruntime-node | PyTorch eager | vs ORT | vs PyTorch |',
   '|---|---|---|---|---|---|---|---|---|',
-  ...cases.map((c) =>
-    `| ${c.title} | ${c.imageSize}x${c.imageSize} | ${c.batch} | ${c.dtype} | ${cell(c.visiontorch)} | ` +
+  ...cases.map(
+    (c) =>
+      `| ${c.title} | ${c.imageSize}x${c.imageSize} | ${c.batch} | ${c.dtype} | ${cell(c.visiontorch)} | ` +
       `${cell(c.onnxruntime, c.dtype === 'float32' ? '' : ' (fp32)')} | ${cell(c.pytorch)} | ` +
       `${ratioCell(c.ratios.visiontorchOverOnnxruntime)} | ${ratioCell(c.ratios.visiontorchOverPytorch)} |`,
   ),
@@ -291,7 +298,10 @@ if (options.png) {
     },
   }));
   const subtitle = `images/s, median of ${options.rounds} rounds, ${threads} threads; bars scaled within each case`;
-  await writeFileAtomically(options.png, renderInferenceChart(chartCases, { title: 'visiontorch inference against onnxruntime-node and PyTorch eager', subtitle }));
+  await writeFileAtomically(
+    options.png,
+    renderInferenceChart(chartCases, { title: 'visiontorch inference against onnxruntime-node and PyTorch eager', subtitle }),
+  );
   console.log(`wrote ${options.png}`);
 }
 if (failed.length) process.exitCode = 1;

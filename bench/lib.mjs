@@ -109,7 +109,9 @@ export async function machineCpuLoad(milliseconds = 1000) {
 export async function warnIfMachineBusy() {
   const load = await machineCpuLoad();
   if (load !== undefined && load > 0.15) {
-    console.warn(`warning: ${(load * 100).toFixed(0)}% of the CPU is busy with other processes before the benchmark starts; its numbers will be slower and noisier than on an idle machine`);
+    console.warn(
+      `warning: ${(load * 100).toFixed(0)}% of the CPU is busy with other processes before the benchmark starts; its numbers will be slower and noisier than on an idle machine`,
+    );
   }
   return load;
 }

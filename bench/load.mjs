@@ -86,10 +86,17 @@ async function main() {
     if (list.length === 0) return undefined;
     const used = quietSamples(list);
     const keys = ['totalSeconds', 'loadSeconds', 'firstPredictSeconds', 'secondPredictSeconds', 'startupSeconds', 'rssMiB', 'peakRssMiB'];
-    return { ...Object.fromEntries(keys.map((key) => [key, median(used.map((s) => s[key]))])), bestTotalSeconds: Math.min(...used.map((s) => s.totalSeconds)), samplesUsed: used.length };
+    return {
+      ...Object.fromEntries(keys.map((key) => [key, median(used.map((s) => s[key]))])),
+      bestTotalSeconds: Math.min(...used.map((s) => s.totalSeconds)),
+      samplesUsed: used.length,
+    };
   };
   const contended = [...samples.visiontorch, ...samples.pytorch].filter((s) => s.otherCpuFraction > 0.1).length;
-  if (contended > 0) console.warn(`warning: other processes used over 10% of the CPU during ${contended} of the runs; those runs are left out of the medians when at least 3 are quiet`);
+  if (contended > 0)
+    console.warn(
+      `warning: other processes used over 10% of the CPU during ${contended} of the runs; those runs are left out of the medians when at least 3 are quiet`,
+    );
   const result = {
     benchmark: 'checkpoint load to first prediction (warm page cache, fresh process)',
     checkpoint: 'ViT-B/16 at 224, model.safetensors (random weights)',
@@ -106,10 +113,13 @@ async function main() {
   };
   result.goalMet = result.visiontorch.totalSeconds < GOAL_SECONDS;
   const ms = (seconds) => `${(seconds * 1000).toFixed(0)} ms`;
-  const describe = (s) => `${ms(s.totalSeconds)} (load ${ms(s.loadSeconds)} + first predict ${ms(s.firstPredictSeconds)}), RSS ${s.rssMiB.toFixed(0)} MiB`;
+  const describe = (s) =>
+    `${ms(s.totalSeconds)} (load ${ms(s.loadSeconds)} + first predict ${ms(s.firstPredictSeconds)}), RSS ${s.rssMiB.toFixed(0)} MiB`;
   console.log(
     `ViT-B/16 safetensors load to first prediction, ${threads} threads, median of ${result.visiontorch.samplesUsed}/${runs} runs: visiontorch ${describe(result.visiontorch)}` +
-      (result.pytorch ? `; PyTorch eager ${describe(result.pytorch)}; ratio ${(result.pytorch.totalSeconds / result.visiontorch.totalSeconds).toFixed(2)}x` : '') +
+      (result.pytorch
+        ? `; PyTorch eager ${describe(result.pytorch)}; ratio ${(result.pytorch.totalSeconds / result.visiontorch.totalSeconds).toFixed(2)}x`
+        : '') +
       `; goal < ${ms(GOAL_SECONDS)}: ${result.goalMet ? 'met' : 'MISSED'}`,
   );
   if (jsonPath) writeFileSync(jsonPath, `${JSON.stringify(result, null, 2)}\n`);

@@ -34,8 +34,12 @@ const trainer = new BaseTrainer({
   mixedPrecision: precision === 'bf16' ? 'bf16' : 'no',
 });
 const pixels = tensor('float32', [batch, channels, size, size]);
-pixels.data.forEach((_, i) => (pixels.data[i] = Math.sin(i * 0.37)));
-const labels = tensor('int64', [batch], BigInt64Array.from({ length: batch }, (_, i) => BigInt(i % model.labels.length)));
+for (let i = 0; i < pixels.data.length; i++) pixels.data[i] = Math.sin(i * 0.37);
+const labels = tensor(
+  'int64',
+  [batch],
+  BigInt64Array.from({ length: batch }, (_, i) => BigInt(i % model.labels.length)),
+);
 
 const peer = startPeer(join(here, 'peers', 'torch_vit.py'));
 await peer.request({ op: 'setup', config: join(modelDir, 'config.json'), batch, precision, threads, image_size: size });

@@ -1,5 +1,6 @@
-// Runs every test: the native core's ctest suite, then vitest. Ends with one line,
-// "N passed, N failed", counting both (also written to build/test-summary.txt for CI).
+// Runs every test: the code checks (Biome's lint and format, tsc over the tests), the native
+// core's ctest suite, then vitest. Ends with one line, "N passed, N failed", counting all three
+// (also written to build/test-summary.txt for CI); each code check counts as one test.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -16,6 +17,25 @@ function run(command, args) {
 let passed = 0;
 let failed = 0;
 let skipped = 0;
+
+// Code checks: one test each; their output is shown only when they fail.
+const checks = [
+  // Lint rules and import order (the formatter is the next check).
+  ['biome lint (rules, import order)', ['--no-install', 'biome', 'check', '--formatter-enabled=false', '--error-on-warnings']],
+  ['biome format', ['--no-install', 'biome', 'format']],
+  ['tsc -p tsconfig.test.json', ['--no-install', 'tsc', '-p', 'tsconfig.test.json', '--noEmit']],
+];
+for (const [name, args] of checks) {
+  const check = spawnSync('npx', args, { cwd: root, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } });
+  if (check.status === 0) {
+    passed++;
+    console.log(`check passed: ${name}`);
+  } else {
+    failed++;
+    process.stdout.write(`${check.stdout ?? ''}${check.stderr ?? ''}${check.error ? `${check.error.message}\n` : ''}`);
+    console.log(`check FAILED: ${name} (npx ${args.join(' ')})`);
+  }
+}
 
 // ctest: each GoogleTest case is one ctest test; its JUnit report gives the counts.
 const junit = join(buildDir, 'ctest-results.xml');

@@ -10,21 +10,22 @@ export {
   type ModelInfo,
   resolveModelDirectory,
 } from './models/loader.js';
-export { type BatchingOptions, type BatchingSettings, type BatchingStats } from './models/micro-batcher.js';
+export type { BatchingOptions, BatchingSettings, BatchingStats } from './models/micro-batcher.js';
 export {
   type ClassificationPrediction,
   type DetectionPrediction,
-  type SegmentationPrediction,
   type ForwardInputs,
   type ImageInput,
   type Labels,
   type LoadReport,
-  type PredictOptions,
   type Prediction,
+  type PredictOptions,
+  type SegmentationPrediction,
   VisionModel,
 } from './models/vision-model.js';
+export { type BoxAnnotation, drawDetections, drawSegmentation } from './render/annotate.js';
+export { decodeImage, loadSafetensors, runtimeInfo, saveSafetensors, setNumThreads } from './runtime.js';
 export { type DType, numel, type Tensor, tensor, toFloat32 } from './tensor.js';
-export { loadSafetensors, saveSafetensors, setNumThreads, runtimeInfo, decodeImage } from './runtime.js';
 export {
   BaseTrainer,
   type BaseTrainerOptions,
@@ -35,4 +36,3 @@ export {
   type TrainResult,
 } from './training/base-trainer.js';
 export type { EvalEvent, ProgressEvent, SaveEvent, TrainerEvent } from './training/events.js';
-export { drawDetections, drawSegmentation, type BoxAnnotation } from './render/annotate.js';

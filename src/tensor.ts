@@ -48,8 +48,7 @@ export function tensor<D extends DType>(dtype: D, shape: number[], data?: DataFo
 export function toFloat32(t: Tensor): Float32Array {
   if (t.dtype === 'float32') return t.data as Float32Array;
   if (t.dtype === 'bfloat16') {
-    const bits = new Uint32Array((t.data as Uint16Array).length);
-    (t.data as Uint16Array).forEach((v, i) => (bits[i] = v << 16));
+    const bits = Uint32Array.from(t.data as Uint16Array, (v) => v << 16);
     return new Float32Array(bits.buffer);
   }
   if (t.dtype === 'float16') {

@@ -83,7 +83,9 @@ function run(): TrainerEvent[] {
   for (let n = 1; n <= 600; n++) {
     events.push(step(n, { loss: 2 * Math.exp(-n / 300) + 0.2 + 0.1 * Math.sin(n) }));
     if (n % 200 === 0) {
-      events.push(evaluation(n, { eval_loss: 1 / (1 + n / 200), eval_accuracy: 0.5 + n / 1500, eval_top5_accuracy: 0.8 + n / 5000, eval_runtime: 3.2 }));
+      events.push(
+        evaluation(n, { eval_loss: 1 / (1 + n / 200), eval_accuracy: 0.5 + n / 1500, eval_top5_accuracy: 0.8 + n / 5000, eval_runtime: 3.2 }),
+      );
       events.push({ kind: 'save', step: n, path: `checkpoint-${n}` });
     }
   }
@@ -202,14 +204,24 @@ describe('writeTrainingChart', () => {
 describe('MetricsLog', () => {
   it('round-trips events, NaN included, one JSON line each', async () => {
     const outputDir = join(dir, 'run', 'nested');
-    const events: TrainerEvent[] = [step(1), step(2, { loss: Number.NaN, gradNorm: Number.POSITIVE_INFINITY }), evaluation(2, { eval_loss: 0.5 }), { kind: 'save', step: 2, path: 'NaN' }];
+    const events: TrainerEvent[] = [
+      step(1),
+      step(2, { loss: Number.NaN, gradNorm: Number.POSITIVE_INFINITY }),
+      evaluation(2, { eval_loss: 0.5 }),
+      { kind: 'save', step: 2, path: 'NaN' },
+    ];
     const log = new MetricsLog(outputDir);
     for (const e of events) log.append(e);
     log.close();
     expect(log.path).toBe(join(outputDir, 'metrics.jsonl'));
     const text = await readFile(log.path, 'utf8');
     expect(text.endsWith('\n')).toBe(true);
-    expect(text.trim().split('\n').map((line) => JSON.parse(line).kind)).toEqual(['step', 'step', 'eval', 'save']);
+    expect(
+      text
+        .trim()
+        .split('\n')
+        .map((line) => JSON.parse(line).kind),
+    ).toEqual(['step', 'step', 'eval', 'save']);
     expect(await readMetricsLog(log.path)).toEqual(events);
   });
 

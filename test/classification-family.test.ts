@@ -1,12 +1,21 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { BaseTrainer, HuggingFaceModelLoader, type ModelConfig, type VisionModel } from '../src/index.js';
+import { BaseTrainer, type ClassificationPrediction, HuggingFaceModelLoader, type ModelConfig, type VisionModel } from '../src/index.js';
 import { expectClose, fixture, reference, tempDir } from './helpers.js';
 
-const FIXTURE_OPTIMIZER = { learningRate: 1e-3, weightDecay: 0.01, optimizer: 'adamw', lrScheduler: 'constant', maxGradNorm: 0, decayBiasAndNorm: true } as const;
+const FIXTURE_OPTIMIZER = {
+  learningRate: 1e-3,
+  weightDecay: 0.01,
+  optimizer: 'adamw',
+  lrScheduler: 'constant',
+  maxGradNorm: 0,
+  decayBiasAndNorm: true,
+} as const;
 const models: VisionModel[] = [];
-afterAll(() => models.forEach((m) => m.dispose()));
+afterAll(() => {
+  for (const m of models) m.dispose();
+});
 
 async function load(config: Partial<ModelConfig> & { modelName: string }, seed?: number): Promise<{ model: VisionModel; modelConfig: ModelConfig }> {
   const modelConfig = { modelType: 'classification', ...config } as ModelConfig;
@@ -42,23 +51,53 @@ describe.each([
     expect(Object.keys(step1.gradients!).sort()).toEqual(grads.map((k) => k.slice(5)).sort());
     for (const key of grads) expectClose(step1.gradients![key.slice(5)], ref.tensors[key], ref.tolerance('grad'), key);
     const after1 = await model.stateDict();
-    expect(Object.keys(after1).sort()).toEqual(Object.keys(ref.tensors).filter((k) => k.startsWith('after_step1.')).map((k) => k.slice(12)).sort());
-    for (const [key, value] of Object.entries(after1)) expectClose(value, ref.tensors[`after_step1.${key}`], ref.tolerance('after_step1'), `after_step1.${key}`);
+    expect(Object.keys(after1).sort()).toEqual(
+      Object.keys(ref.tensors)
+        .filter((k) => k.startsWith('after_step1.'))
+        .map((k) => k.slice(12))
+        .sort(),
+    );
+    for (const [key, value] of Object.entries(after1))
+      expectClose(value, ref.tensors[`after_step1.${key}`], ref.tolerance('after_step1'), `after_step1.${key}`);
     const step2 = await trainer.trainingStep(batch);
     expect(Math.abs(step2.loss - Number((ref.tensors.loss_step2!.data as Float32Array)[0]))).toBeLessThan(1e-5);
-    for (const [key, value] of Object.entries(await model.stateDict())) expectClose(value, ref.tensors[`after_step2.${key}`], ref.tolerance('after_step2'), `after_step2.${key}`);
+    for (const [key, value] of Object.entries(await model.stateDict()))
+      expectClose(value, ref.tensors[`after_step2.${key}`], ref.tolerance('after_step2'), `after_step2.${key}`);
   });
 });
 
 describe('configurations beyond the fixtures', () => {
   const variants: [string, string, Record<string, unknown>][] = [
-    ['resnet-tiny-random', 'bottleneck, downsampling first stage, 3 stages, one channel, 4 labels', {
-      layer_type: 'bottleneck', downsample_in_first_stage: true, hidden_sizes: [16, 32, 64], depths: [2, 1, 1], num_channels: 1,
-      embedding_size: 8, hidden_act: 'gelu', id2label: { 0: 'a', 1: 'b', 2: 'c', 3: 'd' }, stage_names: ['stem', 'stage1', 'stage2', 'stage3'], out_features: ['stage3'],
-    }],
-    ['convnext-tiny-random', 'three stages, no layer scale, drop path, patch 2', {
-      hidden_sizes: [8, 16, 24], depths: [1, 2, 1], num_stages: 3, layer_scale_init_value: 0, drop_path_rate: 0.2, patch_size: 2, hidden_act: 'gelu_new', layer_norm_eps: 1e-6,
-    }],
+    [
+      'resnet-tiny-random',
+      'bottleneck, downsampling first stage, 3 stages, one channel, 4 labels',
+      {
+        layer_type: 'bottleneck',
+        downsample_in_first_stage: true,
+        hidden_sizes: [16, 32, 64],
+        depths: [2, 1, 1],
+        num_channels: 1,
+        embedding_size: 8,
+        hidden_act: 'gelu',
+        id2label: { 0: 'a', 1: 'b', 2: 'c', 3: 'd' },
+        stage_names: ['stem', 'stage1', 'stage2', 'stage3'],
+        out_features: ['stage3'],
+      },
+    ],
+    [
+      'convnext-tiny-random',
+      'three stages, no layer scale, drop path, patch 2',
+      {
+        hidden_sizes: [8, 16, 24],
+        depths: [1, 2, 1],
+        num_stages: 3,
+        layer_scale_init_value: 0,
+        drop_path_rate: 0.2,
+        patch_size: 2,
+        hidden_act: 'gelu_new',
+        layer_norm_eps: 1e-6,
+      },
+    ],
   ];
   it.each(variants)('%s: %s — random init, forward, a training step, save and reload', async (name, _, overrides) => {
     const dir = tempDir();
@@ -111,8 +150,10 @@ describe('custom TorchScript models', () => {
     expect(model.architecture).toBe('TorchScriptModule');
     expect(model.labels).toEqual(['cat', 'rocket', 'remote']);
     const state = await model.stateDict();
-    expect(Object.keys(state)).toEqual(expect.arrayContaining(['classifier.weight', 'features.0.weight', 'features.1.running_mean', 'features.1.num_batches_tracked']));
-    const [ranked] = await model.predict(fixture('images', 'rocket.jpg'), { topK: 3 });
+    expect(Object.keys(state)).toEqual(
+      expect.arrayContaining(['classifier.weight', 'features.0.weight', 'features.1.running_mean', 'features.1.num_batches_tracked']),
+    );
+    const [ranked] = (await model.predict(fixture('images', 'rocket.jpg'), { topK: 3 })) as ClassificationPrediction[][];
     expect(ranked!.map((p) => p.label).sort()).toEqual(['cat', 'remote', 'rocket']);
 
     const { pixelValues } = await model.preprocess([fixture('images', 'rocket.jpg'), fixture('images', 'chelsea.png')]);

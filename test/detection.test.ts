@@ -4,9 +4,18 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { BaseTrainer, decodeImage, HuggingFaceModelLoader, type ModelConfig, type Tensor, type VisionModel } from '../src/index.js';
 import { expectClose, fixture, reference, repoRoot, tempDir } from './helpers.js';
 
-const FIXTURE_OPTIMIZER = { learningRate: 1e-3, weightDecay: 0.01, optimizer: 'adamw', lrScheduler: 'constant', maxGradNorm: 0, decayBiasAndNorm: true } as const;
+const FIXTURE_OPTIMIZER = {
+  learningRate: 1e-3,
+  weightDecay: 0.01,
+  optimizer: 'adamw',
+  lrScheduler: 'constant',
+  maxGradNorm: 0,
+  decayBiasAndNorm: true,
+} as const;
 const models: VisionModel[] = [];
-afterAll(() => models.forEach((m) => m.dispose()));
+afterAll(() => {
+  for (const m of models) m.dispose();
+});
 
 async function load(config: Partial<ModelConfig> & { modelName: string }): Promise<{ model: VisionModel; modelConfig: ModelConfig }> {
   const modelConfig = { modelType: 'object_detection', ...config } as ModelConfig;
@@ -58,15 +67,22 @@ describe.each([
     const trainer = new BaseTrainer({ model, modelConfig, ...FIXTURE_OPTIMIZER });
     const step1 = await trainer.trainingStep(batch, { returnGradients: true });
     expect(Math.abs(step1.loss - scalar(ref.tensors.loss))).toBeLessThan(1e-5 + 1e-4 * step1.loss);
-    expect(Object.keys(step1.lossDict!).sort()).toEqual(Object.keys(ref.tensors).filter((k) => k.startsWith('loss_dict.')).map((k) => k.slice(10)).sort());
+    expect(Object.keys(step1.lossDict!).sort()).toEqual(
+      Object.keys(ref.tensors)
+        .filter((k) => k.startsWith('loss_dict.'))
+        .map((k) => k.slice(10))
+        .sort(),
+    );
     const grads = Object.keys(ref.tensors).filter((k) => k.startsWith('grad.'));
     expect(Object.keys(step1.gradients!).sort()).toEqual(grads.map((k) => k.slice(5)).sort());
     for (const frozen of json.training.frozen_parameters) expect(step1.gradients![frozen], frozen).toBeUndefined();
     for (const key of grads) expectClose(step1.gradients![key.slice(5)], ref.tensors[key], { atol: 1e-5, rtol: 1e-3 }, key);
-    for (const [key, value] of Object.entries(await model.stateDict())) expectClose(value, ref.tensors[`after_step1.${key}`], ref.tolerance('after_step1'), `after_step1.${key}`);
+    for (const [key, value] of Object.entries(await model.stateDict()))
+      expectClose(value, ref.tensors[`after_step1.${key}`], ref.tolerance('after_step1'), `after_step1.${key}`);
     const step2 = await trainer.trainingStep(batch);
     expect(Math.abs(step2.loss - scalar(ref.tensors.loss_step2))).toBeLessThan(1e-5 + 1e-4 * step2.loss);
-    for (const [key, value] of Object.entries(await model.stateDict())) expectClose(value, ref.tensors[`after_step2.${key}`], ref.tolerance('after_step2'), `after_step2.${key}`);
+    for (const [key, value] of Object.entries(await model.stateDict()))
+      expectClose(value, ref.tensors[`after_step2.${key}`], ref.tolerance('after_step2'), `after_step2.${key}`);
   });
 });
 
@@ -89,7 +105,17 @@ describe('DETR fine-tuning on a real COCO photo', () => {
     const before = await trainer.evaluate(cocoDataset);
     const losses: number[] = [];
     const result = await trainer.train(
-      { maxSteps: 300, batchSize: 1, learningRate: 1e-3, lrScheduler: 'constant', maxGradNorm: 0, weightDecay: 1e-4, outputDir: join(tempDir(), 'run'), dataset: cocoDataset, seed: 0 },
+      {
+        maxSteps: 300,
+        batchSize: 1,
+        learningRate: 1e-3,
+        lrScheduler: 'constant',
+        maxGradNorm: 0,
+        weightDecay: 1e-4,
+        outputDir: join(tempDir(), 'run'),
+        dataset: cocoDataset,
+        seed: 0,
+      },
       { onProgress: (e) => e.kind === 'step' && losses.push(e.loss) },
     );
     expect(result.globalStep).toBe(300);
@@ -101,7 +127,11 @@ describe('DETR fine-tuning on a real COCO photo', () => {
     // The remote on the right: some confident detection now lies on its annotated box.
     const [detections] = await model.predict(PHOTO, { threshold: 0.5 });
     const remote = [332.89, 79.57, 38.65, 106.31];
-    const best = Math.max(...(detections as { label: string; box: { xmin: number; ymin: number; xmax: number; ymax: number } }[]).filter((d) => d.label === 'remote').map((d) => iou(d.box, remote)));
+    const best = Math.max(
+      ...(detections as { label: string; box: { xmin: number; ymin: number; xmax: number; ymax: number } }[])
+        .filter((d) => d.label === 'remote')
+        .map((d) => iou(d.box, remote)),
+    );
     expect(best).toBeGreaterThan(0.7);
 
     // predict --draw: a copy of the photo with the boxes drawn on.
@@ -109,7 +139,11 @@ describe('DETR fine-tuning on a real COCO photo', () => {
     const { execFileSync } = await import('node:child_process');
     const saved = join(tempDir(), 'model');
     await model.save(saved);
-    execFileSync(process.execPath, [join(repoRoot, 'dist', 'cli', 'main.js'), 'predict', '--model', saved, '--type', 'object_detection', '--draw', out, PHOTO], { encoding: 'utf8' });
+    execFileSync(
+      process.execPath,
+      [join(repoRoot, 'dist', 'cli', 'main.js'), 'predict', '--model', saved, '--type', 'object_detection', '--draw', out, PHOTO],
+      { encoding: 'utf8' },
+    );
     const drawn = await decodeImage(out);
     const original = await decodeImage(PHOTO);
     expect([drawn.width, drawn.height]).toEqual([original.width, original.height]);
@@ -121,31 +155,69 @@ describe('detection errors', () => {
   it('bad targets and datasets are named', async () => {
     const { model, modelConfig } = await load({ modelName: fixture('detr-tiny-random') });
     const ref = await reference('detr-tiny-random');
-    const bad = [{ classLabels: ref.tensors.class_labels_0!, boxes: ref.tensors.boxes_1! }, { classLabels: ref.tensors.class_labels_1!, boxes: ref.tensors.boxes_1! }];
-    await expect(model.forward({ pixelValues: ref.tensors.pixel_values!, pixelMask: ref.tensors.pixel_mask!, labels: bad })).rejects.toThrow(/labels\[0\]\.boxes: expected a float32 tensor \[2, 4\]/);
-    const outOfRange = [0, 1].map((i) => ({ classLabels: { dtype: 'int64' as const, shape: [1], data: new BigInt64Array([9n]) }, boxes: ref.tensors.boxes_1! }));
-    await expect(model.forward({ pixelValues: ref.tensors.pixel_values!, labels: outOfRange })).rejects.toThrow(/class 9 is out of range for 3 labels/);
+    const bad = [
+      { classLabels: ref.tensors.class_labels_0!, boxes: ref.tensors.boxes_1! },
+      { classLabels: ref.tensors.class_labels_1!, boxes: ref.tensors.boxes_1! },
+    ];
+    await expect(model.forward({ pixelValues: ref.tensors.pixel_values!, pixelMask: ref.tensors.pixel_mask!, labels: bad })).rejects.toThrow(
+      /labels\[0\]\.boxes: expected a float32 tensor \[2, 4\]/,
+    );
+    const outOfRange = [0, 1].map(() => ({
+      classLabels: { dtype: 'int64' as const, shape: [1], data: new BigInt64Array([9n]) },
+      boxes: ref.tensors.boxes_1!,
+    }));
+    await expect(model.forward({ pixelValues: ref.tensors.pixel_values!, labels: outOfRange })).rejects.toThrow(
+      /class 9 is out of range for 3 labels/,
+    );
     const trainer = new BaseTrainer({ model, modelConfig });
-    await expect(trainer.train({ maxSteps: 1, outputDir: tempDir(), dataset: { format: 'idx', images: 'x', labels: 'y' } })).rejects.toThrow(/object detection model trains on format coco/);
+    await expect(trainer.train({ maxSteps: 1, outputDir: tempDir(), dataset: { format: 'idx', images: 'x', labels: 'y' } })).rejects.toThrow(
+      /object detection model trains on format coco/,
+    );
     const dir = tempDir();
     const json = JSON.parse(readFileSync(join(COCO, 'instances.json'), 'utf8'));
     json.annotations[2].category_id = 999;
     writeFileSync(join(dir, 'instances.json'), JSON.stringify(json));
-    await expect(trainer.train({ maxSteps: 1, outputDir: tempDir(), dataset: { format: 'coco', annotations: join(dir, 'instances.json'), images: COCO } })).rejects.toThrow(/999/);
+    await expect(
+      trainer.train({ maxSteps: 1, outputDir: tempDir(), dataset: { format: 'coco', annotations: join(dir, 'instances.json'), images: COCO } }),
+    ).rejects.toThrow(/999/);
     expect(existsSync(PHOTO)).toBe(true);
   });
 });
 
 describe('DETR configurations beyond the fixtures', () => {
   const variants: [string, Record<string, unknown>][] = [
-    ['timm ResNet-18 key layout, learned positions, no auxiliary loss, GELU', {
-      use_timm_backbone: true, backbone: 'resnet18', backbone_config: null, position_embedding_type: 'learned', auxiliary_loss: false,
-      activation_function: 'gelu', d_model: 16, encoder_attention_heads: 2, decoder_attention_heads: 2, num_queries: 5, decoder_layers: 3,
-    }],
-    ['table-transformer with a bottleneck backbone and 2 encoder layers', {
-      model_type: 'table-transformer', architectures: ['TableTransformerForObjectDetection'], encoder_layers: 2,
-      backbone_config: { model_type: 'resnet', layer_type: 'bottleneck', hidden_sizes: [16, 32, 32, 64], depths: [1, 1, 1, 1], embedding_size: 8, out_features: ['stage4'] },
-    }],
+    [
+      'timm ResNet-18 key layout, learned positions, no auxiliary loss, GELU',
+      {
+        use_timm_backbone: true,
+        backbone: 'resnet18',
+        backbone_config: null,
+        position_embedding_type: 'learned',
+        auxiliary_loss: false,
+        activation_function: 'gelu',
+        d_model: 16,
+        encoder_attention_heads: 2,
+        decoder_attention_heads: 2,
+        num_queries: 5,
+        decoder_layers: 3,
+      },
+    ],
+    [
+      'table-transformer with a bottleneck backbone and 2 encoder layers',
+      {
+        model_type: 'table-transformer',
+        architectures: ['TableTransformerForObjectDetection'],
+        encoder_layers: 2,
+        backbone_config: {
+          model_type: 'resnet',
+          layer_type: 'bottleneck',
+          hidden_sizes: [16, 32, 32, 64],
+          depths: [1, 1, 1, 1],
+          embedding_size: 8,
+          out_features: ['stage4'],
+        },
+      },
+    ],
   ];
   it.each(variants)('%s: random init, forward, training steps, save and reload', async (_, overrides) => {
     const dir = tempDir();
@@ -165,7 +237,10 @@ describe('DETR configurations beyond the fixtures', () => {
     const queries = (overrides.num_queries as number) ?? 10;
     expect(out.logits!.shape).toEqual([2, queries, 4]);
     expect(out.predBoxes!.shape).toEqual([2, queries, 4]);
-    const labels = [0, 1].map(() => ({ classLabels: { dtype: 'int64' as const, shape: [1], data: new BigInt64Array([1n]) }, boxes: { dtype: 'float32' as const, shape: [1, 4], data: new Float32Array([0.5, 0.5, 0.4, 0.6]) } }));
+    const labels = [0, 1].map(() => ({
+      classLabels: { dtype: 'int64' as const, shape: [1], data: new BigInt64Array([1n]) },
+      boxes: { dtype: 'float32' as const, shape: [1, 4], data: new Float32Array([0.5, 0.5, 0.4, 0.6]) },
+    }));
     const trainer = new BaseTrainer({ model, modelConfig, learningRate: 1e-3, lrScheduler: 'constant', maxGradNorm: 0 });
     const losses = [];
     for (let i = 0; i < 8; i++) losses.push((await trainer.trainingStep({ pixelValues, pixelMask, labels })).loss);

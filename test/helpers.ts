@@ -73,5 +73,7 @@ export function expectClose(actual: Tensor | undefined, expected: Tensor | undef
   const { worst, index } = maxExcess(actual, expected, tolerance.rtol);
   const a = toFloat32(actual)[index];
   const e = toFloat32(expected)[index];
-  expect(worst, `${what}: element ${index} is ${a}, expected ${e} (atol ${tolerance.atol}, rtol ${tolerance.rtol})`).toBeLessThanOrEqual(tolerance.atol);
+  expect(worst, `${what}: element ${index} is ${a}, expected ${e} (atol ${tolerance.atol}, rtol ${tolerance.rtol})`).toBeLessThanOrEqual(
+    tolerance.atol,
+  );
 }

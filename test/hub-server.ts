@@ -100,26 +100,26 @@ export class FakeHub {
     if (this.intercept?.(req, res, request)) return;
     if (server === 'cdn') {
       const data = this.lfs.get(request.path.replace(/^\/cdn\//, ''));
-      return data ? serve(req, res, data, {}) : end(res, 404, {});
+      return void (data ? serve(req, res, data, {}) : end(res, 404, {}));
     }
     const match = /^\/(.+)\/resolve\/([^/]+)\/(.+)$/.exec(request.path);
-    if (!match) return end(res, 404, {});
+    if (!match) return void end(res, 404, {});
     const [, repoId, revision, file] = match.map((m) => decodeURIComponent(m)) as [string, string, string, string];
     const renamed = this.renamed.get(repoId);
-    if (renamed) return end(res, 307, { Location: request.path.replace(repoId, renamed) });
+    if (renamed) return void end(res, 307, { Location: request.path.replace(repoId, renamed) });
     const repo = this.repos.get(repoId);
-    if (!repo) return end(res, 404, { 'X-Error-Code': 'RepoNotFound', 'X-Error-Message': 'Repository not found' });
+    if (!repo) return void end(res, 404, { 'X-Error-Code': 'RepoNotFound', 'X-Error-Message': 'Repository not found' });
     if (repo.privateStatus && req.headers.authorization !== `Bearer ${this.token}`) {
-      return end(res, repo.privateStatus, { 'X-Error-Code': 'GatedRepo', 'X-Error-Message': 'Access to this model is restricted' });
+      return void end(res, repo.privateStatus, { 'X-Error-Code': 'GatedRepo', 'X-Error-Message': 'Access to this model is restricted' });
     }
-    if (revision !== repo.commit && !(repo.refs ?? ['main']).includes(revision)) return end(res, 404, { 'X-Error-Code': 'RevisionNotFound' });
+    if (revision !== repo.commit && !(repo.refs ?? ['main']).includes(revision)) return void end(res, 404, { 'X-Error-Code': 'RevisionNotFound' });
     const data = repo.files.get(file);
-    if (!data) return end(res, 404, { 'X-Error-Code': 'EntryNotFound', 'X-Repo-Commit': repo.commit });
+    if (!data) return void end(res, 404, { 'X-Error-Code': 'EntryNotFound', 'X-Repo-Commit': repo.commit });
     const headers: Record<string, string> = { 'X-Repo-Commit': repo.commit };
-    if (!isLfs(file)) return serve(req, res, data, { ...headers, ETag: `"${gitSha1(data)}"` });
+    if (!isLfs(file)) return void serve(req, res, data, { ...headers, ETag: `"${gitSha1(data)}"` });
     const sha = sha256(data);
     Object.assign(headers, { 'X-Linked-Etag': `"${sha}"`, 'X-Linked-Size': String(data.length) });
-    if (this.redirectLfs) return end(res, 302, { ...headers, Location: `${this.cdnBase}/cdn/${sha}` });
+    if (this.redirectLfs) return void end(res, 302, { ...headers, Location: `${this.cdnBase}/cdn/${sha}` });
     serve(req, res, data, { ...headers, ETag: `"${sha}"` });
   }
 }
@@ -132,7 +132,7 @@ function end(res: ServerResponse, status: number, headers: Record<string, string
 /** The body, or the part a `Range: bytes=N-` asks for. */
 export function serve(req: IncomingMessage, res: ServerResponse, data: Buffer, headers: Record<string, string>): void {
   const start = Number(/^bytes=(\d+)-$/.exec(req.headers.range ?? '')?.[1] ?? Number.NaN);
-  if (start >= data.length) return end(res, 416, { 'Content-Range': `bytes */${data.length}` });
+  if (start >= data.length) return void end(res, 416, { 'Content-Range': `bytes */${data.length}` });
   const part = Number.isNaN(start) ? data : data.subarray(start);
   const range = Number.isNaN(start) ? {} : { 'Content-Range': `bytes ${start}-${data.length - 1}/${data.length}` };
   res.writeHead(Number.isNaN(start) ? 200 : 206, { ...headers, ...range, 'Content-Length': String(part.length), 'Accept-Ranges': 'bytes' });

@@ -108,13 +108,15 @@ describe('ProgressReporter on a TTY', () => {
 
   it('fits the bar to the terminal width', () => {
     const e = step(470, { epoch: 1.41 });
-    expect(formatProgressBar(e, 120)).toBe('epoch 1.41/3 ▕██████████████▏               ▏  47% step 470/1000 loss 0.4213 lr 4.1e-5 612 img/s ETA 1m12s');
+    expect(formatProgressBar(e, 120)).toBe(
+      'epoch 1.41/3 ▕██████████████▏               ▏  47% step 470/1000 loss 0.4213 lr 4.1e-5 612 img/s ETA 1m12s',
+    );
     for (const columns of [100, 80, 60, 40, 30, 20, 12]) {
       const line = formatProgressBar(e, columns);
       expect(line.length, line).toBeLessThanOrEqual(columns - 1);
       expect(line).toContain('47%');
     }
-    expect(formatProgressBar(e, 60)).toMatch(/^▕█+▌? *▏  47% step 470\/1000 loss 0.4213 ETA 1m12s$/);
+    expect(formatProgressBar(e, 60)).toMatch(/^▕█+▌? *▏ {2}47% step 470\/1000 loss 0.4213 ETA 1m12s$/);
     expect(formatProgressBar(step(0), 100)).toMatch(/▕ {30}▏|▕ +▏/);
     expect(formatProgressBar(step(1000), 100)).toMatch(/▕█+▏ 100%/);
   });
@@ -170,7 +172,11 @@ describe('formatDuration', () => {
 });
 
 describe('DownloadReporter', () => {
-  const file = (downloadedBytes: number, name = 'model.safetensors', totalBytes: number | undefined = 100_468) => ({ file: name, downloadedBytes, totalBytes });
+  const file = (downloadedBytes: number, name = 'model.safetensors', totalBytes: number | undefined = 100_468) => ({
+    file: name,
+    downloadedBytes,
+    totalBytes,
+  });
 
   it('prints a line when a file starts and one when it is done, without a TTY', () => {
     let now = 0;

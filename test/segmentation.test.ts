@@ -5,9 +5,18 @@ import { BaseTrainer, decodeImage, HuggingFaceModelLoader, type ModelConfig, typ
 import { encodePng } from '../src/render/canvas.js';
 import { expectClose, fixture, reference, repoRoot, tempDir } from './helpers.js';
 
-const FIXTURE_OPTIMIZER = { learningRate: 1e-3, weightDecay: 0.01, optimizer: 'adamw', lrScheduler: 'constant', maxGradNorm: 0, decayBiasAndNorm: true } as const;
+const FIXTURE_OPTIMIZER = {
+  learningRate: 1e-3,
+  weightDecay: 0.01,
+  optimizer: 'adamw',
+  lrScheduler: 'constant',
+  maxGradNorm: 0,
+  decayBiasAndNorm: true,
+} as const;
 const models: VisionModel[] = [];
-afterAll(() => models.forEach((m) => m.dispose()));
+afterAll(() => {
+  for (const m of models) m.dispose();
+});
 
 async function load(config: Partial<ModelConfig> & { modelName: string }): Promise<{ model: VisionModel; modelConfig: ModelConfig }> {
   const modelConfig = { modelType: 'segmentation', ...config } as ModelConfig;
@@ -41,10 +50,12 @@ describe('SegFormer parity with transformers (segformer-tiny-random)', () => {
     const grads = Object.keys(ref.tensors).filter((k) => k.startsWith('grad.'));
     expect(Object.keys(step1.gradients!).sort()).toEqual(grads.map((k) => k.slice(5)).sort());
     for (const key of grads) expectClose(step1.gradients![key.slice(5)], ref.tensors[key], ref.tolerance('grad'), key);
-    for (const [key, value] of Object.entries(await model.stateDict())) expectClose(value, ref.tensors[`after_step1.${key}`], ref.tolerance('after_step1'), `after_step1.${key}`);
+    for (const [key, value] of Object.entries(await model.stateDict()))
+      expectClose(value, ref.tensors[`after_step1.${key}`], ref.tolerance('after_step1'), `after_step1.${key}`);
     const step2 = await trainer.trainingStep(batch);
     expect(Math.abs(step2.loss - scalar(ref.tensors.loss_step2))).toBeLessThan(1e-5 + 1e-4 * step2.loss);
-    for (const [key, value] of Object.entries(await model.stateDict())) expectClose(value, ref.tensors[`after_step2.${key}`], ref.tolerance('after_step2'), `after_step2.${key}`);
+    for (const [key, value] of Object.entries(await model.stateDict()))
+      expectClose(value, ref.tensors[`after_step2.${key}`], ref.tolerance('after_step2'), `after_step2.${key}`);
   });
 
   it('predict gives a label map at the original size with per-label pixel counts', async () => {
@@ -81,7 +92,10 @@ describe('SegFormer fine-tuning on a real image and mask', () => {
     const root = await cocoMaskDataset();
     const dataset = { format: 'masks' as const, images: join(root, 'images'), masks: join(root, 'masks'), validationSplit: 0 };
     const { model, modelConfig } = await load({
-      modelName: fixture('segformer-tiny-random'), numClasses: 5, id2label: Object.fromEntries(Object.values(CLASSES).map((name, i) => [i, name])), ignoreMismatchedSizes: true,
+      modelName: fixture('segformer-tiny-random'),
+      numClasses: 5,
+      id2label: Object.fromEntries(Object.values(CLASSES).map((name, i) => [i, name])),
+      ignoreMismatchedSizes: true,
     });
     const trainer = new BaseTrainer({ model, modelConfig });
     const before = await trainer.evaluate(dataset);
@@ -99,7 +113,17 @@ describe('SegFormer fine-tuning on a real image and mask', () => {
     const saved = join(tempDir(), 'model');
     await model.save(saved);
     const { execFileSync } = await import('node:child_process');
-    execFileSync(process.execPath, [join(repoRoot, 'dist', 'cli', 'main.js'), 'predict', '--model', saved, '--type', 'segmentation', '--draw', out, join(COCO, '000000039769.jpg')]);
+    execFileSync(process.execPath, [
+      join(repoRoot, 'dist', 'cli', 'main.js'),
+      'predict',
+      '--model',
+      saved,
+      '--type',
+      'segmentation',
+      '--draw',
+      out,
+      join(COCO, '000000039769.jpg'),
+    ]);
     const drawn = await decodeImage(out);
     expect([drawn.width, drawn.height]).toEqual([640, 480]);
   });
@@ -107,10 +131,24 @@ describe('SegFormer fine-tuning on a real image and mask', () => {
 
 describe('SegFormer configurations beyond the fixture', () => {
   it.each([
-    ['three stages, one channel, relu, reshape_last_stage false', {
-      num_encoder_blocks: 3, depths: [1, 2, 1], sr_ratios: [4, 2, 1], hidden_sizes: [8, 16, 24], patch_sizes: [7, 3, 3], strides: [4, 2, 2],
-      num_attention_heads: [1, 2, 2], mlp_ratios: [4, 2, 2], num_channels: 1, hidden_act: 'relu', reshape_last_stage: false, decoder_hidden_size: 12, drop_path_rate: 0.1,
-    }],
+    [
+      'three stages, one channel, relu, reshape_last_stage false',
+      {
+        num_encoder_blocks: 3,
+        depths: [1, 2, 1],
+        sr_ratios: [4, 2, 1],
+        hidden_sizes: [8, 16, 24],
+        patch_sizes: [7, 3, 3],
+        strides: [4, 2, 2],
+        num_attention_heads: [1, 2, 2],
+        mlp_ratios: [4, 2, 2],
+        num_channels: 1,
+        hidden_act: 'relu',
+        reshape_last_stage: false,
+        decoder_hidden_size: 12,
+        drop_path_rate: 0.1,
+      },
+    ],
     ['one label (binary masks)', { id2label: { 0: 'foreground' }, decoder_hidden_size: 8 }],
   ] as [string, Record<string, unknown>][])('%s: random init, forward, training steps, save and reload', async (_, overrides) => {
     const dir = tempDir();
@@ -129,7 +167,11 @@ describe('SegFormer configurations beyond the fixture', () => {
     const numLabels = Object.keys(config.id2label).length;
     const out = await model.forward({ pixelValues });
     expect(out.logits!.shape).toEqual([2, numLabels, 16, 16]);
-    const labels = { dtype: 'int64' as const, shape: [2, 64, 64], data: BigInt64Array.from({ length: 2 * 64 * 64 }, (_, i) => BigInt(i % 64 < 32 ? 0 : numLabels - 1)) };
+    const labels = {
+      dtype: 'int64' as const,
+      shape: [2, 64, 64],
+      data: BigInt64Array.from({ length: 2 * 64 * 64 }, (_, i) => BigInt(i % 64 < 32 ? 0 : numLabels - 1)),
+    };
     const trainer = new BaseTrainer({ model, modelConfig, learningRate: 3e-3, lrScheduler: 'constant' });
     const losses = [];
     for (let i = 0; i < 6; i++) losses.push((await trainer.trainingStep({ pixelValues, labels })).loss);

@@ -1,7 +1,7 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { HuggingFaceModelLoader, type Tensor, type VisionModel } from '../src/index.js';
+import { type ClassificationPrediction, HuggingFaceModelLoader, type Tensor, type VisionModel } from '../src/index.js';
 import { expectClose, fixture, reference, tempDir } from './helpers.js';
 
 const VIT_FIXTURES = ['vit-tiny-random', 'vit-tiny-random-pt', 'vit-tiny-random-sharded'];
@@ -76,12 +76,12 @@ describe('ViT preprocessing parity with ViTImageProcessor', () => {
 describe('ViT predict, save and reload', () => {
   it('predict ranks labels by softmax score', async () => {
     const model = await load(fixture('vit-tiny-random'));
-    const [ranked] = await model.predict(fixture('images', 'rocket.jpg'), { topK: 3 });
+    const [ranked] = (await model.predict(fixture('images', 'rocket.jpg'), { topK: 3 })) as ClassificationPrediction[][];
     expect(ranked).toHaveLength(3);
     const scores = ranked!.map((p) => p.score);
     expect([...scores].sort((a, b) => b - a)).toEqual(scores);
     for (const p of ranked!) expect(model.labels[p.index]).toBe(p.label);
-    const all = (await model.predict([fixture('images', 'rocket.jpg')], { topK: 100 }))[0]!;
+    const all = (await model.predict([fixture('images', 'rocket.jpg')], { topK: 100 }))[0] as ClassificationPrediction[];
     expect(all).toHaveLength(5);
     expect(all.reduce((sum, p) => sum + p.score, 0)).toBeCloseTo(1, 5);
   });
@@ -106,7 +106,9 @@ describe('ViT predict, save and reload', () => {
 
 describe('ViT heads and options', () => {
   it('a different numClasses needs ignoreMismatchedSizes, then re-initialises the head only', async () => {
-    await expect(load(fixture('vit-tiny-random'), { numClasses: 3 })).rejects.toThrow(/classifier\.weight: checkpoint \[5, 32\] vs model \[3, 32\][\s\S]*ignoreMismatchedSizes/);
+    await expect(load(fixture('vit-tiny-random'), { numClasses: 3 })).rejects.toThrow(
+      /classifier\.weight: checkpoint \[5, 32\] vs model \[3, 32\][\s\S]*ignoreMismatchedSizes/,
+    );
     const model = await load(fixture('vit-tiny-random'), { numClasses: 3, ignoreMismatchedSizes: true });
     expect(model.labels).toEqual(['LABEL_0', 'LABEL_1', 'LABEL_2']);
     expect(model.loadReport.mismatched.join('\n')).toMatch(/classifier\.weight/);
@@ -177,7 +179,12 @@ describe('ViT heads and options', () => {
 describe('ViT configurations beyond the fixture', () => {
   const variants: Record<string, Record<string, unknown>> = {
     'non-square image, one channel, gelu_new': { image_size: [48, 32], patch_size: 8, num_channels: 1, hidden_act: 'gelu_new' },
-    'qkv_bias false, relu, eps 1e-6, 7 labels': { qkv_bias: false, hidden_act: 'relu', layer_norm_eps: 1e-6, id2label: Object.fromEntries([...Array(7).keys()].map((i) => [i, `c${i}`])) },
+    'qkv_bias false, relu, eps 1e-6, 7 labels': {
+      qkv_bias: false,
+      hidden_act: 'relu',
+      layer_norm_eps: 1e-6,
+      id2label: Object.fromEntries([...Array(7).keys()].map((i) => [i, `c${i}`])),
+    },
     'four channels, non-square patches, 3 layers': { num_channels: 4, image_size: 32, patch_size: [8, 4], num_hidden_layers: 3, hidden_act: 'silu' },
   };
 
@@ -214,7 +221,9 @@ describe('ViT errors', () => {
   it('a wrong input size or channel count rejects with the expected shape', async () => {
     const model = await load(fixture('vit-tiny-random'));
     const { tensor } = await import('../src/index.js');
-    await expect(model.forward({ pixelValues: tensor('float32', [1, 3, 64, 64]) })).rejects.toThrow(/input image size \(64\*64\) doesn't match model \(32\*32\)/);
+    await expect(model.forward({ pixelValues: tensor('float32', [1, 3, 64, 64]) })).rejects.toThrow(
+      /input image size \(64\*64\) doesn't match model \(32\*32\)/,
+    );
     await expect(model.forward({ pixelValues: tensor('float32', [1, 1, 32, 32]) })).rejects.toThrow(/expected 3 but got 1/);
     await expect(model.forward({ pixelValues: tensor('float32', [3, 32, 32]) })).rejects.toThrow(/expected \[batch, channels, height, width\]/);
   });
@@ -223,15 +232,23 @@ describe('ViT errors', () => {
     const model = await load(fixture('vit-tiny-random'));
     const { tensor } = await import('../src/index.js');
     const pixelValues = tensor('float32', [2, 3, 32, 32]);
-    await expect(model.forward({ pixelValues, labels: tensor('int64', [2], new BigInt64Array([0n, 9n])) })).rejects.toThrow(/class index 9 is out of range for 5 labels/);
+    await expect(model.forward({ pixelValues, labels: tensor('int64', [2], new BigInt64Array([0n, 9n])) })).rejects.toThrow(
+      /class index 9 is out of range for 5 labels/,
+    );
     await expect(model.forward({ pixelValues, labels: tensor('int64', [3]) })).rejects.toThrow(/batch size 3 does not match/);
   });
 
   it('malformed tensors reject before any work', async () => {
     const model = await load(fixture('vit-tiny-random'));
-    await expect(model.forward({ pixelValues: { dtype: 'float32', shape: [1, 3, 32, 32], data: new Float32Array(5) } })).rejects.toThrow(/pixelValues.data: holds 5 elements but shape needs 3072/);
-    await expect(model.forward({ pixelValues: { dtype: 'float64' as 'float32', shape: [1], data: new Float32Array(1) } })).rejects.toThrow(/pixelValues.dtype/);
-    await expect(model.forward({ pixelValues: { dtype: 'float32', shape: [1, -3], data: new Float32Array(1) } })).rejects.toThrow(/pixelValues.shape\[1\]/);
+    await expect(model.forward({ pixelValues: { dtype: 'float32', shape: [1, 3, 32, 32], data: new Float32Array(5) } })).rejects.toThrow(
+      /pixelValues.data: holds 5 elements but shape needs 3072/,
+    );
+    await expect(model.forward({ pixelValues: { dtype: 'float64' as 'float32', shape: [1], data: new Float32Array(1) } })).rejects.toThrow(
+      /pixelValues.dtype/,
+    );
+    await expect(model.forward({ pixelValues: { dtype: 'float32', shape: [1, -3], data: new Float32Array(1) } })).rejects.toThrow(
+      /pixelValues.shape\[1\]/,
+    );
   });
 
   it('corrupt config.json, missing weights and corrupt weights reject naming the file', async () => {

@@ -8,12 +8,12 @@
  */
 import { extname, join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ConfigError } from '../errors.js';
 import { loadConfig } from '../config/project-config.js';
+import { ConfigError } from '../errors.js';
 import { HuggingFaceModelLoader, type LoadModelOptions } from '../models/loader.js';
-import { ModelType } from '../schemas/model-config.js';
 import type { DetectionPrediction, Prediction, VisionModel } from '../models/vision-model.js';
 import { drawDetections, drawSegmentation } from '../render/annotate.js';
+import { ModelType } from '../schemas/model-config.js';
 import { tensor } from '../tensor.js';
 import { BaseTrainer } from '../training/base-trainer.js';
 import { DownloadReporter, formatMetricsTable, ProgressReporter } from './progress.js';
@@ -80,7 +80,8 @@ async function predict(args: string[]): Promise<void> {
   if (!values.model) throw new UsageError('predict needs --model <hub id or directory>');
   if (positionals.length === 0) throw new UsageError('predict needs at least one image file');
   const threshold = values.threshold === undefined ? undefined : Number(values.threshold);
-  if (threshold !== undefined && !(threshold >= 0 && threshold <= 1)) throw new UsageError(`--threshold must be a number from 0 to 1, got "${values.threshold}"`);
+  if (threshold !== undefined && !(threshold >= 0 && threshold <= 1))
+    throw new UsageError(`--threshold must be a number from 0 to 1, got "${values.threshold}"`);
   const model = await loadModel({ modelName: values.model, modelType: modelType(values.type) }, values.json);
   try {
     const topK = positiveInt('top-k', values['top-k'], 5);
@@ -89,7 +90,9 @@ async function predict(args: string[]): Promise<void> {
     if (values.json) {
       // A label map goes out as a plain array: JSON has no typed arrays.
       const plain = (p: Prediction | undefined) => (p && 'labelMap' in p ? { ...p, labelMap: Array.from(p.labelMap) } : p);
-      console.log(JSON.stringify(positionals.map((image, i) => ({ image, predictions: plain(predictions[i]), ...(drawn[i] && { drawn: drawn[i] }) }))));
+      console.log(
+        JSON.stringify(positionals.map((image, i) => ({ image, predictions: plain(predictions[i]), ...(drawn[i] && { drawn: drawn[i] }) }))),
+      );
       return;
     }
     positionals.forEach((image, i) => {
@@ -161,7 +164,7 @@ async function bench(args: string[]): Promise<void> {
     const width = size?.width ?? size?.shortest_edge ?? 224;
     const channels = Number(model.config.num_channels ?? 3);
     const input = tensor('float32', [batch, channels, height, width]);
-    input.data.forEach((_, i) => (input.data[i] = Math.sin(i)));
+    for (let i = 0; i < input.data.length; i++) input.data[i] = Math.sin(i);
     await model.forward({ pixelValues: input }); // warm-up
     const times: number[] = [];
     for (let i = 0; i < iterations; i++) {
@@ -171,10 +174,23 @@ async function bench(args: string[]): Promise<void> {
     }
     times.sort((a, b) => a - b);
     const median = times[Math.floor(times.length / 2)] ?? Number.NaN;
-    const result = { model: values.model, architecture: model.architecture, dtype, batch, height, width, iterations, loadSeconds, medianSeconds: median, imagesPerSecond: batch / median };
+    const result = {
+      model: values.model,
+      architecture: model.architecture,
+      dtype,
+      batch,
+      height,
+      width,
+      iterations,
+      loadSeconds,
+      medianSeconds: median,
+      imagesPerSecond: batch / median,
+    };
     if (values.json) console.log(JSON.stringify(result, null, 2));
     else {
-      console.log(`${model.architecture} ${dtype} batch ${batch} at ${height}x${width}: median ${(median * 1000).toFixed(1)} ms, ${(batch / median).toFixed(2)} images/s (load ${loadSeconds.toFixed(2)} s)`);
+      console.log(
+        `${model.architecture} ${dtype} batch ${batch} at ${height}x${width}: median ${(median * 1000).toFixed(1)} ms, ${(batch / median).toFixed(2)} images/s (load ${loadSeconds.toFixed(2)} s)`,
+      );
     }
   } finally {
     model.dispose();

@@ -56,7 +56,10 @@ export class ProgressReporter {
   /** Takes one trainer event; an arrow function so it can be passed as a listener as is. */
   readonly report = (event: TrainerEvent): void => {
     if (this.mode === 'silent') return;
-    if (event.kind === 'step') return this.step(event);
+    if (event.kind === 'step') {
+      this.step(event);
+      return;
+    }
     const line = event.kind === 'eval' ? formatEvalLine(event) : formatSaveLine(event);
     if (this.mode === 'plain') return void this.stream.write(`${line}\n`);
     // Above the bar: clear it, print the line, draw the bar again below.
@@ -304,7 +307,15 @@ export class DownloadReporter {
 export function formatDownloadLine(e: DownloadProgress, bytesPerSecond: number, columns: number): string {
   const total = e.totalBytes;
   const rate = Number.isFinite(bytesPerSecond) ? `${formatBytes(Math.round(bytesPerSecond))}/s` : '-- B/s';
-  if (total === undefined) return fitLine([{ text: e.file, keep: 2 }, { text: formatBytes(e.downloadedBytes), keep: 1 }, { text: rate, keep: 0 }], columns);
+  if (total === undefined)
+    return fitLine(
+      [
+        { text: e.file, keep: 2 },
+        { text: formatBytes(e.downloadedBytes), keep: 1 },
+        { text: rate, keep: 0 },
+      ],
+      columns,
+    );
   const fraction = total > 0 ? Math.min(1, e.downloadedBytes / total) : 1;
   return fitLine(
     [

@@ -19,4 +19,4 @@ export {
   type TrainingConfigInput,
   TrainingConfigSchema,
 } from '../schemas/training-config.js';
-export { loadConfig, parseProjectConfig, type ProjectConfig } from './project-config.js';
+export { loadConfig, type ProjectConfig, parseProjectConfig } from './project-config.js';

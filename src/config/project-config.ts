@@ -8,7 +8,7 @@ import { dirname, resolve } from 'node:path';
 import { parseDocument, type YAMLError } from 'yaml';
 import { z } from 'zod';
 import { ConfigError, type ConfigIssue } from '../errors.js';
-import { check, describe, isMapping, keysOf, objectOptions, selectedOption, type Spelling, unknownKeyMessage, unwrap } from '../schemas/common.js';
+import { check, describe, isMapping, keysOf, objectOptions, type Spelling, selectedOption, unknownKeyMessage, unwrap } from '../schemas/common.js';
 import { type DatasetConfig, DatasetConfigSchema, resolveDatasetPaths } from '../schemas/dataset-config.js';
 import { ModelConfigSchema } from '../schemas/model-config.js';
 import { TrainingConfigSchema } from '../schemas/training-config.js';
@@ -81,7 +81,10 @@ function inDocumentOrder(issues: ConfigIssue[], obj: unknown): ConfigIssue[] {
     }
     return -1;
   };
-  return issues.map((i) => [rankOf(i.path), i] as const).sort((a, b) => a[0] - b[0]).map(([, i]) => i);
+  return issues
+    .map((i) => [rankOf(i.path), i] as const)
+    .sort((a, b) => a[0] - b[0])
+    .map(([, i]) => i);
 }
 
 /**

@@ -23,19 +23,11 @@
 import { createHash, type Hash, randomUUID } from 'node:crypto';
 import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
 import { type FileHandle, mkdir, open, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import type { IncomingMessage } from 'node:http';
 import { dirname, join, relative, resolve } from 'node:path';
 import { HubError, ModelNotFoundError } from '../errors.js';
-import {
-  type CacheLookup,
-  COMMIT_HASH,
-  findCachedSnapshot,
-  hfHome,
-  hubCacheDir,
-  isValidRepoId,
-  isValidRevision,
-  repoFolderName,
-} from './cache.js';
-import { header, HttpError, isTransient, type RetryPolicy, sendFollowing, withRetries } from './http.js';
+import { type CacheLookup, COMMIT_HASH, findCachedSnapshot, hfHome, hubCacheDir, isValidRepoId, isValidRevision, repoFolderName } from './cache.js';
+import { HttpError, header, isTransient, type RetryPolicy, sendFollowing, withRetries } from './http.js';
 import { withFileLock } from './lock.js';
 
 /** One step of a file's download: sent on start, for each chunk received, and at the end. */
@@ -244,14 +236,22 @@ class RepoDownload {
       if (await this.ensure(index)) {
         for (const shard of this.shards(join(this.snapshot, index), index)) {
           if (!(await this.ensure(shard))) {
-            throw new HubError(`${index} of "${this.repoId}" names the shard ${shard}, which the hub does not have`, this.url(this.commit, shard), 404);
+            throw new HubError(
+              `${index} of "${this.repoId}" names the shard ${shard}, which the hub does not have`,
+              this.url(this.commit, shard),
+              404,
+            );
           }
         }
         return;
       }
     }
     const names = WEIGHTS.flat().join(', ');
-    throw new HubError(`"${this.repoId}" at ${this.commit} has no weights this package reads (looked for ${names})`, this.url(this.commit, WEIGHTS[0][0]), 404);
+    throw new HubError(
+      `"${this.repoId}" at ${this.commit} has no weights this package reads (looked for ${names})`,
+      this.url(this.commit, WEIGHTS[0][0]),
+      404,
+    );
   }
 
   /** The shard file names an index lists, each checked to be a plain file name. */
@@ -266,7 +266,9 @@ class RepoDownload {
     const names = [...new Set(Object.values(weightMap))];
     for (const name of names) {
       if (typeof name !== 'string' || !isPlainFileName(name)) {
-        throw new HubError(`${index} of "${this.repoId}" names the shard ${JSON.stringify(name)}: refused, a shard must be a plain file name in the repository`);
+        throw new HubError(
+          `${index} of "${this.repoId}" names the shard ${JSON.stringify(name)}: refused, a shard must be a plain file name in the repository`,
+        );
       }
     }
     return names as string[];
@@ -304,10 +306,14 @@ class RepoDownload {
    */
   private async head(revision: string, file: string, policy?: RetryPolicy, optional = false): Promise<FileMeta | undefined> {
     const url = this.url(revision, file);
-    let answer;
+    let answer: { final: string; response: IncomingMessage };
     try {
       answer = await withRetries(async () => {
-        const { url: final, response } = await sendFollowing(url, { method: 'HEAD', headers: this.headers, timeoutMs: this.etagTimeoutMs }, 'relative');
+        const { url: final, response } = await sendFollowing(
+          url,
+          { method: 'HEAD', headers: this.headers, timeoutMs: this.etagTimeoutMs },
+          'relative',
+        );
         response.resume();
         const status = response.statusCode ?? 0;
         if (status >= 400) throw new HttpError(`${url} answered ${status}`, url, status, response.headers);
@@ -325,7 +331,10 @@ class RepoDownload {
     const { headers, statusCode } = answer.response;
     const commit = header(headers, 'x-repo-commit');
     if (!commit || !COMMIT_HASH.test(commit)) {
-      throw new HubError(`${url}: the answer has ${commit ? `a commit "${commit}" that is not a commit hash` : 'no X-Repo-Commit header'}: is ${this.endpoint} a HuggingFace hub?`, url);
+      throw new HubError(
+        `${url}: the answer has ${commit ? `a commit "${commit}" that is not a commit hash` : 'no X-Repo-Commit header'}: is ${this.endpoint} a HuggingFace hub?`,
+        url,
+      );
     }
     const etag = (header(headers, 'x-linked-etag') ?? header(headers, 'etag'))?.replace(/^W\//, '').replace(/^"(.*)"$/, '$1');
     if (!etag || !SAFE_ETAG.test(etag)) {
@@ -362,7 +371,10 @@ class RepoDownload {
     }
     if (problem) {
       await rm(partial, { force: true });
-      throw new HubError(`${file} of "${this.repoId}" from ${meta.location} is corrupt: ${problem}. It was deleted; loading again downloads it afresh`, meta.location);
+      throw new HubError(
+        `${file} of "${this.repoId}" from ${meta.location} is corrupt: ${problem}. It was deleted; loading again downloads it afresh`,
+        meta.location,
+      );
     }
     await rename(partial, blob);
   }
@@ -455,7 +467,11 @@ class RepoDownload {
           : code === 'RevisionNotFound'
             ? `revision "${this.revision}" not found`
             : 'no such file: not a transformers model';
-      return new ModelNotFoundError(this.repoId, [`hub: ${url} (${what})`], this.token.token ? undefined : 'A private model looks missing without a token: set HF_TOKEN if it is one.');
+      return new ModelNotFoundError(
+        this.repoId,
+        [`hub: ${url} (${what})`],
+        this.token.token ? undefined : 'A private model looks missing without a token: set HF_TOKEN if it is one.',
+      );
     }
     if (status === 404) return new HubError(`${file} of ${repo}: no such file (${url} answered 404)`, url, status);
     if (isTransient(error)) return new HubError(`could not download ${file} of ${repo}: ${error.message}`, url, status);

@@ -2,7 +2,7 @@
  * HTTP for the hub, on node:http/https: one request with an idle timeout, redirects, and retries
  * with exponential backoff for what may pass (connection errors, timeouts, 5xx, 429).
  */
-import { type IncomingHttpHeaders, type IncomingMessage, request as httpRequest } from 'node:http';
+import { request as httpRequest, type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { setTimeout as sleep } from 'node:timers/promises';
 

@@ -8,6 +8,7 @@
  * that Python's filelock leaves behind).
  */
 import { randomUUID } from 'node:crypto';
+import type { Stats } from 'node:fs';
 import { link, open, readFile, rename, rm, stat, utimes } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -62,8 +63,8 @@ async function acquire(path: string, staleMs: number, pollMs: number): Promise<n
 
 /** The inode of the lock at `path` when it is abandoned; 'gone' when it vanished meanwhile. */
 async function staleLock(path: string, staleMs: number): Promise<number | 'gone' | undefined> {
-  let info;
-  let text;
+  let info: Stats;
+  let text: string;
   try {
     [info, text] = await Promise.all([stat(path), readFile(path, 'utf8')]);
   } catch (error) {

@@ -40,7 +40,11 @@ function localDirectory(modelName: string): { directory?: string; searched: stri
   if (isDirectory(local) || isFile(local)) return { directory: local, searched: [], hubId: false };
   const looksLikePath = modelName.startsWith('.') || modelName.startsWith('/') || modelName.split('/').length > 2;
   if (looksLikePath || !isValidRepoId(modelName)) {
-    throw new ModelNotFoundError(modelName, [`local directory ${local} (does not exist)`], looksLikePath ? undefined : 'It is not a valid hub id either (expected "org/name").');
+    throw new ModelNotFoundError(
+      modelName,
+      [`local directory ${local} (does not exist)`],
+      looksLikePath ? undefined : 'It is not a valid hub id either (expected "org/name").',
+    );
   }
   return { searched: [`local directory ${local} (does not exist)`], hubId: true };
 }
@@ -63,13 +67,19 @@ export async function fetchModelDirectory(config: Location, options: Omit<LoadMo
   const { directory, searched } = localDirectory(config.modelName);
   if (directory) return directory;
   try {
-    return await downloadModel(config.modelName, { ...options, revision: config.revision, cacheDir: config.cacheDir, localFilesOnly: config.localFilesOnly });
+    return await downloadModel(config.modelName, {
+      ...options,
+      revision: config.revision,
+      cacheDir: config.cacheDir,
+      localFilesOnly: config.localFilesOnly,
+    });
   } catch (error) {
     if (error instanceof ModelNotFoundError) throw new ModelNotFoundError(config.modelName, [...searched, ...error.searched], error.hint);
     throw error;
   }
 }
 
+// biome-ignore lint/complexity/noStaticOnlyClass: the public API, named after transformers' loaders (HuggingFaceModelLoader.loadModel)
 export class HuggingFaceModelLoader {
   /**
    * Loads the model `config` describes (validated with ModelConfigSchema; throws ConfigError),

@@ -27,10 +27,7 @@ import {
 
 export type ImageInput = string | Uint8Array | { data: Uint8Array; width: number; height: number; channels: 1 | 3 | 4 };
 
-export type Labels =
-  | Tensor
-  | { classLabels: Tensor; boxes: Tensor }[]
-  | { classLabels: Tensor; maskLabels: Tensor }[];
+export type Labels = Tensor | { classLabels: Tensor; boxes: Tensor }[] | { classLabels: Tensor; maskLabels: Tensor }[];
 
 export interface ForwardInputs {
   pixelValues: Tensor;
@@ -57,7 +54,7 @@ export class VisionModel {
   /** Created when batching is first turned on; kept afterwards for its statistics. */
   #batcher: MicroBatcher<NativeImage, Prediction> | undefined;
 
-  /** @internal Created by HuggingFaceModelLoader.loadModel. */
+  /** Created by HuggingFaceModelLoader.loadModel, over the native model it loaded; not for direct use. */
   constructor(handle: NativeModel) {
     this.#native = handle;
     this.#info = handle.info();

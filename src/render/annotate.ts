@@ -2,8 +2,8 @@
  * Predictions drawn onto a copy of the image: boxes with their labels for detection, a
  * translucent colour per class for segmentation. `visiontorch predict --draw out.png` uses these.
  */
-import { decodeImage } from '../runtime.js';
 import type { ImageInput } from '../models/vision-model.js';
+import { decodeImage } from '../runtime.js';
 import { Canvas, CHAR_H, encodePng, type RGB, SCALE, textWidth, writeFileAtomically } from './canvas.js';
 
 export interface BoxAnnotation {
@@ -13,8 +13,9 @@ export interface BoxAnnotation {
 }
 
 // Distinct, saturated colours, assigned per label in order of first appearance.
-const PALETTE: RGB[] = [0xe6194b, 0x3cb44b, 0x4363d8, 0xf58231, 0x911eb4, 0x42d4f4, 0xf032e6, 0xbfef45, 0xfabed4, 0x469990, 0xdcbeff, 0x9a6324]
-  .map((v) => [v >> 16, (v >> 8) & 255, v & 255] as const);
+const PALETTE: RGB[] = [0xe6194b, 0x3cb44b, 0x4363d8, 0xf58231, 0x911eb4, 0x42d4f4, 0xf032e6, 0xbfef45, 0xfabed4, 0x469990, 0xdcbeff, 0x9a6324].map(
+  (v) => [v >> 16, (v >> 8) & 255, v & 255] as const,
+);
 
 export function paletteColor(index: number): RGB {
   return PALETTE[((index % PALETTE.length) + PALETTE.length) % PALETTE.length]!;

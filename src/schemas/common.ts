@@ -39,7 +39,10 @@ export const bool = () => z.boolean(expected('true or false'));
 /** Not blank, and no NUL byte: a NUL would silently truncate the string in the native layer. */
 export const nonEmptyString = () => {
   const e = expected('a non-empty string');
-  return z.string(e).regex(/\S/, e).regex(/^[^\0]*$/, expected('a string without NUL bytes'));
+  return z
+    .string(e)
+    .regex(/\S/, e)
+    .regex(/^[^\0]*$/, expected('a string without NUL bytes'));
 };
 /** Literal choices; the message lists them all. */
 export const oneOf = <const T extends readonly [string, ...string[]]>(values: T) =>
@@ -109,8 +112,7 @@ export function keysOf(schema: AnySchema, spelling: Spelling): [spelled: string,
 function spellPath(root: AnySchema, path: readonly PropertyKey[], spelling: Spelling): string[] {
   let s: AnySchema | undefined = root;
   return path.map((seg) => {
-    const owner: AnyObject | undefined =
-      s && typeof seg === 'string' ? objectOptions(s).find((o) => Object.hasOwn(o.shape, seg)) : undefined;
+    const owner: AnyObject | undefined = s && typeof seg === 'string' ? objectOptions(s).find((o) => Object.hasOwn(o.shape, seg)) : undefined;
     s = s && child(s, seg);
     return owner ? spelling(owner, seg as string) : String(seg);
   });
@@ -298,7 +300,10 @@ function translate(root: AnySchema, iss: z.core.$ZodIssue, prefix: readonly Prop
         message = iss.input === undefined ? `missing; ${message}` : `${message}, got ${describe(iss.input)}`;
       }
       if (iss.code === 'invalid_value' && typeof iss.input === 'string') {
-        const guess = closest(iss.input, iss.values.map((v) => [String(v), String(v)] as const));
+        const guess = closest(
+          iss.input,
+          iss.values.map((v) => [String(v), String(v)] as const),
+        );
         if (guess) message += `; did you mean ${JSON.stringify(guess)}?`;
       }
       push(fullPath, message);
@@ -314,7 +319,9 @@ export function toConfigIssues(root: AnySchema, issues: readonly z.core.$ZodIssu
   const seen = new Set<string>();
   return out.filter((i) => {
     const k = `${i.path}\0${i.message}`;
-    return seen.has(k) ? false : (seen.add(k), true);
+    if (seen.has(k)) return false;
+    seen.add(k);
+    return true;
   });
 }
 

@@ -4,9 +4,7 @@ import { bool, fraction, nonEmptyString, positiveInt, positiveNumber, whenValid 
 
 /** [min, max] with min <= max; `item` checks each end. */
 const range = (item: z.ZodNumber) =>
-  z
-    .tuple([item, item], { error: 'expected a list [min, max]' })
-    .refine(([lo, hi]) => lo <= hi, { error: 'expected [min, max] with min <= max' });
+  z.tuple([item, item], { error: 'expected a list [min, max]' }).refine(([lo, hi]) => lo <= hi, { error: 'expected [min, max] with min <= max' });
 
 const unitInterval = () => {
   const e = { error: 'expected a number in (0, 1]' };
@@ -110,24 +108,38 @@ function validationField(d: Parsed): string | undefined {
 
 export const DatasetConfigSchema = z
   .discriminatedUnion('format', [ImageFolderSchema, CsvSchema, JsonlSchema, IdxSchema, CocoSchema, MasksSchema])
-  .superRefine((d, ctx) => {
-    const v = validationField(d);
-    if (v && d.validationSplit) {
-      ctx.addIssue({ code: 'custom', path: ['validationSplit'], message: `cannot be combined with {${v}}: give one or the other` });
-    }
-    if (d.format === 'idx' && (d.validationImages === undefined) !== (d.validationLabels === undefined)) {
-      const [given, missing] = d.validationImages === undefined ? ['validationLabels', 'validationImages'] : ['validationImages', 'validationLabels'];
-      ctx.addIssue({ code: 'custom', path: [missing], message: `required when {${given}} is given` });
-    }
-    if (d.format === 'masks' && (d.validationImages === undefined) !== (d.validationMasks === undefined)) {
-      const [given, missing] = d.validationImages === undefined ? ['validationMasks', 'validationImages'] : ['validationImages', 'validationMasks'];
-      ctx.addIssue({ code: 'custom', path: [missing], message: `required when {${given}} is given` });
-    }
-    if (d.format === 'coco' && (d.validationImages === undefined) !== (d.validationAnnotations === undefined)) {
-      const [given, missing] = d.validationImages === undefined ? ['validationAnnotations', 'validationImages'] : ['validationImages', 'validationAnnotations'];
-      ctx.addIssue({ code: 'custom', path: [missing], message: `required when {${given}} is given` });
-    }
-  }, whenValid('format', 'validationSplit', 'validationRoot', 'validationPath', 'validationImages', 'validationLabels', 'validationAnnotations', 'validationMasks'))
+  .superRefine(
+    (d, ctx) => {
+      const v = validationField(d);
+      if (v && d.validationSplit) {
+        ctx.addIssue({ code: 'custom', path: ['validationSplit'], message: `cannot be combined with {${v}}: give one or the other` });
+      }
+      if (d.format === 'idx' && (d.validationImages === undefined) !== (d.validationLabels === undefined)) {
+        const [given, missing] =
+          d.validationImages === undefined ? ['validationLabels', 'validationImages'] : ['validationImages', 'validationLabels'];
+        ctx.addIssue({ code: 'custom', path: [missing], message: `required when {${given}} is given` });
+      }
+      if (d.format === 'masks' && (d.validationImages === undefined) !== (d.validationMasks === undefined)) {
+        const [given, missing] = d.validationImages === undefined ? ['validationMasks', 'validationImages'] : ['validationImages', 'validationMasks'];
+        ctx.addIssue({ code: 'custom', path: [missing], message: `required when {${given}} is given` });
+      }
+      if (d.format === 'coco' && (d.validationImages === undefined) !== (d.validationAnnotations === undefined)) {
+        const [given, missing] =
+          d.validationImages === undefined ? ['validationAnnotations', 'validationImages'] : ['validationImages', 'validationAnnotations'];
+        ctx.addIssue({ code: 'custom', path: [missing], message: `required when {${given}} is given` });
+      }
+    },
+    whenValid(
+      'format',
+      'validationSplit',
+      'validationRoot',
+      'validationPath',
+      'validationImages',
+      'validationLabels',
+      'validationAnnotations',
+      'validationMasks',
+    ),
+  )
   // The split defaults to 10% only when there is no validation set to evaluate on.
   .transform((d) => ({ ...d, validationSplit: d.validationSplit ?? (validationField(d) ? 0 : 0.1) }));
 

@@ -48,20 +48,23 @@ export const ModelConfigSchema = z
     device: DeviceSchema.optional(),
     gradientCheckpointing: bool().optional(),
   })
-  .superRefine((cfg, ctx) => {
-    if (!cfg.id2label) return;
-    // A head of n outputs needs a label for each index 0..n-1, nothing more, nothing less.
-    const ids = Object.keys(cfg.id2label).map(Number);
-    const n = cfg.numClasses ?? ids.length;
-    const missing = Array.from({ length: n }, (_, i) => i).filter((i) => !ids.includes(i));
-    const extra = ids.filter((i) => i >= n);
-    if (cfg.numClasses !== undefined && ids.length !== n) {
-      ctx.addIssue({ code: 'custom', path: ['id2label'], message: `has ${ids.length} entries but {numClasses} is ${n}` });
-    } else if (missing.length > 0 || extra.length > 0) {
-      const detail = missing.length > 0 ? `missing ${missing.join(', ')}` : `unexpected ${extra.join(', ')}`;
-      ctx.addIssue({ code: 'custom', path: ['id2label'], message: `keys must be 0..${n - 1} without gaps (${detail})` });
-    }
-  }, whenValid('numClasses', 'id2label'));
+  .superRefine(
+    (cfg, ctx) => {
+      if (!cfg.id2label) return;
+      // A head of n outputs needs a label for each index 0..n-1, nothing more, nothing less.
+      const ids = Object.keys(cfg.id2label).map(Number);
+      const n = cfg.numClasses ?? ids.length;
+      const missing = Array.from({ length: n }, (_, i) => i).filter((i) => !ids.includes(i));
+      const extra = ids.filter((i) => i >= n);
+      if (cfg.numClasses !== undefined && ids.length !== n) {
+        ctx.addIssue({ code: 'custom', path: ['id2label'], message: `has ${ids.length} entries but {numClasses} is ${n}` });
+      } else if (missing.length > 0 || extra.length > 0) {
+        const detail = missing.length > 0 ? `missing ${missing.join(', ')}` : `unexpected ${extra.join(', ')}`;
+        ctx.addIssue({ code: 'custom', path: ['id2label'], message: `keys must be 0..${n - 1} without gaps (${detail})` });
+      }
+    },
+    whenValid('numClasses', 'id2label'),
+  );
 
 /** What callers may pass (defaults not yet applied). */
 export type ModelConfigInput = z.input<typeof ModelConfigSchema>;

@@ -1,16 +1,27 @@
 import { z } from 'zod';
-import { bool, fraction, nonEmptyString, nonNegativeInt, nonNegativeNumber, oneOf, parseOrThrow, positiveInt, positiveNumber, whenValid } from './common.js';
+import {
+  bool,
+  fraction,
+  nonEmptyString,
+  nonNegativeInt,
+  nonNegativeNumber,
+  oneOf,
+  parseOrThrow,
+  positiveInt,
+  positiveNumber,
+  whenValid,
+} from './common.js';
 import { DatasetConfigSchema } from './dataset-config.js';
 
 export {
+  type AugmentConfig,
   AugmentSchema,
   DATASET_PATH_FIELDS,
-  DatasetConfigSchema,
-  resolveDatasetPaths,
-  type AugmentConfig,
   type DatasetConfig,
   type DatasetConfigInput,
+  DatasetConfigSchema,
   type DatasetFormat,
+  resolveDatasetPaths,
 } from './dataset-config.js';
 
 const beta = () => {
@@ -58,7 +69,14 @@ export const TrainingConfigSchema = z
      * eval_map_75; segmentation: eval_loss, eval_mean_iou, eval_overall_accuracy.
      */
     earlyStoppingMetric: oneOf([
-      'eval_loss', 'eval_accuracy', 'eval_top5_accuracy', 'eval_map', 'eval_map_50', 'eval_map_75', 'eval_mean_iou', 'eval_overall_accuracy',
+      'eval_loss',
+      'eval_accuracy',
+      'eval_top5_accuracy',
+      'eval_map',
+      'eval_map_50',
+      'eval_map_75',
+      'eval_mean_iou',
+      'eval_overall_accuracy',
     ]).default('eval_loss'),
     /** false: no weight decay on biases and LayerNorm weights (transformers' Trainer); true: decay all. */
     decayBiasAndNorm: bool().default(false),
@@ -69,12 +87,15 @@ export const TrainingConfigSchema = z
     numWorkers: nonNegativeInt().default(2),
     dataset: DatasetConfigSchema.optional(),
   })
-  .superRefine((cfg, ctx) => {
-    // transformers lets warmup_steps silently override warmup_ratio; refusing both avoids surprise.
-    if (cfg.warmupSteps > 0 && cfg.warmupRatio > 0) {
-      ctx.addIssue({ code: 'custom', path: ['warmupRatio'], message: 'cannot be non-zero together with {warmupSteps}: give one or the other' });
-    }
-  }, whenValid('warmupSteps', 'warmupRatio'));
+  .superRefine(
+    (cfg, ctx) => {
+      // transformers lets warmup_steps silently override warmup_ratio; refusing both avoids surprise.
+      if (cfg.warmupSteps > 0 && cfg.warmupRatio > 0) {
+        ctx.addIssue({ code: 'custom', path: ['warmupRatio'], message: 'cannot be non-zero together with {warmupSteps}: give one or the other' });
+      }
+    },
+    whenValid('warmupSteps', 'warmupRatio'),
+  );
 
 export type TrainingConfigInput = z.input<typeof TrainingConfigSchema>;
 export type TrainingConfig = z.output<typeof TrainingConfigSchema>;

@@ -5,17 +5,17 @@
  */
 import { join } from 'node:path';
 import type { NativeForwardInputs, NativeTrainer, NativeTrainingOptions } from '../../binding.js';
-import type { VisionModel, Labels } from '../models/vision-model.js';
+import type { Labels, VisionModel } from '../models/vision-model.js';
 import { native } from '../native.js';
+import { parseOrThrow } from '../schemas/common.js';
 import type { ModelConfig } from '../schemas/model-config.js';
 import {
-  type DatasetConfig,
+  type DatasetConfigInput,
   DatasetConfigSchema,
   parseTrainingConfig,
   type TrainingConfig,
   type TrainingConfigInput,
 } from '../schemas/training-config.js';
-import { parseOrThrow } from '../schemas/common.js';
 import type { Tensor } from '../tensor.js';
 import { writeTrainingChart } from './chart.js';
 import type { TrainerEvent } from './events.js';
@@ -125,7 +125,7 @@ export class BaseTrainer {
   }
 
   /** Loss, accuracy and top-5 accuracy on the dataset's validation split (all of it when it has none). */
-  async evaluate(dataset: DatasetConfig): Promise<Metrics> {
+  async evaluate(dataset: DatasetConfigInput): Promise<Metrics> {
     const parsed = parseOrThrow(DatasetConfigSchema, dataset, 'Invalid dataset configuration');
     return this.#native.evaluate(parsed, this.config.batchSize);
   }

@@ -5,8 +5,9 @@
  * any image viewer opens, with no TensorBoard to install.
  */
 import { Canvas, CHAR_H, CHAR_W, encodePng, type Rect, type RGB, textWidth, writeFileAtomically } from '../render/canvas.js';
-export type { Rect } from '../render/canvas.js';
 import type { EvalEvent, ProgressEvent, TrainerEvent } from './events.js';
+
+export type { Rect } from '../render/canvas.js';
 
 export interface ChartOptions {
   /** Pixels; default 1000. */
@@ -22,7 +23,6 @@ export interface ChartOptions {
    */
   smoothing?: number;
 }
-
 
 /** Where a panel is drawn, what range its y-axis spans and which series it holds. */
 export interface PanelLayout {
@@ -180,7 +180,11 @@ function tickFormatter(values: number[], step: number): (v: number) => string {
 
 /** Step counts: 2500, 25k, 1.5M. */
 function formatCount(v: number): string {
-  for (const [unit, size] of [['B', 1e9], ['M', 1e6], ['k', 1e3]] as const) {
+  for (const [unit, size] of [
+    ['B', 1e9],
+    ['M', 1e6],
+    ['k', 1e3],
+  ] as const) {
     if (Math.abs(v) >= size * (unit === 'k' ? 10 : 1)) return `${trimZeros((v / size).toFixed(2))}${unit}`;
   }
   return String(Math.round(v));
@@ -196,7 +200,12 @@ function formatValue(v: number): string {
 function yDomain(series: Series[], capAtOne: boolean): [number, number] {
   let lo = Infinity;
   let hi = -Infinity;
-  for (const s of series) for (const p of s.points) (lo = Math.min(lo, p.y)), (hi = Math.max(hi, p.y));
+  for (const s of series) {
+    for (const p of s.points) {
+      lo = Math.min(lo, p.y);
+      hi = Math.max(hi, p.y);
+    }
+  }
   if (!Number.isFinite(lo)) return [0, 1];
   // A constant series still needs a non-empty range; padding keeps lines and markers off the frame.
   const pad = hi > lo ? (hi - lo) * 0.06 : Math.abs(lo) * 0.1 || 1;
@@ -238,7 +247,11 @@ function plan(history: TrainerEvent[], options: ChartOptions): Plan {
     'no training steps yet',
   );
   const lr = finitePoints(steps, (e) => e.learningRate);
-  addPanel('learning rate', lr.length === 0 ? [] : [{ label: 'learning rate', points: lr, color: LR, width: 2, markers: false }], 'no training steps yet');
+  addPanel(
+    'learning rate',
+    lr.length === 0 ? [] : [{ label: 'learning rate', points: lr, color: LR, width: 2, markers: false }],
+    'no training steps yet',
+  );
 
   // Evaluation panels appear with the first evaluation; metrics keep their colour across panels.
   const names = [...new Set(evals.flatMap((e) => Object.keys(e.metrics)))];
@@ -257,7 +270,10 @@ function plan(history: TrainerEvent[], options: ChartOptions): Plan {
   }
 
   // The x-axis spans the whole run when its length is known, so the chart also shows how far along it is.
-  const xMax = history.reduce((m, e) => (Number.isFinite(e.step) ? Math.max(m, e.step) : m), Math.max(1, Number.isFinite(last?.totalSteps) ? last!.totalSteps : 0));
+  const xMax = history.reduce(
+    (m, e) => (Number.isFinite(e.step) ? Math.max(m, e.step) : m),
+    Math.max(1, Number.isFinite(last?.totalSteps) ? last!.totalSteps : 0),
+  );
 
   // Y tick labels decide the left margin, which all panels share so that their x-axes line up.
   const panelHeight = Math.floor((height - HEADER - FOOTER - PANEL_GAP * (panels.length - 1)) / panels.length);
@@ -299,7 +315,6 @@ export function layoutTrainingChart(history: TrainerEvent[], options: ChartOptio
 
 // ---------------------------------------------------------------------------------------------
 // Drawing
-
 
 /** Keeps, per pixel column, the first, lowest, highest and last point: the drawn shape is unchanged. */
 function decimate(points: Point[]): Point[] {
@@ -423,7 +438,7 @@ export function renderTrainingChart(history: TrainerEvent[], options: ChartOptio
   const canvas = new Canvas(p.width, p.height);
   canvas.text(16, 14, p.title, INK, true);
   if (p.summary) canvas.text(p.width - RIGHT - textWidth(p.summary), 14, p.summary, MUTED);
-  p.panels.forEach((panel, i) => drawPanel(canvas, panel, p, i === 0, i === p.panels.length - 1));
+  for (const [i, panel] of p.panels.entries()) drawPanel(canvas, panel, p, i === 0, i === p.panels.length - 1);
   return encodePng(p.width, p.height, canvas.pixels);
 }
 
