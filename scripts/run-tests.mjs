@@ -1,4 +1,5 @@
-// Runs every test: the code checks (Biome's lint and format, tsc over the tests), the native
+// Runs every test: the code checks (Biome's lint and format, tsc over the tests, clang-format over
+// native/), the native
 // core's ctest suite, then vitest. Ends with one line, "N passed, N failed", counting all three
 // (also written to build/test-summary.txt for CI); each code check counts as one test.
 import { spawnSync } from 'node:child_process';
@@ -25,15 +26,21 @@ const checks = [
   ['biome format', ['--no-install', 'biome', 'format']],
   ['tsc -p tsconfig.test.json', ['--no-install', 'tsc', '-p', 'tsconfig.test.json', '--noEmit']],
 ];
-for (const [name, args] of checks) {
-  const check = spawnSync('npx', args, { cwd: root, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } });
+// The C++ sources git knows of (a clean checkout holds no others), against .clang-format.
+const nativeSources = spawnSync('git', ['ls-files', '--cached', '--others', '--exclude-standard', 'native'], { cwd: root, encoding: 'utf8' })
+  .stdout.split('\n')
+  .filter((file) => /\.(h|cpp|cc)$/.test(file) && existsSync(join(root, file)));
+checks.push(['clang-format native/', ['clang-format', '--dry-run', '--Werror', '--style=file', ...nativeSources], 'direct']);
+for (const [name, args, how] of checks) {
+  const [command, commandArgs] = how === 'direct' ? [args[0], args.slice(1)] : ['npx', args];
+  const check = spawnSync(command, commandArgs, { cwd: root, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } });
   if (check.status === 0) {
     passed++;
     console.log(`check passed: ${name}`);
   } else {
     failed++;
     process.stdout.write(`${check.stdout ?? ''}${check.stderr ?? ''}${check.error ? `${check.error.message}\n` : ''}`);
-    console.log(`check FAILED: ${name} (npx ${args.join(' ')})`);
+    console.log(`check FAILED: ${name} (${how === 'direct' ? '' : 'npx '}${args.slice(0, 6).join(' ')}${args.length > 6 ? ' ...' : ''})`);
   }
 }
 

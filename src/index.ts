@@ -1,6 +1,6 @@
 // visiontorch: load, run and fine-tune HuggingFace vision models from Node.js.
 export * from './config/index.js';
-export { HubError, ModelNotFoundError } from './errors.js';
+export { ErrorCode, HubError, ModelNotFoundError } from './errors.js';
 export { hubCacheDir } from './hub/cache.js';
 export { type DownloadOptions, type DownloadProgress, downloadModel } from './hub/download.js';
 export {

@@ -6,6 +6,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Binding } from '../binding.js';
+import { ErrorCode, withCode } from './errors.js';
 
 const require = createRequire(import.meta.url);
 // src/native.ts and dist/native.js both sit one level below the package root.
@@ -20,9 +21,12 @@ export function native(): Binding {
       binding = load(packageRoot);
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);
-      throw new Error(
-        `visiontorch: the native addon could not be loaded (${reason}). ` +
-          'Build it with "npm run build:native" (needs libtorch-dev; "npm run setup" installs everything).',
+      throw withCode(
+        new Error(
+          `visiontorch: the native addon could not be loaded (${reason}). ` +
+            'Build it with "npm run build:native" (needs libtorch-dev; "npm run setup" installs everything).',
+        ),
+        ErrorCode.NATIVE_ADDON,
       );
     }
   }

@@ -1,5 +1,6 @@
 /** Tensors as they cross the boundary: row-major, contiguous, typed by `dtype`. */
 import type { NativeTensor } from '../binding.js';
+import { invalidArgument } from './errors.js';
 
 export type DType = 'float32' | 'float16' | 'bfloat16' | 'int64' | 'int32' | 'uint8' | 'bool';
 
@@ -39,7 +40,7 @@ export function tensor<D extends DType>(dtype: D, shape: number[], data?: DataFo
   const count = numel(shape);
   const values = data ?? (new ARRAY_FOR[dtype](count) as DataFor<D>);
   if (values.length !== count) {
-    throw new RangeError(`tensor: data holds ${values.length} elements but shape [${shape.join(', ')}] needs ${count}`);
+    throw invalidArgument(RangeError, `tensor: data holds ${values.length} elements but shape [${shape.join(', ')}] needs ${count}`);
   }
   return { dtype, shape: [...shape], data: values } as Tensor & { data: DataFor<D> };
 }

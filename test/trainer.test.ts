@@ -293,7 +293,10 @@ describe('BaseTrainer.train errors', () => {
     const { model, modelConfig } = await load({ modelName: fixture('vit-tiny-random') });
     await expect(
       new BaseTrainer({ model, modelConfig }).train({ outputDir: tempDir(), dataset: { format: 'imagefolder', root, validationSplit: 0 } }),
-    ).rejects.toThrow(/5 labels but the dataset has 2 classes: load the model with numClasses: 2/);
+    ).rejects.toMatchObject({
+      code: 'ERR_VISIONTORCH_DATASET',
+      message: expect.stringMatching(/5 labels but the dataset has 2 classes: load the model with num_classes: 2/),
+    });
   });
 
   it('a corrupt image fails the run naming the file, and earlier checkpoints survive', async () => {

@@ -25,7 +25,7 @@ import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
 import { type FileHandle, mkdir, open, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import type { IncomingMessage } from 'node:http';
 import { dirname, join, relative, resolve } from 'node:path';
-import { HubError, ModelNotFoundError } from '../errors.js';
+import { HubError, invalidArgument, ModelNotFoundError } from '../errors.js';
 import { type CacheLookup, COMMIT_HASH, findCachedSnapshot, hfHome, hubCacheDir, isValidRepoId, isValidRevision, repoFolderName } from './cache.js';
 import { HttpError, header, isTransient, type RetryPolicy, sendFollowing, withRetries } from './http.js';
 import { withFileLock } from './lock.js';
@@ -76,7 +76,7 @@ function envSeconds(name: string, fallback: number): number {
   const text = process.env[name]?.trim();
   if (!text) return fallback * 1000;
   const seconds = Number(text);
-  if (!(seconds > 0 && Number.isFinite(seconds))) throw new RangeError(`$${name} must be a positive number of seconds, got "${text}"`);
+  if (!(seconds > 0 && Number.isFinite(seconds))) throw invalidArgument(RangeError, `$${name} must be a positive number of seconds, got "${text}"`);
   return seconds * 1000;
 }
 
@@ -130,9 +130,9 @@ interface FileMeta {
  * revision or config.json; offline and not cached), HubError when it cannot be had.
  */
 export async function downloadModel(repoId: string, options: DownloadOptions = {}): Promise<string> {
-  if (!isValidRepoId(repoId)) throw new RangeError(`"${repoId}" is not a hub model id (expected "org/name" or "name")`);
+  if (!isValidRepoId(repoId)) throw invalidArgument(RangeError, `"${repoId}" is not a hub model id (expected "org/name" or "name")`);
   const revision = options.revision ?? 'main';
-  if (!isValidRevision(revision)) throw new RangeError(`revision "${revision}" is not a valid branch, tag or commit`);
+  if (!isValidRevision(revision)) throw invalidArgument(RangeError, `revision "${revision}" is not a valid branch, tag or commit`);
   const cacheDir = hubCacheDir(options.cacheDir);
   const cached = findCachedSnapshot(cacheDir, repoId, revision);
   const offline = options.localFilesOnly ? 'localFilesOnly is set' : hubOffline() ? 'HF_HUB_OFFLINE is set' : undefined;
@@ -165,7 +165,7 @@ class RepoDownload {
     private readonly options: DownloadOptions,
   ) {
     if (!URL.canParse(this.endpoint) || !/^https?:$/.test(new URL(this.endpoint).protocol)) {
-      throw new RangeError(`$HF_ENDPOINT must be an http or https URL, got "${this.endpoint}"`);
+      throw invalidArgument(RangeError, `$HF_ENDPOINT must be an http or https URL, got "${this.endpoint}"`);
     }
     this.token = hubToken(options.token);
     this.weights = options.weights ?? true;

@@ -1,6 +1,6 @@
 /** HuggingFaceModelLoader: a ModelConfig in, a VisionModel out, as from_pretrained does it. */
 import { resolve } from 'node:path';
-import { ModelNotFoundError } from '../errors.js';
+import { invalidArgument, ModelNotFoundError } from '../errors.js';
 import { findCachedSnapshot, hubCacheDir, isDirectory, isFile, isValidRepoId } from '../hub/cache.js';
 import { type DownloadProgress, downloadModel } from '../hub/download.js';
 import { native } from '../native.js';
@@ -90,7 +90,7 @@ export class HuggingFaceModelLoader {
   static async loadModel(config: ModelConfig | unknown, options: LoadModelOptions = {}): Promise<VisionModel> {
     const parsed = parseModelConfig(config);
     if (options.seed !== undefined && !(Number.isSafeInteger(options.seed) && options.seed >= 0)) {
-      throw new RangeError(`loadModel: seed must be a non-negative integer, got ${options.seed}`);
+      throw invalidArgument(RangeError, `loadModel: seed must be a non-negative integer, got ${options.seed}`);
     }
     // Checked before the (possibly long) download and load.
     const batching = batchingSettings(options.batching ?? false, 'loadModel: batching.');
@@ -119,7 +119,7 @@ export class HuggingFaceModelLoader {
   /** The architectures this build implements, with known hub checkpoints for each. */
   static getAvailableModels(type?: ModelType): ModelInfo[] {
     if (type !== undefined && !Object.values(ModelType).includes(type)) {
-      throw new RangeError(`getAvailableModels: unknown model type "${String(type)}" (expected ${Object.values(ModelType).join(', ')})`);
+      throw invalidArgument(RangeError, `getAvailableModels: unknown model type "${String(type)}" (expected ${Object.values(ModelType).join(', ')})`);
     }
     const all = native().architectures();
     // A base model (ViTModel, DetrModel) serves its family's task: the task of its head classes.

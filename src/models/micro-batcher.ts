@@ -1,3 +1,4 @@
+import { ErrorCode, invalidArgument, withCode } from '../errors.js';
 /**
  * Micro-batching: requests that arrive close together and can share a native call (the same key)
  * are gathered into one batch, run as one call over their concatenated inputs, and each request
@@ -44,19 +45,22 @@ export function batchingSettings(value: BatchingOptions | boolean, prefix: strin
   if (value === false) return false;
   if (value === true) return DEFAULT_BATCHING;
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
-    throw new TypeError(`${prefix.replace(/\.$/, '')}: expected true, false or { maxBatchSize?, maxWaitMs? }, got ${describe(value)}`);
+    throw invalidArgument(TypeError, `${prefix.replace(/\.$/, '')}: expected true, false or { maxBatchSize?, maxWaitMs? }, got ${describe(value)}`);
   }
   for (const key of Object.keys(value)) {
     if (key !== 'maxBatchSize' && key !== 'maxWaitMs') {
-      throw new TypeError(`${prefix}${key}: unknown batching option (expected maxBatchSize, maxWaitMs)`);
+      throw invalidArgument(TypeError, `${prefix}${key}: unknown batching option (expected maxBatchSize, maxWaitMs)`);
     }
   }
   const { maxBatchSize = DEFAULT_BATCHING.maxBatchSize, maxWaitMs = DEFAULT_BATCHING.maxWaitMs } = value;
   if (typeof maxBatchSize !== 'number' || !Number.isSafeInteger(maxBatchSize) || maxBatchSize < 1) {
-    throw new RangeError(`${prefix}maxBatchSize must be a positive integer, got ${describe(maxBatchSize)}`);
+    throw invalidArgument(RangeError, `${prefix}maxBatchSize must be a positive integer, got ${describe(maxBatchSize)}`);
   }
   if (typeof maxWaitMs !== 'number' || !(maxWaitMs >= 0 && maxWaitMs <= LONGEST_TIMER_MS)) {
-    throw new RangeError(`${prefix}maxWaitMs must be a number of milliseconds from 0 to ${LONGEST_TIMER_MS}, got ${describe(maxWaitMs)}`);
+    throw invalidArgument(
+      RangeError,
+      `${prefix}maxWaitMs must be a number of milliseconds from 0 to ${LONGEST_TIMER_MS}, got ${describe(maxWaitMs)}`,
+    );
   }
   return Object.freeze({ maxBatchSize, maxWaitMs });
 }
@@ -216,7 +220,7 @@ export class MicroBatcher<Input, Output> {
       return;
     }
     if (outputs.length !== inputs.length) {
-      const error = new Error(`batched predict: ${inputs.length} inputs gave ${outputs.length} outputs`);
+      const error = withCode(new Error(`batched predict: ${inputs.length} inputs gave ${outputs.length} outputs`), ErrorCode.TORCH);
       for (const request of requests) request.reject(error);
       return;
     }

@@ -13,6 +13,7 @@ import type {
   NativeSegmentation,
   NativeTaskPredictions,
 } from '../../binding.js';
+import { ErrorCode, invalidArgument, withCode } from '../errors.js';
 import type { ModelType } from '../schemas/model-config.js';
 import type { DType, Tensor } from '../tensor.js';
 import { imageDimensions } from './image-dimensions.js';
@@ -104,7 +105,7 @@ export class VisionModel {
   /** Evaluation-mode forward pass. Output keys: logits, and loss when labels are given. */
   async forward(inputs: ForwardInputs): Promise<Record<string, Tensor>> {
     if (inputs === null || typeof inputs !== 'object' || !inputs.pixelValues) {
-      throw new TypeError('forward: expected { pixelValues, pixelMask?, labels? }');
+      throw invalidArgument(TypeError, 'forward: expected { pixelValues, pixelMask?, labels? }');
     }
     return (await this.handle().forward(inputs)) as Record<string, Tensor>;
   }
@@ -173,14 +174,14 @@ export class VisionModel {
 
   /** `key` is the same for calls that may share a native call; the native task checks the options. */
   #predictor(options: PredictOptions): { key: string; run: BatchRunner<NativeImage, Prediction> } {
-    if (options === null || typeof options !== 'object') throw new TypeError('predict: options must be an object');
+    if (options === null || typeof options !== 'object') throw invalidArgument(TypeError, 'predict: options must be an object');
     const { topK, threshold } = options;
     return { key: JSON.stringify({ topK, threshold }), run: async (list) => this.handle().predict(list, { topK, threshold }) };
   }
 
   /** Writes config.json, model.safetensors and preprocessor_config.json (each atomically). */
   async save(directory: string): Promise<void> {
-    if (typeof directory !== 'string' || directory === '') throw new TypeError('save: expected a directory path');
+    if (typeof directory !== 'string' || directory === '') throw invalidArgument(TypeError, 'save: expected a directory path');
     await this.handle().save(directory);
   }
 
@@ -189,20 +190,22 @@ export class VisionModel {
    * calls still waiting for their batch reject.
    */
   dispose(): void {
-    this.#batcher?.close(new Error(`this ${this.architecture} model was disposed while the predict call waited for its batch`));
+    this.#batcher?.close(
+      withCode(new Error(`this ${this.architecture} model was disposed while the predict call waited for its batch`), ErrorCode.DISPOSED),
+    );
     this.#native?.dispose();
     this.#native = undefined;
   }
 
   /** @internal */
   handle(): NativeModel {
-    if (!this.#native) throw new Error(`this ${this.architecture} model was disposed`);
+    if (!this.#native) throw withCode(new Error(`this ${this.architecture} model was disposed`), ErrorCode.DISPOSED);
     return this.#native;
   }
 }
 
 function imageList(images: ImageInput[], method: string): NativeImage[] {
-  if (!Array.isArray(images) || images.length === 0) throw new TypeError(`${method}: expected one or more images`);
+  if (!Array.isArray(images) || images.length === 0) throw invalidArgument(TypeError, `${method}: expected one or more images`);
   return images;
 }
 

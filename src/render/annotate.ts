@@ -2,6 +2,8 @@
  * Predictions drawn onto a copy of the image: boxes with their labels for detection, a
  * translucent colour per class for segmentation. `visiontorch predict --draw out.png` uses these.
  */
+
+import { invalidArgument } from '../errors.js';
 import type { ImageInput } from '../models/vision-model.js';
 import { decodeImage } from '../runtime.js';
 import { Canvas, CHAR_H, encodePng, type RGB, SCALE, textWidth, writeFileAtomically } from './canvas.js';
@@ -59,7 +61,7 @@ export async function drawDetections(image: ImageInput, detections: BoxAnnotatio
 export async function drawSegmentation(image: ImageInput, labelMap: Int32Array, labels: string[], path: string, opacity = 0.5): Promise<void> {
   const canvas = await rgbCanvas(image);
   if (labelMap.length !== canvas.width * canvas.height) {
-    throw new RangeError(`labelMap has ${labelMap.length} entries, the image ${canvas.width}x${canvas.height}`);
+    throw invalidArgument(RangeError, `labelMap has ${labelMap.length} entries, the image ${canvas.width}x${canvas.height}`);
   }
   const present = new Set<number>();
   for (let i = 0; i < labelMap.length; i++) {

@@ -6,6 +6,7 @@
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { deflateSync } from 'node:zlib';
+import { invalidArgument } from '../errors.js';
 
 export type RGB = readonly [number, number, number];
 
@@ -51,7 +52,8 @@ export class Canvas {
     readonly height: number,
     pixels?: Uint8Array,
   ) {
-    if (pixels && pixels.length !== width * height * 3) throw new RangeError(`expected ${width * height * 3} bytes of RGB, got ${pixels.length}`);
+    if (pixels && pixels.length !== width * height * 3)
+      throw invalidArgument(RangeError, `expected ${width * height * 3} bytes of RGB, got ${pixels.length}`);
     this.pixels = pixels ?? new Uint8Array(width * height * 3).fill(255);
     this.clip = { x: 0, y: 0, width, height };
   }
@@ -162,7 +164,7 @@ function chunk(type: string, data: Uint8Array): Buffer {
 
 /** Encodes 8-bit RGB pixels (row-major, 3 bytes each) as a PNG. */
 export function encodePng(width: number, height: number, rgb: Uint8Array): Buffer {
-  if (rgb.length !== width * height * 3) throw new RangeError(`expected ${width * height * 3} bytes of RGB, got ${rgb.length}`);
+  if (rgb.length !== width * height * 3) throw invalidArgument(RangeError, `expected ${width * height * 3} bytes of RGB, got ${rgb.length}`);
   const stride = width * 3;
   // Filter 1 (Sub) on every row: a chart is mostly flat colour, which Sub turns into runs of zeros.
   const filtered = Buffer.alloc((stride + 1) * height);

@@ -5,6 +5,7 @@
  */
 import { join } from 'node:path';
 import type { NativeForwardInputs, NativeTrainer, NativeTrainingOptions } from '../../binding.js';
+import { ErrorCode, invalidArgument, withCode } from '../errors.js';
 import type { Labels, VisionModel } from '../models/vision-model.js';
 import { native } from '../native.js';
 import { parseOrThrow } from '../schemas/common.js';
@@ -74,7 +75,8 @@ export class BaseTrainer {
 
   constructor(options: BaseTrainerOptions) {
     const { model, modelConfig, ...training } = options;
-    if (!model || typeof model.handle !== 'function') throw new TypeError('BaseTrainer: options.model must be a VisionModel from loadModel()');
+    if (!model || typeof model.handle !== 'function')
+      throw invalidArgument(TypeError, 'BaseTrainer: options.model must be a VisionModel from loadModel()');
     this.model = model;
     this.modelConfig = modelConfig;
     this.config = parseTrainingConfig(training);
@@ -84,7 +86,7 @@ export class BaseTrainer {
   /** One optimizer step on one batch in training mode: forward, loss, backward, clip, step, schedule. */
   async trainingStep(batch: TrainingBatch, options: { returnGradients?: boolean } = {}): Promise<TrainingStepResult> {
     if (batch === null || typeof batch !== 'object' || !batch.pixelValues || batch.labels === undefined) {
-      throw new TypeError('trainingStep: expected { pixelValues, pixelMask?, labels }');
+      throw invalidArgument(TypeError, 'trainingStep: expected { pixelValues, pixelMask?, labels }');
     }
     return (await this.#native.trainingStep(batch as NativeForwardInputs, options.returnGradients === true)) as TrainingStepResult;
   }
@@ -92,8 +94,10 @@ export class BaseTrainer {
   /** Trains on `config.dataset`; resolves with the run's summary (also when stopped by `signal`). */
   async train(config: TrainingConfig | TrainingConfigInput, options: TrainOptions = {}): Promise<TrainResult> {
     const parsed = parseTrainingConfig(config);
-    if (!parsed.dataset) throw new TypeError('train: the configuration has no dataset (training.dataset, or data: in the YAML file)');
-    options.signal?.throwIfAborted();
+    if (!parsed.dataset) throw invalidArgument(TypeError, 'train: the configuration has no dataset (training.dataset, or data: in the YAML file)');
+    if (options.signal?.aborted) {
+      throw withCode(new Error('train: the signal was aborted before the run started', { cause: options.signal.reason }), ErrorCode.ABORTED);
+    }
     const log = new MetricsLog(parsed.outputDir);
     // A resumed run continues the record (and the chart) of the run it resumes.
     const history: TrainerEvent[] = parsed.resumeFrom ? await readMetricsLog(log.path).catch(() => []) : [];

@@ -4,6 +4,8 @@
  * a minimal PNG encoder. Regenerating it after every evaluation gives a picture of the run that
  * any image viewer opens, with no TensorBoard to install.
  */
+
+import { invalidArgument } from '../errors.js';
 import { Canvas, CHAR_H, CHAR_W, encodePng, type Rect, type RGB, textWidth, writeFileAtomically } from '../render/canvas.js';
 import type { EvalEvent, ProgressEvent, TrainerEvent } from './events.js';
 
@@ -108,7 +110,8 @@ function finitePoints<E extends { step: number }>(events: E[], value: (e: E) => 
 
 /** Debiased EMA (as TensorBoard's smoothing): early values are not pulled towards zero. */
 function movingAverage(points: Point[], smoothing?: number): Point[] {
-  if (smoothing !== undefined && !(smoothing >= 0 && smoothing < 1)) throw new RangeError(`smoothing must be in [0, 1), got ${smoothing}`);
+  if (smoothing !== undefined && !(smoothing >= 0 && smoothing < 1))
+    throw invalidArgument(RangeError, `smoothing must be in [0, 1), got ${smoothing}`);
   const a = smoothing ?? 1 - 1 / Math.max(1, points.length / 50);
   let sum = 0;
   let weight = 0;

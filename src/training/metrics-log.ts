@@ -1,6 +1,7 @@
 import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { ErrorCode, withCode } from '../errors.js';
 import type { TrainerEvent } from './events.js';
 
 const KINDS = new Set<string>(['step', 'eval', 'save']);
@@ -28,7 +29,7 @@ export class MetricsLog {
   }
 
   append(event: TrainerEvent): void {
-    if (this.fd === undefined) throw new Error(`MetricsLog ${this.path} is closed`);
+    if (this.fd === undefined) throw withCode(new Error(`MetricsLog ${this.path} is closed`), ErrorCode.IO);
     // One write per line, so a reader never sees half a line unless the process dies mid-write.
     const line = Buffer.from(`${JSON.stringify(event, replacer)}\n`);
     let done = 0;
@@ -56,7 +57,7 @@ export async function readMetricsLog(path: string): Promise<TrainerEvent[]> {
       value = JSON.parse(line, reviver);
     } catch (error) {
       if (i === lines.length - 1) return; // no trailing newline: a truncated final write
-      throw new Error(`${path}:${i + 1}: not a JSON line (${(error as Error).message})`);
+      throw withCode(new Error(`${path}:${i + 1}: not a JSON line (${(error as Error).message})`), ErrorCode.IO);
     }
     if (typeof value === 'object' && value !== null && KINDS.has((value as { kind?: unknown }).kind as string)) {
       events.push(value as TrainerEvent);

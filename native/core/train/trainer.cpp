@@ -272,7 +272,9 @@ Metrics Trainer::evaluate(const DatasetSpec& spec, int64_t batch_size) {
   TrainingOptions options = options_;
   options.batch_size = batch_size;
   auto data = open_training_data(model_->task(), spec, data_options(options), model_->shared_processor(), model_->labels());
-  VT_CHECK(data->class_names().size() == model_->labels().size(), dataset_hint(model_->labels().size(), data->class_names().size()));
+  if (data->class_names().size() != model_->labels().size()) {
+    fail_with(ErrorCode::Dataset, dataset_hint(model_->labels().size(), data->class_names().size()));
+  }
   return data->evaluate(evaluation_forward(options), /*whole=*/!data->has_validation());
 }
 
@@ -343,8 +345,9 @@ void Trainer::start_run(Run& run) {
   stop_requested_ = false;
 
   run.data = open_training_data(model_->task(), *options.dataset, data_options(options), model_->shared_processor(), model_->labels());
-  VT_CHECK(run.data->class_names().size() == model_->labels().size(),
-           dataset_hint(model_->labels().size(), run.data->class_names().size()));
+  if (run.data->class_names().size() != model_->labels().size()) {
+    fail_with(ErrorCode::Dataset, dataset_hint(model_->labels().size(), run.data->class_names().size()));
+  }
   if (run.data->class_names() != model_->labels()) model_->set_labels(run.data->class_names());
   run.batches_per_epoch = static_cast<int64_t>(run.data->batches_per_epoch());
   const int64_t accumulation = options.gradient_accumulation_steps;
