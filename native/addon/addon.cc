@@ -3,18 +3,18 @@
 
 #include <torch/torch.h>
 
+#include "addon_data.h"
 #include "async_work.h"
 #include "common/error.h"
 #include "convert.h"
 #include "io/safetensors.h"
-#include "addon_data.h"
 #include "model_wrap.h"
-#include "trainer_wrap.h"
+#include "models/torchscript.h"
 #include "pretrained/pretrained.h"
 #include "pretrained/registry.h"
-#include "models/torchscript.h"
 #include "runtime/caching_allocator.h"
 #include "runtime/threads.h"
+#include "trainer_wrap.h"
 
 namespace vt::addon {
 
@@ -26,8 +26,8 @@ NativeFailure describe_current_exception() {
   } catch (const c10::Error& error) {
     const std::string message = error.what_without_backtrace();
     // libtorch's allocators report exhaustion as c10::Error.
-    const bool out_of_memory = message.find("can't allocate memory") != std::string::npos ||
-                               message.find("out of memory") != std::string::npos;
+    const bool out_of_memory =
+        message.find("can't allocate memory") != std::string::npos || message.find("out of memory") != std::string::npos;
     return {message, error_code_name(out_of_memory ? ErrorCode::OutOfMemory : ErrorCode::Torch)};
   } catch (const std::bad_alloc&) {
     return {"out of memory", error_code_name(ErrorCode::OutOfMemory)};
@@ -85,8 +85,7 @@ LoadOptions load_options_from_js(const Napi::Object& object) {
       int64_t index = -1;
       try {
         index = std::stoll(key, &used);
-      } catch (const std::exception&) {
-      }
+      } catch (const std::exception&) {}
       if (used != key.size() || index < 0) throw Napi::TypeError::New(env, "id2label: key \"" + key + "\" is not a label index");
       labels[index] = label.As<Napi::String>().Utf8Value();
     }
@@ -151,7 +150,11 @@ Napi::Value save_safetensors_js(const Napi::CallbackInfo& info) {
     }
   }
   return run_async<bool>(
-      info.Env(), [path, tensors, metadata] { save_safetensors(path, tensors, metadata); return true; },
+      info.Env(),
+      [path, tensors, metadata] {
+        save_safetensors(path, tensors, metadata);
+        return true;
+      },
       [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });
 }
 

@@ -61,9 +61,9 @@ class Completion {
 class CompletionPort {
  public:
   explicit CompletionPort(Napi::Env env);
-  void begin(Napi::Env env);               // JS thread: one more job in flight
-  void deliver(Completion* completion);    // any thread
-  void release();                          // environment teardown
+  void begin(Napi::Env env);             // JS thread: one more job in flight
+  void deliver(Completion* completion);  // any thread
+  void release();                        // environment teardown
 
  private:
   static void call_js(Napi::Env env, Napi::Function, CompletionPort* port, Completion* completion);
@@ -77,8 +77,7 @@ CompletionPort& completion_port(Napi::Env env);
 // Runs `work` on the compute thread (vt::ComputeExecutor) and settles the returned Promise on
 // the JS thread with `to_js(result)`, or rejects it with the message of whatever `work` threw.
 template <typename Result>
-Napi::Promise run_async(Napi::Env env, std::function<Result()> work,
-                        std::function<Napi::Value(Napi::Env, Result&)> to_js) {
+Napi::Promise run_async(Napi::Env env, std::function<Result()> work, std::function<Napi::Value(Napi::Env, Result&)> to_js) {
   struct Job : Completion {
     Napi::Promise::Deferred deferred;
     std::function<Result()> work;

@@ -17,9 +17,9 @@ struct DTypeInfo {
 };
 
 const DTypeInfo kDTypes[] = {
-    {"float32", torch::kFloat32, napi_float32_array}, {"float16", torch::kFloat16, napi_uint16_array},
+    {"float32", torch::kFloat32, napi_float32_array},  {"float16", torch::kFloat16, napi_uint16_array},
     {"bfloat16", torch::kBFloat16, napi_uint16_array}, {"int64", torch::kInt64, napi_bigint64_array},
-    {"int32", torch::kInt32, napi_int32_array},         {"uint8", torch::kUInt8, napi_uint8_array},
+    {"int32", torch::kInt32, napi_int32_array},        {"uint8", torch::kUInt8, napi_uint8_array},
     {"bool", torch::kBool, napi_uint8_array},
 };
 
@@ -34,9 +34,7 @@ const char* array_name(napi_typedarray_type type) {
   }
 }
 
-[[noreturn]] void type_error(Napi::Env env, const std::string& message) {
-  throw Napi::TypeError::New(env, message);
-}
+[[noreturn]] void type_error(Napi::Env env, const std::string& message) { throw Napi::TypeError::New(env, message); }
 
 }  // namespace
 
@@ -52,8 +50,7 @@ torch::Tensor tensor_from_js(const Napi::Value& value, const std::string& what) 
     if (dtype == candidate.name) info = &candidate;
   }
   if (!info) {
-    type_error(env, what + ".dtype: \"" + dtype +
-                        "\" is not one of float32, float16, bfloat16, int64, int32, uint8, bool");
+    type_error(env, what + ".dtype: \"" + dtype + "\" is not one of float32, float16, bfloat16, int64, int32, uint8, bool");
   }
   Napi::Value shape_value = object.Get("shape");
   if (!shape_value.IsArray()) type_error(env, what + ".shape: expected an array of non-negative integers");
@@ -76,12 +73,11 @@ torch::Tensor tensor_from_js(const Napi::Value& value, const std::string& what) 
   }
   Napi::TypedArray data = data_value.As<Napi::TypedArray>();
   if (data.TypedArrayType() != info->array) {
-    type_error(env, what + ".data: expected a " + array_name(info->array) + " for dtype " + dtype + ", got " +
-                        array_name(data.TypedArrayType()));
+    type_error(
+        env, what + ".data: expected a " + array_name(info->array) + " for dtype " + dtype + ", got " + array_name(data.TypedArrayType()));
   }
   if (data.ElementLength() != numel) {
-    type_error(env, what + ".data: holds " + std::to_string(data.ElementLength()) + " elements but shape needs " +
-                        std::to_string(numel));
+    type_error(env, what + ".data: holds " + std::to_string(data.ElementLength()) + " elements but shape needs " + std::to_string(numel));
   }
   auto tensor = torch::empty(shape, torch::TensorOptions().dtype(info->type));
   const auto* bytes = static_cast<const uint8_t*>(data.ArrayBuffer().Data()) + data.ByteOffset();

@@ -24,8 +24,8 @@ struct ImageSource {
   std::string path;            // file path, or
   std::vector<uint8_t> bytes;  // encoded bytes, or raw pixels when width > 0
   int width = 0, height = 0, channels = 0;
-  std::string name;            // for error messages
-  Image load() const;          // decodes on the calling (worker) thread
+  std::string name;    // for error messages
+  Image load() const;  // decodes on the calling (worker) thread
 };
 std::vector<ImageSource> images_from_js(const Napi::Value& value, const std::string& what);
 // Decodes every source (on the calling worker thread).

@@ -148,7 +148,11 @@ Napi::Value ModelWrap::save(const Napi::CallbackInfo& info) {
   }
   std::string directory = info[0].As<Napi::String>();
   return run_async<bool>(
-      info.Env(), [model, directory] { model->save(directory); return true; },
+      info.Env(),
+      [model, directory] {
+        model->save(directory);
+        return true;
+      },
       [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });
 }
 

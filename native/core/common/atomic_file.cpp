@@ -26,8 +26,7 @@ AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
   std::filesystem::path target(path_);
   std::random_device random;
   temp_path_ = (std::filesystem::path(directory_of(path_)) /
-                ("." + target.filename().string() + ".tmp-" + std::to_string(::getpid()) + "-" +
-                 std::to_string(random())))
+                ("." + target.filename().string() + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(random())))
                    .string();
   fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd_ < 0) fail(path_, ": cannot create a temporary file beside it (", std::strerror(errno), ")");
@@ -69,8 +68,7 @@ void AtomicFile::commit() {
   int result = ::fsync(dir_fd);
   int error = errno;
   ::close(dir_fd);
-  VT_CHECK(result == 0 || error == EINVAL, path_, ": written, but syncing its directory failed (",
-           std::strerror(error), ")");
+  VT_CHECK(result == 0 || error == EINVAL, path_, ": written, but syncing its directory failed (", std::strerror(error), ")");
 }
 
 void write_file_atomically(const std::string& path, const std::string& bytes) {

@@ -95,11 +95,11 @@ template <typename... Parts>
   throw Error(str_cat(std::forward<Parts>(parts)...), code);
 }
 
-#define VT_CHECK(condition, ...)     \
-  do {                               \
-    if (!(condition)) {              \
-      ::vt::fail(__VA_ARGS__);       \
-    }                                \
+#define VT_CHECK(condition, ...) \
+  do {                           \
+    if (!(condition)) {          \
+      ::vt::fail(__VA_ARGS__);   \
+    }                            \
   } while (false)
 
 }  // namespace vt

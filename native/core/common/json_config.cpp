@@ -21,8 +21,7 @@ std::string describe(const nlohmann::json& value) {
 
 }  // namespace
 
-JsonConfig::JsonConfig(const nlohmann::json& json, std::string source)
-    : json_(json), source_(std::move(source)) {
+JsonConfig::JsonConfig(const nlohmann::json& json, std::string source) : json_(json), source_(std::move(source)) {
   VT_CHECK(json_.is_object(), source_, ": expected a JSON object, got ", describe(json_));
 }
 
@@ -96,8 +95,7 @@ int64_t JsonConfig::get_non_negative_int(const std::string& key, int64_t fallbac
   return value;
 }
 
-std::vector<int64_t> JsonConfig::get_positive_ints(const std::string& key,
-                                                   std::vector<int64_t> fallback) const {
+std::vector<int64_t> JsonConfig::get_positive_ints(const std::string& key, std::vector<int64_t> fallback) const {
   if (!has(key)) return fallback;
   const auto& value = at(key);
   if (!value.is_array()) fail_field(key, "a list of positive integers");
@@ -122,8 +120,7 @@ std::vector<double> JsonConfig::get_numbers(const std::string& key, std::vector<
   return result;
 }
 
-std::vector<std::string> JsonConfig::get_strings(const std::string& key,
-                                                 std::vector<std::string> fallback) const {
+std::vector<std::string> JsonConfig::get_strings(const std::string& key, std::vector<std::string> fallback) const {
   if (!has(key)) return fallback;
   const auto& value = at(key);
   if (!value.is_array()) fail_field(key, "a list of strings");
@@ -139,8 +136,8 @@ std::pair<int64_t, int64_t> JsonConfig::get_size_pair(const std::string& key, in
   if (!has(key)) return {fallback, fallback};
   const auto& value = at(key);
   if (value.is_array()) {
-    if (value.size() != 2 || !value[0].is_number_integer() || !value[1].is_number_integer() ||
-        value[0].get<int64_t>() <= 0 || value[1].get<int64_t>() <= 0) {
+    if (value.size() != 2 || !value[0].is_number_integer() || !value[1].is_number_integer() || value[0].get<int64_t>() <= 0 ||
+        value[1].get<int64_t>() <= 0) {
       fail_field(key, "a positive integer or a [height, width] pair of them");
     }
     return {value[0].get<int64_t>(), value[1].get<int64_t>()};
@@ -162,8 +159,6 @@ nlohmann::json read_json_file(const std::string& path) {
   }
 }
 
-void write_json_file(const std::string& path, const nlohmann::json& json) {
-  write_file_atomically(path, json.dump(2) + "\n");
-}
+void write_json_file(const std::string& path, const nlohmann::json& json) { write_file_atomically(path, json.dump(2) + "\n"); }
 
 }  // namespace vt

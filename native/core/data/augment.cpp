@@ -55,14 +55,13 @@ void check_augment(const AugmentSpec& augment) {
     return std::isfinite(r.first) && std::isfinite(r.second) && r.first > 0 && r.first <= r.second;
   };
   if (!augment.random_resized_crop) return;
-  VT_CHECK(range_ok(augment.scale), "augment: random_resized_crop scale must be [min, max] with 0 < min <= max, got [",
-           augment.scale.first, ", ", augment.scale.second, "]");
-  VT_CHECK(range_ok(augment.ratio), "augment: random_resized_crop ratio must be [min, max] with 0 < min <= max, got [",
-           augment.ratio.first, ", ", augment.ratio.second, "]");
+  VT_CHECK(range_ok(augment.scale), "augment: random_resized_crop scale must be [min, max] with 0 < min <= max, got [", augment.scale.first,
+           ", ", augment.scale.second, "]");
+  VT_CHECK(range_ok(augment.ratio), "augment: random_resized_crop ratio must be [min, max] with 0 < min <= max, got [", augment.ratio.first,
+           ", ", augment.ratio.second, "]");
 }
 
-AugmentDraw draw_augment(int height, int width, const AugmentSpec& augment, uint64_t seed, int64_t epoch,
-                         size_t index) {
+AugmentDraw draw_augment(int height, int width, const AugmentSpec& augment, uint64_t seed, int64_t epoch, size_t index) {
   std::mt19937_64 rng(mix_seed(seed, static_cast<uint64_t>(epoch), index));
   AugmentDraw draw;
   if (augment.random_resized_crop) draw.crop = random_resized_crop_box(height, width, augment, rng);
@@ -73,8 +72,8 @@ AugmentDraw draw_augment(int height, int width, const AugmentSpec& augment, uint
 Image crop_image(const Image& image, const CropBox& box) {
   VT_CHECK(box.top >= 0 && box.left >= 0 && box.height > 0 && box.width > 0 && box.top + box.height <= image.height &&
                box.left + box.width <= image.width,
-           "crop: box (top ", box.top, ", left ", box.left, ", ", box.width, "x", box.height, ") is outside the ",
-           image.width, "x", image.height, " image");
+           "crop: box (top ", box.top, ", left ", box.left, ", ", box.width, "x", box.height, ") is outside the ", image.width, "x",
+           image.height, " image");
   Image out;
   out.width = box.width;
   out.height = box.height;
@@ -93,8 +92,7 @@ void flip_horizontal(Image& image) {
   for (int y = 0; y < image.height; ++y) {
     uint8_t* row = image.row(y);
     for (int l = 0, r = image.width - 1; l < r; ++l, --r) {
-      std::swap_ranges(row + static_cast<size_t>(l) * ch, row + static_cast<size_t>(l + 1) * ch,
-                       row + static_cast<size_t>(r) * ch);
+      std::swap_ranges(row + static_cast<size_t>(l) * ch, row + static_cast<size_t>(l + 1) * ch, row + static_cast<size_t>(r) * ch);
     }
   }
 }

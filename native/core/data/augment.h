@@ -32,10 +32,9 @@ struct AugmentDraw {
   std::optional<CropBox> crop;
   bool flip = false;
 };
-AugmentDraw draw_augment(int height, int width, const AugmentSpec& augment, uint64_t seed, int64_t epoch,
-                         size_t index);
+AugmentDraw draw_augment(int height, int width, const AugmentSpec& augment, uint64_t seed, int64_t epoch, size_t index);
 
 Image crop_image(const Image& image, const CropBox& box);  // box must lie inside the image
-void flip_horizontal(Image& image);                         // in place, any channel count
+void flip_horizontal(Image& image);                        // in place, any channel count
 
 }  // namespace vt

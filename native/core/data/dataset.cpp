@@ -44,8 +44,7 @@ std::string quoted_list(const std::vector<std::string>& names, size_t max_items 
 // Images read from files (imagefolder, manifests).
 class FileDataset : public ImageDataset {
  public:
-  FileDataset(std::vector<std::string> paths, std::vector<int64_t> labels)
-      : paths_(std::move(paths)), labels_(std::move(labels)) {}
+  FileDataset(std::vector<std::string> paths, std::vector<int64_t> labels) : paths_(std::move(paths)), labels_(std::move(labels)) {}
   size_t size() const override { return paths_.size(); }
   Image image(size_t index) const override { return read_image_file(paths_.at(index)); }
   int64_t label(size_t index) const override { return labels_.at(index); }
@@ -65,8 +64,7 @@ class IdxDataset : public ImageDataset {
   Image image(size_t index) const override {
     VT_CHECK(index < size(), describe(index), ": index out of range");
     const size_t bytes = static_cast<size_t>(images_.rows) * images_.cols;
-    return image_from_pixels(images_.pixels.data() + index * bytes, bytes, images_.cols, images_.rows, 1,
-                             describe(index));
+    return image_from_pixels(images_.pixels.data() + index * bytes, bytes, images_.cols, images_.rows, 1, describe(index));
   }
   int64_t label(size_t index) const override { return labels_.at(index); }
   std::string describe(size_t index) const override { return str_cat(source_, "[", index, "]"); }
@@ -80,8 +78,7 @@ class IdxDataset : public ImageDataset {
 // A selection of another dataset's samples (a split, a limit).
 class SubsetDataset : public ImageDataset {
  public:
-  SubsetDataset(std::shared_ptr<ImageDataset> base, std::vector<size_t> indices)
-      : base_(std::move(base)), indices_(std::move(indices)) {}
+  SubsetDataset(std::shared_ptr<ImageDataset> base, std::vector<size_t> indices) : base_(std::move(base)), indices_(std::move(indices)) {}
   size_t size() const override { return indices_.size(); }
   Image image(size_t index) const override { return base_->image(indices_.at(index)); }
   int64_t label(size_t index) const override { return base_->label(indices_.at(index)); }
@@ -140,14 +137,15 @@ std::string difference(const std::string& a_name, const std::vector<std::string>
                        const std::vector<std::string>& b) {
   const std::set<std::string> as(a.begin(), a.end()), bs(b.begin(), b.end());
   std::vector<std::string> only_a, only_b;
-  for (const std::string& s : a) if (!bs.count(s)) only_a.push_back(s);
-  for (const std::string& s : b) if (!as.count(s)) only_b.push_back(s);
+  for (const std::string& s : a)
+    if (!bs.count(s)) only_a.push_back(s);
+  for (const std::string& s : b)
+    if (!as.count(s)) only_b.push_back(s);
   std::string out;
   if (!only_a.empty()) out += "only in " + a_name + ": " + quoted_list(only_a);
   if (!only_b.empty()) out += (out.empty() ? "" : "; ") + ("only in " + b_name + ": " + quoted_list(only_b));
   if (out.empty()) {
-    out = "the same names in a different order: " + a_name + " has " + quoted_list(a) + ", " + b_name + " has " +
-          quoted_list(b);
+    out = "the same names in a different order: " + a_name + " has " + quoted_list(a) + ", " + b_name + " has " + quoted_list(b);
   }
   return out;
 }
@@ -155,20 +153,20 @@ std::string difference(const std::string& a_name, const std::vector<std::string>
 Opened open_image_folder(const std::string& root, const char* field, std::vector<std::string>& classes) {
   require_directory(root, field);
   const std::vector<std::string> found = class_folders(root);
-  VT_CHECK(!found.empty(), "no images found under ", root,
-           ": expected one subdirectory per class holding its images (", field, "/<class>/<image>)");
+  VT_CHECK(!found.empty(), "no images found under ", root, ": expected one subdirectory per class holding its images (", field,
+           "/<class>/<image>)");
   if (classes.empty()) {
     classes = found;
   } else if (found != classes) {
-    fail("the class folders of ", field, " ", root, " differ from the training classes: ",
-         difference(field, found, "the training classes", classes));
+    fail("the class folders of ", field, " ", root,
+         " differ from the training classes: ", difference(field, found, "the training classes", classes));
   }
   std::vector<std::string> paths;
   std::vector<int64_t> labels;
   for (size_t k = 0; k < classes.size(); ++k) {
     const std::vector<std::string> images = images_below(fs::path(root) / classes[k]);
-    VT_CHECK(!images.empty(), "no images found under ", (fs::path(root) / classes[k]).string(),
-             ": the class ", quoted(classes[k]), " has no .jpg, .jpeg or .png files");
+    VT_CHECK(!images.empty(), "no images found under ", (fs::path(root) / classes[k]).string(), ": the class ", quoted(classes[k]),
+             " has no .jpg, .jpeg or .png files");
     paths.insert(paths.end(), images.begin(), images.end());
     labels.insert(labels.end(), images.size(), static_cast<int64_t>(k));
   }
@@ -185,24 +183,22 @@ fs::path manifest_base(const DatasetSpec& spec, const std::string& manifest) {
 }
 
 // Maps every row's label to a class index; `names` are the training manifest's classes.
-std::vector<int64_t> label_indices(const std::vector<ManifestRow>& rows, const std::string& path,
-                                   const std::vector<std::string>& names, bool names_from_config) {
+std::vector<int64_t> label_indices(const std::vector<ManifestRow>& rows, const std::string& path, const std::vector<std::string>& names,
+                                   bool names_from_config) {
   std::map<std::string, int64_t> by_name;
   for (size_t i = 0; i < names.size(); ++i) by_name.emplace(names[i], static_cast<int64_t>(i));
   std::vector<int64_t> labels;
   labels.reserve(rows.size());
   for (const ManifestRow& row : rows) {
     if (row.label_is_index) {
-      VT_CHECK(row.label_index >= 0 && row.label_index < static_cast<int64_t>(names.size()), path, ":", row.line,
-               ": label ", row.label_index, " is out of range: there are ", names.size(), " classes",
-               names_from_config ? " in class_names" : "");
+      VT_CHECK(row.label_index >= 0 && row.label_index < static_cast<int64_t>(names.size()), path, ":", row.line, ": label ",
+               row.label_index, " is out of range: there are ", names.size(), " classes", names_from_config ? " in class_names" : "");
       labels.push_back(row.label_index);
     } else {
       auto found = by_name.find(row.label_name);
       if (found == by_name.end()) {
         fail(path, ":", row.line, ": unknown label ", quoted(row.label_name), " (",
-             names_from_config ? "not in class_names: " : "not a class of the training manifest: ",
-             quoted_list(names), ")");
+             names_from_config ? "not in class_names: " : "not a class of the training manifest: ", quoted_list(names), ")");
       }
       labels.push_back(found->second);
     }
@@ -237,9 +233,8 @@ void open_manifests(const DatasetSpec& spec, std::vector<std::string>& classes, 
   VT_CHECK(!rows.empty(), "no images found in ", spec.path, ": the manifest lists none");
   const bool indices = rows.front().label_is_index;
   if (!val_rows.empty() && val_rows.front().label_is_index != indices) {
-    fail(spec.validation_path, ":", val_rows.front().line, ": labels are ", indices ? "class names" : "integer indices",
-         " but ", spec.path, "'s are ", indices ? "integer indices" : "class names",
-         "; both manifests must label the same way");
+    fail(spec.validation_path, ":", val_rows.front().line, ": labels are ", indices ? "class names" : "integer indices", " but ", spec.path,
+         "'s are ", indices ? "integer indices" : "class names", "; both manifests must label the same way");
   }
   const bool from_config = !classes.empty();
   if (!from_config) {
@@ -262,20 +257,19 @@ void open_manifests(const DatasetSpec& spec, std::vector<std::string>& classes, 
   }
   train = manifest_dataset(spec, spec.path, rows, label_indices(rows, spec.path, classes, from_config));
   if (!spec.validation_path.empty()) {
-    validation = manifest_dataset(spec, spec.validation_path, val_rows,
-                                  label_indices(val_rows, spec.validation_path, classes, from_config));
+    validation =
+        manifest_dataset(spec, spec.validation_path, val_rows, label_indices(val_rows, spec.validation_path, classes, from_config));
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 // idx
 
-Opened open_idx(const std::string& images_path, const std::string& labels_path, size_t num_classes,
-                bool names_from_config) {
+Opened open_idx(const std::string& images_path, const std::string& labels_path, size_t num_classes, bool names_from_config) {
   IdxImages images = read_idx_images(images_path);
   std::vector<uint8_t> labels = read_idx_labels(labels_path);
-  VT_CHECK(static_cast<uint64_t>(images.count) == labels.size(), images_path, " holds ", images.count,
-           " images but ", labels_path, " holds ", labels.size(), " labels");
+  VT_CHECK(static_cast<uint64_t>(images.count) == labels.size(), images_path, " holds ", images.count, " images but ", labels_path,
+           " holds ", labels.size(), " labels");
   VT_CHECK(images.count > 0, "no images found in ", images_path);
   for (size_t i = 0; i < labels.size(); ++i) {
     VT_CHECK(labels[i] < num_classes, labels_path, "[", i, "] (the label of ", images_path, "[", i, "]): label ",
@@ -309,13 +303,11 @@ DatasetSplits open_classification_dataset(const DatasetSpec& spec, uint64_t seed
     if (format == "idx") return !spec.validation_images.empty() || !spec.validation_labels.empty();
     return !spec.validation_path.empty();
   }();
-  const char* validation_field = format == "imagefolder" ? "validation_root"
-                                 : format == "idx"        ? "validation_images"
-                                                          : "validation_path";
+  const char* validation_field = format == "imagefolder" ? "validation_root" : format == "idx" ? "validation_images" : "validation_path";
   const double split = spec.validation_split.value_or(has_validation_set ? 0.0 : 0.1);
   VT_CHECK(split >= 0.0 && split < 1.0, "dataset: validation_split must be in [0, 1), got ", split);
-  VT_CHECK(!(has_validation_set && split > 0.0), "dataset: validation_split (", split, ") cannot be combined with ",
-           validation_field, ": give one or the other");
+  VT_CHECK(!(has_validation_set && split > 0.0), "dataset: validation_split (", split, ") cannot be combined with ", validation_field,
+           ": give one or the other");
   VT_CHECK(!spec.limit || *spec.limit > 0, "dataset: limit must be a positive integer, got ", spec.limit.value_or(0));
   {
     std::set<std::string> seen;
@@ -333,8 +325,8 @@ DatasetSplits open_classification_dataset(const DatasetSpec& spec, uint64_t seed
     std::vector<std::string> folders;
     train = open_image_folder(spec.root, "root", folders);
     if (!classes.empty() && classes != folders) {
-      fail("class_names differ from the class folders of ", spec.root, " (sorted by name): ",
-           difference("class_names", classes, "the folders", folders));
+      fail("class_names differ from the class folders of ", spec.root,
+           " (sorted by name): ", difference("class_names", classes, "the folders", folders));
     }
     classes = folders;
     if (has_validation_set) validation = open_image_folder(spec.validation_root, "validation_root", folders);

@@ -17,7 +17,7 @@ namespace vt {
 
 struct AugmentSpec {
   bool random_resized_crop = false;
-  std::pair<double, double> scale{0.08, 1.0};         // torchvision's defaults
+  std::pair<double, double> scale{0.08, 1.0};  // torchvision's defaults
   std::pair<double, double> ratio{3.0 / 4.0, 4.0 / 3.0};
   bool horizontal_flip = false;
   std::vector<int> scales;  // detection: a random shortest edge per image (multi-scale)

@@ -51,15 +51,14 @@ DetectionTarget make_target(const std::vector<CocoAnnotation>& annotations, cons
   std::vector<float> boxes;
   for (size_t k = 0; k < annotations.size(); ++k) {
     const CocoAnnotation& a = annotations[k];
-    VT_CHECK(std::isfinite(a.x) && std::isfinite(a.y) && std::isfinite(a.width) && std::isfinite(a.height), name,
-             ": annotation ", k, ": bbox [", a.x, ", ", a.y, ", ", a.width, ", ", a.height,
-             "] must be finite numbers");
+    VT_CHECK(std::isfinite(a.x) && std::isfinite(a.y) && std::isfinite(a.width) && std::isfinite(a.height), name, ": annotation ", k,
+             ": bbox [", a.x, ", ", a.y, ", ", a.width, ", ", a.height, "] must be finite numbers");
     // Checked before the crowd / degenerate filters too: an unknown id is a data error either way.
     int64_t label = a.category_id;
     if (category_to_label != nullptr) {
       const auto found = category_to_label->find(a.category_id);
-      VT_CHECK(found != category_to_label->end(), name, ": annotation ", k, ": unknown category_id ",
-               a.category_id, " (not in the dataset's categories)");
+      VT_CHECK(found != category_to_label->end(), name, ": annotation ", k, ": unknown category_id ", a.category_id,
+               " (not in the dataset's categories)");
       label = found->second;
     }
     if (a.iscrowd) continue;
@@ -77,8 +76,7 @@ DetectionTarget make_target(const std::vector<CocoAnnotation>& annotations, cons
     y0 *= ratio_h;
     y1 *= ratio_h;
     // corners_to_center_format, then / [w, h, w, h] of the resized image (both float32).
-    boxes.insert(boxes.end(), {(x0 + x1) / 2.0f / norm_w, (y0 + y1) / 2.0f / norm_h, (x1 - x0) / norm_w,
-                               (y1 - y0) / norm_h});
+    boxes.insert(boxes.end(), {(x0 + x1) / 2.0f / norm_w, (y0 + y1) / 2.0f / norm_h, (x1 - x0) / norm_w, (y1 - y0) / norm_h});
     labels.push_back(label);
   }
   DetectionTarget target;
@@ -89,8 +87,7 @@ DetectionTarget make_target(const std::vector<CocoAnnotation>& annotations, cons
 }
 
 DetectionBatch assemble(const std::vector<Sample>& samples, const ImageProcessor& processor,
-                        const std::vector<std::vector<CocoAnnotation>>* annotations,
-                        const std::map<int64_t, int64_t>* category_to_label,
+                        const std::vector<std::vector<CocoAnnotation>>* annotations, const std::map<int64_t, int64_t>* category_to_label,
                         const std::vector<std::string>& names) {
   int64_t max_h = 0, max_w = 0;
   for (const Sample& s : samples) {
@@ -130,8 +127,7 @@ void check_boxes_can_follow(const ImageProcessor& processor) {
   // Boxes are scaled with the resize; a crop would also shift and cut them. ConvNeXt crops below
   // a shortest edge of 384 without do_center_crop (its crop_pct rule).
   const ImageProcessorConfig& c = processor.config();
-  const bool convnext_crop = c.processor_type == "ConvNextImageProcessor" && c.do_resize && c.shortest_edge &&
-                             *c.shortest_edge < 384;
+  const bool convnext_crop = c.processor_type == "ConvNextImageProcessor" && c.do_resize && c.shortest_edge && *c.shortest_edge < 384;
   VT_CHECK(!c.do_center_crop && !convnext_crop, "detection preprocessing: the image processor (", c.processor_type,
            ") crops, which annotation boxes cannot follow");
 }
@@ -148,25 +144,23 @@ int64_t int_field(const json& entry, const std::string& file, const std::string&
   VT_CHECK(entry.contains(key), file, ": ", where, ".", key, " is missing");
   const json& v = entry.at(key);
   VT_CHECK(v.is_number_integer(), file, ": ", where, ".", key, " must be an integer, got ", v.dump());
-  VT_CHECK(!v.is_number_unsigned() || v.get<uint64_t>() <= static_cast<uint64_t>(INT64_MAX), file, ": ", where,
-           ".", key, " is out of range: ", v.dump());
+  VT_CHECK(!v.is_number_unsigned() || v.get<uint64_t>() <= static_cast<uint64_t>(INT64_MAX), file, ": ", where, ".", key,
+           " is out of range: ", v.dump());
   return v.get<int64_t>();
 }
 
 std::string string_field(const json& entry, const std::string& file, const std::string& where, const char* key) {
   VT_CHECK(entry.contains(key), file, ": ", where, ".", key, " is missing");
   const json& v = entry.at(key);
-  VT_CHECK(v.is_string() && !v.get<std::string>().empty(), file, ": ", where, ".", key,
-           " must be a non-empty string, got ", v.dump());
+  VT_CHECK(v.is_string() && !v.get<std::string>().empty(), file, ": ", where, ".", key, " must be a non-empty string, got ", v.dump());
   return v.get<std::string>();
 }
 
-std::optional<int> optional_size(const json& entry, const std::string& file, const std::string& where,
-                                 const char* key) {
+std::optional<int> optional_size(const json& entry, const std::string& file, const std::string& where, const char* key) {
   if (!entry.contains(key) || entry.at(key).is_null()) return std::nullopt;
   const json& v = entry.at(key);
-  VT_CHECK(v.is_number_integer() && v.get<int64_t>() > 0 && v.get<int64_t>() <= (int64_t{1} << 30), file, ": ",
-           where, ".", key, " must be a positive integer, got ", v.dump());
+  VT_CHECK(v.is_number_integer() && v.get<int64_t>() > 0 && v.get<int64_t>() <= (int64_t{1} << 30), file, ": ", where, ".", key,
+           " must be a positive integer, got ", v.dump());
   return static_cast<int>(v.get<int64_t>());
 }
 
@@ -180,8 +174,8 @@ DetectionBatch preprocess_detection(const std::vector<Image>& images, const Imag
                                     const std::map<int64_t, int64_t>* category_to_label) {
   VT_CHECK(!images.empty(), "detection preprocessing: empty batch");
   if (annotations != nullptr) {
-    VT_CHECK(annotations->size() == images.size(), "detection preprocessing: ", images.size(), " images but ",
-             annotations->size(), " annotation lists");
+    VT_CHECK(annotations->size() == images.size(), "detection preprocessing: ", images.size(), " images but ", annotations->size(),
+             " annotation lists");
     check_boxes_can_follow(processor);
   }
   std::vector<Sample> samples;
@@ -195,25 +189,21 @@ DetectionBatch preprocess_detection(const std::vector<Image>& images, const Imag
 }
 
 std::vector<std::vector<Detection>> post_process_object_detection(const torch::Tensor& logits, const torch::Tensor& pred_boxes,
-                                                                  double threshold,
-                                                                  const std::vector<std::pair<int, int>>& target_sizes) {
+                                                                  double threshold, const std::vector<std::pair<int, int>>& target_sizes) {
   const char* what = "post_process_object_detection: ";
   VT_CHECK(logits.defined() && pred_boxes.defined(), what, "logits and pred_boxes are required");
   VT_CHECK(logits.dim() == 3, what, "logits must be [batch, queries, classes + 1], got ", logits.sizes());
-  VT_CHECK(logits.size(2) >= 2, what, "logits need at least one class and the no-object class, got ",
-           logits.sizes());
-  VT_CHECK(pred_boxes.dim() == 3 && pred_boxes.size(2) == 4, what, "pred_boxes must be [batch, queries, 4], got ",
-           pred_boxes.sizes());
-  VT_CHECK(pred_boxes.size(0) == logits.size(0) && pred_boxes.size(1) == logits.size(1), what, "logits ",
-           logits.sizes(), " and pred_boxes ", pred_boxes.sizes(), " differ in batch or query count");
-  VT_CHECK(logits.is_floating_point() && pred_boxes.is_floating_point(), what,
-           "logits and pred_boxes must be floating point");
+  VT_CHECK(logits.size(2) >= 2, what, "logits need at least one class and the no-object class, got ", logits.sizes());
+  VT_CHECK(pred_boxes.dim() == 3 && pred_boxes.size(2) == 4, what, "pred_boxes must be [batch, queries, 4], got ", pred_boxes.sizes());
+  VT_CHECK(pred_boxes.size(0) == logits.size(0) && pred_boxes.size(1) == logits.size(1), what, "logits ", logits.sizes(),
+           " and pred_boxes ", pred_boxes.sizes(), " differ in batch or query count");
+  VT_CHECK(logits.is_floating_point() && pred_boxes.is_floating_point(), what, "logits and pred_boxes must be floating point");
   const int64_t batch = logits.size(0);
-  VT_CHECK(target_sizes.empty() || static_cast<int64_t>(target_sizes.size()) == batch, what, batch,
-           " images in the batch but ", target_sizes.size(), " target sizes");
+  VT_CHECK(target_sizes.empty() || static_cast<int64_t>(target_sizes.size()) == batch, what, batch, " images in the batch but ",
+           target_sizes.size(), " target sizes");
   for (size_t i = 0; i < target_sizes.size(); ++i) {
-    VT_CHECK(target_sizes[i].first > 0 && target_sizes[i].second > 0, what, "target_sizes[", i, "] = (",
-             target_sizes[i].first, ", ", target_sizes[i].second, ") must be a positive (height, width)");
+    VT_CHECK(target_sizes[i].first > 0 && target_sizes[i].second > 0, what, "target_sizes[", i, "] = (", target_sizes[i].first, ", ",
+             target_sizes[i].second, ") must be a positive (height, width)");
   }
 
   torch::NoGradGuard no_grad;
@@ -305,8 +295,7 @@ CocoDetectionDataset::CocoDetectionDataset(const std::string& annotations_file, 
     const auto [it, inserted] = image_index.emplace(e.id, i);
     VT_CHECK(inserted, file, ": ", where, ".id ", e.id, " repeats images[", it->second, "].id");
     std::error_code ec;
-    VT_CHECK(fs::is_regular_file(e.path, ec), file, ": ", where, ".file_name: image file ", e.path,
-             " does not exist");
+    VT_CHECK(fs::is_regular_file(e.path, ec), file, ": ", where, ".file_name: image file ", e.path, " does not exist");
     entries_.push_back(std::move(e));
   }
 
@@ -320,21 +309,18 @@ CocoDetectionDataset::CocoDetectionDataset(const std::string& annotations_file, 
     VT_CHECK(image != image_index.end(), file, ": ", where, ".image_id ", image_id, " is not the id of any image");
     CocoAnnotation a;
     a.category_id = int_field(an, file, where, "category_id");
-    VT_CHECK(by_id.count(a.category_id), file, ": ", where, ".category_id ", a.category_id,
-             " is not the id of any category");
+    VT_CHECK(by_id.count(a.category_id), file, ": ", where, ".category_id ", a.category_id, " is not the id of any category");
     const json* bbox = an.contains("bbox") ? &an.at("bbox") : nullptr;
-    const bool bbox_ok = bbox != nullptr && bbox->is_array() && bbox->size() == 4 &&
-                         std::all_of(bbox->begin(), bbox->end(), [](const json& v) {
-                           return v.is_number() && std::isfinite(v.get<double>());
-                         });
+    const bool bbox_ok =
+        bbox != nullptr && bbox->is_array() && bbox->size() == 4 &&
+        std::all_of(bbox->begin(), bbox->end(), [](const json& v) { return v.is_number() && std::isfinite(v.get<double>()); });
     VT_CHECK(bbox_ok, file, ": ", where, ".bbox must be [x, y, width, height], got ",
              bbox != nullptr ? bbox->dump() : std::string("nothing"));
     a.x = (*bbox)[0].get<double>();
     a.y = (*bbox)[1].get<double>();
     a.width = (*bbox)[2].get<double>();
     a.height = (*bbox)[3].get<double>();
-    VT_CHECK(a.width >= 0 && a.height >= 0, file, ": ", where, ".bbox has a negative width or height: ",
-             bbox->dump());
+    VT_CHECK(a.width >= 0 && a.height >= 0, file, ": ", where, ".bbox has a negative width or height: ", bbox->dump());
     if (an.contains("area") && !an.at("area").is_null()) {
       const json& v = an.at("area");
       VT_CHECK(v.is_number() && std::isfinite(v.get<double>()) && v.get<double>() >= 0, file, ": ", where,
@@ -356,24 +342,20 @@ const std::vector<std::string>& CocoDetectionDataset::class_names() const { retu
 const std::map<int64_t, int64_t>& CocoDetectionDataset::category_to_label() const { return category_to_label_; }
 
 const CocoDetectionDataset::Entry& CocoDetectionDataset::entry(size_t index) const {
-  VT_CHECK(index < entries_.size(), "COCO dataset: index ", index, " is out of range (", entries_.size(),
-           " images)");
+  VT_CHECK(index < entries_.size(), "COCO dataset: index ", index, " is out of range (", entries_.size(), " images)");
   return entries_[index];
 }
 
 int64_t CocoDetectionDataset::image_id(size_t index) const { return entry(index).id; }
 std::string CocoDetectionDataset::describe(size_t index) const { return entry(index).path; }
-const std::vector<CocoAnnotation>& CocoDetectionDataset::annotations(size_t index) const {
-  return entry(index).annotations;
-}
+const std::vector<CocoAnnotation>& CocoDetectionDataset::annotations(size_t index) const { return entry(index).annotations; }
 
 Image CocoDetectionDataset::image(size_t index) const {
   const Entry& e = entry(index);
   Image image = read_image_file(e.path);
   if ((e.width && *e.width != image.width) || (e.height && *e.height != image.height)) {
     fail(e.source, " says ", e.width ? std::to_string(*e.width) : "?", "x", e.height ? std::to_string(*e.height) : "?",
-         " (width x height) but ", e.path, " decodes to ", image.width, "x", image.height,
-         "; the boxes would not fit the image");
+         " (width x height) but ", e.path, " decodes to ", image.width, "x", image.height, "; the boxes would not fit the image");
   }
   return image;
 }
@@ -382,8 +364,8 @@ Image CocoDetectionDataset::image(size_t index) const {
 // Training batches
 
 DetectionBatch load_detection_batch(const CocoDetectionDataset& dataset, const std::vector<size_t>& indices,
-                                    const ImageProcessor& processor, const DetectionAugment& augment, bool apply_augment,
-                                    uint64_t seed, int64_t epoch) {
+                                    const ImageProcessor& processor, const DetectionAugment& augment, bool apply_augment, uint64_t seed,
+                                    int64_t epoch) {
   VT_CHECK(!indices.empty(), "detection batch: no indices");
   check_boxes_can_follow(processor);
   const bool multi_scale = apply_augment && !augment.shortest_edges.empty();

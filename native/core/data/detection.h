@@ -34,9 +34,9 @@ struct DetectionTarget {
 };
 
 struct DetectionBatch {
-  torch::Tensor pixel_values;  // [B, C, H, W] float32, zero-padded at the bottom and right
-  torch::Tensor pixel_mask;    // [B, H, W] int64, 1 on real pixels
-  std::vector<DetectionTarget> targets;          // one per image when annotations were given
+  torch::Tensor pixel_values;                       // [B, C, H, W] float32, zero-padded at the bottom and right
+  torch::Tensor pixel_mask;                         // [B, H, W] int64, 1 on real pixels
+  std::vector<DetectionTarget> targets;             // one per image when annotations were given
   std::vector<std::pair<int, int>> original_sizes;  // (height, width) of each input image
 };
 
@@ -60,8 +60,7 @@ struct Detection {
 // size, queries scoring above `threshold` kept (in query order). Empty `target_sizes`: boxes stay
 // relative (0..1), as transformers leaves them without target sizes.
 std::vector<std::vector<Detection>> post_process_object_detection(const torch::Tensor& logits, const torch::Tensor& pred_boxes,
-                                                                  double threshold,
-                                                                  const std::vector<std::pair<int, int>>& target_sizes);
+                                                                  double threshold, const std::vector<std::pair<int, int>>& target_sizes);
 
 // A COCO-format dataset: an instances JSON (images, annotations, categories) and the directory of
 // its images. Classes are the categories sorted by id (class index = position), so id2label holds
@@ -87,8 +86,8 @@ class CocoDetectionDataset {
  private:
   struct Entry {
     int64_t id = 0;
-    std::string path;    // images_dir / file_name
-    std::string source;  // "<json>: images[i]", for errors
+    std::string path;                  // images_dir / file_name
+    std::string source;                // "<json>: images[i]", for errors
     std::optional<int> width, height;  // as the JSON states them, checked when decoding
     std::vector<CocoAnnotation> annotations;
   };
@@ -102,7 +101,7 @@ class CocoDetectionDataset {
 // One training batch from `indices`: decode, augment with an RNG seeded by (seed, epoch, index)
 // (flip moves boxes: x -> width - x - w), then preprocess_detection.
 DetectionBatch load_detection_batch(const CocoDetectionDataset& dataset, const std::vector<size_t>& indices,
-                                    const ImageProcessor& processor, const DetectionAugment& augment, bool apply_augment,
-                                    uint64_t seed, int64_t epoch);
+                                    const ImageProcessor& processor, const DetectionAugment& augment, bool apply_augment, uint64_t seed,
+                                    int64_t epoch);
 
 }  // namespace vt

@@ -31,8 +31,8 @@ std::vector<uint8_t> gunzip(const std::vector<uint8_t>& in, const std::string& p
   // ISIZE, the last 4 bytes, is the inflated size mod 2^32: a good first guess for the buffer.
   if (in.size() >= 18) {
     const size_t n = in.size();
-    out.reserve(static_cast<size_t>(in[n - 4]) | static_cast<size_t>(in[n - 3]) << 8 |
-                static_cast<size_t>(in[n - 2]) << 16 | static_cast<size_t>(in[n - 1]) << 24);
+    out.reserve(static_cast<size_t>(in[n - 4]) | static_cast<size_t>(in[n - 3]) << 8 | static_cast<size_t>(in[n - 2]) << 16 |
+                static_cast<size_t>(in[n - 1]) << 24);
   }
   z_stream zs{};
   VT_CHECK(inflateInit2(&zs, 16 + MAX_WBITS) == Z_OK, path, ": cannot initialise zlib");
@@ -73,13 +73,12 @@ std::vector<uint8_t> gunzip(const std::vector<uint8_t>& in, const std::string& p
 }
 
 uint32_t be32(const uint8_t* p) {
-  return static_cast<uint32_t>(p[0]) << 24 | static_cast<uint32_t>(p[1]) << 16 |
-         static_cast<uint32_t>(p[2]) << 8 | static_cast<uint32_t>(p[3]);
+  return static_cast<uint32_t>(p[0]) << 24 | static_cast<uint32_t>(p[1]) << 16 | static_cast<uint32_t>(p[2]) << 8 |
+         static_cast<uint32_t>(p[3]);
 }
 
 // Checks the header of an idx file of `dims` uint8 dimensions and returns the sizes.
-std::vector<uint32_t> read_header(const std::vector<uint8_t>& data, int dims, const std::string& path,
-                                  const char* what) {
+std::vector<uint32_t> read_header(const std::vector<uint8_t>& data, int dims, const std::string& path, const char* what) {
   const size_t header = 4 + 4 * static_cast<size_t>(dims);
   VT_CHECK(data.size() >= 4, path, ": truncated idx file (", data.size(), " bytes)");
   const uint32_t magic = be32(data.data());
@@ -97,16 +96,14 @@ std::vector<uint32_t> read_header(const std::vector<uint8_t>& data, int dims, co
 }
 
 // The data after the header must be exactly `items` * `item_size` bytes.
-void check_data_size(const std::vector<uint8_t>& data, size_t header, uint64_t items, uint64_t item_size,
-                     const std::string& path) {
+void check_data_size(const std::vector<uint8_t>& data, size_t header, uint64_t items, uint64_t item_size, const std::string& path) {
   const uint64_t have = data.size() - header;
   if (item_size != 0 && items > have / item_size) {
-    fail(path, ": truncated idx file: the header announces ", items, " items of ", item_size,
-         " bytes but only ", have, " data bytes follow");
+    fail(path, ": truncated idx file: the header announces ", items, " items of ", item_size, " bytes but only ", have,
+         " data bytes follow");
   }
   const uint64_t need = items * item_size;
-  VT_CHECK(have == need, path, ": ", have - need, " unexpected bytes after the ", items,
-           " items the header announces");
+  VT_CHECK(have == need, path, ": ", have - need, " unexpected bytes after the ", items, " items the header announces");
 }
 
 }  // namespace
@@ -120,8 +117,8 @@ std::vector<uint8_t> read_maybe_gzipped(const std::string& path) {
 IdxImages read_idx_images(const std::string& path) {
   std::vector<uint8_t> data = read_maybe_gzipped(path);
   const std::vector<uint32_t> dims = read_header(data, 3, path, "images (idx3-ubyte)");
-  VT_CHECK(dims[1] > 0 && dims[2] > 0 && dims[1] <= (1u << 16) && dims[2] <= (1u << 16), path,
-           ": invalid image size ", dims[2], "x", dims[1]);
+  VT_CHECK(dims[1] > 0 && dims[2] > 0 && dims[1] <= (1u << 16) && dims[2] <= (1u << 16), path, ": invalid image size ", dims[2], "x",
+           dims[1]);
   check_data_size(data, 16, dims[0], static_cast<uint64_t>(dims[1]) * dims[2], path);
   IdxImages out;
   out.count = dims[0];

@@ -31,23 +31,22 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 // (get_size_dict(..., default_to_square=False) in their __init__).
 bool size_int_is_shortest_edge(const std::string& type) {
   static const std::set<std::string> kTypes = {
-      "ConvNextImageProcessor",    "CLIPImageProcessor",          "ChineseCLIPImageProcessor",
-      "BitImageProcessor",         "MobileNetV1ImageProcessor",   "MobileNetV2ImageProcessor",
-      "MobileViTImageProcessor",   "LevitImageProcessor",         "PoolFormerImageProcessor",  "DetrImageProcessor",          "ConditionalDetrImageProcessor",
-      "DeformableDetrImageProcessor", "YolosImageProcessor",      "MaskFormerImageProcessor",
-      "Mask2FormerImageProcessor", "OneFormerImageProcessor",     "ViTHybridImageProcessor"};
+      "ConvNextImageProcessor",    "CLIPImageProcessor",        "ChineseCLIPImageProcessor",     "BitImageProcessor",
+      "MobileNetV1ImageProcessor", "MobileNetV2ImageProcessor", "MobileViTImageProcessor",       "LevitImageProcessor",
+      "PoolFormerImageProcessor",  "DetrImageProcessor",        "ConditionalDetrImageProcessor", "DeformableDetrImageProcessor",
+      "YolosImageProcessor",       "MaskFormerImageProcessor",  "Mask2FormerImageProcessor",     "OneFormerImageProcessor",
+      "ViTHybridImageProcessor"};
   return kTypes.count(type) > 0;
 }
 
 // Processor classes with a do_center_crop step (their default is usually true, so to_json must
 // write a false value out instead of leaving it to the class default).
 bool has_center_crop_step(const std::string& type) {
-  static const std::set<std::string> kTypes = {
-      "DeiTImageProcessor",        "BeitImageProcessor",        "Data2VecVisionImageProcessor",
-      "CLIPImageProcessor",        "ChineseCLIPImageProcessor", "BitImageProcessor",
-      "ViTHybridImageProcessor",   "MobileNetV1ImageProcessor", "MobileNetV2ImageProcessor",
-      "MobileViTImageProcessor",   "LevitImageProcessor",       "EfficientFormerImageProcessor",
-      "PoolFormerImageProcessor",  "FlavaImageProcessor"};
+  static const std::set<std::string> kTypes = {"DeiTImageProcessor",       "BeitImageProcessor",        "Data2VecVisionImageProcessor",
+                                               "CLIPImageProcessor",       "ChineseCLIPImageProcessor", "BitImageProcessor",
+                                               "ViTHybridImageProcessor",  "MobileNetV1ImageProcessor", "MobileNetV2ImageProcessor",
+                                               "MobileViTImageProcessor",  "LevitImageProcessor",       "EfficientFormerImageProcessor",
+                                               "PoolFormerImageProcessor", "FlavaImageProcessor"};
   return kTypes.count(type) > 0;
 }
 
@@ -64,23 +63,20 @@ const char* unsupported_reason(const std::string& type) {
 bool is_convnext(const std::string& type) { return type == "ConvNextImageProcessor"; }
 
 bool is_detr_family(const std::string& type) {
-  return type == "DetrImageProcessor" || type == "ConditionalDetrImageProcessor" ||
-         type == "DeformableDetrImageProcessor";
+  return type == "DetrImageProcessor" || type == "ConditionalDetrImageProcessor" || type == "DeformableDetrImageProcessor";
 }
 
 bool is_maskformer_family(const std::string& type) {
-  return type == "MaskFormerImageProcessor" || type == "Mask2FormerImageProcessor" ||
-         type == "OneFormerImageProcessor";
+  return type == "MaskFormerImageProcessor" || type == "Mask2FormerImageProcessor" || type == "OneFormerImageProcessor";
 }
 
 // Default "resample" of processor classes whose default is not BILINEAR (used only when the
 // file omits the field; save_pretrained always writes it).
 Resample default_resample(const std::string& type) {
   static const std::set<std::string> kBicubic = {
-      "DeiTImageProcessor",      "BeitImageProcessor",        "CLIPImageProcessor",
-      "ChineseCLIPImageProcessor", "BitImageProcessor",       "ViTHybridImageProcessor",
-      "LevitImageProcessor",     "EfficientFormerImageProcessor", "PoolFormerImageProcessor",
-      "BlipImageProcessor"};
+      "DeiTImageProcessor",       "BeitImageProcessor",      "CLIPImageProcessor",  "ChineseCLIPImageProcessor",
+      "BitImageProcessor",        "ViTHybridImageProcessor", "LevitImageProcessor", "EfficientFormerImageProcessor",
+      "PoolFormerImageProcessor", "BlipImageProcessor"};
   return kBicubic.count(type) ? Resample::Bicubic : Resample::Bilinear;
 }
 
@@ -128,8 +124,7 @@ struct SizeDict {
 // get_size_dict: a dict is taken as is (and must have a valid key set); an int is
 // {height: s, width: s} or {shortest_edge: s} (+ longest_edge from a legacy max_size); a
 // 2-list is (height, width).
-SizeDict read_size(const json& v, const std::string& field, bool int_is_shortest_edge,
-                   std::optional<int> legacy_max_size) {
+SizeDict read_size(const json& v, const std::string& field, bool int_is_shortest_edge, std::optional<int> legacy_max_size) {
   SizeDict s;
   if (v.is_number_integer()) {
     const int n = positive_int(v, field);
@@ -153,15 +148,19 @@ SizeDict read_size(const json& v, const std::string& field, bool int_is_shortest
     const std::string& key = it.key();
     if (it.value().is_null()) continue;
     const int n = positive_int(it.value(), field + "." + key);
-    if (key == "height") s.height = n;
-    else if (key == "width") s.width = n;
-    else if (key == "shortest_edge") s.shortest_edge = n;
-    else if (key == "longest_edge") s.longest_edge = n;
-    else bad_field(field, "a dict with height/width or shortest_edge[/longest_edge]", v);
+    if (key == "height")
+      s.height = n;
+    else if (key == "width")
+      s.width = n;
+    else if (key == "shortest_edge")
+      s.shortest_edge = n;
+    else if (key == "longest_edge")
+      s.longest_edge = n;
+    else
+      bad_field(field, "a dict with height/width or shortest_edge[/longest_edge]", v);
     keys.insert(key);
   }
-  const bool valid = keys == std::set<std::string>{"height", "width"} ||
-                     keys == std::set<std::string>{"shortest_edge"} ||
+  const bool valid = keys == std::set<std::string>{"height", "width"} || keys == std::set<std::string>{"shortest_edge"} ||
                      keys == std::set<std::string>{"shortest_edge", "longest_edge"};
   if (!valid) {
     bad_field(field, "{height, width}, {shortest_edge} or {shortest_edge, longest_edge}", v);
@@ -189,15 +188,14 @@ std::pair<int, int> shortest_edge_size(int height, int width, int size, std::opt
   int64_t new_short = size;
   int64_t new_long = static_cast<int64_t>(static_cast<double>(size * long_side) / short_side);
   if (max_size) {
-    VT_CHECK(*max_size > size, kFile, ": longest_edge = ", *max_size,
-             " must be greater than shortest_edge = ", size);
+    VT_CHECK(*max_size > size, kFile, ": longest_edge = ", *max_size, " must be greater than shortest_edge = ", size);
     if (new_long > *max_size) {
       new_short = static_cast<int64_t>(static_cast<double>(*max_size * new_short) / new_long);
       new_long = *max_size;
     }
   }
-  VT_CHECK(new_short > 0 && new_long > 0, "image processor: resizing ", width, "x", height,
-           " to shortest edge ", size, " gives an empty image");
+  VT_CHECK(new_short > 0 && new_long > 0, "image processor: resizing ", width, "x", height, " to shortest edge ", size,
+           " gives an empty image");
   return width_short ? std::pair<int, int>(static_cast<int>(new_long), static_cast<int>(new_short))
                      : std::pair<int, int>(static_cast<int>(new_short), static_cast<int>(new_long));
 }
@@ -246,16 +244,13 @@ Image center_crop(const Image& image, int crop_height, int crop_width) {
   for (int y = 0; y < crop_height; ++y) {
     const int sy = y + top;
     if (sy < 0 || sy >= image.height) continue;
-    std::copy(image.row(sy) + static_cast<size_t>(x0 + left) * ch,
-              image.row(sy) + static_cast<size_t>(x1 + left) * ch,
+    std::copy(image.row(sy) + static_cast<size_t>(x0 + left) * ch, image.row(sy) + static_cast<size_t>(x1 + left) * ch,
               out.row(y) + static_cast<size_t>(x0) * ch);
   }
   return out;
 }
 
-std::string describe(const torch::Tensor& t) {
-  return str_cat(t.size(0), "x", t.size(1), "x", t.size(2));
-}
+std::string describe(const torch::Tensor& t) { return str_cat(t.size(0), "x", t.size(1), "x", t.size(2)); }
 
 }  // namespace
 
@@ -296,8 +291,7 @@ ImageProcessorConfig ImageProcessorConfig::from_json(const json& j) {
     legacy_max_size = 1333;  // their __init__ default when "size" is a bare integer
   }
   if (has("size")) {
-    const SizeDict s = read_size(j.at("size"), "size", size_int_is_shortest_edge(c.processor_type),
-                                 legacy_max_size);
+    const SizeDict s = read_size(j.at("size"), "size", size_int_is_shortest_edge(c.processor_type), legacy_max_size);
     c.size_height = s.height;
     c.size_width = s.width;
     c.shortest_edge = s.shortest_edge;
@@ -360,8 +354,7 @@ ImageProcessorConfig ImageProcessorConfig::from_json(const json& j) {
   if (c.do_resize) {
     const std::string& t = c.processor_type;
     if (is_convnext(t)) {
-      VT_CHECK(c.shortest_edge && !c.longest_edge, kFile, ": ", t,
-               " needs size {shortest_edge}, got ", j.at("size").dump());
+      VT_CHECK(c.shortest_edge && !c.longest_edge, kFile, ": ", t, " needs size {shortest_edge}, got ", j.at("size").dump());
     }
   }
 
@@ -403,17 +396,16 @@ json ImageProcessorConfig::to_json() const {
 // ---------------------------------------------------------------------------------------------
 // Processor
 
-ImageProcessor::ImageProcessor(ImageProcessorConfig config, int channels)
-    : config_(std::move(config)), channels_(channels) {
-  VT_CHECK(channels_ == 1 || channels_ == 3 || channels_ == 4,
-           "image processor: the model's num_channels must be 1, 3 or 4, got ", channels_);
+ImageProcessor::ImageProcessor(ImageProcessorConfig config, int channels) : config_(std::move(config)), channels_(channels) {
+  VT_CHECK(channels_ == 1 || channels_ == 3 || channels_ == 4, "image processor: the model's num_channels must be 1, 3 or 4, got ",
+           channels_);
   if (const char* reason = unsupported_reason(config_.processor_type)) {
     fail(kFile, ": ", config_.processor_type, " is not supported: ", reason);
   }
   auto broadcast = [&](std::vector<double>& v, const char* name) {
     if (v.size() == 1) v.assign(channels_, v[0]);
-    VT_CHECK(static_cast<int>(v.size()) == channels_, kFile, ": ", name, " has ", v.size(),
-             " entries but the model has ", channels_, " channel", channels_ == 1 ? "" : "s");
+    VT_CHECK(static_cast<int>(v.size()) == channels_, kFile, ": ", name, " has ", v.size(), " entries but the model has ", channels_,
+             " channel", channels_ == 1 ? "" : "s");
   };
   if (config_.do_normalize) {
     broadcast(config_.image_mean, "image_mean");
@@ -421,15 +413,13 @@ ImageProcessor::ImageProcessor(ImageProcessorConfig config, int channels)
   }
   if (config_.do_resize) {
     const auto& c = config_;
-    VT_CHECK((c.size_height && c.size_width) || c.shortest_edge, kFile,
-             ": size must give {height, width} or shortest_edge");
+    VT_CHECK((c.size_height && c.size_width) || c.shortest_edge, kFile, ": size must give {height, width} or shortest_edge");
     if (is_convnext(c.processor_type)) {
       VT_CHECK(c.shortest_edge, kFile, ": ConvNextImageProcessor needs size {shortest_edge}");
     }
   }
   if (config_.do_center_crop) {
-    VT_CHECK(config_.crop_height && config_.crop_width, kFile,
-             ": crop_size is missing (do_center_crop is true)");
+    VT_CHECK(config_.crop_height && config_.crop_width, kFile, ": crop_size is missing (do_center_crop is true)");
   }
   const auto& c = config_;
   tables_.resize(channels_);
@@ -468,10 +458,8 @@ Plan make_plan(const ImageProcessorConfig& c, int height, int width) {
       if (se < 384) {
         const double pct = c.crop_pct.value_or(224.0 / 256.0);
         const double scaled = se / pct;
-        VT_CHECK(scaled >= 1.0 && scaled < 1e9, kFile, ": shortest_edge / crop_pct = ", scaled,
-                 " is not a usable size");
-        std::tie(p.resize_h, p.resize_w) =
-            shortest_edge_size(height, width, static_cast<int>(scaled), std::nullopt);
+        VT_CHECK(scaled >= 1.0 && scaled < 1e9, kFile, ": shortest_edge / crop_pct = ", scaled, " is not a usable size");
+        std::tie(p.resize_h, p.resize_w) = shortest_edge_size(height, width, static_cast<int>(scaled), std::nullopt);
         p.crop = true;
         p.crop_h = p.crop_w = se;
       } else {
@@ -483,8 +471,7 @@ Plan make_plan(const ImageProcessorConfig& c, int height, int width) {
     } else if (is_detr_family(t)) {
       std::tie(p.resize_h, p.resize_w) = detr_size(height, width, *c.shortest_edge, c.longest_edge);
     } else {
-      std::tie(p.resize_h, p.resize_w) =
-          shortest_edge_size(height, width, *c.shortest_edge, c.longest_edge);
+      std::tie(p.resize_h, p.resize_w) = shortest_edge_size(height, width, *c.shortest_edge, c.longest_edge);
     }
     if (is_maskformer_family(t) && c.size_divisor > 0) {
       const double d = c.size_divisor;
@@ -511,9 +498,7 @@ std::pair<int, int> ImageProcessor::output_size(int height, int width) const {
   return {height, width};
 }
 
-Image ImageProcessor::prepare(const Image& input) const {
-  return resize_and_crop(convert_channels(input, channels_), config_.resample);
-}
+Image ImageProcessor::prepare(const Image& input) const { return resize_and_crop(convert_channels(input, channels_), config_.resample); }
 
 Image ImageProcessor::resize_and_crop(Image image, Resample filter) const {
   const Plan p = make_plan(config_, image.height, image.width);
@@ -531,9 +516,8 @@ torch::Tensor ImageProcessor::normalize(const Image& prepared) const {
 void ImageProcessor::normalize_into(const Image& prepared, float* out) const {
   const int ch = prepared.channels;
   VT_CHECK(ch == channels_, "image processor: normalize expects ", channels_, "-channel images, got ", ch);
-  VT_CHECK(prepared.pixels.size() == static_cast<size_t>(prepared.width) * prepared.height * ch,
-           "image processor: ", prepared.width, "x", prepared.height, "x", ch, " image has ",
-           prepared.pixels.size(), " bytes");
+  VT_CHECK(prepared.pixels.size() == static_cast<size_t>(prepared.width) * prepared.height * ch, "image processor: ", prepared.width, "x",
+           prepared.height, "x", ch, " image has ", prepared.pixels.size(), " bytes");
   const int64_t plane = static_cast<int64_t>(prepared.width) * prepared.height;
   for (int b = 0; b < ch; ++b) {
     const float* table = tables_[b].data();
@@ -556,9 +540,8 @@ torch::Tensor ImageProcessor::process_batch(const std::vector<Image>& images) co
       fail("image ", i, ": ", e.what());
     }
     if (i > 0 && !tensors[i].sizes().equals(tensors[0].sizes())) {
-      fail("image processor: image ", i, " (", images[i].width, "x", images[i].height,
-           ") comes out as ", describe(tensors[i]), " (CxHxW) but image 0 (", images[0].width,
-           "x", images[0].height, ") as ", describe(tensors[0]),
+      fail("image processor: image ", i, " (", images[i].width, "x", images[i].height, ") comes out as ", describe(tensors[i]),
+           " (CxHxW) but image 0 (", images[0].width, "x", images[0].height, ") as ", describe(tensors[0]),
            "; this processor does not produce a fixed size, so such images cannot share a batch");
     }
   }

@@ -25,8 +25,8 @@ namespace {
 
 // The uint8 image the loader normalizes: the processor's own geometry (evaluation), or the
 // augmentation, whose RandomResizedCrop replaces the processor's resize and crop.
-Image prepare_image(const Image& image, const ImageProcessor& processor, const AugmentSpec& augment,
-                    bool apply_augment, uint64_t seed, int64_t epoch, size_t index) {
+Image prepare_image(const Image& image, const ImageProcessor& processor, const AugmentSpec& augment, bool apply_augment, uint64_t seed,
+                    int64_t epoch, size_t index) {
   if (!apply_augment || !augment.any()) return processor.prepare(image);
   const AugmentDraw draw = draw_augment(image.height, image.width, augment, seed, epoch, index);
   Image out;
@@ -36,9 +36,7 @@ Image prepare_image(const Image& image, const ImageProcessor& processor, const A
     // The processor's output size for this crop: fixed for {height, width} processors and for
     // those ending in a center crop.
     const auto [out_h, out_w] = processor.output_size(box.height, box.width);
-    out = out_h == box.height && out_w == box.width
-              ? std::move(cropped)
-              : resize_image(cropped, out_w, out_h, processor.config().resample);
+    out = out_h == box.height && out_w == box.width ? std::move(cropped) : resize_image(cropped, out_w, out_h, processor.config().resample);
   } else {
     out = processor.prepare(image);
   }
@@ -46,14 +44,12 @@ Image prepare_image(const Image& image, const ImageProcessor& processor, const A
   return out;
 }
 
-std::string shape_text(const Image& image) {
-  return str_cat(image.channels, "x", image.height, "x", image.width);
-}
+std::string shape_text(const Image& image) { return str_cat(image.channels, "x", image.height, "x", image.width); }
 
 }  // namespace
 
-torch::Tensor prepare_sample(const Image& image, const ImageProcessor& processor, const AugmentSpec& augment,
-                             bool apply_augment, uint64_t seed, int64_t epoch, size_t index) {
+torch::Tensor prepare_sample(const Image& image, const ImageProcessor& processor, const AugmentSpec& augment, bool apply_augment,
+                             uint64_t seed, int64_t epoch, size_t index) {
   if (apply_augment) check_augment(augment);
   return processor.normalize(prepare_image(image, processor, augment, apply_augment, seed, epoch, index));
 }
@@ -122,13 +118,13 @@ struct BatchLoader::Impl {
   std::condition_variable can_claim;  // workers: the window moved, or stop
   std::condition_variable ready;      // next(): a batch is done
   bool stop = false;
-  bool halted = false;          // a batch failed: no point building later ones
-  size_t next_claim = 0;        // the next batch a worker takes
-  size_t next_deliver = 0;      // the next batch next() returns
-  std::map<size_t, Done> done;  // built, not yet delivered
+  bool halted = false;              // a batch failed: no point building later ones
+  size_t next_claim = 0;            // the next batch a worker takes
+  size_t next_deliver = 0;          // the next batch next() returns
+  std::map<size_t, Done> done;      // built, not yet delivered
   std::atomic<bool> cancel{false};  // lets a worker abandon a batch between samples
   std::vector<std::thread> workers;
-  std::exception_ptr failed;    // a delivered error stays until the next start_epoch
+  std::exception_ptr failed;  // a delivered error stays until the next start_epoch
 
   size_t batches_per_epoch() const {
     const size_t n = sampler.size(), b = options.batch_size;
@@ -140,8 +136,9 @@ struct BatchLoader::Impl {
     ErrorScope errors(ErrorCode::Dataset);  // on a loader thread: a failing sample is the dataset's
     const size_t begin = b * options.batch_size;
     const size_t end = std::min(order.size(), begin + options.batch_size);
-    return builder(std::vector<size_t>(order.begin() + static_cast<std::ptrdiff_t>(begin), order.begin() + static_cast<std::ptrdiff_t>(end)),
-                   epoch, cancel);
+    return builder(
+        std::vector<size_t>(order.begin() + static_cast<std::ptrdiff_t>(begin), order.begin() + static_cast<std::ptrdiff_t>(end)), epoch,
+        cancel);
   }
 
   void worker_loop() {
@@ -152,9 +149,7 @@ struct BatchLoader::Impl {
       size_t b = 0;
       {
         std::unique_lock<std::mutex> lock(mutex);
-        can_claim.wait(lock, [&] {
-          return stop || halted || next_claim >= end_batch || next_claim < next_deliver + window;
-        });
+        can_claim.wait(lock, [&] { return stop || halted || next_claim >= end_batch || next_claim < next_deliver + window; });
         if (stop || halted || next_claim >= end_batch) return;
         b = next_claim++;
       }
@@ -207,10 +202,10 @@ struct BatchLoader::Impl {
 BatchLoader::BatchLoader(Sampler sampler, BatchBuilder build, LoaderOptions options) : impl_(std::make_unique<Impl>()) {
   VT_CHECK(build != nullptr, "BatchLoader: no batch builder");
   VT_CHECK(options.batch_size > 0, "BatchLoader: batch_size must be positive");
-  VT_CHECK(options.num_workers >= 0 && options.num_workers <= 256,
-           "BatchLoader: num_workers must be between 0 and 256, got ", options.num_workers);
-  VT_CHECK(options.num_workers == 0 || options.prefetch_batches >= 1,
-           "BatchLoader: prefetch_batches must be at least 1, got ", options.prefetch_batches);
+  VT_CHECK(options.num_workers >= 0 && options.num_workers <= 256, "BatchLoader: num_workers must be between 0 and 256, got ",
+           options.num_workers);
+  VT_CHECK(options.num_workers == 0 || options.prefetch_batches >= 1, "BatchLoader: prefetch_batches must be at least 1, got ",
+           options.prefetch_batches);
   impl_->sampler = std::move(sampler);
   impl_->builder = std::move(build);
   impl_->options = options;
@@ -228,8 +223,8 @@ std::shared_ptr<ImageDataset> checked(std::shared_ptr<ImageDataset> dataset, con
 
 }  // namespace
 
-BatchLoader::BatchLoader(std::shared_ptr<ImageDataset> dataset, std::shared_ptr<const ImageProcessor> processor,
-                         AugmentSpec augment, LoaderOptions options)
+BatchLoader::BatchLoader(std::shared_ptr<ImageDataset> dataset, std::shared_ptr<const ImageProcessor> processor, AugmentSpec augment,
+                         LoaderOptions options)
     : BatchLoader(Sampler::over(checked(dataset, processor, augment, options)->size(), options.shuffle, options.seed),
                   classification_batches(dataset, processor, augment, options.augment, options.seed), options) {}
 
@@ -240,8 +235,7 @@ size_t BatchLoader::batches_per_epoch() const { return impl_->batches_per_epoch(
 void BatchLoader::start_epoch(int64_t epoch, size_t first_batch) {
   Impl& s = *impl_;
   const size_t batches = s.batches_per_epoch();
-  VT_CHECK(first_batch <= batches, "BatchLoader: cannot start at batch ", first_batch, ": an epoch has ", batches,
-           " batches");
+  VT_CHECK(first_batch <= batches, "BatchLoader: cannot start at batch ", first_batch, ": an epoch has ", batches, " batches");
   s.stop_workers();
   s.order = s.sampler.epoch_order(epoch);
   s.epoch = epoch;

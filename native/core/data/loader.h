@@ -40,10 +40,10 @@ struct LoaderOptions {
   size_t batch_size = 8;
   bool shuffle = true;
   bool drop_last = false;
-  bool augment = false;          // apply the AugmentSpec (training), or not (evaluation)
+  bool augment = false;  // apply the AugmentSpec (training), or not (evaluation)
   uint64_t seed = 42;
-  int num_workers = 2;           // loader threads; 0 loads on the calling thread
-  int prefetch_batches = 4;      // batches kept ready ahead of next()
+  int num_workers = 2;       // loader threads; 0 loads on the calling thread
+  int prefetch_batches = 4;  // batches kept ready ahead of next()
 };
 
 class BatchLoader {
@@ -52,8 +52,8 @@ class BatchLoader {
   // are the sampler's and the builder's business here).
   BatchLoader(Sampler sampler, BatchBuilder build, LoaderOptions options);
   // Classification: images and their class indices, augmented with `augment` when options.augment.
-  BatchLoader(std::shared_ptr<ImageDataset> dataset, std::shared_ptr<const ImageProcessor> processor,
-              AugmentSpec augment, LoaderOptions options);
+  BatchLoader(std::shared_ptr<ImageDataset> dataset, std::shared_ptr<const ImageProcessor> processor, AugmentSpec augment,
+              LoaderOptions options);
   ~BatchLoader();  // stops and joins the loader threads
   BatchLoader(const BatchLoader&) = delete;
   BatchLoader& operator=(const BatchLoader&) = delete;
@@ -79,7 +79,7 @@ BatchBuilder classification_batches(std::shared_ptr<ImageDataset> dataset, std::
 // One training sample as the loader prepares it (exposed for tests): decode, convert channels,
 // augment with an RNG seeded by (seed, epoch, index), then the processor's resize/crop (skipped
 // when RandomResizedCrop already produced the output size), rescale and normalize.
-torch::Tensor prepare_sample(const Image& image, const ImageProcessor& processor, const AugmentSpec& augment,
-                             bool apply_augment, uint64_t seed, int64_t epoch, size_t index);
+torch::Tensor prepare_sample(const Image& image, const ImageProcessor& processor, const AugmentSpec& augment, bool apply_augment,
+                             uint64_t seed, int64_t epoch, size_t index);
 
 }  // namespace vt

@@ -34,8 +34,7 @@ bool parse_index(const std::string& text, int64_t& value, const std::string& whe
     if (text[i] < '0' || text[i] > '9') return false;
   }
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  VT_CHECK(ec == std::errc() && end == text.data() + text.size(), where, ": label ", text,
-           " is out of range");
+  VT_CHECK(ec == std::errc() && end == text.data() + text.size(), where, ": label ", text, " is out of range");
   return true;
 }
 
@@ -74,8 +73,8 @@ struct CsvManifest {
   // Row r (0-based, after the header), checked to have the header's field count.
   const CsvRecord& row(size_t r) const {
     const CsvRecord& record = records[r + 1];
-    VT_CHECK(record.fields.size() == header().fields.size(), path, ":", record.line, ": ", record.fields.size(),
-             " field", record.fields.size() == 1 ? "" : "s", ", but the header has ", header().fields.size());
+    VT_CHECK(record.fields.size() == header().fields.size(), path, ":", record.line, ": ", record.fields.size(), " field",
+             record.fields.size() == 1 ? "" : "s", ", but the header has ", header().fields.size());
     return record;
   }
 };
@@ -87,14 +86,12 @@ CsvManifest read_csv_table(const std::string& path) {
   VT_CHECK(!csv.records.empty(), path, ": empty file, expected a header row naming the columns");
   const CsvRecord& header = csv.header();
   for (size_t i = 0; i < header.fields.size(); ++i) {
-    VT_CHECK(csv.columns.emplace(header.fields[i], i).second, path, ":", header.line, ": duplicate column ",
-             quoted(header.fields[i]));
+    VT_CHECK(csv.columns.emplace(header.fields[i], i).second, path, ":", header.line, ": duplicate column ", quoted(header.fields[i]));
   }
   return csv;
 }
 
-std::vector<ManifestRow> read_csv_manifest(const std::string& path, const std::string& image_column,
-                                           const std::string& label_column) {
+std::vector<ManifestRow> read_csv_manifest(const std::string& path, const std::string& image_column, const std::string& label_column) {
   const CsvManifest csv = read_csv_table(path);
   const size_t image_at = csv.column(image_column);
   const size_t label_at = csv.column(label_column);
@@ -118,8 +115,7 @@ std::vector<ManifestRow> read_csv_manifest(const std::string& path, const std::s
 }
 
 // Calls `row(line, object)` for every non-blank line of a JSONL file; each must be an object.
-void for_each_jsonl_object(const std::string& path,
-                           const std::function<void(size_t, const nlohmann::json&)>& row) {
+void for_each_jsonl_object(const std::string& path, const std::function<void(size_t, const nlohmann::json&)>& row) {
   const std::string text = read_text(path);
   size_t pos = skip_bom(text);
   for (size_t line = 1; pos < text.size(); ++line) {
@@ -143,36 +139,33 @@ void for_each_jsonl_object(const std::string& path,
   }
 }
 
-const nlohmann::json& jsonl_field(const nlohmann::json& object, const std::string& path, size_t line,
-                                  const std::string& name) {
+const nlohmann::json& jsonl_field(const nlohmann::json& object, const std::string& path, size_t line, const std::string& name) {
   auto found = object.find(name);
   VT_CHECK(found != object.end(), path, ":", line, ": no column ", quoted(name));
   return *found;
 }
 
-std::vector<ManifestRow> read_jsonl_manifest(const std::string& path, const std::string& image_column,
-                                             const std::string& label_column) {
+std::vector<ManifestRow> read_jsonl_manifest(const std::string& path, const std::string& image_column, const std::string& label_column) {
   std::vector<ManifestRow> rows;
   for_each_jsonl_object(path, [&](size_t line, const nlohmann::json& object) {
     ManifestRow row;
     row.line = line;
     const nlohmann::json& image = jsonl_field(object, path, line, image_column);
-    VT_CHECK(image.is_string() && !image.get<std::string>().empty(), path, ":", line, ": ",
-             quoted(image_column), " must be a non-empty string (an image path), got ", image.dump());
+    VT_CHECK(image.is_string() && !image.get<std::string>().empty(), path, ":", line, ": ", quoted(image_column),
+             " must be a non-empty string (an image path), got ", image.dump());
     row.image = image.get<std::string>();
     const nlohmann::json& label = jsonl_field(object, path, line, label_column);
     if (label.is_number_integer()) {
       row.label_is_index = true;
       if (label.is_number_unsigned()) {
-        VT_CHECK(label.get<uint64_t>() <= static_cast<uint64_t>(INT64_MAX), path, ":", line, ": label ",
-                 label.dump(), " is out of range");
+        VT_CHECK(label.get<uint64_t>() <= static_cast<uint64_t>(INT64_MAX), path, ":", line, ": label ", label.dump(), " is out of range");
       }
       row.label_index = label.get<int64_t>();
     } else if (label.is_string() && !label.get<std::string>().empty()) {
       row.label_name = label.get<std::string>();
     } else {
-      fail(path, ":", line, ": ", quoted(label_column),
-           " must be a class name (a non-empty string) or an integer class index, got ", label.dump());
+      fail(path, ":", line, ": ", quoted(label_column), " must be a class name (a non-empty string) or an integer class index, got ",
+           label.dump());
     }
     rows.push_back(std::move(row));
   });
@@ -236,8 +229,8 @@ std::vector<CsvRecord> parse_csv(const std::string& text, const std::string& sou
   return records;
 }
 
-std::vector<ManifestRow> read_manifest(const std::string& path, const std::string& format,
-                                       const std::string& image_column, const std::string& label_column) {
+std::vector<ManifestRow> read_manifest(const std::string& path, const std::string& format, const std::string& image_column,
+                                       const std::string& label_column) {
   std::vector<ManifestRow> rows;
   if (format == "csv") {
     rows = read_csv_manifest(path, image_column, label_column);

@@ -21,16 +21,16 @@ std::vector<CsvRecord> parse_csv(const std::string& text, const std::string& sou
 
 struct ManifestRow {
   size_t line = 0;
-  std::string image;           // as written: relative to the dataset's root, or absolute
-  bool label_is_index = false; // an integer (JSON number, or a CSV field of digits) ...
+  std::string image;            // as written: relative to the dataset's root, or absolute
+  bool label_is_index = false;  // an integer (JSON number, or a CSV field of digits) ...
   int64_t label_index = 0;
-  std::string label_name;      // ... or a class name
+  std::string label_name;  // ... or a class name
 };
 
 // Reads a "csv" or "jsonl" manifest. A CSV label made only of digits (optionally signed) is an
 // index, anything else a class name; in JSONL, numbers are indices and strings names.
-std::vector<ManifestRow> read_manifest(const std::string& path, const std::string& format,
-                                       const std::string& image_column, const std::string& label_column);
+std::vector<ManifestRow> read_manifest(const std::string& path, const std::string& format, const std::string& image_column,
+                                       const std::string& label_column);
 
 // Rows of a manifest whose columns are all file paths (segmentation: image and mask), values in
 // the order of `columns`. CSV fields are taken as written; JSONL values must be strings. Empty
@@ -39,7 +39,6 @@ struct ManifestPaths {
   size_t line = 0;
   std::vector<std::string> values;
 };
-std::vector<ManifestPaths> read_manifest_paths(const std::string& path, const std::string& format,
-                                               const std::vector<std::string>& columns);
+std::vector<ManifestPaths> read_manifest_paths(const std::string& path, const std::string& format, const std::vector<std::string>& columns);
 
 }  // namespace vt

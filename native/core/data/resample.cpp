@@ -132,8 +132,7 @@ inline uint8_t clip8(int64_t acc) {
 }
 
 // Horizontal pass over rows [row0, row0 + rows) of `in`.
-Image resample_horizontal(const Image& in, int out_width, int row0, int rows,
-                          const Coefficients& c) {
+Image resample_horizontal(const Image& in, int out_width, int row0, int rows, const Coefficients& c) {
   const int ch = in.channels;
   Image out;
   out.width = out_width;
@@ -287,21 +286,16 @@ Resample resample_from_code(int code) {
     case 5: return Resample::Hamming;
     default: break;
   }
-  fail("unknown resample code ", code,
-       " (expected 0 nearest, 1 lanczos, 2 bilinear, 3 bicubic, 4 box or 5 hamming)");
+  fail("unknown resample code ", code, " (expected 0 nearest, 1 lanczos, 2 bilinear, 3 bicubic, 4 box or 5 hamming)");
 }
 
 Image resize_image(const Image& image, int width, int height, Resample filter) {
-  VT_CHECK(width > 0 && height > 0, "resize: target size must be positive, got ", width, "x",
-           height);
-  VT_CHECK(image.width > 0 && image.height > 0, "resize: empty source image (", image.width,
-           "x", image.height, ")");
-  VT_CHECK(image.channels == 1 || image.channels == 3 || image.channels == 4,
-           "resize: unsupported channel count ", image.channels, " (expected 1, 3 or 4)");
-  VT_CHECK(image.pixels.size() ==
-               static_cast<size_t>(image.width) * image.height * image.channels,
-           "resize: pixel buffer holds ", image.pixels.size(), " bytes, expected ",
-           static_cast<size_t>(image.width) * image.height * image.channels);
+  VT_CHECK(width > 0 && height > 0, "resize: target size must be positive, got ", width, "x", height);
+  VT_CHECK(image.width > 0 && image.height > 0, "resize: empty source image (", image.width, "x", image.height, ")");
+  VT_CHECK(image.channels == 1 || image.channels == 3 || image.channels == 4, "resize: unsupported channel count ", image.channels,
+           " (expected 1, 3 or 4)");
+  VT_CHECK(image.pixels.size() == static_cast<size_t>(image.width) * image.height * image.channels, "resize: pixel buffer holds ",
+           image.pixels.size(), " bytes, expected ", static_cast<size_t>(image.width) * image.height * image.channels);
 
   // Same size: Image.resize returns a copy, untouched (no premultiplication round trip).
   if (width == image.width && height == image.height) return image;

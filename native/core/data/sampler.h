@@ -16,8 +16,7 @@ class Sampler {
  public:
   Sampler() = default;
   // Visits `indices` (dataset indices of a split), shuffled per epoch or in the given order.
-  Sampler(std::vector<size_t> indices, bool shuffle, uint64_t seed)
-      : indices_(std::move(indices)), shuffle_(shuffle), seed_(seed) {}
+  Sampler(std::vector<size_t> indices, bool shuffle, uint64_t seed) : indices_(std::move(indices)), shuffle_(shuffle), seed_(seed) {}
   // Visits 0 .. count - 1.
   static Sampler over(size_t count, bool shuffle, uint64_t seed) {
     std::vector<size_t> indices(count);

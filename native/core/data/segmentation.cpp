@@ -51,8 +51,7 @@ torch::Tensor label_tensor(const Image& mask) {
 }
 
 // The mask after reduce_labels and the processor's geometry, still uint8.
-Image prepare_label_map(const Image& mask, const ImageProcessor& processor, bool reduce_labels,
-                        const std::string& source) {
+Image prepare_label_map(const Image& mask, const ImageProcessor& processor, bool reduce_labels, const std::string& source) {
   Image labels = label_map_channel(mask, source);
   if (reduce_labels) reduce_labels_in_place(labels);
   try {
@@ -73,8 +72,7 @@ struct Pairs {
 };
 
 // Images of `images_dir` (sorted by name) paired with <stem>.png in `masks_dir`.
-Pairs pair_folders(const std::string& images_dir, const std::string& masks_dir, const char* images_field,
-                   const char* masks_field) {
+Pairs pair_folders(const std::string& images_dir, const std::string& masks_dir, const char* images_field, const char* masks_field) {
   VT_CHECK(!images_dir.empty() && !masks_dir.empty(), "segmentation dataset: ", images_field, " and ", masks_field,
            " must be given together");
   require_directory(images_dir, images_field);
@@ -97,16 +95,15 @@ Pairs pair_folders(const std::string& images_dir, const std::string& masks_dir, 
     if (is_hidden(entry.path()) || !entry.is_regular_file(ec) || !has_image_extension(entry.path())) continue;
     const std::string stem = entry.path().stem().string();
     const auto [seen, inserted] = image_by_stem.emplace(stem, entry.path().string());
-    VT_CHECK(inserted, images_field, " ", images_dir, ": images ", seen->second, " and ", entry.path().string(),
-             " would share the mask ", stem, ".png");
+    VT_CHECK(inserted, images_field, " ", images_dir, ": images ", seen->second, " and ", entry.path().string(), " would share the mask ",
+             stem, ".png");
     const auto mask = mask_by_stem.find(stem);
     VT_CHECK(mask != mask_by_stem.end(), "image ", entry.path().string(), " has no mask: expected ",
              (fs::path(masks_dir) / (stem + ".png")).string());
     pairs.images.push_back(entry.path().string());
     pairs.masks.push_back(mask->second);
   }
-  VT_CHECK(!pairs.images.empty(), "no images found in ", images_field, " ", images_dir,
-           " (expected .jpg, .jpeg or .png files)");
+  VT_CHECK(!pairs.images.empty(), "no images found in ", images_field, " ", images_dir, " (expected .jpg, .jpeg or .png files)");
   return pairs;
 }
 
@@ -114,13 +111,11 @@ std::string manifest_format(const std::string& path) {
   const std::string ext = lowercase(fs::path(path).extension().string());
   if (ext == ".csv") return "csv";
   if (ext == ".jsonl") return "jsonl";
-  fail("segmentation manifest ", path, ": cannot tell its format from the extension ", quoted(ext),
-       " (expected .csv or .jsonl)");
+  fail("segmentation manifest ", path, ": cannot tell its format from the extension ", quoted(ext), " (expected .csv or .jsonl)");
 }
 
 Pairs read_manifest_pairs(const SegmentationSpec& spec, const std::string& path) {
-  const std::vector<ManifestPaths> rows =
-      read_manifest_paths(path, manifest_format(path), {spec.image_column, spec.mask_column});
+  const std::vector<ManifestPaths> rows = read_manifest_paths(path, manifest_format(path), {spec.image_column, spec.mask_column});
   VT_CHECK(!rows.empty(), "no images found in ", path, ": the manifest lists none");
   const fs::path manifest_dir = fs::path(path).parent_path();
   const fs::path base = !spec.root.empty() ? fs::path(spec.root) : manifest_dir.empty() ? fs::path(".") : manifest_dir;
@@ -141,8 +136,7 @@ Pairs read_manifest_pairs(const SegmentationSpec& spec, const std::string& path)
   return pairs;
 }
 
-std::shared_ptr<SegmentationDataset> make_dataset(const Pairs& pairs, const std::vector<size_t>& indices,
-                                                  std::optional<int64_t> limit) {
+std::shared_ptr<SegmentationDataset> make_dataset(const Pairs& pairs, const std::vector<size_t>& indices, std::optional<int64_t> limit) {
   const size_t n = limit ? std::min(indices.size(), static_cast<size_t>(*limit)) : indices.size();
   std::vector<std::string> images, masks;
   for (size_t k = 0; k < n; ++k) {
@@ -163,13 +157,11 @@ std::vector<size_t> all_indices(size_t n) {
 // ---------------------------------------------------------------------------------------------
 // Preprocessing, post-processing
 
-torch::Tensor preprocess_label_map(const Image& mask, const ImageProcessor& processor, bool reduce_labels,
-                                   const std::string& source) {
+torch::Tensor preprocess_label_map(const Image& mask, const ImageProcessor& processor, bool reduce_labels, const std::string& source) {
   return label_tensor(prepare_label_map(mask, processor, reduce_labels, source));
 }
 
-torch::Tensor post_process_semantic_segmentation(const torch::Tensor& logits,
-                                                 std::optional<std::pair<int, int>> target_size) {
+torch::Tensor post_process_semantic_segmentation(const torch::Tensor& logits, std::optional<std::pair<int, int>> target_size) {
   const char* what = "post_process_semantic_segmentation: ";
   VT_CHECK(logits.defined() && logits.dim() == 3, what, "logits must be [num_labels, height, width], got ",
            logits.defined() ? logits.sizes() : c10::IntArrayRef{});
@@ -178,22 +170,17 @@ torch::Tensor post_process_semantic_segmentation(const torch::Tensor& logits,
   const torch::Tensor x = logits.detach();
   if (!target_size) return x.argmax(0);
   const auto [height, width] = *target_size;
-  VT_CHECK(height > 0 && width > 0, what, "target size (", height, ", ", width,
-           ") must be a positive (height, width)");
+  VT_CHECK(height > 0 && width > 0, what, "target size (", height, ", ", width, ") must be a positive (height, width)");
   namespace F = torch::nn::functional;
-  const torch::Tensor resized =
-      F::interpolate(x.unsqueeze(0), F::InterpolateFuncOptions()
-                                         .size(std::vector<int64_t>{height, width})
-                                         .mode(torch::kBilinear)
-                                         .align_corners(false));
+  const torch::Tensor resized = F::interpolate(
+      x.unsqueeze(0), F::InterpolateFuncOptions().size(std::vector<int64_t>{height, width}).mode(torch::kBilinear).align_corners(false));
   return resized[0].argmax(0);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Mean IoU
 
-MeanIoU::MeanIoU(int64_t num_labels, int64_t ignore_index)
-    : num_labels_(num_labels), ignore_index_(ignore_index) {
+MeanIoU::MeanIoU(int64_t num_labels, int64_t ignore_index) : num_labels_(num_labels), ignore_index_(ignore_index) {
   VT_CHECK(num_labels > 0, "MeanIoU: num_labels must be positive, got ", num_labels);
   intersection_.assign(static_cast<size_t>(num_labels), 0.0);
   union_.assign(static_cast<size_t>(num_labels), 0.0);
@@ -202,10 +189,9 @@ MeanIoU::MeanIoU(int64_t num_labels, int64_t ignore_index)
 
 void MeanIoU::add(const torch::Tensor& predicted, const torch::Tensor& labels) {
   VT_CHECK(predicted.defined() && labels.defined(), "MeanIoU: predictions and labels are required");
-  VT_CHECK(predicted.sizes() == labels.sizes(), "MeanIoU: predictions ", predicted.sizes(), " and labels ",
-           labels.sizes(), " differ in shape");
-  VT_CHECK(labels.dim() == 2 || labels.dim() == 3, "MeanIoU: expected [batch, height, width] or [height, width], got ",
-           labels.sizes());
+  VT_CHECK(predicted.sizes() == labels.sizes(), "MeanIoU: predictions ", predicted.sizes(), " and labels ", labels.sizes(),
+           " differ in shape");
+  VT_CHECK(labels.dim() == 2 || labels.dim() == 3, "MeanIoU: expected [batch, height, width] or [height, width], got ", labels.sizes());
   const auto integral = [](const torch::Tensor& t) { return c10::isIntegralType(t.scalar_type(), false); };
   VT_CHECK(integral(predicted) && integral(labels), "MeanIoU: predictions and labels must be integer tensors, got ",
            predicted.scalar_type(), " and ", labels.scalar_type());
@@ -222,8 +208,8 @@ void MeanIoU::add(const torch::Tensor& predicted, const torch::Tensor& labels) {
     VT_CHECK(pv >= 0 && pv < num_labels_, "MeanIoU: predicted class ", pv, " is outside [0, ", num_labels_,
              "): predictions must be class indices of the ", num_labels_, " labels");
     if (lv == ignore_index_) continue;
-    VT_CHECK(lv >= 0 && lv < num_labels_, "MeanIoU: label value ", lv, " is outside [0, ", num_labels_,
-             ") and is not the ignore index ", ignore_index_);
+    VT_CHECK(lv >= 0 && lv < num_labels_, "MeanIoU: label value ", lv, " is outside [0, ", num_labels_, ") and is not the ignore index ",
+             ignore_index_);
     ++area[lv];
     ++uni[lv];
     if (pv == lv) {
@@ -240,8 +226,8 @@ void MeanIoU::add(const torch::Tensor& predicted, const torch::Tensor& labels) {
 }
 
 std::map<std::string, double> MeanIoU::compute(const std::vector<std::string>& class_names) const {
-  VT_CHECK(class_names.empty() || static_cast<int64_t>(class_names.size()) == num_labels_, "MeanIoU: ",
-           class_names.size(), " class names for ", num_labels_, " labels");
+  VT_CHECK(class_names.empty() || static_cast<int64_t>(class_names.size()) == num_labels_, "MeanIoU: ", class_names.size(),
+           " class names for ", num_labels_, " labels");
   std::set<std::string> seen;
   for (const std::string& name : class_names) {
     VT_CHECK(seen.insert(name).second, "MeanIoU: the class name ", quoted(name), " appears twice");
@@ -280,8 +266,7 @@ std::map<std::string, double> MeanIoU::compute(const std::vector<std::string>& c
 
 SegmentationDataset::SegmentationDataset(std::vector<std::string> images, std::vector<std::string> masks)
     : images_(std::move(images)), masks_(std::move(masks)) {
-  VT_CHECK(images_.size() == masks_.size(), "segmentation dataset: ", images_.size(), " images but ", masks_.size(),
-           " masks");
+  VT_CHECK(images_.size() == masks_.size(), "segmentation dataset: ", images_.size(), " images but ", masks_.size(), " masks");
 }
 
 std::pair<std::shared_ptr<SegmentationDataset>, std::shared_ptr<SegmentationDataset>> SegmentationDataset::open(
@@ -299,32 +284,28 @@ std::pair<std::shared_ptr<SegmentationDataset>, std::shared_ptr<SegmentationData
   VT_CHECK(split >= 0.0 && split < 1.0, "segmentation dataset: validation_split must be in [0, 1), got ", split);
   VT_CHECK(!(has_validation_set && split > 0.0), "segmentation dataset: validation_split (", split,
            ") cannot be combined with a validation set: give one or the other");
-  VT_CHECK(!spec.limit || *spec.limit > 0, "segmentation dataset: limit must be a positive integer, got ",
-           spec.limit.value_or(0));
+  VT_CHECK(!spec.limit || *spec.limit > 0, "segmentation dataset: limit must be a positive integer, got ", spec.limit.value_or(0));
 
-  const Pairs train = folders ? pair_folders(spec.images, spec.masks, "images", "masks")
-                              : read_manifest_pairs(spec, spec.manifest);
+  const Pairs train = folders ? pair_folders(spec.images, spec.masks, "images", "masks") : read_manifest_pairs(spec, spec.manifest);
   if (has_validation_set) {
-    const Pairs validation =
-        validation_folders
-            ? pair_folders(spec.validation_images, spec.validation_masks, "validation_images", "validation_masks")
-            : read_manifest_pairs(spec, spec.validation_manifest);
+    const Pairs validation = validation_folders
+                                 ? pair_folders(spec.validation_images, spec.validation_masks, "validation_images", "validation_masks")
+                                 : read_manifest_pairs(spec, spec.validation_manifest);
     return {make_dataset(train, all_indices(train.images.size()), spec.limit),
             make_dataset(validation, all_indices(validation.images.size()), spec.limit)};
   }
   if (split == 0.0) return {make_dataset(train, all_indices(train.images.size()), spec.limit), nullptr};
   const size_t n = train.images.size();
   const SplitIndices parts = seeded_split(n, split, seed);
-  VT_CHECK(!parts.train.empty(), "segmentation dataset: validation_split ", split, " of the ", n, " samples of ",
-           train.source, " leaves none for training");
+  VT_CHECK(!parts.train.empty(), "segmentation dataset: validation_split ", split, " of the ", n, " samples of ", train.source,
+           " leaves none for training");
   return {make_dataset(train, parts.train, spec.limit), make_dataset(train, parts.validation, spec.limit)};
 }
 
 size_t SegmentationDataset::size() const { return images_.size(); }
 
 std::string SegmentationDataset::describe(size_t index) const {
-  VT_CHECK(index < images_.size(), "segmentation dataset: index ", index, " is out of range (", images_.size(),
-           " samples)");
+  VT_CHECK(index < images_.size(), "segmentation dataset: index ", index, " is out of range (", images_.size(), " samples)");
   return images_[index];
 }
 
@@ -335,8 +316,8 @@ Image SegmentationDataset::mask(size_t index) const { return mask_for(index, ima
 Image SegmentationDataset::mask_for(size_t index, const Image& image) const {
   const std::string& path = masks_.at(index);
   Image mask = read_label_map_file(path);
-  VT_CHECK(mask.width == image.width && mask.height == image.height, "mask ", path, " is ", size_text(mask),
-           " but its image ", images_[index], " is ", size_text(image), " (width x height)");
+  VT_CHECK(mask.width == image.width && mask.height == image.height, "mask ", path, " is ", size_text(mask), " but its image ",
+           images_[index], " is ", size_text(image), " (width x height)");
   return mask;
 }
 
@@ -356,8 +337,7 @@ SegmentationBatch load_segmentation_batch(const SegmentationDataset& dataset, co
     const Image mask = dataset.mask_for(index, image);
     Image img, labels;
     try {
-      const AugmentDraw draw =
-          augmenting ? draw_augment(image.height, image.width, augment, seed, epoch, index) : AugmentDraw{};
+      const AugmentDraw draw = augmenting ? draw_augment(image.height, image.width, augment, seed, epoch, index) : AugmentDraw{};
       if (draw.crop) {
         // One box for both, then one output size for both: the processor's for this crop
         // (RandomResizedCrop replaces the processor's resize and crop, as in classification).
@@ -381,11 +361,11 @@ SegmentationBatch load_segmentation_batch(const SegmentationDataset& dataset, co
     } catch (const Error& e) {
       fail(name, ": ", e.what());
     }
-    VT_CHECK(img.width == labels.width && img.height == labels.height, name, ": the image comes out as ",
-             size_text(img), " but its mask as ", size_text(labels));
+    VT_CHECK(img.width == labels.width && img.height == labels.height, name, ": the image comes out as ", size_text(img),
+             " but its mask as ", size_text(labels));
     if (!images.empty() && (img.width != images[0].width || img.height != images[0].height)) {
-      fail("sample ", name, " comes out as ", size_text(img), " but ", dataset.describe(indices[0]), " as ",
-           size_text(images[0]), ": this image processor does not produce a fixed size, so they cannot share a batch");
+      fail("sample ", name, " comes out as ", size_text(img), " but ", dataset.describe(indices[0]), " as ", size_text(images[0]),
+           ": this image processor does not produce a fixed size, so they cannot share a batch");
     }
     images.push_back(std::move(img));
     masks.push_back(std::move(labels));

@@ -26,8 +26,7 @@ constexpr int64_t kIgnoreLabel = 255;
 // (PIL; followed by its center crop for processors that crop, as BEiT's does), no rescale or
 // normalisation; [H, W] int64, the size ImageProcessor::process gives the image. `mask` must have one channel (an RGB or RGBA
 // mask whose channels are all equal is taken as one; anything else is an error naming `source`).
-torch::Tensor preprocess_label_map(const Image& mask, const ImageProcessor& processor, bool reduce_labels,
-                                   const std::string& source);
+torch::Tensor preprocess_label_map(const Image& mask, const ImageProcessor& processor, bool reduce_labels, const std::string& source);
 
 // transformers' post_process_semantic_segmentation for one image: logits [num_labels, h, w]
 // resized bilinearly (align_corners=False) to (height, width) when given, then argmax over
@@ -83,9 +82,8 @@ class SegmentationDataset {
   // The mask of sample `index`, checked against its already decoded image (batches decode each
   // image once).
   Image mask_for(size_t index, const Image& image) const;
-  friend SegmentationBatch load_segmentation_batch(const SegmentationDataset&, const std::vector<size_t>&,
-                                                   const ImageProcessor&, bool, const AugmentSpec&, bool, uint64_t,
-                                                   int64_t);
+  friend SegmentationBatch load_segmentation_batch(const SegmentationDataset&, const std::vector<size_t>&, const ImageProcessor&, bool,
+                                                   const AugmentSpec&, bool, uint64_t, int64_t);
 
   std::vector<std::string> images_, masks_;
 };

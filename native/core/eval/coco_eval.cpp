@@ -99,16 +99,15 @@ struct Group {
 
 // evaluateImg's result for one image, category and area range.
 struct ImageResult {
-  std::vector<double> scores;  // [D], highest first
-  std::vector<char> matched;   // [T, D]: dtMatches != 0
-  std::vector<char> ignored;   // [T, D]: dtIgnore
+  std::vector<double> scores;        // [D], highest first
+  std::vector<char> matched;         // [T, D]: dtMatches != 0
+  std::vector<char> ignored;         // [T, D]: dtIgnore
   int64_t counted_ground_truth = 0;  // gtIgnore == 0
 };
 
 class Evaluator {
  public:
-  Evaluator(const std::vector<GroundTruthBox>& ground_truth, const std::vector<DetectionBox>& detections,
-            int64_t max_detections)
+  Evaluator(const std::vector<GroundTruthBox>& ground_truth, const std::vector<DetectionBox>& detections, int64_t max_detections)
       : ground_truth_(ground_truth),
         detections_(detections),
         iou_thresholds_(linspace(.5, 0.95, 10)),
@@ -191,8 +190,7 @@ class Evaluator {
  private:
   // Detections by descending score (stable), cut to maxDets[-1] as computeIoU and evaluateImg do.
   std::vector<size_t> sorted_detections(std::vector<size_t> indices) const {
-    std::stable_sort(indices.begin(), indices.end(),
-                     [&](size_t a, size_t b) { return detections_[a].score > detections_[b].score; });
+    std::stable_sort(indices.begin(), indices.end(), [&](size_t a, size_t b) { return detections_[a].score > detections_[b].score; });
     if (static_cast<int64_t>(indices.size()) > max_dets_[kMaxDetCount - 1]) {
       indices.resize(static_cast<size_t>(max_dets_[kMaxDetCount - 1]));
     }
@@ -211,9 +209,7 @@ class Evaluator {
     return ious;
   }
 
-  double ground_truth_area(const GroundTruthBox& truth) const {
-    return truth.area < 0 ? truth.box.width * truth.box.height : truth.area;
-  }
+  double ground_truth_area(const GroundTruthBox& truth) const { return truth.area < 0 ? truth.box.width * truth.box.height : truth.area; }
 
   ImageResult evaluate_image(const std::vector<size_t>& ground_truth, const std::vector<size_t>& detections,
                              const std::vector<double>& ious, int area) const {
@@ -279,19 +275,27 @@ class Evaluator {
 };
 
 void check_box(const CocoBox& box, const char* what, size_t index) {
-  VT_CHECK(std::isfinite(box.x) && std::isfinite(box.y) && std::isfinite(box.width) && std::isfinite(box.height),
-           "coco_evaluate: ", what, "[", index, "] has a non-finite box (", box.x, ", ", box.y, ", ", box.width, ", ",
-           box.height, ")");
-  VT_CHECK(box.width >= 0 && box.height >= 0, "coco_evaluate: ", what, "[", index,
-           "] has a negative box size: width ", box.width, ", height ", box.height);
+  VT_CHECK(std::isfinite(box.x) && std::isfinite(box.y) && std::isfinite(box.width) && std::isfinite(box.height), "coco_evaluate: ", what,
+           "[", index, "] has a non-finite box (", box.x, ", ", box.y, ", ", box.width, ", ", box.height, ")");
+  VT_CHECK(box.width >= 0 && box.height >= 0, "coco_evaluate: ", what, "[", index, "] has a negative box size: width ", box.width,
+           ", height ", box.height);
 }
 
 }  // namespace
 
 std::map<std::string, double> CocoMetrics::as_map() const {
-  return {{"map", map},         {"map_50", map_50},       {"map_75", map_75},       {"map_small", map_small},
-          {"map_medium", map_medium}, {"map_large", map_large}, {"mar_1", mar_1},   {"mar_10", mar_10},
-          {"mar_100", mar_100}, {"mar_small", mar_small}, {"mar_medium", mar_medium}, {"mar_large", mar_large}};
+  return {{"map", map},
+          {"map_50", map_50},
+          {"map_75", map_75},
+          {"map_small", map_small},
+          {"map_medium", map_medium},
+          {"map_large", map_large},
+          {"mar_1", mar_1},
+          {"mar_10", mar_10},
+          {"mar_100", mar_100},
+          {"mar_small", mar_small},
+          {"mar_medium", mar_medium},
+          {"mar_large", mar_large}};
 }
 
 CocoMetrics coco_evaluate(const std::vector<int64_t>& image_ids, const std::vector<GroundTruthBox>& ground_truth,
@@ -314,11 +318,10 @@ CocoMetrics coco_evaluate(const std::vector<int64_t>& image_ids, const std::vect
   }
   for (size_t i = 0; i < detections.size(); ++i) {
     const DetectionBox& detection = detections[i];
-    VT_CHECK(images.count(detection.image_id) != 0, "coco_evaluate: detections[", i, "] has image_id ",
-             detection.image_id, ", which is not among image_ids");
+    VT_CHECK(images.count(detection.image_id) != 0, "coco_evaluate: detections[", i, "] has image_id ", detection.image_id,
+             ", which is not among image_ids");
     check_box(detection.box, "detections", i);
-    VT_CHECK(std::isfinite(detection.score), "coco_evaluate: detections[", i, "] has a non-finite score ",
-             detection.score);
+    VT_CHECK(std::isfinite(detection.score), "coco_evaluate: detections[", i, "] has a non-finite score ", detection.score);
     // A category without ground truth only ever yields -1 (no counted ground truth), which every
     // mean skips, so its detections can be left out as pycocotools' results come out the same.
     const auto category = categories.find(detection.category_id);

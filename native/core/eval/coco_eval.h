@@ -21,7 +21,7 @@ struct GroundTruthBox {
   int64_t image_id = 0;
   int64_t category_id = 0;
   CocoBox box;
-  double area = -1;    // COCO's "area" (segment area); < 0: width * height
+  double area = -1;  // COCO's "area" (segment area); < 0: width * height
   bool iscrowd = false;
 };
 
@@ -33,9 +33,9 @@ struct DetectionBox {
 };
 
 struct CocoMetrics {
-  double map = -1;          // AP @ IoU .50:.95, all areas, 100 detections (pycocotools' stats[0])
-  double map_50 = -1;       // stats[1]
-  double map_75 = -1;       // stats[2]
+  double map = -1;                                         // AP @ IoU .50:.95, all areas, 100 detections (pycocotools' stats[0])
+  double map_50 = -1;                                      // stats[1]
+  double map_75 = -1;                                      // stats[2]
   double map_small = -1, map_medium = -1, map_large = -1;  // stats[3..5]
   double mar_1 = -1, mar_10 = -1, mar_100 = -1;            // stats[6..8]
   double mar_small = -1, mar_medium = -1, mar_large = -1;  // stats[9..11]

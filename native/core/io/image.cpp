@@ -21,8 +21,8 @@
 #include <unistd.h>
 
 // jpeglib.h needs size_t and FILE declared first.
-#include <jpeglib.h>
 #include <jerror.h>
+#include <jpeglib.h>
 #include <png.h>
 
 #include "common/error.h"
@@ -32,21 +32,14 @@ namespace {
 
 constexpr uint8_t kPngSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
 
-bool is_jpeg(const uint8_t* data, size_t size) {
-  return size >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF;
-}
+bool is_jpeg(const uint8_t* data, size_t size) { return size >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF; }
 
-bool is_png(const uint8_t* data, size_t size) {
-  return size >= 8 && std::memcmp(data, kPngSignature, 8) == 0;
-}
+bool is_png(const uint8_t* data, size_t size) { return size >= 8 && std::memcmp(data, kPngSignature, 8) == 0; }
 
-void check_dimensions(int64_t width, int64_t height, int64_t max_pixels, const std::string& source,
-                      const char* format) {
-  VT_CHECK(width > 0 && height > 0, source, ": ", format, " image has invalid dimensions ",
-           width, "x", height);
-  VT_CHECK(width * height <= max_pixels, source, ": ", format, " image is ", width, "x", height,
-           " = ", width * height, " pixels, over the limit of ", max_pixels,
-           " (possible decompression bomb)");
+void check_dimensions(int64_t width, int64_t height, int64_t max_pixels, const std::string& source, const char* format) {
+  VT_CHECK(width > 0 && height > 0, source, ": ", format, " image has invalid dimensions ", width, "x", height);
+  VT_CHECK(width * height <= max_pixels, source, ": ", format, " image is ", width, "x", height, " = ", width * height,
+           " pixels, over the limit of ", max_pixels, " (possible decompression bomb)");
 }
 
 // (a * b) / 255 rounded, Pillow's MULDIV255.
@@ -114,7 +107,7 @@ bool jpeg_header_phase(JpegDecoder* d, const uint8_t* data, size_t size) {
     case 1: d->cinfo.out_color_space = JCS_GRAYSCALE; break;
     case 3: d->cinfo.out_color_space = JCS_RGB; break;
     case 4: d->cinfo.out_color_space = JCS_CMYK; break;  // YCCK is converted to CMYK
-    default: break;  // rejected by the caller
+    default: break;                                      // rejected by the caller
   }
   jpeg_calc_output_dimensions(&d->cinfo);
   return true;
@@ -142,14 +135,13 @@ Image decode_jpeg(const uint8_t* data, size_t size, const std::string& source, i
     fail(source, ": cannot decode JPEG header: ", d->err.message);
   }
   const int components = d->cinfo.num_components;
-  VT_CHECK(components == 1 || components == 3 || components == 4, source, ": JPEG with ",
-           components, " components is not supported (expected 1, 3 or 4)");
+  VT_CHECK(components == 1 || components == 3 || components == 4, source, ": JPEG with ", components,
+           " components is not supported (expected 1, 3 or 4)");
   const int64_t width = d->cinfo.output_width;
   const int64_t height = d->cinfo.output_height;
   check_dimensions(width, height, max_pixels, source, "JPEG");
   const int out_components = d->cinfo.out_color_components;
-  VT_CHECK(out_components == components, source, ": unexpected JPEG output components ",
-           out_components);
+  VT_CHECK(out_components == components, source, ": unexpected JPEG output components ", out_components);
 
   const size_t stride = static_cast<size_t>(width) * out_components;
   std::vector<uint8_t> raw(stride * static_cast<size_t>(height));
@@ -232,8 +224,7 @@ bool png_header_phase(PngDecoder* d) {
   // No per-side limit beyond PNG's own 2^31-1: the caller applies the pixel-count limit.
   png_set_user_limits(d->png, 0x7fffffff, 0x7fffffff);
   png_read_info(d->png, d->info);
-  png_get_IHDR(d->png, d->info, &d->width, &d->height, &d->bit_depth, &d->color_type,
-               &d->interlace, nullptr, nullptr);
+  png_get_IHDR(d->png, d->info, &d->width, &d->height, &d->bit_depth, &d->color_type, &d->interlace, nullptr, nullptr);
   if (d->label_map) {
     // np.array of what Pillow loads: a palette image (mode P) gives its indices, 1-bit gray
     // (mode 1) 0/1, 2/4-bit gray is scaled like the image path (L;2, L;4), 16-bit gray (mode I)
@@ -267,8 +258,7 @@ bool png_header_phase(PngDecoder* d) {
   }
   const bool has_trns = png_get_valid(d->png, d->info, PNG_INFO_tRNS) != 0;
   if (has_trns) png_set_tRNS_to_alpha(d->png);
-  if (d->color_type == PNG_COLOR_TYPE_GRAY_ALPHA ||
-      (d->color_type == PNG_COLOR_TYPE_GRAY && has_trns)) {
+  if (d->color_type == PNG_COLOR_TYPE_GRAY_ALPHA || (d->color_type == PNG_COLOR_TYPE_GRAY && has_trns)) {
     png_set_gray_to_rgb(d->png);
   }
   png_set_interlace_handling(d->png);
@@ -301,8 +291,7 @@ bool png_end_phase(PngDecoder* d) {
   return true;
 }
 
-Image decode_png(const uint8_t* data, size_t size, const std::string& source, int64_t max_pixels,
-                 bool label_map = false) {
+Image decode_png(const uint8_t* data, size_t size, const std::string& source, int64_t max_pixels, bool label_map = false) {
   auto d = std::make_unique<PngDecoder>();
   d->data = data;
   d->size = size;
@@ -317,8 +306,7 @@ Image decode_png(const uint8_t* data, size_t size, const std::string& source, in
     fail(source, ": corrupt PNG header: ", d->message);
   }
   check_dimensions(d->width, d->height, max_pixels, source, "PNG");
-  VT_CHECK(d->channels == 1 || d->channels == 3 || d->channels == 4, source,
-           ": unexpected PNG channel count ", d->channels);
+  VT_CHECK(d->channels == 1 || d->channels == 3 || d->channels == 4, source, ": unexpected PNG channel count ", d->channels);
   const size_t sample_bytes = d->gray16 ? 2 : 1;
   const size_t stride = static_cast<size_t>(d->width) * d->channels * sample_bytes;
   VT_CHECK(d->rowbytes == stride, source, ": unexpected PNG row size ", d->rowbytes);
@@ -348,8 +336,8 @@ Image decode_png(const uint8_t* data, size_t size, const std::string& source, in
     image.pixels.resize(n);
     for (size_t i = 0; i < n; ++i) {
       const unsigned v = (static_cast<unsigned>(wide[2 * i]) << 8) | wide[2 * i + 1];
-      VT_CHECK(v <= 255, source, ": 16-bit label map holds the value ", v, " at (x ", i % image.width, ", y ",
-               i / image.width, "); labels above 255 are not supported");
+      VT_CHECK(v <= 255, source, ": 16-bit label map holds the value ", v, " at (x ", i % image.width, ", y ", i / image.width,
+               "); labels above 255 are not supported");
       image.pixels[i] = static_cast<uint8_t>(v);
     }
   }
@@ -394,8 +382,7 @@ void png_flush_nothing(png_structp) {}
 bool png_encode_phase(PngEncoder* e, int width, int height, int color_type, png_bytepp rows) {
   if (setjmp(png_jmpbuf(e->png))) return false;
   png_set_write_fn(e->png, e, png_write_to_memory, png_flush_nothing);
-  png_set_IHDR(e->png, e->info, width, height, 8, color_type, PNG_INTERLACE_NONE,
-               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  png_set_IHDR(e->png, e->info, width, height, 8, color_type, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
   png_write_info(e->png, e->info);
   png_write_image(e->png, rows);
   png_write_end(e->png, nullptr);
@@ -403,21 +390,18 @@ bool png_encode_phase(PngEncoder* e, int width, int height, int color_type, png_
 }
 
 void check_image(const Image& image, const char* what) {
-  VT_CHECK(image.channels == 1 || image.channels == 3 || image.channels == 4, what,
-           ": unsupported channel count ", image.channels, " (expected 1, 3 or 4)");
-  VT_CHECK(image.width > 0 && image.height > 0, what, ": empty image (", image.width, "x",
-           image.height, ")");
+  VT_CHECK(image.channels == 1 || image.channels == 3 || image.channels == 4, what, ": unsupported channel count ", image.channels,
+           " (expected 1, 3 or 4)");
+  VT_CHECK(image.width > 0 && image.height > 0, what, ": empty image (", image.width, "x", image.height, ")");
   const size_t expected = static_cast<size_t>(image.width) * image.height * image.channels;
-  VT_CHECK(image.pixels.size() == expected, what, ": pixel buffer holds ", image.pixels.size(),
-           " bytes, expected ", expected);
+  VT_CHECK(image.pixels.size() == expected, what, ": pixel buffer holds ", image.pixels.size(), " bytes, expected ", expected);
 }
 
 std::string errno_text(int code) { return std::strerror(code); }
 
 }  // namespace
 
-Image decode_image(const uint8_t* data, size_t size, const std::string& source,
-                   int64_t max_pixels) {
+Image decode_image(const uint8_t* data, size_t size, const std::string& source, int64_t max_pixels) {
   ErrorScope errors(ErrorCode::Image);
   VT_CHECK(data != nullptr && size > 0, source, ": empty input (0 bytes), not an image");
   if (is_jpeg(data, size)) return decode_jpeg(data, size, source, max_pixels);
@@ -492,25 +476,21 @@ Image label_map_channel(const Image& image, const std::string& source) {
   for (size_t i = 0; i < n; ++i) {
     const uint8_t* p = image.pixels.data() + i * ch;
     if (p[0] != p[1] || p[0] != p[2]) {
-      fail(source, ": a label map needs one channel, but this ", ch == 3 ? "RGB" : "RGBA",
-           " image has different colour channels at (x ", i % image.width, ", y ", i / image.width, "): (",
-           static_cast<int>(p[0]), ", ", static_cast<int>(p[1]), ", ", static_cast<int>(p[2]),
-           "); save masks as 8-bit grayscale or palette PNGs whose values are class indices");
+      fail(source, ": a label map needs one channel, but this ", ch == 3 ? "RGB" : "RGBA", " image has different colour channels at (x ",
+           i % image.width, ", y ", i / image.width, "): (", static_cast<int>(p[0]), ", ", static_cast<int>(p[1]), ", ",
+           static_cast<int>(p[2]), "); save masks as 8-bit grayscale or palette PNGs whose values are class indices");
     }
     out.pixels[i] = p[0];
   }
   return out;
 }
 
-Image image_from_pixels(const uint8_t* data, size_t size, int width, int height, int channels,
-                        const std::string& source) {
+Image image_from_pixels(const uint8_t* data, size_t size, int width, int height, int channels, const std::string& source) {
   ErrorScope errors(ErrorCode::Image);
-  VT_CHECK(channels == 1 || channels == 3 || channels == 4, source,
-           ": unsupported channel count ", channels, " (expected 1, 3 or 4)");
+  VT_CHECK(channels == 1 || channels == 3 || channels == 4, source, ": unsupported channel count ", channels, " (expected 1, 3 or 4)");
   VT_CHECK(width > 0 && height > 0, source, ": invalid dimensions ", width, "x", height);
   const size_t expected = static_cast<size_t>(width) * height * channels;
-  VT_CHECK(size == expected, source, ": got ", size, " bytes of pixels, expected ", expected,
-           " (", width, "x", height, "x", channels, ")");
+  VT_CHECK(size == expected, source, ": got ", size, " bytes of pixels, expected ", expected, " (", width, "x", height, "x", channels, ")");
   VT_CHECK(data != nullptr, source, ": null pixel data");
   Image image;
   image.width = width;
@@ -521,8 +501,7 @@ Image image_from_pixels(const uint8_t* data, size_t size, int width, int height,
 }
 
 Image convert_channels(const Image& image, int channels) {
-  VT_CHECK(channels == 1 || channels == 3 || channels == 4,
-           "convert_channels: unsupported target channel count ", channels,
+  VT_CHECK(channels == 1 || channels == 3 || channels == 4, "convert_channels: unsupported target channel count ", channels,
            " (expected 1, 3 or 4)");
   check_image(image, "convert_channels");
   if (image.channels == channels) return image;
@@ -559,9 +538,7 @@ Image convert_channels(const Image& image, int channels) {
 
 std::vector<uint8_t> encode_png(const Image& image) {
   check_image(image, "encode_png");
-  const int color_type = image.channels == 1   ? PNG_COLOR_TYPE_GRAY
-                         : image.channels == 3 ? PNG_COLOR_TYPE_RGB
-                                               : PNG_COLOR_TYPE_RGB_ALPHA;
+  const int color_type = image.channels == 1 ? PNG_COLOR_TYPE_GRAY : image.channels == 3 ? PNG_COLOR_TYPE_RGB : PNG_COLOR_TYPE_RGB_ALPHA;
   std::vector<uint8_t> out;
   out.reserve(image.pixels.size() / 2 + 1024);
   PngEncoder e;

@@ -32,8 +32,7 @@ Image read_image_file(const std::string& path);
 // holds: a palette PNG gives its palette indices (not the colours decode_image expands them to),
 // grayscale its values (1-bit: 0/1; 16-bit: values up to 255, larger ones are an error), and
 // RGB/RGBA, JPEG included, is accepted through label_map_channel. Errors name `source`.
-Image decode_label_map(const uint8_t* data, size_t size, const std::string& source,
-                       int64_t max_pixels = 178956970);
+Image decode_label_map(const uint8_t* data, size_t size, const std::string& source, int64_t max_pixels = 178956970);
 Image read_label_map_file(const std::string& path);
 
 // One label channel from a decoded mask: 1 channel as is; RGB or RGBA whose colour channels are
@@ -42,8 +41,7 @@ Image read_label_map_file(const std::string& path);
 Image label_map_channel(const Image& image, const std::string& source);
 
 // Wraps raw pixels, validating the byte count against width x height x channels.
-Image image_from_pixels(const uint8_t* data, size_t size, int width, int height, int channels,
-                        const std::string& source);
+Image image_from_pixels(const uint8_t* data, size_t size, int width, int height, int channels, const std::string& source);
 
 // PIL's Image.convert for the modes preprocessing needs: to 3 channels ("RGB": gray is
 // replicated, alpha is dropped without compositing) or to 1 channel ("L": ITU-R 601-2 luma with

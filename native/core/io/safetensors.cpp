@@ -96,10 +96,8 @@ void write_u64_le(uint64_t value, char* out) {
 
 const std::vector<std::pair<const char*, torch::ScalarType>>& dtype_table() {
   static const std::vector<std::pair<const char*, torch::ScalarType>> table = {
-      {"F64", torch::kFloat64}, {"F32", torch::kFloat32}, {"F16", torch::kFloat16},
-      {"BF16", torch::kBFloat16}, {"I64", torch::kInt64}, {"I32", torch::kInt32},
-      {"I16", torch::kInt16},   {"I8", torch::kInt8},     {"U8", torch::kUInt8},
-      {"BOOL", torch::kBool},
+      {"F64", torch::kFloat64}, {"F32", torch::kFloat32}, {"F16", torch::kFloat16}, {"BF16", torch::kBFloat16}, {"I64", torch::kInt64},
+      {"I32", torch::kInt32},   {"I16", torch::kInt16},   {"I8", torch::kInt8},     {"U8", torch::kUInt8},      {"BOOL", torch::kBool},
   };
   return table;
 }
@@ -115,8 +113,7 @@ bool find_dtype(const std::string& name, torch::ScalarType* out) {
 }
 
 // Reads one header entry, checking types and that shape x dtype size equals the byte span.
-SafetensorsEntry parse_entry(const std::string& path, const std::string& name, const json& value,
-                             uint64_t data_size) {
+SafetensorsEntry parse_entry(const std::string& path, const std::string& name, const json& value, uint64_t data_size) {
   const std::string where = str_cat(path, ": tensor \"", name, "\"");
   VT_CHECK(value.is_object(), where, ": header entry is a ", value.type_name(), ", expected an object");
 
@@ -137,10 +134,9 @@ SafetensorsEntry parse_entry(const std::string& path, const std::string& name, c
   unsigned __int128 bytes = c10::elementSize(entry.scalar_type);
   for (size_t i = 0; i < shape->size(); ++i) {
     const json& dim = (*shape)[i];
-    VT_CHECK(dim.is_number_integer(), where, ": shape[", i, "] is ", dim.dump(),
+    VT_CHECK(dim.is_number_integer(), where, ": shape[", i, "] is ", dim.dump(), ", expected a non-negative integer");
+    VT_CHECK(dim.is_number_unsigned() || dim.get<int64_t>() >= 0, where, ": shape[", i, "] is ", dim.dump(),
              ", expected a non-negative integer");
-    VT_CHECK(dim.is_number_unsigned() || dim.get<int64_t>() >= 0, where, ": shape[", i, "] is ",
-             dim.dump(), ", expected a non-negative integer");
     uint64_t extent = dim.get<uint64_t>();
     VT_CHECK(extent <= static_cast<uint64_t>(INT64_MAX), where, ": shape[", i, "] is too large");
     entry.shape.push_back(static_cast<int64_t>(extent));
@@ -150,22 +146,19 @@ SafetensorsEntry parse_entry(const std::string& path, const std::string& name, c
 
   auto offsets = value.find("data_offsets");
   VT_CHECK(offsets != value.end(), where, ": missing \"data_offsets\"");
-  VT_CHECK(offsets->is_array() && offsets->size() == 2, where, ": \"data_offsets\" is ",
-           offsets->dump(), ", expected [begin, end]");
+  VT_CHECK(offsets->is_array() && offsets->size() == 2, where, ": \"data_offsets\" is ", offsets->dump(), ", expected [begin, end]");
   for (const json& offset : *offsets) {
-    VT_CHECK(offset.is_number_unsigned(), where, ": \"data_offsets\" is ", offsets->dump(),
-             ", expected two non-negative integers");
+    VT_CHECK(offset.is_number_unsigned(), where, ": \"data_offsets\" is ", offsets->dump(), ", expected two non-negative integers");
   }
   entry.begin = (*offsets)[0].get<uint64_t>();
   entry.end = (*offsets)[1].get<uint64_t>();
-  VT_CHECK(entry.begin <= entry.end, where, ": data_offsets [", entry.begin, ", ", entry.end,
-           "] begin after end");
+  VT_CHECK(entry.begin <= entry.end, where, ": data_offsets [", entry.begin, ", ", entry.end, "] begin after end");
   uint64_t span = entry.end - entry.begin;
-  VT_CHECK(bytes == span, where, ": data_offsets [", entry.begin, ", ", entry.end, "] span ", span,
-           " bytes but shape ", shape_text(entry.shape), " of ", entry.dtype, " needs ",
+  VT_CHECK(bytes == span, where, ": data_offsets [", entry.begin, ", ", entry.end, "] span ", span, " bytes but shape ",
+           shape_text(entry.shape), " of ", entry.dtype, " needs ",
            bytes > UINT64_MAX ? std::string("more than 2^64") : std::to_string(static_cast<uint64_t>(bytes)));
-  VT_CHECK(entry.end <= data_size, where, ": data_offsets [", entry.begin, ", ", entry.end,
-           "] end beyond the data section (", data_size, " bytes)");
+  VT_CHECK(entry.end <= data_size, where, ": data_offsets [", entry.begin, ", ", entry.end, "] end beyond the data section (", data_size,
+           " bytes)");
   return entry;
 }
 
@@ -173,8 +166,7 @@ std::map<std::string, std::string> parse_metadata(const std::string& path, const
   VT_CHECK(value.is_object(), path, ": __metadata__ is a ", value.type_name(), ", expected an object of strings");
   std::map<std::string, std::string> metadata;
   for (const auto& [key, item] : value.items()) {
-    VT_CHECK(item.is_string(), path, ": __metadata__ \"", key, "\" is a ", item.type_name(),
-             ", expected a string");
+    VT_CHECK(item.is_string(), path, ": __metadata__ \"", key, "\" is a ", item.type_name(), ", expected a string");
     metadata.emplace(key, item.get<std::string>());
   }
   return metadata;
@@ -202,14 +194,12 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   const uint64_t file_size = impl->mapping->size();
   const uint8_t* bytes = impl->mapping->data();
 
-  VT_CHECK(file_size >= 8, path, ": file is ", file_size,
-           " bytes, too short for the 8-byte safetensors header length");
+  VT_CHECK(file_size >= 8, path, ": file is ", file_size, " bytes, too short for the 8-byte safetensors header length");
   const uint64_t header_size = read_u64_le(bytes);
   VT_CHECK(header_size > 0, path, ": header length is 0");
-  VT_CHECK(header_size <= kMaxHeaderBytes, path, ": header length ", header_size,
-           " exceeds the 100 MB limit (not a safetensors file?)");
-  VT_CHECK(header_size <= file_size - 8, path, ": header length ", header_size, " exceeds the ",
-           file_size - 8, " bytes after the length field (truncated file?)");
+  VT_CHECK(header_size <= kMaxHeaderBytes, path, ": header length ", header_size, " exceeds the 100 MB limit (not a safetensors file?)");
+  VT_CHECK(header_size <= file_size - 8, path, ": header length ", header_size, " exceeds the ", file_size - 8,
+           " bytes after the length field (truncated file?)");
 
   json header;
   try {
@@ -230,15 +220,13 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
 
   // In offset order, each span must start at or after the end of the previous one. Ties sort
   // by end so that a zero-length span at another span's start is not taken for an overlap.
-  std::sort(impl->entries.begin(), impl->entries.end(), [](const auto& a, const auto& b) {
-    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-  });
+  std::sort(impl->entries.begin(), impl->entries.end(),
+            [](const auto& a, const auto& b) { return a.begin != b.begin ? a.begin < b.begin : a.end < b.end; });
   for (size_t i = 1; i < impl->entries.size(); ++i) {
     const SafetensorsEntry& previous = impl->entries[i - 1];
     const SafetensorsEntry& current = impl->entries[i];
-    VT_CHECK(current.begin >= previous.end, path, ": tensor \"", current.name, "\": data_offsets [",
-             current.begin, ", ", current.end, "] overlap tensor \"", previous.name, "\" [",
-             previous.begin, ", ", previous.end, "]");
+    VT_CHECK(current.begin >= previous.end, path, ": tensor \"", current.name, "\": data_offsets [", current.begin, ", ", current.end,
+             "] overlap tensor \"", previous.name, "\" [", previous.begin, ", ", previous.end, "]");
   }
   for (size_t i = 0; i < impl->entries.size(); ++i) impl->index.emplace(impl->entries[i].name, i);
 
@@ -273,7 +261,8 @@ torch::Tensor SafetensorsFile::tensor(const std::string& name) const {
     return copy;
   }
   std::shared_ptr<Mapping> keep_alive = impl_->mapping;
-  return torch::from_blob(source, info.shape, [keep_alive](void*) mutable { keep_alive.reset(); }, options);
+  return torch::from_blob(
+      source, info.shape, [keep_alive](void*) mutable { keep_alive.reset(); }, options);
 }
 
 TensorMap SafetensorsFile::tensors() const {
@@ -300,8 +289,7 @@ std::string safetensors_dtype_name(torch::ScalarType type) {
 // ---------------------------------------------------------------------------------------------
 // Writing
 
-void save_safetensors(const std::string& path, const TensorMap& tensors,
-                      const std::map<std::string, std::string>& metadata) {
+void save_safetensors(const std::string& path, const TensorMap& tensors, const std::map<std::string, std::string>& metadata) {
   ErrorScope errors(ErrorCode::Io);
   struct Planned {
     const std::string* name;
@@ -331,9 +319,8 @@ void save_safetensors(const std::string& path, const TensorMap& tensors,
   // can be mapped without a copy.
   std::vector<Planned*> layout;
   for (Planned& item : planned) layout.push_back(&item);
-  std::stable_sort(layout.begin(), layout.end(), [](const Planned* a, const Planned* b) {
-    return a->data.element_size() > b->data.element_size();
-  });
+  std::stable_sort(layout.begin(), layout.end(),
+                   [](const Planned* a, const Planned* b) { return a->data.element_size() > b->data.element_size(); });
 
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header[kMetadataKey] = metadata;
@@ -343,9 +330,8 @@ void save_safetensors(const std::string& path, const TensorMap& tensors,
     cursor += item->bytes;
   }
   for (const Planned& item : planned) {
-    header[*item.name] = {{"dtype", item.dtype},
-                          {"shape", item.data.sizes().vec()},
-                          {"data_offsets", {item.begin, item.begin + item.bytes}}};
+    header[*item.name] = {
+        {"dtype", item.dtype}, {"shape", item.data.sizes().vec()}, {"data_offsets", {item.begin, item.begin + item.bytes}}};
   }
   std::string header_text;
   try {
@@ -399,14 +385,12 @@ TensorMap load_sharded_safetensors(const std::string& index_path) {
   VT_CHECK(index.is_object(), index_path, ": is a JSON ", index.type_name(), ", expected an object");
   auto weight_map = index.find("weight_map");
   VT_CHECK(weight_map != index.end(), index_path, ": missing \"weight_map\"");
-  VT_CHECK(weight_map->is_object(), index_path, ": \"weight_map\" is a ", weight_map->type_name(),
-           ", expected an object");
+  VT_CHECK(weight_map->is_object(), index_path, ": \"weight_map\" is a ", weight_map->type_name(), ", expected an object");
 
   // shard -> tensors listed for it, so each shard is opened once.
   std::map<std::string, std::vector<std::string>> by_shard;
   for (const auto& [tensor, shard] : weight_map->items()) {
-    VT_CHECK(shard.is_string(), index_path, ": tensor \"", tensor, "\": shard is a ", shard.type_name(),
-             ", expected a file name");
+    VT_CHECK(shard.is_string(), index_path, ": tensor \"", tensor, "\": shard is a ", shard.type_name(), ", expected a file name");
     const std::string shard_name = shard.get<std::string>();
     check_shard_name(index_path, tensor, shard_name);
     by_shard[shard_name].push_back(tensor);
@@ -417,13 +401,12 @@ TensorMap load_sharded_safetensors(const std::string& index_path) {
   for (const auto& [shard_name, names] : by_shard) {
     const fs::path shard_path = directory / shard_name;
     std::error_code error;
-    VT_CHECK(fs::exists(shard_path, error), index_path, ": shard \"", shard_name, "\" (listed for tensor \"",
-             names.front(), "\"", names.size() > 1 ? str_cat(" and ", names.size() - 1, " others") : "",
-             ") does not exist");
+    VT_CHECK(fs::exists(shard_path, error), index_path, ": shard \"", shard_name, "\" (listed for tensor \"", names.front(), "\"",
+             names.size() > 1 ? str_cat(" and ", names.size() - 1, " others") : "", ") does not exist");
     auto file = SafetensorsFile::open(shard_path.string());
     for (const std::string& name : names) {
-      VT_CHECK(file->contains(name), index_path, ": tensor \"", name, "\" is listed in shard \"",
-               shard_name, "\" but that shard has no such tensor");
+      VT_CHECK(file->contains(name), index_path, ": tensor \"", name, "\" is listed in shard \"", shard_name,
+               "\" but that shard has no such tensor");
       out.emplace(name, file->tensor(name));
     }
   }

@@ -17,10 +17,10 @@ namespace vt {
 
 struct SafetensorsEntry {
   std::string name;
-  std::string dtype;             // as written in the header: "F32", "BF16", ...
+  std::string dtype;  // as written in the header: "F32", "BF16", ...
   torch::ScalarType scalar_type;
   std::vector<int64_t> shape;
-  uint64_t begin = 0;            // byte offsets relative to the start of the data section
+  uint64_t begin = 0;  // byte offsets relative to the start of the data section
   uint64_t end = 0;
 };
 
@@ -61,8 +61,7 @@ TensorMap load_safetensors(const std::string& path);
 // Writes tensors (any device, any layout; copied to contiguous CPU) with optional
 // __metadata__, to a temporary file beside `path`, fsyncs it, renames it over `path` and
 // fsyncs the directory: a crash leaves the old file or the new one, never half of one.
-void save_safetensors(const std::string& path, const TensorMap& tensors,
-                      const std::map<std::string, std::string>& metadata = {});
+void save_safetensors(const std::string& path, const TensorMap& tensors, const std::map<std::string, std::string>& metadata = {});
 
 // The sharded layout of save_pretrained: model.safetensors.index.json with a weight_map
 // {tensor: shard file}. Validates the index (JSON, weight_map, shard names that stay inside

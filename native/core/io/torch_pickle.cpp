@@ -54,14 +54,14 @@ struct TensorSpec {
 struct Value {
   enum class Kind { None, Bool, Int, Float, Str, Bytes, Tuple, List, Dict, Global, Storage, Tensor };
   Kind kind = Kind::None;
-  int64_t integer = 0;  // Bool, Int
-  double real = 0;      // Float
-  std::string text;     // Str, Bytes; Global: "module.name"
-  std::vector<Value*> items;                           // Tuple, List
-  std::vector<std::pair<Value*, Value*>> entries;      // Dict, in insertion order
-  std::unordered_map<std::string, size_t> str_keys;    // Dict: string key -> index in entries
+  int64_t integer = 0;                               // Bool, Int
+  double real = 0;                                   // Float
+  std::string text;                                  // Str, Bytes; Global: "module.name"
+  std::vector<Value*> items;                         // Tuple, List
+  std::vector<std::pair<Value*, Value*>> entries;    // Dict, in insertion order
+  std::unordered_map<std::string, size_t> str_keys;  // Dict: string key -> index in entries
   Global global = Global::OrderedDict;
-  torch::ScalarType storage_dtype = torch::kFloat32;   // Global::StorageClass
+  torch::ScalarType storage_dtype = torch::kFloat32;  // Global::StorageClass
   Storage storage;
   TensorSpec tensor;
 };
@@ -120,8 +120,7 @@ const std::vector<AllowedGlobal>& allowed_globals() {
 
 class Unpickler {
  public:
-  Unpickler(std::string path, const uint8_t* data, size_t size)
-      : path_(std::move(path)), data_(data), size_(size) {}
+  Unpickler(std::string path, const uint8_t* data, size_t size) : path_(std::move(path)), data_(data), size_(size) {}
 
   // Runs the pickle to its STOP and returns the object it built.
   Value* run();
@@ -361,8 +360,7 @@ Value* Unpickler::run() {
         Value* args = pop();
         Value* cls = pop();
         if (cls->kind != Value::Kind::Global || cls->global != Global::OrderedDict) {
-          error("NEWOBJ of ", cls->kind == Value::Kind::Global ? cls->text : kind_name(cls),
-                " is not allowed");
+          error("NEWOBJ of ", cls->kind == Value::Kind::Global ? cls->text : kind_name(cls), " is not allowed");
         }
         stack_.push_back(call(cls, args));
         break;
@@ -427,8 +425,7 @@ Value* Unpickler::global(const std::string& module, const std::string& name) {
       return value;
     }
   }
-  fail(path_, ": refusing to unpickle global ", module, ".", name,
-       ": only tensors, storages and dicts are allowed");
+  fail(path_, ": refusing to unpickle global ", module, ".", name, ": only tensors, storages and dicts are allowed");
 }
 
 void Unpickler::set_item(Value* dict, Value* key, Value* value) {
@@ -462,8 +459,7 @@ std::vector<int64_t> Unpickler::int_tuple(Value* value, const char* what) {
 // ignored: everything loads to the CPU.
 Value* Unpickler::persistent_load(Value* pid) {
   const auto& items = pid->items;
-  if (pid->kind != Value::Kind::Tuple || items.size() != 5 || items[0]->kind != Value::Kind::Str ||
-      items[0]->text != "storage") {
+  if (pid->kind != Value::Kind::Tuple || items.size() != 5 || items[0]->kind != Value::Kind::Str || items[0]->text != "storage") {
     error("persistent id is not ('storage', type, key, location, numel)");
   }
   if (items[1]->kind != Value::Kind::Global || items[1]->global != Global::StorageClass) {
@@ -492,8 +488,7 @@ Value* Unpickler::rebuild_tensor_v2(const std::vector<Value*>& args) {
   tensor->tensor.size = int_tuple(args[2], "_rebuild_tensor_v2 size");
   tensor->tensor.stride = int_tuple(args[3], "_rebuild_tensor_v2 stride");
   if (tensor->tensor.size.size() != tensor->tensor.stride.size()) {
-    error("_rebuild_tensor_v2 size has ", tensor->tensor.size.size(), " dimensions but stride has ",
-          tensor->tensor.stride.size());
+    error("_rebuild_tensor_v2 size has ", tensor->tensor.size.size(), " dimensions but stride has ", tensor->tensor.stride.size());
   }
   return tensor;
 }
@@ -506,8 +501,7 @@ Value* Unpickler::call(Value* callable, Value* args) {
     case Global::OrderedDict:
       if (!items.empty()) error("OrderedDict called with arguments");
       return make(Value::Kind::Dict);
-    case Global::RebuildTensorV2:
-      return rebuild_tensor_v2(items);
+    case Global::RebuildTensorV2: return rebuild_tensor_v2(items);
     case Global::RebuildParameter:           // (data, requires_grad, backward_hooks)
     case Global::RebuildParameterWithState:  // (data, requires_grad, backward_hooks, state)
       if (items.empty() || items[0]->kind != Value::Kind::Tensor) error(callable->text, " needs a tensor");
@@ -520,8 +514,7 @@ Value* Unpickler::call(Value* callable, Value* args) {
         error("_rebuild_from_type_v2 of ", func->kind == Value::Kind::Global ? func->text : kind_name(func),
               ", expected torch._utils._rebuild_tensor_v2");
       }
-      if (type->kind != Value::Kind::Global ||
-          (type->global != Global::TensorClass && type->global != Global::ParameterClass)) {
+      if (type->kind != Value::Kind::Global || (type->global != Global::TensorClass && type->global != Global::ParameterClass)) {
         error("_rebuild_from_type_v2 to ", type->kind == Value::Kind::Global ? type->text : kind_name(type),
               ", expected torch.Tensor or torch.nn.Parameter");
       }
@@ -529,8 +522,7 @@ Value* Unpickler::call(Value* callable, Value* args) {
     }
     case Global::TensorClass:
     case Global::ParameterClass:
-    case Global::StorageClass:
-      error(callable->text, " cannot be called");
+    case Global::StorageClass: error(callable->text, " cannot be called");
   }
   error("unreachable");
 }
@@ -541,8 +533,7 @@ Value* Unpickler::call(Value* callable, Value* args) {
 // Reads each storage record once; tensors that share a storage share its bytes.
 class StorageLoader {
  public:
-  StorageLoader(std::string path, caffe2::serialize::PyTorchStreamReader& reader)
-      : path_(std::move(path)), reader_(reader) {}
+  StorageLoader(std::string path, caffe2::serialize::PyTorchStreamReader& reader) : path_(std::move(path)), reader_(reader) {}
 
   torch::Tensor load(const Storage& storage, const std::string& tensor_name) {
     const std::string where = str_cat(path_, ": tensor \"", tensor_name, "\": storage \"", storage.key, "\"");
@@ -565,8 +556,8 @@ class StorageLoader {
     }
     const uint64_t expected = static_cast<uint64_t>(storage.numel) * c10::elementSize(storage.dtype);
     if (storage.numel > INT64_MAX / static_cast<int64_t>(c10::elementSize(storage.dtype)) || record_size != expected) {
-      fail(where, ": record ", record, " has ", record_size, " bytes but ", storage.numel, " elements of ",
-           c10::toString(storage.dtype), " need ", expected);
+      fail(where, ": record ", record, " has ", record_size, " bytes but ", storage.numel, " elements of ", c10::toString(storage.dtype),
+           " need ", expected);
     }
     torch::Tensor tensor = torch::empty({storage.numel}, torch::TensorOptions().dtype(storage.dtype));
     if (record_size > 0) std::memcpy(tensor.data_ptr(), bytes.get(), record_size);
@@ -588,11 +579,9 @@ std::string dims_text(const std::vector<int64_t>& dims) {
 
 // The view (offset, size, stride) must stay inside the storage; as_strided would otherwise
 // read out of bounds or fail with a message that names neither the file nor the tensor.
-torch::Tensor materialize(const std::string& path, const std::string& name, const TensorSpec& spec,
-                          StorageLoader& storages) {
+torch::Tensor materialize(const std::string& path, const std::string& name, const TensorSpec& spec, StorageLoader& storages) {
   const std::string where = str_cat(path, ": tensor \"", name, "\"");
-  const std::string view = str_cat("size ", dims_text(spec.size), " stride ", dims_text(spec.stride),
-                                   " offset ", spec.offset);
+  const std::string view = str_cat("size ", dims_text(spec.size), " stride ", dims_text(spec.stride), " offset ", spec.offset);
   VT_CHECK(spec.offset >= 0, where, ": ", view, ": negative storage offset");
   bool empty = false;
   for (size_t i = 0; i < spec.size.size(); ++i) {
@@ -608,8 +597,8 @@ torch::Tensor materialize(const std::string& path, const std::string& name, cons
       if (reach > INT64_MAX) break;
     }
   }
-  VT_CHECK(reach <= spec.storage->numel, where, ": ", view, " reaches beyond storage \"", spec.storage->key,
-           "\" of ", spec.storage->numel, " elements");
+  VT_CHECK(reach <= spec.storage->numel, where, ": ", view, " reaches beyond storage \"", spec.storage->key, "\" of ", spec.storage->numel,
+           " elements");
   torch::Tensor storage = storages.load(*spec.storage, name);
   return storage.as_strided(spec.size, spec.stride, spec.offset);
 }
@@ -656,15 +645,13 @@ TensorMap load_torch_checkpoint(const std::string& path) {
 
   Unpickler unpickler(path, static_cast<const uint8_t*>(pickle.get()), pickle_size);
   const Value* root = unpickler.run();
-  VT_CHECK(root->kind == Value::Kind::Dict, path, ": top-level object is a ", kind_name(root),
-           ", expected a state dict");
+  VT_CHECK(root->kind == Value::Kind::Dict, path, ": top-level object is a ", kind_name(root), ", expected a state dict");
 
   StorageLoader storages(path, *reader);
   TensorMap out;
   for (const auto& [key, value] : root->entries) {
     VT_CHECK(key->kind == Value::Kind::Str, path, ": state dict key is a ", kind_name(key), ", expected a str");
-    VT_CHECK(value->kind == Value::Kind::Tensor, path, ": value of \"", key->text, "\" is a ", kind_name(value),
-             ", expected a tensor");
+    VT_CHECK(value->kind == Value::Kind::Tensor, path, ": value of \"", key->text, "\" is a ", kind_name(value), ", expected a tensor");
     out.emplace(key->text, materialize(path, key->text, value->tensor, storages));
   }
   return out;

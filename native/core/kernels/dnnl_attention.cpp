@@ -30,9 +30,7 @@ using dnnl::memory;
 // Distinct shapes seen; past this many the caches start over.
 constexpr size_t kMaxPlans = 256;
 
-memory::desc strided_desc(const torch::Tensor& t) {
-  return memory::desc(t.sizes().vec(), dnnl_type(t.scalar_type()), t.strides().vec());
-}
+memory::desc strided_desc(const torch::Tensor& t) { return memory::desc(t.sizes().vec(), dnnl_type(t.scalar_type()), t.strides().vec()); }
 
 std::vector<int64_t> contiguous_strides(const std::vector<int64_t>& sizes) {
   std::vector<int64_t> strides(sizes.size(), 1);
@@ -45,9 +43,7 @@ struct ProductKey {
   std::vector<int64_t> a_sizes, a_strides, b_sizes, b_strides, out_sizes, out_strides;
   torch::ScalarType input_dtype, output_dtype;
   float scale;
-  auto tied() const {
-    return std::tie(a_sizes, a_strides, b_sizes, b_strides, out_sizes, out_strides, input_dtype, output_dtype, scale);
-  }
+  auto tied() const { return std::tie(a_sizes, a_strides, b_sizes, b_strides, out_sizes, out_strides, input_dtype, output_dtype, scale); }
   bool operator<(const ProductKey& other) const { return tied() < other.tied(); }
 };
 
@@ -100,16 +96,14 @@ class Plans {
     const memory::desc data(key.sizes, dnnl_type(key.dtype), contiguous_strides(key.sizes));
     try {
       dnnl::softmax_v2_forward::primitive_desc forward(
-          dnnl::softmax_v2_forward::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::softmax_accurate, data, data, axis),
-          engine_);
+          dnnl::softmax_v2_forward::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::softmax_accurate, data, data, axis), engine_);
       if (is_reference_kernel(forward)) return nullptr;
       slot = SoftmaxPlan{dnnl::softmax_v2_forward(forward), std::nullopt};
       try {
         dnnl::softmax_v2_backward::primitive_desc backward(
             dnnl::softmax_v2_backward::desc(dnnl::algorithm::softmax_accurate, data, data, data, axis), engine_, forward);
         if (!is_reference_kernel(backward)) slot->backward = dnnl::softmax_v2_backward(backward);
-      } catch (const dnnl::error&) {
-      }
+      } catch (const dnnl::error&) {}
     } catch (const dnnl::error&) {
       slot.reset();
     }
@@ -126,8 +120,8 @@ class Plans {
 };
 
 ProductKey product_key(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& out, double scale) {
-  return {a.sizes().vec(), a.strides().vec(), b.sizes().vec(), b.strides().vec(), out.sizes().vec(), out.strides().vec(),
-          a.scalar_type(), out.scalar_type(), static_cast<float>(scale)};
+  return {a.sizes().vec(),     a.strides().vec(), b.sizes().vec(),   b.strides().vec(),        out.sizes().vec(),
+          out.strides().vec(), a.scalar_type(),   out.scalar_type(), static_cast<float>(scale)};
 }
 
 void execute(const dnnl::primitive& primitive, const std::unordered_map<int, memory>& arguments) {
@@ -242,8 +236,15 @@ bool training_attention_applies(const torch::Tensor& query, const torch::Tensor&
   // The first product and the softmax decide: the other products share the first's kernels.
   const auto transposed_key = key.transpose(-1, -2);
   const std::vector<int64_t> scores_sizes{batch, heads, targets, sources};
-  const ProductKey first{query.sizes().vec(), query.strides().vec(), transposed_key.sizes().vec(), transposed_key.strides().vec(),
-                         scores_sizes, contiguous_strides(scores_sizes), dtype, dtype, 1.0f};
+  const ProductKey first{query.sizes().vec(),
+                         query.strides().vec(),
+                         transposed_key.sizes().vec(),
+                         transposed_key.strides().vec(),
+                         scores_sizes,
+                         contiguous_strides(scores_sizes),
+                         dtype,
+                         dtype,
+                         1.0f};
   return Plans::instance().product(first) != nullptr && Plans::instance().softmax({scores_sizes, dtype}) != nullptr;
 }
 

@@ -42,7 +42,7 @@ constexpr size_t kMaxPlans = 16;
 struct FusedConvolution::State {
   struct Plan {
     std::optional<dnnl::convolution_forward> convolution;  // none: no fast kernel, torch computes
-    memory weights;  // folded and packed for this plan's kernel
+    memory weights;                                        // folded and packed for this plan's kernel
     // Winograd kernels read and write oneDNN's blocked layout: the input is reordered into it
     // and the output back out of it around the convolution.
     std::optional<dnnl::reorder> to_blocked, from_blocked;
@@ -109,12 +109,10 @@ struct FusedConvolution::State {
       std::optional<dnnl::convolution_forward::primitive_desc> found;
       try {
         found.emplace(dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, algorithm, source, any_weights, bias_desc,
-                                                      destination, {layer.stride, layer.stride},
-                                                      {layer.dilation - 1, layer.dilation - 1}, {layer.padding, layer.padding},
-                                                      {layer.padding, layer.padding}),
+                                                      destination, {layer.stride, layer.stride}, {layer.dilation - 1, layer.dilation - 1},
+                                                      {layer.padding, layer.padding}, {layer.padding, layer.padding}),
                       attributes, engine);
-      } catch (const dnnl::error&) {
-      }
+      } catch (const dnnl::error&) {}
       if (found && is_reference_kernel(*found)) found.reset();
       return found;
     };
@@ -180,8 +178,8 @@ bool fusion_applies(const torch::Tensor& input, const ConvolutionBatchNorm& laye
 
 }  // namespace
 
-torch::Tensor FusedConvolution::run(const torch::Tensor& input, const ConvolutionBatchNorm& layer, const torch::Tensor& residual,
-                                    bool relu, bool may_overwrite_residual) {
+torch::Tensor FusedConvolution::run(const torch::Tensor& input, const ConvolutionBatchNorm& layer, const torch::Tensor& residual, bool relu,
+                                    bool may_overwrite_residual) {
   if (!fusion_applies(input, layer)) return {};
   const auto source = input.contiguous(torch::MemoryFormat::ChannelsLast);
   const int64_t kernel_h = layer.weight.size(2), kernel_w = layer.weight.size(3);
@@ -196,8 +194,8 @@ torch::Tensor FusedConvolution::run(const torch::Tensor& input, const Convolutio
     residual_source = residual.to(input.scalar_type()).contiguous(torch::MemoryFormat::ChannelsLast);
     // A residual of the caller's to overwrite, or a converted copy of ours: the output is
     // accumulated into it.
-    const bool writable = (may_overwrite_residual || !residual_source.is_same(residual)) &&
-                          residual_source.storage().data() != source.storage().data();
+    const bool writable =
+        (may_overwrite_residual || !residual_source.is_same(residual)) && residual_source.storage().data() != source.storage().data();
     residual_sum = writable ? State::ResidualSum::InPlace : State::ResidualSum::Read;
   }
   output = residual_sum == State::ResidualSum::InPlace
@@ -213,12 +211,13 @@ torch::Tensor FusedConvolution::run(const torch::Tensor& input, const Convolutio
   auto nhwc = [&](const torch::Tensor& t) {
     return memory({memory::dims(t.sizes().begin(), t.sizes().end()), type, memory::format_tag::nhwc}, engine, t.data_ptr());
   };
-  std::unordered_map<int, memory> arguments{
-      {DNNL_ARG_SRC, nhwc(source)},
-      {DNNL_ARG_WEIGHTS, plan.weights},
-      {DNNL_ARG_BIAS, memory({{layer.weight.size(0)}, memory::data_type::f32, memory::format_tag::a}, engine, state_->folded_bias.data_ptr())},
-      {DNNL_ARG_DST, nhwc(output)}};
-  if (residual_sum == State::ResidualSum::Read) arguments.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, nhwc(residual_source));
+  std::unordered_map<int, memory> arguments{{DNNL_ARG_SRC, nhwc(source)},
+                                            {DNNL_ARG_WEIGHTS, plan.weights},
+                                            {DNNL_ARG_BIAS, memory({{layer.weight.size(0)}, memory::data_type::f32, memory::format_tag::a},
+                                                                   engine, state_->folded_bias.data_ptr())},
+                                            {DNNL_ARG_DST, nhwc(output)}};
+  if (residual_sum == State::ResidualSum::Read)
+    arguments.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, nhwc(residual_source));
   dnnl::stream stream(engine);
   if (plan.to_blocked) {
     auto scratch = [&](const memory::desc& desc) {

@@ -69,18 +69,18 @@ class Plans {
     if (plans_.size() >= kMaxPlans) plans_.clear();
     auto& slot = plans_[key];
     const memory::desc a({key.m, key.k}, dnnl_type(key.input_dtype), {key.a_row_stride, key.a_column_stride});
-    const memory::desc b = key.packed_b
-                               ? memory::desc({key.k, key.n}, dnnl_type(key.input_dtype), memory::format_tag::any)
-                               : memory::desc({key.k, key.n}, dnnl_type(key.input_dtype), {key.b_row_stride, key.b_column_stride});
+    const memory::desc b = key.packed_b ? memory::desc({key.k, key.n}, dnnl_type(key.input_dtype), memory::format_tag::any)
+                                        : memory::desc({key.k, key.n}, dnnl_type(key.input_dtype), {key.b_row_stride, key.b_column_stride});
     const memory::desc out({key.m, key.n}, dnnl_type(key.output_dtype), memory::format_tag::ab);
     dnnl::primitive_attr attributes;
     dnnl::post_ops post_ops;
     if (key.activation != FusedActivation::None) {
-      post_ops.append_eltwise(1.0f, key.activation == FusedActivation::Gelu ? dnnl::algorithm::eltwise_gelu_erf : dnnl::algorithm::eltwise_relu,
-                              0.0f, 0.0f);
+      post_ops.append_eltwise(
+          1.0f, key.activation == FusedActivation::Gelu ? dnnl::algorithm::eltwise_gelu_erf : dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
     }
     if (key.residual_dtype != torch::ScalarType::Undefined) {
-      post_ops.append_binary(dnnl::algorithm::binary_add, memory::desc({key.m, key.n}, dnnl_type(key.residual_dtype), memory::format_tag::ab));
+      post_ops.append_binary(dnnl::algorithm::binary_add,
+                             memory::desc({key.m, key.n}, dnnl_type(key.residual_dtype), memory::format_tag::ab));
     }
     attributes.set_post_ops(post_ops);
     try {
@@ -88,8 +88,8 @@ class Plans {
           key.bias_dtype == torch::ScalarType::Undefined
               ? dnnl::matmul::primitive_desc(dnnl::matmul::desc(a, b, out), attributes, engine_)
               : dnnl::matmul::primitive_desc(
-                    dnnl::matmul::desc(a, b, memory::desc({1, key.n}, dnnl_type(key.bias_dtype), memory::format_tag::ab), out),
-                    attributes, engine_);
+                    dnnl::matmul::desc(a, b, memory::desc({1, key.n}, dnnl_type(key.bias_dtype), memory::format_tag::ab), out), attributes,
+                    engine_);
       if (!is_reference_kernel(description)) {
         slot = std::make_shared<const MatmulPlan>(MatmulPlan{dnnl::matmul(description), description.weights_desc()});
       }
@@ -113,13 +113,15 @@ bool float_or_bfloat16(torch::ScalarType type) { return type == torch::kFloat32 
 
 MatmulKey matmul_key(const torch::Tensor& a, const torch::Tensor& b, torch::ScalarType output_dtype, const torch::Tensor& bias,
                      FusedActivation activation) {
-  return {a.size(0), a.size(1), b.size(1), a.stride(0), a.stride(1), b.stride(0), b.stride(1), a.scalar_type(), output_dtype,
-          bias.defined() ? bias.scalar_type() : torch::ScalarType::Undefined, activation};
+  return {a.size(0),   a.size(1),   b.size(1),       a.stride(0),  a.stride(1),
+          b.stride(0), b.stride(1), a.scalar_type(), output_dtype, bias.defined() ? bias.scalar_type() : torch::ScalarType::Undefined,
+          activation};
 }
 
 bool matmul_operands_fit(const torch::Tensor& a, const torch::Tensor& b, torch::ScalarType output_dtype, const torch::Tensor& bias) {
   if (a.dim() != 2 || b.dim() != 2 || a.size(1) != b.size(0) || a.numel() == 0 || b.numel() == 0) return false;
-  if (!a.device().is_cpu() || !b.device().is_cpu() || a.scalar_type() != b.scalar_type() || !float_or_bfloat16(a.scalar_type())) return false;
+  if (!a.device().is_cpu() || !b.device().is_cpu() || a.scalar_type() != b.scalar_type() || !float_or_bfloat16(a.scalar_type()))
+    return false;
   if (!float_or_bfloat16(output_dtype) || (output_dtype != a.scalar_type() && output_dtype != torch::kFloat32)) return false;
   return !bias.defined() || (bias.device().is_cpu() && bias.dim() == 1 && bias.is_contiguous() && bias.size(0) == b.size(1) &&
                              float_or_bfloat16(bias.scalar_type()));
@@ -147,8 +149,8 @@ torch::Tensor run_matmul(const torch::Tensor& a, const torch::Tensor& b, torch::
   if (!residual_fits(residual, key)) return {};
   const auto plan = Plans::instance().find(key);
   if (plan == nullptr) return {};
-  const memory b_memory({{key.k, key.n}, dnnl_type(key.input_dtype), {key.b_row_stride, key.b_column_stride}},
-                        Plans::instance().engine(), b.data_ptr());
+  const memory b_memory({{key.k, key.n}, dnnl_type(key.input_dtype), {key.b_row_stride, key.b_column_stride}}, Plans::instance().engine(),
+                        b.data_ptr());
   return execute_matmul(*plan, key, a, b_memory, bias, residual);
 }
 
@@ -195,11 +197,20 @@ torch::Tensor rows_of(const torch::Tensor& x) { return x.reshape({-1, x.size(-1)
 
 // The product of a linear layer as the functions below run it: the input's rows made contiguous,
 // the weights [out, in] read in place as the [in, out] operand.
-MatmulKey linear_key(const torch::Tensor& input, const torch::Tensor& weight, torch::ScalarType input_dtype,
-                     torch::ScalarType bias_dtype, FusedActivation activation) {
+MatmulKey linear_key(const torch::Tensor& input, const torch::Tensor& weight, torch::ScalarType input_dtype, torch::ScalarType bias_dtype,
+                     FusedActivation activation) {
   const int64_t in_features = weight.size(1);
-  return {input.numel() / in_features, in_features, weight.size(0), in_features, 1, 1, in_features, input_dtype, input_dtype,
-          bias_dtype, activation};
+  return {input.numel() / in_features,
+          in_features,
+          weight.size(0),
+          in_features,
+          1,
+          1,
+          in_features,
+          input_dtype,
+          input_dtype,
+          bias_dtype,
+          activation};
 }
 
 std::vector<int64_t> with_last(const torch::Tensor& x, int64_t last) {
@@ -213,14 +224,22 @@ std::vector<int64_t> with_last(const torch::Tensor& x, int64_t last) {
 // checked against the plans oneDNN makes; where either differs, the weights are read plain.
 MatmulKey forward_with_packed_weights_key(int64_t rows, int64_t out_features, int64_t in_features, torch::ScalarType output_dtype,
                                           torch::ScalarType bias_dtype) {
-  MatmulKey key{rows, in_features, out_features, in_features, 1, 0, 0, torch::kBFloat16, output_dtype, bias_dtype,
-                FusedActivation::None};
+  MatmulKey key{rows, in_features, out_features, in_features, 1, 0, 0, torch::kBFloat16, output_dtype, bias_dtype, FusedActivation::None};
   key.packed_b = true;
   return key;
 }
 
 MatmulKey input_gradient_with_packed_weights_key(int64_t rows, int64_t out_features, int64_t in_features, torch::ScalarType input_dtype) {
-  MatmulKey key{rows, out_features, in_features, out_features, 1, 0, 0, torch::kBFloat16, input_dtype, torch::ScalarType::Undefined,
+  MatmulKey key{rows,
+                out_features,
+                in_features,
+                out_features,
+                1,
+                0,
+                0,
+                torch::kBFloat16,
+                input_dtype,
+                torch::ScalarType::Undefined,
                 FusedActivation::None};
   key.packed_b = true;
   return key;
@@ -230,8 +249,8 @@ MatmulKey input_gradient_with_packed_weights_key(int64_t rows, int64_t out_featu
 bool reads_packed_bf16_weights(const std::shared_ptr<const MatmulPlan>& plan, int64_t k, int64_t n) {
   if (plan == nullptr) return false;
   const auto& desc = plan->packed_b.data;
-  if (desc.data_type != dnnl_bf16 || desc.ndims != 2 || desc.format_kind != dnnl_blocked || desc.offset0 != 0 ||
-      desc.extra.flags != 0 || desc.padded_dims[0] != k || desc.padded_dims[1] != n) {
+  if (desc.data_type != dnnl_bf16 || desc.ndims != 2 || desc.format_kind != dnnl_blocked || desc.offset0 != 0 || desc.extra.flags != 0 ||
+      desc.padded_dims[0] != k || desc.padded_dims[1] != n) {
     return false;
   }
   const auto& blocking = desc.format_desc.blocking;
@@ -260,8 +279,8 @@ class AutocastLinear : public torch::autograd::Function<AutocastLinear> {
     torch::Tensor output;
     if (auto packed = pack_weights(input16, weight, bias, output_dtype, residual_rows, input.scalar_type(), input.requires_grad())) {
       output = execute_matmul(*packed->forward_plan, packed->forward_key, input16,
-                              memory(packed->forward_plan->packed_b, Plans::instance().engine(), packed->forward_operand.data_ptr()),
-                              bias, residual_rows);
+                              memory(packed->forward_plan->packed_b, Plans::instance().engine(), packed->forward_operand.data_ptr()), bias,
+                              residual_rows);
       context->save_for_backward({input16, packed->gradient_operand});
       context->saved_data["packed_weights"] = true;
     } else {
@@ -294,7 +313,8 @@ class AutocastLinear : public torch::autograd::Function<AutocastLinear> {
         const auto key = input_gradient_with_packed_weights_key(grad16.size(0), out_features, in_features, input_dtype);
         const auto plan = Plans::instance().find(key);
         VT_CHECK(plan != nullptr, "the input gradient's product of a bfloat16 linear layer lost its kernel");
-        grad_input = execute_matmul(*plan, key, grad16, memory(plan->packed_b, Plans::instance().engine(), weight_operand.data_ptr()), {}, {});
+        grad_input =
+            execute_matmul(*plan, key, grad16, memory(plan->packed_b, Plans::instance().engine(), weight_operand.data_ptr()), {}, {});
       } else {
         grad_input = run_matmul(grad16, weight_operand, input_dtype, {}, FusedActivation::None);
         if (!grad_input.defined()) grad_input = grad16.mm(weight_operand).to(input_dtype);
@@ -429,8 +449,8 @@ struct PackedLinearWeights::State {
     dnnl::primitive_attr attributes;
     if (key.activation != FusedActivation::None) {
       dnnl::post_ops post_ops;
-      post_ops.append_eltwise(1.0f, key.activation == FusedActivation::Gelu ? dnnl::algorithm::eltwise_gelu_erf : dnnl::algorithm::eltwise_relu,
-                              0.0f, 0.0f);
+      post_ops.append_eltwise(
+          1.0f, key.activation == FusedActivation::Gelu ? dnnl::algorithm::eltwise_gelu_erf : dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
       attributes.set_post_ops(post_ops);
     }
     std::optional<dnnl::matmul::primitive_desc> description;
@@ -464,24 +484,24 @@ struct PackedLinearWeights::State {
 PackedLinearWeights::PackedLinearWeights() : state_(std::make_unique<State>()) {}
 PackedLinearWeights::~PackedLinearWeights() = default;
 
-bool dnnl_linear_applies(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
-                         FusedActivation activation) {
+bool dnnl_linear_applies(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias, FusedActivation activation) {
   if (input.dim() < 1 || weight.dim() != 2 || input.size(-1) != weight.size(1) || input.numel() == 0) return false;
   if (weight.scalar_type() != input.scalar_type() || (bias.defined() && bias.scalar_type() != input.scalar_type())) return false;
-  if (needs_grad(input) || needs_grad(weight) || needs_grad(bias) || at::autocast::is_cpu_enabled() || at::in_parallel_region()) return false;
+  if (needs_grad(input) || needs_grad(weight) || needs_grad(bias) || at::autocast::is_cpu_enabled() || at::in_parallel_region())
+    return false;
   if (!weight.is_contiguous() || !matmul_operands_fit(rows_of(input), weight.t(), input.scalar_type(), bias)) return false;
   const auto bias_dtype = bias.defined() ? bias.scalar_type() : torch::ScalarType::Undefined;
   return Plans::instance().find(linear_key(input, weight, input.scalar_type(), bias_dtype, activation)) != nullptr;
 }
 
-torch::Tensor dnnl_linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
-                          FusedActivation activation, PackedLinearWeights* packed) {
+torch::Tensor dnnl_linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias, FusedActivation activation,
+                          PackedLinearWeights* packed) {
   const auto rows = rows_of(input).contiguous();
   if (packed != nullptr) {
     auto& state = packed->state();
     std::lock_guard<std::mutex> lock(state.mutex);
-    const auto key = linear_key(input, weight, input.scalar_type(),
-                                bias.defined() ? bias.scalar_type() : torch::ScalarType::Undefined, activation);
+    const auto key =
+        linear_key(input, weight, input.scalar_type(), bias.defined() ? bias.scalar_type() : torch::ScalarType::Undefined, activation);
     auto& plan = state.plan(key, weight);
     if (plan.matmul) {
       auto output = torch::empty({key.m, key.n}, input.options());
@@ -500,13 +520,14 @@ torch::Tensor dnnl_linear(const torch::Tensor& input, const torch::Tensor& weigh
     }
   }
   auto output = run_matmul(rows, weight.t(), input.scalar_type(), bias, activation);
-  VT_CHECK(output.defined(), "no oneDNN kernel for a ", input.scalar_type(), " linear layer of ", weight.size(1), " -> ",
-           weight.size(0), " features");
+  VT_CHECK(output.defined(), "no oneDNN kernel for a ", input.scalar_type(), " linear layer of ", weight.size(1), " -> ", weight.size(0),
+           " features");
   return output.view(with_last(input, weight.size(0)));
 }
 
 bool autocast_linear_applies(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias) {
-  if (!at::autocast::is_cpu_enabled() || at::autocast::get_autocast_cpu_dtype() != torch::kBFloat16 || at::in_parallel_region()) return false;
+  if (!at::autocast::is_cpu_enabled() || at::autocast::get_autocast_cpu_dtype() != torch::kBFloat16 || at::in_parallel_region())
+    return false;
   if (!input.device().is_cpu() || !weight.device().is_cpu() || !float_or_bfloat16(input.scalar_type()) ||
       !float_or_bfloat16(weight.scalar_type()) || weight.dim() != 2 || input.dim() < 1 || input.size(-1) != weight.size(1) ||
       input.numel() == 0 || (bias.defined() && (!bias.device().is_cpu() || !float_or_bfloat16(bias.scalar_type())))) {
@@ -522,8 +543,8 @@ torch::Tensor autocast_linear(const torch::Tensor& input, const torch::Tensor& w
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
   // A layer without a bias gets zeros that need no gradient: the product adds them for free.
   const auto full_bias = bias.defined() ? bias : torch::zeros({weight.size(0)}, weight.options().dtype(torch::kFloat32));
-  if (residual.defined() && (residual.sizes() != with_last(input, weight.size(0)) || !residual.device().is_cpu() ||
-                             !float_or_bfloat16(residual.scalar_type()))) {
+  if (residual.defined() &&
+      (residual.sizes() != with_last(input, weight.size(0)) || !residual.device().is_cpu() || !float_or_bfloat16(residual.scalar_type()))) {
     // Shapes that broadcast, or other dtypes: autocast's own sum.
     return AutocastLinear::apply(input, weight, full_bias, torch::empty({0})) + residual;
   }

@@ -5,8 +5,8 @@
 #include <string>
 #include <unordered_map>
 
-#include <oneapi/dnnl/dnnl.hpp>
 #include <torch/torch.h>
+#include <oneapi/dnnl/dnnl.hpp>
 
 namespace vt::kernels {
 

@@ -61,8 +61,7 @@ struct Int8Linear::Impl {
     }
     if (!packed) {
       packed = memory(description.weights_desc(), engine);
-      memory plain({{in_features, out_features}, memory::data_type::s8, memory::format_tag::ab}, engine,
-                   plain_weights.data_ptr());
+      memory plain({{in_features, out_features}, memory::data_type::s8, memory::format_tag::ab}, engine, plain_weights.data_ptr());
       dnnl::stream stream(engine);
       dnnl::reorder(plain, packed).execute(stream, plain, packed);
       stream.wait();
@@ -74,26 +73,23 @@ struct Int8Linear::Impl {
 
 Int8Linear::Int8Linear(const torch::Tensor& weight, const torch::Tensor& bias) : impl_(std::make_unique<Impl>()) {
   VT_CHECK(weight.dim() == 2 && weight.device().is_cpu() && weight.scalar_type() == torch::kFloat32,
-           "int8 quantization takes float32 CPU weights [out, in], got ", weight.scalar_type(), " ", weight.sizes(),
-           " on ", weight.device());
+           "int8 quantization takes float32 CPU weights [out, in], got ", weight.scalar_type(), " ", weight.sizes(), " on ",
+           weight.device());
   torch::NoGradGuard no_grad;
   impl_->out_features = weight.size(0);
   impl_->in_features = weight.size(1);
   auto per_channel_max = std::get<0>(weight.abs().max(1));
   impl_->weight_scales = torch::where(per_channel_max > 0, per_channel_max / kInt8Max, torch::ones_like(per_channel_max)).contiguous();
-  impl_->plain_weights = torch::round(weight / impl_->weight_scales.unsqueeze(1))
-                             .clamp(-kInt8Max, kInt8Max)
-                             .to(torch::kInt8)
-                             .t()
-                             .contiguous();
+  impl_->plain_weights =
+      torch::round(weight / impl_->weight_scales.unsqueeze(1)).clamp(-kInt8Max, kInt8Max).to(torch::kInt8).t().contiguous();
   impl_->bias = bias.defined() ? bias.detach().to(torch::kFloat32).contiguous() : torch::zeros({impl_->out_features});
 }
 
 Int8Linear::~Int8Linear() = default;
 
 torch::Tensor Int8Linear::forward(const torch::Tensor& input) const {
-  VT_CHECK(input.device().is_cpu() && input.size(-1) == impl_->in_features, "int8 linear layer expects [..., ",
-           impl_->in_features, "] on CPU, got ", input.sizes(), " on ", input.device());
+  VT_CHECK(input.device().is_cpu() && input.size(-1) == impl_->in_features, "int8 linear layer expects [..., ", impl_->in_features,
+           "] on CPU, got ", input.sizes(), " on ", input.device());
   const auto rows_view = input.reshape({-1, impl_->in_features}).to(torch::kFloat32).contiguous();
   const int64_t rows = rows_view.size(0), out_features = impl_->out_features;
   auto output_sizes = input.sizes().vec();
@@ -107,10 +103,8 @@ torch::Tensor Int8Linear::forward(const torch::Tensor& input) const {
 
   auto& plan = impl_->plan(rows);
   auto accumulated = torch::empty({rows, out_features}, torch::kInt32);
-  memory source({{rows, impl_->in_features}, memory::data_type::s8, memory::format_tag::ab}, impl_->engine,
-                quantized.data_ptr());
-  memory destination({{rows, out_features}, memory::data_type::s32, memory::format_tag::ab}, impl_->engine,
-                     accumulated.data_ptr());
+  memory source({{rows, impl_->in_features}, memory::data_type::s8, memory::format_tag::ab}, impl_->engine, quantized.data_ptr());
+  memory destination({{rows, out_features}, memory::data_type::s32, memory::format_tag::ab}, impl_->engine, accumulated.data_ptr());
   dnnl::stream stream(impl_->engine);
   plan.matmul.execute(stream, {{DNNL_ARG_SRC, source}, {DNNL_ARG_WEIGHTS, plan.weights}, {DNNL_ARG_DST, destination}});
   stream.wait();

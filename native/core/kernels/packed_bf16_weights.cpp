@@ -83,8 +83,7 @@ VT_AVX512_BF16 void pack_rows(const float* weight, int64_t out_features, int64_t
 #pragma GCC diagnostic pop
 
 bool cpu_has_avx512_bf16() {
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512bf16");
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512bf16");
   return has;
 }
 

@@ -63,8 +63,8 @@ template <bool WithBias>
 class SplitLinear : public torch::autograd::Function<SplitLinear<WithBias>> {
  public:
   template <typename... Bias>
-  static torch::Tensor forward(torch::autograd::AutogradContext* context, const torch::Tensor& input,
-                               const torch::Tensor& weight, const Bias&... bias) {
+  static torch::Tensor forward(torch::autograd::AutogradContext* context, const torch::Tensor& input, const torch::Tensor& weight,
+                               const Bias&... bias) {
     static_assert(sizeof...(Bias) == (WithBias ? 1 : 0));
     context->save_for_backward({input, weight});
     if constexpr (WithBias) {
@@ -74,8 +74,7 @@ class SplitLinear : public torch::autograd::Function<SplitLinear<WithBias>> {
     }
   }
 
-  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* context,
-                                               torch::autograd::tensor_list grad_outputs) {
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* context, torch::autograd::tensor_list grad_outputs) {
     const auto saved = context->get_saved_variables();
     const auto& input = saved[0];
     const auto& weight = saved[1];
@@ -109,8 +108,7 @@ torch::Tensor linear(const torch::Tensor& input, const torch::Tensor& weight, co
   return linear_without_autograd(input, weight, bias);
 }
 
-bool fuses_attention(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value,
-                     const torch::Tensor& additive_mask) {
+bool fuses_attention(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value, const torch::Tensor& additive_mask) {
   for (const auto* t : {&query, &key, &value}) {
     if (!cpu_float(*t) || t->dim() != 4 || t->stride(3) != 1 || needs_grad(*t)) return false;
   }

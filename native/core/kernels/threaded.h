@@ -20,8 +20,7 @@ torch::Tensor linear(const torch::Tensor& input, const torch::Tensor& weight, co
 
 // Whether `attention` can run these operands: CPU float32, no gradient wanted, unit stride in the
 // last dimension, and a mask (if any) that broadcasts to [B, heads, Tq, Tk].
-bool fuses_attention(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value,
-                     const torch::Tensor& additive_mask);
+bool fuses_attention(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value, const torch::Tensor& additive_mask);
 
 // softmax(query key^T * scale + additive_mask) value over [B, heads, T, head_dim] operands, one
 // (sample, head) pair at a time per thread: no [B, heads, Tq, Tk] score tensor, no copies to

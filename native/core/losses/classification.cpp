@@ -4,16 +4,15 @@
 
 namespace vt {
 
-std::string resolve_problem_type(const std::string& configured, int64_t num_labels,
-                                 const torch::Tensor& labels) {
+std::string resolve_problem_type(const std::string& configured, int64_t num_labels, const torch::Tensor& labels) {
   if (!configured.empty()) return configured;
   if (num_labels == 1) return "regression";
   bool integral = labels.scalar_type() == torch::kLong || labels.scalar_type() == torch::kInt;
   return integral ? "single_label_classification" : "multi_label_classification";
 }
 
-torch::Tensor image_classification_loss(const torch::Tensor& logits, const torch::Tensor& labels,
-                                        const std::string& problem_type, double label_smoothing) {
+torch::Tensor image_classification_loss(const torch::Tensor& logits, const torch::Tensor& labels, const std::string& problem_type,
+                                        double label_smoothing) {
   const int64_t batch = logits.size(0);
   const int64_t num_labels = logits.size(-1);
   VT_CHECK(labels.size(0) == batch, "labels: batch size ", labels.size(0), " does not match pixel_values' ", batch);
@@ -43,8 +42,7 @@ torch::Tensor image_classification_loss(const torch::Tensor& logits, const torch
         torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100).label_smoothing(label_smoothing));
   }
   if (problem == "multi_label_classification") {
-    VT_CHECK(labels.sizes() == logits.sizes(), "labels: multi-label classification needs shape ",
-             logits.sizes(), ", got ", labels.sizes());
+    VT_CHECK(labels.sizes() == logits.sizes(), "labels: multi-label classification needs shape ", logits.sizes(), ", got ", labels.sizes());
     return torch::binary_cross_entropy_with_logits(logits32, labels.to(torch::kFloat32));
   }
   fail("unknown problem_type \"", problem, "\"");

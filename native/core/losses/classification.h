@@ -13,8 +13,8 @@ namespace vt {
 // else from num_labels and the labels' dtype (1 label: regression/MSE; integer labels:
 // cross-entropy; float labels: multi-label BCE with logits). Labels are validated first so a bad
 // batch gets an error naming the problem rather than a libtorch assertion.
-torch::Tensor image_classification_loss(const torch::Tensor& logits, const torch::Tensor& labels,
-                                        const std::string& problem_type, double label_smoothing = 0.0);
+torch::Tensor image_classification_loss(const torch::Tensor& logits, const torch::Tensor& labels, const std::string& problem_type,
+                                        double label_smoothing = 0.0);
 
 // What every *ForImageClassification forward returns: the loss first when labels are given, then
 // the logits.
@@ -22,7 +22,6 @@ std::vector<std::pair<std::string, torch::Tensor>> classification_outputs(const 
                                                                           const std::string& problem_type);
 
 // The problem type classification_loss resolves to for these labels.
-std::string resolve_problem_type(const std::string& configured, int64_t num_labels,
-                                 const torch::Tensor& labels);
+std::string resolve_problem_type(const std::string& configured, int64_t num_labels, const torch::Tensor& labels);
 
 }  // namespace vt

@@ -85,7 +85,8 @@ std::map<std::string, torch::Tensor> set_losses(const SetLossConfig& config, int
   auto batch_idx = torch::cat(batch_index), source_idx = torch::cat(source_index);
 
   std::map<std::string, torch::Tensor> losses;
-  auto target_classes = torch::full({logits.size(0), logits.size(1)}, num_labels, torch::TensorOptions().dtype(torch::kInt64).device(logits.device()));
+  auto target_classes =
+      torch::full({logits.size(0), logits.size(1)}, num_labels, torch::TensorOptions().dtype(torch::kInt64).device(logits.device()));
   target_classes.index_put_({batch_idx, source_idx}, torch::cat(matched_classes));
   auto empty_weight = torch::ones({num_labels + 1}, logits.options().dtype(torch::kFloat32));
   empty_weight[num_labels] = config.eos_coefficient;
@@ -117,7 +118,8 @@ void validate_targets(const std::vector<Target>& targets, int64_t batch, int64_t
              ".boxes: expected a float32 tensor [", t.class_labels.size(0), ", 4] (cx, cy, w, h, normalised)");
     if (t.class_labels.numel() > 0) {
       const int64_t low = t.class_labels.min().item<int64_t>(), high = t.class_labels.max().item<int64_t>();
-      VT_CHECK(low >= 0 && high < num_labels, name, ".classLabels: class ", low < 0 ? low : high, " is out of range for ", num_labels, " labels");
+      VT_CHECK(low >= 0 && high < num_labels, name, ".classLabels: class ", low < 0 ? low : high, " is out of range for ", num_labels,
+               " labels");
       VT_CHECK(t.boxes.isfinite().all().item<bool>() && t.boxes.select(1, 2).ge(0).all().item<bool>() &&
                    t.boxes.select(1, 3).ge(0).all().item<bool>(),
                name, ".boxes: widths and heights must be finite and non-negative");

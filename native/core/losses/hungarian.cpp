@@ -74,10 +74,9 @@ std::vector<int64_t> solve_wide(const double* cost, int64_t rows, int64_t cols) 
 
 std::vector<std::pair<int64_t, int64_t>> linear_sum_assignment(const torch::Tensor& cost) {
   VT_CHECK(cost.defined(), "linear_sum_assignment: the cost matrix is undefined");
-  VT_CHECK(cost.dim() == 2, "linear_sum_assignment: the cost matrix must be 2-D, got ", cost.dim(), "-D ",
-           cost.sizes());
-  VT_CHECK(!cost.is_complex() && cost.scalar_type() != torch::kBool,
-           "linear_sum_assignment: the cost matrix must be real-valued, got ", cost.scalar_type());
+  VT_CHECK(cost.dim() == 2, "linear_sum_assignment: the cost matrix must be 2-D, got ", cost.dim(), "-D ", cost.sizes());
+  VT_CHECK(!cost.is_complex() && cost.scalar_type() != torch::kBool, "linear_sum_assignment: the cost matrix must be real-valued, got ",
+           cost.scalar_type());
   const int64_t rows = cost.size(0), cols = cost.size(1);
   if (rows == 0 || cols == 0) return {};
 
@@ -88,8 +87,7 @@ std::vector<std::pair<int64_t, int64_t>> linear_sum_assignment(const torch::Tens
       const double value = data[i * cols + j];
       // scipy reads +inf as a forbidden pair; DETR's costs are always finite, so a non-finite
       // entry means a broken cost computation upstream.
-      VT_CHECK(std::isfinite(value), "linear_sum_assignment: cost[", i, "][", j, "] is ", value,
-               "; every cost must be finite");
+      VT_CHECK(std::isfinite(value), "linear_sum_assignment: cost[", i, "][", j, "] is ", value, "; every cost must be finite");
     }
   }
 

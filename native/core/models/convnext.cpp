@@ -25,8 +25,7 @@ ConvNextConfig ConvNextConfig::from_json(const nlohmann::json& json, const std::
   config.layer_scale_init_value = fields.get_number("layer_scale_init_value", config.layer_scale_init_value);
   config.drop_path_rate = fields.get_probability("drop_path_rate", 0.0);
   config.head = HeadConfig::from_json(json, source);
-  VT_CHECK(static_cast<int64_t>(config.depths.size()) >= num_stages &&
-               static_cast<int64_t>(config.hidden_sizes.size()) >= num_stages,
+  VT_CHECK(static_cast<int64_t>(config.depths.size()) >= num_stages && static_cast<int64_t>(config.hidden_sizes.size()) >= num_stages,
            source, ": num_stages is ", num_stages, " but depths has ", config.depths.size(), " and hidden_sizes ",
            config.hidden_sizes.size(), " entries");
   config.depths.resize(static_cast<size_t>(num_stages));
@@ -71,8 +70,9 @@ torch::Tensor ConvNextLayerImpl::forward(const torch::Tensor& input) {
 ConvNextBody::ConvNextBody(const ConvNextConfig& config, torch::nn::Module& owner) : config(config) {
   auto embeddings = layers::add_container(owner, "embeddings");
   patch_embeddings = embeddings->register_module(
-      "patch_embeddings", torch::nn::Conv2d(torch::nn::Conv2dOptions(config.num_channels, config.hidden_sizes[0], config.patch_size)
-                                                .stride(config.patch_size)));
+      "patch_embeddings",
+      torch::nn::Conv2d(
+          torch::nn::Conv2dOptions(config.num_channels, config.hidden_sizes[0], config.patch_size).stride(config.patch_size)));
   embeddings_norm = embeddings->register_module("layernorm", ChannelLayerNorm(config.hidden_sizes[0], kInnerNormEps, true));
 
   int64_t total_depth = 0;
@@ -90,8 +90,8 @@ ConvNextBody::ConvNextBody(const ConvNextConfig& config, torch::nn::Module& owne
     if (previous != channels || i > 0) {
       auto downsampling = layers::add_container(*stage_module, "downsampling_layer");
       stage.downsample_norm = downsampling->register_module("0", ChannelLayerNorm(previous, kInnerNormEps, true));
-      stage.downsample_conv = downsampling->register_module(
-          "1", torch::nn::Conv2d(torch::nn::Conv2dOptions(previous, channels, 2).stride(2)));
+      stage.downsample_conv =
+          downsampling->register_module("1", torch::nn::Conv2d(torch::nn::Conv2dOptions(previous, channels, 2).stride(2)));
     }
     auto layer_list = layers::add_container(*stage_module, "layers");
     for (int64_t j = 0; j < config.depths[i]; ++j) {

@@ -5,8 +5,8 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "nn/layers.h"
 #include "nn/module.h"
@@ -20,7 +20,7 @@ struct ConvNextConfig {
   std::vector<int64_t> depths{3, 3, 9, 3};
   std::string hidden_act = "gelu";
   double initializer_range = 0.02;
-  double layer_norm_eps = 1e-12;     // the final LayerNorm's; the others use 1e-6, as transformers
+  double layer_norm_eps = 1e-12;  // the final LayerNorm's; the others use 1e-6, as transformers
   double layer_scale_init_value = 1e-6;
   double drop_path_rate = 0.0;
   HeadConfig head;
@@ -56,7 +56,7 @@ class ConvNextLayerImpl : public torch::nn::Module {
 TORCH_MODULE(ConvNextLayer);
 
 struct ConvNextStage {
-  ChannelLayerNorm downsample_norm{nullptr};  // downsampling_layer.0
+  ChannelLayerNorm downsample_norm{nullptr};   // downsampling_layer.0
   torch::nn::Conv2d downsample_conv{nullptr};  // downsampling_layer.1
   std::vector<ConvNextLayer> layers;
 };
@@ -68,8 +68,8 @@ struct ConvNextBody {
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& pixel_values);
   ConvNextConfig config;
   torch::nn::Conv2d patch_embeddings{nullptr};  // embeddings.patch_embeddings
-  ChannelLayerNorm embeddings_norm{nullptr};     // embeddings.layernorm
-  std::vector<ConvNextStage> stages;             // encoder.stages.i
+  ChannelLayerNorm embeddings_norm{nullptr};    // embeddings.layernorm
+  std::vector<ConvNextStage> stages;            // encoder.stages.i
   layers::LayerNorm layernorm{nullptr};
 };
 

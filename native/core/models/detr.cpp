@@ -110,8 +110,8 @@ class HfResNetBackbone : public ConvBackbone {
 // A timm ResNet block (BasicBlock or Bottleneck) with frozen BatchNorm.
 class TimmBlockImpl : public torch::nn::Module {
  public:
-  TimmBlockImpl(bool bottleneck, int64_t in_channels, int64_t planes, int64_t stride, int64_t first_dilation,
-                int64_t dilation, bool downsample)
+  TimmBlockImpl(bool bottleneck, int64_t in_channels, int64_t planes, int64_t stride, int64_t first_dilation, int64_t dilation,
+                bool downsample)
       : bottleneck_(bottleneck) {
     using torch::nn::Conv2d;
     using torch::nn::Conv2dOptions;
@@ -119,12 +119,15 @@ class TimmBlockImpl : public torch::nn::Module {
     if (bottleneck) {
       conv1_ = register_module("conv1", Conv2d(Conv2dOptions(in_channels, planes, 1).bias(false)));
       bn1_ = register_module("bn1", layers::FrozenBatchNorm2d(planes));
-      conv2_ = register_module("conv2", Conv2d(Conv2dOptions(planes, planes, 3).stride(stride).padding(first_dilation).dilation(first_dilation).bias(false)));
+      conv2_ = register_module(
+          "conv2", Conv2d(Conv2dOptions(planes, planes, 3).stride(stride).padding(first_dilation).dilation(first_dilation).bias(false)));
       bn2_ = register_module("bn2", layers::FrozenBatchNorm2d(planes));
       conv3_ = register_module("conv3", Conv2d(Conv2dOptions(planes, out_channels, 1).bias(false)));
       bn3_ = register_module("bn3", layers::FrozenBatchNorm2d(out_channels));
     } else {
-      conv1_ = register_module("conv1", Conv2d(Conv2dOptions(in_channels, planes, 3).stride(stride).padding(first_dilation).dilation(first_dilation).bias(false)));
+      conv1_ = register_module(
+          "conv1",
+          Conv2d(Conv2dOptions(in_channels, planes, 3).stride(stride).padding(first_dilation).dilation(first_dilation).bias(false)));
       bn1_ = register_module("bn1", layers::FrozenBatchNorm2d(planes));
       conv2_ = register_module("conv2", Conv2d(Conv2dOptions(planes, planes, 3).padding(dilation).dilation(dilation).bias(false)));
       bn2_ = register_module("bn2", layers::FrozenBatchNorm2d(planes));
@@ -168,7 +171,8 @@ class TimmResNetImpl : public torch::nn::Module {
  public:
   TimmResNetImpl(const DetrConfig& config) {
     const TimmDepths depths = timm_resnet(config.backbone, "config.json");
-    conv1_ = register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(config.num_channels, 64, 7).stride(2).padding(3).bias(false)));
+    conv1_ =
+        register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(config.num_channels, 64, 7).stride(2).padding(3).bias(false)));
     bn1_ = register_module("bn1", layers::FrozenBatchNorm2d(64));
     stem_ = layers::ConvolutionNorm(conv1_, bn1_);
     int64_t in_channels = 64, dilation = 1;
@@ -187,9 +191,9 @@ class TimmResNetImpl : public torch::nn::Module {
       for (int64_t b = 0; b < depths.blocks[stage]; ++b) {
         const bool first = b == 0;
         stage_blocks.push_back(blocks->register_module(
-            std::to_string(b), TimmBlock(depths.bottleneck, first ? in_channels : planes * expansion, planes, first ? stride : 1,
-                                         first ? previous_dilation : dilation, dilation,
-                                         first && (stride != 1 || in_channels != planes * expansion))));
+            std::to_string(b),
+            TimmBlock(depths.bottleneck, first ? in_channels : planes * expansion, planes, first ? stride : 1,
+                      first ? previous_dilation : dilation, dilation, first && (stride != 1 || in_channels != planes * expansion))));
       }
       stages_.push_back(std::move(stage_blocks));
       in_channels = planes * expansion;
@@ -240,9 +244,9 @@ torch::Tensor sine_position_embedding(const torch::Tensor& mask, int64_t embeddi
   auto interleave = [&](const torch::Tensor& embed) {
     auto pos = embed.unsqueeze(-1) / dim_t;
     using torch::indexing::Slice;
-    return torch::stack({pos.index({"...", Slice(0, torch::indexing::None, 2)}).sin(),
-                         pos.index({"...", Slice(1, torch::indexing::None, 2)}).cos()},
-                        4)
+    return torch::stack(
+               {pos.index({"...", Slice(0, torch::indexing::None, 2)}).sin(), pos.index({"...", Slice(1, torch::indexing::None, 2)}).cos()},
+               4)
         .flatten(3);
   };
   return torch::cat({interleave(y_embed), interleave(x_embed)}, 3).permute({0, 3, 1, 2});
@@ -251,7 +255,7 @@ torch::Tensor sine_position_embedding(const torch::Tensor& mask, int64_t embeddi
 // _expand_mask: 1 = keep, 0 = padding -> 0 / the dtype's lowest value, as [B, 1, 1, S].
 torch::Tensor additive_mask(const torch::Tensor& keep, torch::ScalarType dtype) {
   auto inverted = 1.0 - keep.to(dtype);
-  const double lowest = dtype == torch::kFloat64 ? std::numeric_limits<double>::lowest()
+  const double lowest = dtype == torch::kFloat64    ? std::numeric_limits<double>::lowest()
                         : dtype == torch::kBFloat16 ? -3.3895313892515355e38
                         : dtype == torch::kFloat16  ? -65504.0
                                                     : static_cast<double>(std::numeric_limits<float>::lowest());
@@ -271,9 +275,8 @@ DetrAttentionImpl::DetrAttentionImpl(int64_t embed_dim, int64_t num_heads, doubl
   out_proj = register_module("out_proj", layers::Linear(embed_dim, embed_dim));
 }
 
-torch::Tensor DetrAttentionImpl::forward(const torch::Tensor& hidden, const torch::Tensor& position,
-                                         const torch::Tensor& key_value, const torch::Tensor& key_value_position,
-                                         const torch::Tensor& mask) {
+torch::Tensor DetrAttentionImpl::forward(const torch::Tensor& hidden, const torch::Tensor& position, const torch::Tensor& key_value,
+                                         const torch::Tensor& key_value_position, const torch::Tensor& mask) {
   const int64_t batch = hidden.size(0), target = hidden.size(1), head_dim = embed_dim / num_heads;
   const double scaling = std::pow(static_cast<double>(head_dim), -0.5);
   auto with_position = [](const torch::Tensor& x, const torch::Tensor& pos) { return pos.defined() ? x + pos : x; };
@@ -338,7 +341,8 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& input, const torch:
 
   residual = hidden;
   if (config.pre_norm) hidden = encoder_attn_layer_norm(hidden);
-  hidden = torch::dropout(encoder_attn->forward(hidden, query_position, memory, memory_position, memory_mask), config.dropout, training) + residual;
+  hidden = torch::dropout(encoder_attn->forward(hidden, query_position, memory, memory_position, memory_mask), config.dropout, training) +
+           residual;
   if (!config.pre_norm) hidden = encoder_attn_layer_norm(hidden);
 
   residual = hidden;
@@ -352,8 +356,7 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& input, const torch:
 // ---------------------------------------------------------------------------------------------
 // The model
 
-DetrForObjectDetection::DetrForObjectDetection(const DetrConfig& config, bool with_heads)
-    : config(config), with_heads(with_heads) {
+DetrForObjectDetection::DetrForObjectDetection(const DetrConfig& config, bool with_heads) : config(config), with_heads(with_heads) {
   std::shared_ptr<torch::nn::Module> model = with_heads ? layers::add_container(*this, "model") : nullptr;
   torch::nn::Module& body = with_heads ? *model : *this;
   auto backbone_container = layers::add_container(body, "backbone");
@@ -382,8 +385,8 @@ DetrForObjectDetection::DetrForObjectDetection(const DetrConfig& config, bool wi
     column_embeddings = layers::add_container(*position, "column_embeddings")
                             ->register_parameter("weight", torch::rand({kLearnedPositions, config.d_model / 2}));
   }
-  input_projection = body.register_module(
-      "input_projection", torch::nn::Conv2d(torch::nn::Conv2dOptions(backbone->output_channels(), config.d_model, 1)));
+  input_projection =
+      body.register_module("input_projection", torch::nn::Conv2d(torch::nn::Conv2dOptions(backbone->output_channels(), config.d_model, 1)));
   query_position_embeddings = layers::add_container(body, "query_position_embeddings")
                                   ->register_parameter("weight", torch::randn({config.num_queries, config.d_model}));
   auto encoder = layers::add_container(body, "encoder");
@@ -447,8 +450,8 @@ DetrOutputs DetrForObjectDetection::run(const torch::Tensor& pixel_values, const
   if (config.position_embedding_type == "sine") {
     position = sine_position_embedding(mask, config.d_model / 2);
   } else {
-    VT_CHECK(height <= kLearnedPositions && width <= kLearnedPositions, "learned position embeddings cover ", kLearnedPositions,
-             "x", kLearnedPositions, " feature positions, the feature map is ", height, "x", width);
+    VT_CHECK(height <= kLearnedPositions && width <= kLearnedPositions, "learned position embeddings cover ", kLearnedPositions, "x",
+             kLearnedPositions, " feature positions, the feature map is ", height, "x", width);
     auto x_emb = column_embeddings.slice(0, 0, width);
     auto y_emb = row_embeddings.slice(0, 0, height);
     position = torch::cat({x_emb.unsqueeze(0).repeat({height, 1, 1}), y_emb.unsqueeze(1).repeat({1, width, 1})}, -1)
@@ -513,8 +516,8 @@ ModelOutputs DetrForObjectDetection::forward(const ModelInputs& inputs) {
   }
   if (!inputs.targets.empty()) {
     VT_CHECK(!inputs.labels.defined(), "labels: detection takes one {classLabels, boxes} per image, not a tensor");
-    losses::SetLoss set_loss = losses::detr_set_loss(config.set_loss, config.head.num_labels(), out.logits, out.pred_boxes,
-                                                     out.aux_logits, out.aux_boxes, inputs.targets);
+    losses::SetLoss set_loss = losses::detr_set_loss(config.set_loss, config.head.num_labels(), out.logits, out.pred_boxes, out.aux_logits,
+                                                     out.aux_boxes, inputs.targets);
     outputs.emplace_back("loss", set_loss.loss);
     for (auto& [name, value] : set_loss.parts) outputs.emplace_back("lossDict." + name, value);
   } else {

@@ -9,18 +9,18 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "losses/detr_set_loss.h"
+#include "models/resnet.h"
 #include "nn/layers.h"
 #include "nn/module.h"
-#include "models/resnet.h"
 
 namespace vt::detr {
 
 struct DetrConfig {
-  bool pre_norm = false;            // Table Transformer: LayerNorm before each block, and after the encoder
+  bool pre_norm = false;  // Table Transformer: LayerNorm before each block, and after the encoder
   std::string model_type = "detr";
   int64_t d_model = 256;
   int64_t encoder_layers = 6, decoder_layers = 6;
@@ -91,7 +91,7 @@ class ConvBackbone {
 };
 
 struct DetrOutputs {
-  torch::Tensor logits, pred_boxes;         // [B, Q, num_labels + 1], [B, Q, 4]
+  torch::Tensor logits, pred_boxes;  // [B, Q, num_labels + 1], [B, Q, 4]
   torch::Tensor last_hidden_state, encoder_last_hidden_state;
   std::vector<torch::Tensor> aux_logits, aux_boxes;  // per decoder layer but the last, with auxiliary_loss
 };
@@ -111,16 +111,16 @@ class DetrForObjectDetection : public VisionModule {
 
   DetrConfig config;
   bool with_heads;
-  std::unique_ptr<ConvBackbone> backbone;  // model.backbone.conv_encoder.model
+  std::unique_ptr<ConvBackbone> backbone;           // model.backbone.conv_encoder.model
   torch::Tensor row_embeddings, column_embeddings;  // learned position embeddings, [50, d_model / 2]
   torch::nn::Conv2d input_projection{nullptr};
-  torch::Tensor query_position_embeddings;          // model.query_position_embeddings.weight
+  torch::Tensor query_position_embeddings;  // model.query_position_embeddings.weight
   std::vector<EncoderLayer> encoder_layers;
-  layers::LayerNorm encoder_layernorm{nullptr};     // Table Transformer only
+  layers::LayerNorm encoder_layernorm{nullptr};  // Table Transformer only
   std::vector<DecoderLayer> decoder_layers;
   layers::LayerNorm decoder_layernorm{nullptr};
   layers::Linear class_labels_classifier{nullptr};
-  std::vector<layers::Linear> bbox_predictor;       // bbox_predictor.layers.0..2
+  std::vector<layers::Linear> bbox_predictor;  // bbox_predictor.layers.0..2
 };
 
 }  // namespace vt::detr

@@ -23,9 +23,8 @@ ResNetConfig ResNetConfig::from_json(const nlohmann::json& json, const std::stri
     fields.fail_field("layer_type", "\"basic\" or \"bottleneck\"");
   }
   layers::activation(config.hidden_act);
-  VT_CHECK(!config.hidden_sizes.empty() && config.hidden_sizes.size() == config.depths.size(), source,
-           ": hidden_sizes (", config.hidden_sizes.size(), " entries) and depths (", config.depths.size(),
-           " entries) must describe the same stages");
+  VT_CHECK(!config.hidden_sizes.empty() && config.hidden_sizes.size() == config.depths.size(), source, ": hidden_sizes (",
+           config.hidden_sizes.size(), " entries) and depths (", config.depths.size(), " entries) must describe the same stages");
   std::vector<std::string> default_names{"stem"};
   for (size_t i = 1; i <= config.depths.size(); ++i) default_names.push_back("stage" + std::to_string(i));
   config.stage_names = fields.get_strings("stage_names", default_names);
@@ -33,8 +32,8 @@ ResNetConfig ResNetConfig::from_json(const nlohmann::json& json, const std::stri
            config.depths.size(), " stages");
   config.out_features = fields.get_strings("out_features", {config.stage_names.back()});
   for (const auto& feature : config.out_features) {
-    VT_CHECK(std::find(config.stage_names.begin(), config.stage_names.end(), feature) != config.stage_names.end(),
-             source, ": out_features names \"", feature, "\", which is not one of stage_names");
+    VT_CHECK(std::find(config.stage_names.begin(), config.stage_names.end(), feature) != config.stage_names.end(), source,
+             ": out_features names \"", feature, "\", which is not one of stage_names");
   }
   return config;
 }
@@ -43,10 +42,9 @@ ConvLayerImpl::ConvLayerImpl(int64_t in_channels, int64_t out_channels, int64_t 
                              std::optional<std::string> activation_name, bool frozen_batch_norm)
     : relu(activation_name == "relu") {
   convolution = register_module(
-      "convolution", torch::nn::Conv2d(torch::nn::Conv2dOptions(in_channels, out_channels, kernel_size)
-                                           .stride(stride)
-                                           .padding(kernel_size / 2)
-                                           .bias(false)));
+      "convolution",
+      torch::nn::Conv2d(
+          torch::nn::Conv2dOptions(in_channels, out_channels, kernel_size).stride(stride).padding(kernel_size / 2).bias(false)));
   normalization = layers::BatchNorm2dSlot(*this, "normalization", out_channels, frozen_batch_norm);
   fused = layers::ConvolutionNorm(convolution, normalization);
   if (activation_name) activation = layers::activation(*activation_name);
@@ -61,18 +59,16 @@ torch::Tensor ConvLayerImpl::forward(const torch::Tensor& input) {
 }
 
 torch::Tensor ConvLayerImpl::fused_forward(const torch::Tensor& input, const torch::Tensor& residual, bool with_relu,
-                                          bool may_overwrite_residual) {
+                                           bool may_overwrite_residual) {
   return fused.fused(input, residual, with_relu, may_overwrite_residual);
 }
 
-ResidualLayerImpl::ResidualLayerImpl(const ResNetConfig& config, int64_t in_channels, int64_t out_channels,
-                                     int64_t stride)
+ResidualLayerImpl::ResidualLayerImpl(const ResNetConfig& config, int64_t in_channels, int64_t out_channels, int64_t stride)
     : activation(layers::activation(config.hidden_act)), relu(config.hidden_act == "relu") {
   if (in_channels != out_channels || stride != 1) {
     auto shortcut = layers::add_container(*this, "shortcut");
     shortcut_convolution = shortcut->register_module(
-        "convolution",
-        torch::nn::Conv2d(torch::nn::Conv2dOptions(in_channels, out_channels, 1).stride(stride).bias(false)));
+        "convolution", torch::nn::Conv2d(torch::nn::Conv2dOptions(in_channels, out_channels, 1).stride(stride).bias(false)));
     shortcut_normalization = layers::BatchNorm2dSlot(*shortcut, "normalization", out_channels, config.frozen_batch_norm);
     this->shortcut = layers::ConvolutionNorm(shortcut_convolution, shortcut_normalization);
   }
@@ -104,8 +100,7 @@ torch::Tensor ResidualLayerImpl::run(const torch::Tensor& input, bool input_is_p
   // input when the caller gave it up, or the projection's fresh output. With gradients on, only
   // the identity's: accumulating into the projection moves DETR's tiny-model gradients (not its
   // outputs) past the parity tolerance.
-  const bool residual_is_private =
-      shortcut_convolution ? !torch::GradMode::is_enabled() : input_is_private;
+  const bool residual_is_private = shortcut_convolution ? !torch::GradMode::is_enabled() : input_is_private;
   if (shortcut_convolution) residual = shortcut(input);
   torch::Tensor hidden = input;
   for (size_t i = 0; i + 1 < layer.size(); ++i) hidden = layer[i](hidden);
@@ -118,7 +113,8 @@ torch::Tensor ResidualLayerImpl::run(const torch::Tensor& input, bool input_is_p
 
 ResNetBody::ResNetBody(const ResNetConfig& config, torch::nn::Module& owner) : config(config) {
   embedder = layers::add_container(owner, "embedder")
-                 ->register_module("embedder", ConvLayer(config.num_channels, config.embedding_size, 7, 2, config.hidden_act, config.frozen_batch_norm));
+                 ->register_module(
+                     "embedder", ConvLayer(config.num_channels, config.embedding_size, 7, 2, config.hidden_act, config.frozen_batch_norm));
   auto stage_list = layers::add_container(*layers::add_container(owner, "encoder"), "stages");
   int64_t in_channels = config.embedding_size;
   for (size_t i = 0; i < config.depths.size(); ++i) {
@@ -159,9 +155,7 @@ void ResNetModuleBase::init_module(const std::string& name, torch::nn::Module& m
   }
 }
 
-ResNetModel::ResNetModel(const ResNetConfig& config) : ResNetModuleBase(config) {
-  body = std::make_unique<ResNetBody>(config, *this);
-}
+ResNetModel::ResNetModel(const ResNetConfig& config) : ResNetModuleBase(config) { body = std::make_unique<ResNetBody>(config, *this); }
 
 ModelOutputs ResNetModel::forward(const ModelInputs& inputs) {
   VT_CHECK(!inputs.has_labels(), "ResNetModel has no task head, so it takes no labels");

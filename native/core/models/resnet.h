@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "nn/layers.h"
 #include "nn/module.h"
@@ -34,17 +34,16 @@ struct ResNetConfig {
 // Conv (no bias) + BatchNorm + optional activation: ResNetConvLayer.
 class ConvLayerImpl : public torch::nn::Module {
  public:
-  ConvLayerImpl(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride,
-                std::optional<std::string> activation, bool frozen_batch_norm);
+  ConvLayerImpl(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride, std::optional<std::string> activation,
+                bool frozen_batch_norm);
   torch::Tensor forward(const torch::Tensor& input);
   // relu?(normalization(convolution(input)) + residual) as one oneDNN kernel (CPU inference);
   // undefined where that path does not apply.
-  torch::Tensor fused_forward(const torch::Tensor& input, const torch::Tensor& residual, bool relu,
-                              bool may_overwrite_residual = false);
+  torch::Tensor fused_forward(const torch::Tensor& input, const torch::Tensor& residual, bool relu, bool may_overwrite_residual = false);
   torch::nn::Conv2d convolution{nullptr};
   layers::BatchNorm2dSlot normalization;
   std::optional<layers::Activation> activation;
-  bool relu = false;  // the activation is ReLU
+  bool relu = false;              // the activation is ReLU
   layers::ConvolutionNorm fused;  // convolution and normalization as one kernel where it applies
 };
 TORCH_MODULE(ConvLayer);
@@ -57,11 +56,11 @@ class ResidualLayerImpl : public torch::nn::Module {
   // forward(input) for a caller that gives `input` up: where no other handle or view of it
   // exists, the block's output is accumulated over its memory.
   torch::Tensor forward_consuming(torch::Tensor&& input);
-  std::vector<ConvLayer> layer;                // layer.0, layer.1[, layer.2]
-  torch::nn::Conv2d shortcut_convolution{nullptr};      // shortcut.convolution, when shapes change
+  std::vector<ConvLayer> layer;                     // layer.0, layer.1[, layer.2]
+  torch::nn::Conv2d shortcut_convolution{nullptr};  // shortcut.convolution, when shapes change
   layers::BatchNorm2dSlot shortcut_normalization;
   layers::Activation activation;
-  bool relu;  // the activation after the sum is ReLU
+  bool relu;                         // the activation after the sum is ReLU
   layers::ConvolutionNorm shortcut;  // shortcut_convolution and shortcut_normalization
 
  private:
@@ -76,7 +75,7 @@ struct ResNetBody {
   // Hidden states: the stem's output, then each stage's.
   std::vector<torch::Tensor> forward(const torch::Tensor& pixel_values);
   ResNetConfig config;
-  ConvLayer embedder{nullptr};  // embedder.embedder
+  ConvLayer embedder{nullptr};                     // embedder.embedder
   std::vector<std::vector<ResidualLayer>> stages;  // encoder.stages.i.layers.j
 };
 

@@ -31,9 +31,12 @@ SegformerConfig SegformerConfig::from_json(const nlohmann::json& json, const std
   c.head = HeadConfig::from_json(json, source);
   const auto n = static_cast<size_t>(c.num_encoder_blocks);
   for (const auto& [name, values] : {std::pair<const char*, const std::vector<int64_t>*>{"depths", &c.depths},
-                                     {"sr_ratios", &c.sr_ratios}, {"hidden_sizes", &c.hidden_sizes},
-                                     {"patch_sizes", &c.patch_sizes}, {"strides", &c.strides},
-                                     {"num_attention_heads", &c.num_attention_heads}, {"mlp_ratios", &c.mlp_ratios}}) {
+                                     {"sr_ratios", &c.sr_ratios},
+                                     {"hidden_sizes", &c.hidden_sizes},
+                                     {"patch_sizes", &c.patch_sizes},
+                                     {"strides", &c.strides},
+                                     {"num_attention_heads", &c.num_attention_heads},
+                                     {"mlp_ratios", &c.mlp_ratios}}) {
     VT_CHECK(values->size() >= n, source, ": ", name, " has ", values->size(), " entries but num_encoder_blocks is ", n);
   }
   for (size_t i = 0; i < n; ++i) {
@@ -45,7 +48,11 @@ SegformerConfig SegformerConfig::from_json(const nlohmann::json& json, const std
 
 MixLayerImpl::MixLayerImpl(const SegformerConfig& config, int64_t hidden, int64_t heads, int64_t sr_ratio, int64_t mlp_ratio,
                            double drop_path)
-    : config(config), hidden_size(hidden), heads(heads), sr_ratio(sr_ratio), drop_path(drop_path),
+    : config(config),
+      hidden_size(hidden),
+      heads(heads),
+      sr_ratio(sr_ratio),
+      drop_path(drop_path),
       act(layers::activation(config.hidden_act)) {
   layer_norm_1 = register_module("layer_norm_1", layers::LayerNorm(hidden, 1e-5));
   auto attention = layers::add_container(*this, "attention");
@@ -128,8 +135,8 @@ MixTransformer::MixTransformer(const SegformerConfig& config, torch::nn::Module&
       // torch.linspace(0, drop_path_rate, sum(depths))
       const double rate = total_depth > 1 ? config.drop_path_rate * static_cast<double>(index) / static_cast<double>(total_depth - 1) : 0.0;
       layers_of_stage.push_back(stage->register_module(
-          std::to_string(j), MixLayer(this->config, config.hidden_sizes[i], config.num_attention_heads[i], config.sr_ratios[i],
-                                      config.mlp_ratios[i], rate)));
+          std::to_string(j),
+          MixLayer(this->config, config.hidden_sizes[i], config.num_attention_heads[i], config.sr_ratios[i], config.mlp_ratios[i], rate)));
     }
     blocks.push_back(std::move(layers_of_stage));
     // transformers builds every LayerNorm of SegFormer with PyTorch's default eps; config.layer_norm_eps goes unused.
@@ -172,17 +179,18 @@ SegformerForSemanticSegmentation::SegformerForSemanticSegmentation(const Segform
   auto head = layers::add_container(*this, "decode_head");
   auto mlps = layers::add_container(*head, "linear_c");
   for (int64_t i = 0; i < config.num_encoder_blocks; ++i) {
-    linear_c.push_back(layers::add_container(*mlps, std::to_string(i))
-                           ->register_module("proj", layers::Linear(config.hidden_sizes[static_cast<size_t>(i)], config.decoder_hidden_size)));
+    linear_c.push_back(
+        layers::add_container(*mlps, std::to_string(i))
+            ->register_module("proj", layers::Linear(config.hidden_sizes[static_cast<size_t>(i)], config.decoder_hidden_size)));
   }
   linear_fuse = head->register_module(
-      "linear_fuse", torch::nn::Conv2d(torch::nn::Conv2dOptions(config.decoder_hidden_size * config.num_encoder_blocks,
-                                                                config.decoder_hidden_size, 1)
-                                           .bias(false)));
+      "linear_fuse",
+      torch::nn::Conv2d(
+          torch::nn::Conv2dOptions(config.decoder_hidden_size * config.num_encoder_blocks, config.decoder_hidden_size, 1).bias(false)));
   batch_norm = head->register_module("batch_norm", torch::nn::BatchNorm2d(config.decoder_hidden_size));
   VT_CHECK(config.head.num_labels() > 0, "SegformerForSemanticSegmentation needs at least one label");
-  classifier = head->register_module(
-      "classifier", torch::nn::Conv2d(torch::nn::Conv2dOptions(config.decoder_hidden_size, config.head.num_labels(), 1)));
+  classifier = head->register_module("classifier",
+                                     torch::nn::Conv2d(torch::nn::Conv2dOptions(config.decoder_hidden_size, config.head.num_labels(), 1)));
 }
 
 ModelOutputs SegformerForSemanticSegmentation::forward(const ModelInputs& inputs) {
@@ -201,12 +209,11 @@ ModelOutputs SegformerForSemanticSegmentation::forward(const ModelInputs& inputs
     auto tokens = linear_c[i](flat ? state : state.flatten(2).transpose(1, 2));
     // At the target size, bilinear resizing (half-pixel centres) is the identity.
     auto grid = channels_last_grid(tokens, height, width);
-    projected.push_back(height == target_size[0] && width == target_size[1]
-                            ? grid
-                            : torch::nn::functional::interpolate(grid, torch::nn::functional::InterpolateFuncOptions()
-                                                                           .size(target_size)
-                                                                           .mode(torch::kBilinear)
-                                                                           .align_corners(false)));
+    projected.push_back(
+        height == target_size[0] && width == target_size[1]
+            ? grid
+            : torch::nn::functional::interpolate(
+                  grid, torch::nn::functional::InterpolateFuncOptions().size(target_size).mode(torch::kBilinear).align_corners(false)));
   }
   std::reverse(projected.begin(), projected.end());
   auto hidden = torch::relu(batch_norm(layers::conv2d(linear_fuse, torch::cat(projected, 1))));
@@ -230,17 +237,18 @@ torch::Tensor semantic_segmentation_loss(const torch::Tensor& logits, const torc
     auto valid = target.ne(ignore_index);
     auto bad = valid.logical_and(target.lt(0).logical_or(target.ge(num_labels)));
     if (bad.any().item<bool>()) {
-      fail("labels: class ", target.masked_select(bad)[0].item<int64_t>(), " is out of range for ", num_labels,
-           " labels (", ignore_index, " marks pixels to ignore)");
+      fail("labels: class ", target.masked_select(bad)[0].item<int64_t>(), " is out of range for ", num_labels, " labels (", ignore_index,
+           " marks pixels to ignore)");
     }
   }
-  auto upsampled = torch::nn::functional::interpolate(
-      logits.to(torch::kFloat32), torch::nn::functional::InterpolateFuncOptions()
-                                      .size(std::vector<int64_t>{labels.size(1), labels.size(2)})
-                                      .mode(torch::kBilinear)
-                                      .align_corners(false));
+  auto upsampled =
+      torch::nn::functional::interpolate(logits.to(torch::kFloat32), torch::nn::functional::InterpolateFuncOptions()
+                                                                         .size(std::vector<int64_t>{labels.size(1), labels.size(2)})
+                                                                         .mode(torch::kBilinear)
+                                                                         .align_corners(false));
   if (num_labels > 1) {
-    return torch::nn::functional::cross_entropy(upsampled, target, torch::nn::functional::CrossEntropyFuncOptions().ignore_index(ignore_index));
+    return torch::nn::functional::cross_entropy(upsampled, target,
+                                                torch::nn::functional::CrossEntropyFuncOptions().ignore_index(ignore_index));
   }
   auto valid = target.ge(0).logical_and(target.ne(ignore_index)).to(torch::kFloat32);
   auto loss = torch::binary_cross_entropy_with_logits(upsampled.squeeze(1), target.to(torch::kFloat32), {}, {}, at::Reduction::None);

@@ -4,8 +4,8 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
-#include "nn/layers.h"
 #include "losses/classification.h"
+#include "nn/layers.h"
 
 namespace vt::torchscript {
 
@@ -50,8 +50,7 @@ void TorchScriptModule::train(bool on) {
 }
 
 ModelOutputs TorchScriptModule::forward(const ModelInputs& inputs) {
-  VT_CHECK(inputs.pixel_values.defined() && inputs.pixel_values.dim() == 4,
-           "pixel_values: expected [batch, channels, height, width]");
+  VT_CHECK(inputs.pixel_values.defined() && inputs.pixel_values.dim() == 4, "pixel_values: expected [batch, channels, height, width]");
   c10::IValue output;
   try {
     output = scripted_.forward({inputs.pixel_values});

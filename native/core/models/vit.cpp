@@ -26,12 +26,11 @@ ViTConfig ViTConfig::from_json(const nlohmann::json& json, const std::string& so
   config.qkv_bias = fields.get_bool("qkv_bias", config.qkv_bias);
   config.head = HeadConfig::from_json(json, source);
   if (config.hidden_size % config.num_attention_heads != 0) {
-    fail(source, ": hidden_size (", config.hidden_size, ") is not a multiple of num_attention_heads (",
-         config.num_attention_heads, ")");
+    fail(source, ": hidden_size (", config.hidden_size, ") is not a multiple of num_attention_heads (", config.num_attention_heads, ")");
   }
   if (config.patch_height > config.image_height || config.patch_width > config.image_width) {
-    fail(source, ": patch_size (", config.patch_height, "x", config.patch_width, ") is larger than image_size (",
-         config.image_height, "x", config.image_width, ")");
+    fail(source, ": patch_size (", config.patch_height, "x", config.patch_width, ") is larger than image_size (", config.image_height, "x",
+         config.image_width, ")");
   }
   return config;
 }
@@ -40,19 +39,17 @@ ViTEmbeddingsImpl::ViTEmbeddingsImpl(const ViTConfig& config) : config(config) {
   cls_token = register_parameter("cls_token", torch::randn({1, 1, config.hidden_size}));
   auto patch_embeddings = layers::add_container(*this, "patch_embeddings");
   projection = patch_embeddings->register_module(
-      "projection", torch::nn::Conv2d(torch::nn::Conv2dOptions(config.num_channels, config.hidden_size,
-                                                               {config.patch_height, config.patch_width})
-                                          .stride({config.patch_height, config.patch_width})));
-  position_embeddings =
-      register_parameter("position_embeddings", torch::randn({1, config.num_patches() + 1, config.hidden_size}));
+      "projection",
+      torch::nn::Conv2d(torch::nn::Conv2dOptions(config.num_channels, config.hidden_size, {config.patch_height, config.patch_width})
+                            .stride({config.patch_height, config.patch_width})));
+  position_embeddings = register_parameter("position_embeddings", torch::randn({1, config.num_patches() + 1, config.hidden_size}));
 }
 
 torch::Tensor ViTEmbeddingsImpl::forward(const torch::Tensor& pixel_values) {
   check_pixel_values(pixel_values, config.num_channels);
   const int64_t batch = pixel_values.size(0);
-  VT_CHECK(pixel_values.size(2) == config.image_height && pixel_values.size(3) == config.image_width,
-           "pixel_values: input image size (", pixel_values.size(2), "*", pixel_values.size(3),
-           ") doesn't match model (", config.image_height, "*", config.image_width, ")");
+  VT_CHECK(pixel_values.size(2) == config.image_height && pixel_values.size(3) == config.image_width, "pixel_values: input image size (",
+           pixel_values.size(2), "*", pixel_values.size(3), ") doesn't match model (", config.image_height, "*", config.image_width, ")");
   // The convolution's kernel equals its stride: the same as a linear layer over the flattened
   // patches, whose backward (the weights' gradient) is many times cheaper than a convolution's.
   const int64_t grid_height = config.grid_height(), grid_width = config.grid_width();
@@ -77,8 +74,7 @@ ViTLayerImpl::ViTLayerImpl(const ViTConfig& config) : config(config) {
   key = self_attention->register_module("key", layers::Linear(hidden, hidden, config.qkv_bias));
   value = self_attention->register_module("value", layers::Linear(hidden, hidden, config.qkv_bias));
   attention_output = layers::add_container(*attention, "output")->register_module("dense", layers::Linear(hidden, hidden));
-  intermediate = layers::add_container(*this, "intermediate")
-                     ->register_module("dense", layers::Linear(hidden, config.intermediate_size));
+  intermediate = layers::add_container(*this, "intermediate")->register_module("dense", layers::Linear(hidden, config.intermediate_size));
   output = layers::add_container(*this, "output")->register_module("dense", layers::Linear(config.intermediate_size, hidden));
   layernorm_before = register_module("layernorm_before", layers::LayerNorm(hidden, config.layer_norm_eps));
   layernorm_after = register_module("layernorm_after", layers::LayerNorm(hidden, config.layer_norm_eps));
@@ -91,8 +87,7 @@ torch::Tensor ViTLayerImpl::forward(const torch::Tensor& hidden_states) {
   auto split_heads = [&](const torch::Tensor& x) { return x.view({batch, tokens, heads, head_dim}).transpose(1, 2); };
 
   auto normed = layernorm_before(hidden_states);
-  auto context = layers::scaled_dot_product_attention(split_heads(query(normed)), split_heads(key(normed)),
-                                                      split_heads(value(normed)), {},
+  auto context = layers::scaled_dot_product_attention(split_heads(query(normed)), split_heads(key(normed)), split_heads(value(normed)), {},
                                                       config.attention_probs_dropout_prob, training);
   context = context.transpose(1, 2).reshape({batch, tokens, config.hidden_size});
   const bool drops = training && config.hidden_dropout_prob > 0.0;
@@ -111,8 +106,7 @@ ViTBody::ViTBody(const ViTConfig& config, torch::nn::Module& owner, bool add_poo
   }
   layernorm = owner.register_module("layernorm", layers::LayerNorm(config.hidden_size, config.layer_norm_eps));
   if (add_pooling_layer) {
-    pooler = layers::add_container(owner, "pooler")
-                 ->register_module("dense", layers::Linear(config.hidden_size, config.hidden_size));
+    pooler = layers::add_container(owner, "pooler")->register_module("dense", layers::Linear(config.hidden_size, config.hidden_size));
   }
 }
 
@@ -149,8 +143,7 @@ void ViTModuleBase::init_module(const std::string& name, torch::nn::Module& modu
   }
 }
 
-bool ViTModuleBase::adapt_checkpoint_tensor(const std::string& key, torch::Tensor& tensor,
-                                            torch::IntArrayRef target_shape) {
+bool ViTModuleBase::adapt_checkpoint_tensor(const std::string& key, torch::Tensor& tensor, torch::IntArrayRef target_shape) {
   // Position embeddings of a checkpoint trained at another image size: resample the patch grid
   // bicubically (as transformers' interpolate_pos_encoding does), keep the class token's.
   const std::string suffix = "embeddings.position_embeddings";
@@ -160,11 +153,10 @@ bool ViTModuleBase::adapt_checkpoint_tensor(const std::string& key, torch::Tenso
   const auto side = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(source_patches))));
   if (side * side != source_patches || target_shape[1] - 1 != config.num_patches()) return false;
   auto grid = tensor.slice(1, 1).reshape({1, side, side, tensor.size(2)}).permute({0, 3, 1, 2}).to(torch::kFloat32);
-  auto resized = torch::nn::functional::interpolate(
-      grid, torch::nn::functional::InterpolateFuncOptions()
-                .size(std::vector<int64_t>{config.grid_height(), config.grid_width()})
-                .mode(torch::kBicubic)
-                .align_corners(false));
+  auto resized = torch::nn::functional::interpolate(grid, torch::nn::functional::InterpolateFuncOptions()
+                                                              .size(std::vector<int64_t>{config.grid_height(), config.grid_width()})
+                                                              .mode(torch::kBicubic)
+                                                              .align_corners(false));
   resized = resized.permute({0, 2, 3, 1}).reshape({1, config.num_patches(), tensor.size(2)});
   tensor = torch::cat({tensor.slice(1, 0, 1).to(torch::kFloat32), resized}, 1).to(tensor.scalar_type());
   return true;
@@ -198,8 +190,6 @@ ModelOutputs ViTForImageClassification::forward(const ModelInputs& inputs) {
   return classification_outputs(logits, inputs.labels, config.head.problem_type);
 }
 
-bool ViTForImageClassification::is_head_key(const std::string& key) const {
-  return key.rfind("classifier.", 0) == 0;
-}
+bool ViTForImageClassification::is_head_key(const std::string& key) const { return key.rfind("classifier.", 0) == 0; }
 
 }  // namespace vt::vit

@@ -5,8 +5,8 @@
 #include <memory>
 #include <string>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "nn/layers.h"
 #include "nn/module.h"
@@ -52,9 +52,9 @@ class ViTLayerImpl : public torch::nn::Module {
   ViTConfig config;
   layers::LayerNorm layernorm_before{nullptr}, layernorm_after{nullptr};
   layers::Linear query{nullptr}, key{nullptr}, value{nullptr};  // attention.attention.*
-  layers::Linear attention_output{nullptr};                      // attention.output.dense
-  layers::Linear intermediate{nullptr};                          // intermediate.dense
-  layers::Linear output{nullptr};                                // output.dense
+  layers::Linear attention_output{nullptr};                     // attention.output.dense
+  layers::Linear intermediate{nullptr};                         // intermediate.dense
+  layers::Linear output{nullptr};                               // output.dense
 };
 TORCH_MODULE(ViTLayer);
 
@@ -76,8 +76,7 @@ class ViTModuleBase : public VisionModule {
   explicit ViTModuleBase(ViTConfig config) : config(std::move(config)) {}
   void init_module(const std::string& name, torch::nn::Module& module) override;
   std::string base_model_prefix() const override { return "vit"; }
-  bool adapt_checkpoint_tensor(const std::string& key, torch::Tensor& tensor,
-                               torch::IntArrayRef target_shape) override;
+  bool adapt_checkpoint_tensor(const std::string& key, torch::Tensor& tensor, torch::IntArrayRef target_shape) override;
   ViTConfig config;
 };
 

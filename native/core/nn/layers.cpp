@@ -23,13 +23,10 @@ const std::map<std::string, Activation>& activations() {
       {"gelu", [](const torch::Tensor& x) { return torch::gelu(x); }},
       {"gelu_python", [](const torch::Tensor& x) { return x * 0.5 * (1.0 + torch::erf(x / std::sqrt(2.0))); }},
       {"gelu_new", gelu_tanh},
-      {"gelu_accurate", [](const torch::Tensor& x) {
-         return 0.5 * x * (1 + torch::tanh(std::sqrt(2 / M_PI) * (x + 0.044715 * torch::pow(x, 3))));
-       }},
+      {"gelu_accurate",
+       [](const torch::Tensor& x) { return 0.5 * x * (1 + torch::tanh(std::sqrt(2 / M_PI) * (x + 0.044715 * torch::pow(x, 3)))); }},
       {"gelu_pytorch_tanh", [](const torch::Tensor& x) { return torch::gelu(x, "tanh"); }},
-      {"gelu_fast", [](const torch::Tensor& x) {
-         return 0.5 * x * (1.0 + torch::tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)));
-       }},
+      {"gelu_fast", [](const torch::Tensor& x) { return 0.5 * x * (1.0 + torch::tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))); }},
       {"gelu_10", [](const torch::Tensor& x) { return torch::clamp(torch::gelu(x), -10.0, 10.0); }},
       {"quick_gelu", [](const torch::Tensor& x) { return x * torch::sigmoid(1.702 * x); }},
       {"relu", [](const torch::Tensor& x) { return torch::relu(x); }},
@@ -42,7 +39,8 @@ const std::map<std::string, Activation>& activations() {
       {"tanh", [](const torch::Tensor& x) { return torch::tanh(x); }},
       {"sigmoid", [](const torch::Tensor& x) { return torch::sigmoid(x); }},
       {"linear", [](const torch::Tensor& x) { return x; }},
-      {"laplace", [](const torch::Tensor& x) {
+      {"laplace",
+       [](const torch::Tensor& x) {
          // transformers' LaplaceActivation with mu = 0.707107, sigma = 0.282095
          auto z = (x - 0.707107) / (0.282095 * std::sqrt(2.0));
          return 0.5 * (1.0 + torch::erf(z));
@@ -72,8 +70,7 @@ DeferredInitialisation::DeferredInitialisation() : outer_(initialisation_deferre
 DeferredInitialisation::~DeferredInitialisation() { initialisation_deferred = outer_; }
 bool DeferredInitialisation::active() { return initialisation_deferred; }
 
-LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool with_bias)
-    : in_features(in_features), out_features(out_features) {
+LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool with_bias) : in_features(in_features), out_features(out_features) {
   weight = register_parameter("weight", torch::empty({out_features, in_features}));
   if (with_bias) bias = register_parameter("bias", torch::empty({out_features}));
   initialisation_deferred_ = DeferredInitialisation::active();
@@ -114,8 +111,7 @@ torch::Tensor LinearImpl::forward_then(const torch::Tensor& input, const std::st
   const auto fused = activation_name == "gelu"   ? kernels::FusedActivation::Gelu
                      : activation_name == "relu" ? kernels::FusedActivation::Relu
                                                  : kernels::FusedActivation::None;
-  if (fused != kernels::FusedActivation::None && !(int8_ && !is_training()) &&
-      kernels::dnnl_linear_applies(input, weight, bias, fused)) {
+  if (fused != kernels::FusedActivation::None && !(int8_ && !is_training()) && kernels::dnnl_linear_applies(input, weight, bias, fused)) {
     return kernels::dnnl_linear(input, weight, bias, fused, packed_.get());
   }
   if (fused == kernels::FusedActivation::Gelu && !(int8_ && !is_training()) && kernels::autocast_linear_applies(input, weight, bias)) {
@@ -154,10 +150,9 @@ void LayerNormImpl::reset_parameters() {
   bias.zero_();
 }
 
-torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const torch::Tensor& key,
-                                           const torch::Tensor& value,
-                                           const torch::Tensor& additive_mask, double dropout,
-                                           bool training, std::optional<double> requested_scale) {
+torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value,
+                                           const torch::Tensor& additive_mask, double dropout, bool training,
+                                           std::optional<double> requested_scale) {
   const double default_scale = 1.0 / std::sqrt(static_cast<double>(query.size(-1)));
   const double scale = requested_scale.value_or(default_scale);
   const bool drops = dropout > 0.0 && training;
@@ -252,12 +247,11 @@ torch::Tensor conv2d(torch::nn::Conv2d convolution, const torch::Tensor& input) 
   const auto& options = convolution->options;
   const auto* padding = c10::get_if<torch::ExpandingArray<2>>(&options.padding());
   const auto& weight = convolution->weight;
-  const bool wants_gradient =
-      torch::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad() ||
-                                        (convolution->bias.defined() && convolution->bias.requires_grad()));
-  if (padding == nullptr || !c10::get_if<torch::enumtype::kZeros>(&options.padding_mode()) || wants_gradient ||
-      !input.device().is_cpu() || input.scalar_type() != torch::kFloat32 || weight.scalar_type() != torch::kFloat32 ||
-      input.dim() != 4 || input.size(1) != weight.size(1) * options.groups() || input.numel() == 0) {
+  const bool wants_gradient = torch::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad() ||
+                                                                (convolution->bias.defined() && convolution->bias.requires_grad()));
+  if (padding == nullptr || !c10::get_if<torch::enumtype::kZeros>(&options.padding_mode()) || wants_gradient || !input.device().is_cpu() ||
+      input.scalar_type() != torch::kFloat32 || weight.scalar_type() != torch::kFloat32 || input.dim() != 4 ||
+      input.size(1) != weight.size(1) * options.groups() || input.numel() == 0) {
     return convolution->forward(input);
   }
   return at::mkldnn_convolution(input, weight, convolution->bias.defined() ? c10::optional<torch::Tensor>(convolution->bias) : c10::nullopt,
@@ -361,16 +355,14 @@ struct CheckpointState : torch::CustomClassHolder {
 
 class CheckpointFunction : public torch::autograd::Function<CheckpointFunction> {
  public:
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor input,
-                               c10::intrusive_ptr<CheckpointState> state) {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, torch::Tensor input, c10::intrusive_ptr<CheckpointState> state) {
     ctx->save_for_backward({input});
     ctx->saved_data["state"] = c10::IValue::make_capsule(state);
     torch::NoGradGuard no_grad;
     return state->fn(input);
   }
 
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grad_outputs) {
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grad_outputs) {
     auto state = c10::static_intrusive_pointer_cast<CheckpointState>(ctx->saved_data["state"].toCapsule());
     auto input = ctx->get_saved_variables()[0].detach().requires_grad_(true);
     auto generator = at::detail::getDefaultCPUGenerator();

@@ -83,10 +83,9 @@ TORCH_MODULE(LayerNorm);
 // the fastest path that applies (fused CPU inference, oneDNN training attention, libtorch 2.x's
 // sdpa on CUDA). `additive_mask`, when defined, broadcasts to [B, heads, Tq, Tk]; `scale`
 // defaults to 1 / sqrt(head_dim) (DETR scales its queries itself and passes 1).
-torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const torch::Tensor& key,
-                                           const torch::Tensor& value,
-                                           const torch::Tensor& additive_mask, double dropout,
-                                           bool training, std::optional<double> scale = std::nullopt);
+torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value,
+                                           const torch::Tensor& additive_mask, double dropout, bool training,
+                                           std::optional<double> scale = std::nullopt);
 
 // BatchNorm2d with fixed statistics and affine weights, all buffers (DETR's FrozenBatchNorm2d:
 // torchvision's, with eps inside the rsqrt).

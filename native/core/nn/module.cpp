@@ -12,11 +12,9 @@ void check_pixel_values(const torch::Tensor& pixel_values, int64_t num_channels)
            num_channels, " but got ", pixel_values.size(1));
 }
 
-ModelInputs move_inputs(const ModelInputs& raw, torch::Device device, torch::ScalarType dtype,
-                        torch::MemoryFormat memory_format) {
+ModelInputs move_inputs(const ModelInputs& raw, torch::Device device, torch::ScalarType dtype, torch::MemoryFormat memory_format) {
   VT_CHECK(raw.pixel_values.defined(), "pixelValues is required");
-  VT_CHECK(raw.pixel_values.is_floating_point(), "pixelValues: expected a floating-point tensor, got ",
-           raw.pixel_values.scalar_type());
+  VT_CHECK(raw.pixel_values.is_floating_point(), "pixelValues: expected a floating-point tensor, got ", raw.pixel_values.scalar_type());
   ModelInputs inputs;
   inputs.pixel_values = raw.pixel_values.to(device, dtype);
   if (inputs.pixel_values.dim() == 4) inputs.pixel_values = inputs.pixel_values.contiguous(memory_format);
@@ -44,11 +42,9 @@ HeadConfig HeadConfig::from_json(const nlohmann::json& config, const std::string
   HeadConfig head;
   head.initializer_range = fields.get_number("initializer_range", 0.02);
   head.problem_type = fields.get_string("problem_type", "");
-  static const std::set<std::string> problem_types = {
-      "", "regression", "single_label_classification", "multi_label_classification"};
+  static const std::set<std::string> problem_types = {"", "regression", "single_label_classification", "multi_label_classification"};
   if (!problem_types.count(head.problem_type)) {
-    fields.fail_field("problem_type",
-                      "one of regression, single_label_classification, multi_label_classification");
+    fields.fail_field("problem_type", "one of regression, single_label_classification, multi_label_classification");
   }
   if (fields.has("id2label")) {
     const auto& id2label = config.at("id2label");
@@ -58,8 +54,7 @@ HeadConfig HeadConfig::from_json(const nlohmann::json& config, const std::string
       int64_t index = -1;
       try {
         index = std::stoll(key, &used);
-      } catch (const std::exception&) {
-      }
+      } catch (const std::exception&) {}
       if (used != key.size() || index < 0) fail(source, ": id2label key \"", key, "\" is not a label index");
       if (!value.is_string()) fail(source, ": id2label[", key, "] must be a string");
       head.id2label[index] = value.get<std::string>();
@@ -81,9 +76,7 @@ void VisionModule::initialize(const std::set<std::string>& keys, bool all) {
     torch::nn::Module& module = *item.value();
     bool selected = all;
     if (!selected) {
-      auto owns = [&](const std::string& local) {
-        return keys.count(name.empty() ? local : name + "." + local) > 0;
-      };
+      auto owns = [&](const std::string& local) { return keys.count(name.empty() ? local : name + "." + local) > 0; };
       for (const auto& parameter : module.named_parameters(/*recurse=*/false)) {
         selected = selected || owns(parameter.key());
       }

@@ -9,8 +9,8 @@
 #include <utility>
 #include <vector>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 namespace vt {
 
@@ -23,10 +23,10 @@ struct Target {
 };
 
 struct ModelInputs {
-  torch::Tensor pixel_values;  // [B, C, H, W]
-  torch::Tensor pixel_mask;    // [B, H, W], undefined when absent
-  torch::Tensor labels;        // classification [B]; segmentation [B, H, W]; undefined when absent
-  std::vector<Target> targets; // detection / Mask2Former, one per image
+  torch::Tensor pixel_values;   // [B, C, H, W]
+  torch::Tensor pixel_mask;     // [B, H, W], undefined when absent
+  torch::Tensor labels;         // classification [B]; segmentation [B, H, W]; undefined when absent
+  std::vector<Target> targets;  // detection / Mask2Former, one per image
   bool has_labels() const { return labels.defined() || !targets.empty(); }
 };
 
@@ -70,10 +70,7 @@ class VisionModule : public torch::nn::Module {
   // A checkpoint tensor whose shape differs from the parameter's may be adapted (e.g. ViT's
   // position embeddings resampled to a new image size). Returns true when `tensor` was replaced
   // by one of `target_shape`.
-  virtual bool adapt_checkpoint_tensor(const std::string& key, torch::Tensor& tensor,
-                                       torch::IntArrayRef target_shape) {
-    return false;
-  }
+  virtual bool adapt_checkpoint_tensor(const std::string& key, torch::Tensor& tensor, torch::IntArrayRef target_shape) { return false; }
 
   // Convolutional models run faster on CPU with NHWC (channels-last) tensors: weights and
   // inputs are laid out that way when this says so (measured in bench/channels-last.mjs).

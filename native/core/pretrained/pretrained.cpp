@@ -6,10 +6,10 @@
 
 #include "common/error.h"
 #include "common/json_config.h"
-#include "io/safetensors.h"
-#include "nn/layers.h"
 #include "data/detection.h"
+#include "io/safetensors.h"
 #include "models/torchscript.h"
+#include "nn/layers.h"
 #include "runtime/threads.h"
 
 namespace vt {
@@ -43,8 +43,8 @@ torch::Device device_from_name(const std::string& name) {
   if (name.rfind("cuda", 0) == 0) {
     if (!torch::cuda::is_available()) fail_with(ErrorCode::Unsupported, "device \"", name, "\" requested, but CUDA is not available here");
     torch::Device device(name);
-    VT_CHECK(device.index() < static_cast<int>(torch::cuda::device_count()), "device \"", name, "\": only ",
-             torch::cuda::device_count(), " CUDA device(s) present");
+    VT_CHECK(device.index() < static_cast<int>(torch::cuda::device_count()), "device \"", name, "\": only ", torch::cuda::device_count(),
+             " CUDA device(s) present");
     return device;
   }
   fail("unsupported device \"", name, "\" (expected auto, cpu, cuda or cuda:N)");
@@ -80,8 +80,8 @@ void apply_overrides(nlohmann::json& config, const LoadOptions& options, const s
     std::map<int64_t, std::string> id2label;
     if (options.id2label) {
       id2label = *options.id2label;
-      VT_CHECK(!options.num_classes || static_cast<int64_t>(id2label.size()) == *options.num_classes,
-               "id2label has ", id2label.size(), " entries but numClasses is ", *options.num_classes);
+      VT_CHECK(!options.num_classes || static_cast<int64_t>(id2label.size()) == *options.num_classes, "id2label has ", id2label.size(),
+               " entries but numClasses is ", *options.num_classes);
     } else {
       HeadConfig existing = HeadConfig::from_json(config, source);
       if (existing.num_labels() == *options.num_classes) {
@@ -102,8 +102,8 @@ void apply_overrides(nlohmann::json& config, const LoadOptions& options, const s
 
 // The processor of the directory, or transformers' defaults for the model's input size, with
 // the size and channel overrides applied.
-ImageProcessorConfig processor_config_for(const std::string& directory, const nlohmann::json& config,
-                                          const LoadOptions& options, int64_t channels) {
+ImageProcessorConfig processor_config_for(const std::string& directory, const nlohmann::json& config, const LoadOptions& options,
+                                          int64_t channels) {
   const fs::path path = fs::path(directory) / "preprocessor_config.json";
   ImageProcessorConfig processor;
   if (fs::is_regular_file(path)) {
@@ -131,8 +131,8 @@ ImageProcessorConfig processor_config_for(const std::string& directory, const nl
   auto fit = [&](std::vector<double>& values, const char* field) {
     if (static_cast<int64_t>(values.size()) == channels || values.size() == 1) return;
     bool uniform = std::all_of(values.begin(), values.end(), [&](double v) { return v == values.front(); });
-    VT_CHECK(uniform && !values.empty(), path.string(), ": ", field, " has ", values.size(), " entries but the model takes ",
-             channels, " channels");
+    VT_CHECK(uniform && !values.empty(), path.string(), ": ", field, " has ", values.size(), " entries but the model takes ", channels,
+             " channels");
     values.assign(static_cast<size_t>(channels), values.front());
   };
   fit(processor.image_mean, "image_mean");
@@ -174,14 +174,13 @@ std::shared_ptr<PretrainedModel> PretrainedModel::load(const LoadOptions& option
   {
     ErrorScope config_errors(ErrorCode::Config);
     const int64_t channels = JsonConfig(model->config_, source).get_positive_int("num_channels", 3);
-    model->processor_ = std::make_shared<ImageProcessor>(
-        processor_config_for(model->directory_, model->config_, options, channels), static_cast<int>(channels));
+    model->processor_ = std::make_shared<ImageProcessor>(processor_config_for(model->directory_, model->config_, options, channels),
+                                                         static_cast<int>(channels));
   }
 
   model->device_ = device_from_name(options.device);
   model->dtype_ = model_dtype_from_name(options.dtype);
-  VT_CHECK(!(model->dtype_ == torch::kFloat16 && model->device_.is_cpu()),
-           "dtype float16 needs a CUDA device; on CPU use bfloat16");
+  VT_CHECK(!(model->dtype_ == torch::kFloat16 && model->device_.is_cpu()), "dtype float16 needs a CUDA device; on CPU use bfloat16");
   VT_CHECK(options.memory_format == "auto" || options.memory_format == "contiguous" || options.memory_format == "channels_last",
            "memoryFormat must be auto, contiguous or channels_last, got \"", options.memory_format, "\"");
   const bool channels_last = options.memory_format == "channels_last" ||
@@ -196,9 +195,11 @@ std::shared_ptr<PretrainedModel> PretrainedModel::load(const LoadOptions& option
 void PretrainedModel::quantize(const std::string& quantization) {
   VT_CHECK(quantization == "none" || quantization == "int8", "quantization must be none or int8, got \"", quantization, "\"");
   if (quantization == "none") return;
-  VT_CHECK(architecture_ != torchscript::kArchitecture, "int8 quantization applies to the built-in architectures, not to TorchScript models");
-  VT_CHECK(device_.is_cpu() && dtype_ == torch::kFloat32, "int8 quantization runs on CPU in float32: load with device cpu and dtype float32 (got ",
-           device_name(), ", ", dtype_name(dtype_), ")");
+  VT_CHECK(architecture_ != torchscript::kArchitecture,
+           "int8 quantization applies to the built-in architectures, not to TorchScript models");
+  VT_CHECK(device_.is_cpu() && dtype_ == torch::kFloat32,
+           "int8 quantization runs on CPU in float32: load with device cpu and dtype float32 (got ", device_name(), ", ",
+           dtype_name(dtype_), ")");
   if (!kernels::int8_linear_available()) {
     fail_with(ErrorCode::Unsupported, "int8 quantization is not available in this build (it needs oneDNN when building)");
   }
@@ -261,7 +262,7 @@ void PretrainedModel::load_torchscript(const LoadOptions& options, const fs::pat
   directory_ = fs::is_regular_file(options.directory) ? archive.parent_path().string() : options.directory;
   const fs::path config_path = fs::path(options.directory) / "config.json";
   config_ = fs::is_directory(options.directory) && fs::is_regular_file(config_path) ? read_json_file(config_path.string())
-                                                                                      : nlohmann::json::object();
+                                                                                    : nlohmann::json::object();
   const std::string source = fs::is_regular_file(config_path) ? config_path.string() : archive.string();
   VT_CHECK(config_.is_object(), source, ": expected a JSON object");
   apply_overrides(config_, options, source);
@@ -358,8 +359,7 @@ namespace vt {
 
 void PretrainedModel::set_labels(const std::vector<std::string>& labels) {
   std::lock_guard<std::mutex> lock(mutex_);
-  VT_CHECK(labels.size() == labels_.size(), "the model has ", labels_.size(), " labels but ", labels.size(),
-           " class names were given");
+  VT_CHECK(labels.size() == labels_.size(), "the model has ", labels_.size(), " labels but ", labels.size(), " class names were given");
   std::map<int64_t, std::string> id2label;
   for (size_t i = 0; i < labels.size(); ++i) id2label[static_cast<int64_t>(i)] = labels[i];
   config_["id2label"] = id2label_json(id2label);

@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "common/tensor_map.h"
 #include "data/image_processor.h"
@@ -35,9 +35,9 @@ struct LoadOptions {
   std::optional<int64_t> image_size;
   std::optional<int64_t> channels;
   bool ignore_mismatched_sizes = false;
-  std::string dtype = "float32";  // float32 | bfloat16 | float16
-  std::string device = "auto";    // auto | cpu | cuda | cuda:N
-  std::optional<uint64_t> seed;   // random initialisation seed (pretrained: false, new heads)
+  std::string dtype = "float32";       // float32 | bfloat16 | float16
+  std::string device = "auto";         // auto | cpu | cuda | cuda:N
+  std::optional<uint64_t> seed;        // random initialisation seed (pretrained: false, new heads)
   std::string memory_format = "auto";  // auto (the model's preference on CPU) | contiguous | channels_last
   std::string quantization = "none";   // none | int8 (dynamic int8 linear layers, CPU float32 inference)
 };

@@ -11,60 +11,88 @@ namespace vt {
 
 const std::vector<Architecture>& architectures() {
   static const std::vector<Architecture> table = {
-      {"ViTForImageClassification", "vit", find_task("classification"),
+      {"ViTForImageClassification",
+       "vit",
+       find_task("classification"),
        {"google/vit-base-patch16-224", "google/vit-base-patch32-384", "google/vit-large-patch16-224"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<vit::ViTForImageClassification>(vit::ViTConfig::from_json(config, source));
        }},
-      {"ViTModel", "vit", nullptr,
+      {"ViTModel",
+       "vit",
+       nullptr,
        {"google/vit-base-patch16-224-in21k", "google/vit-large-patch16-224-in21k"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<vit::ViTModel>(vit::ViTConfig::from_json(config, source));
        }},
-      {"ResNetForImageClassification", "resnet", find_task("classification"),
+      {"ResNetForImageClassification",
+       "resnet",
+       find_task("classification"),
        {"microsoft/resnet-50", "microsoft/resnet-18", "microsoft/resnet-34", "microsoft/resnet-101", "microsoft/resnet-152"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<resnet::ResNetForImageClassification>(resnet::ResNetConfig::from_json(config, source));
        }},
-      {"ResNetModel", "resnet", nullptr, {"microsoft/resnet-50"},
+      {"ResNetModel",
+       "resnet",
+       nullptr,
+       {"microsoft/resnet-50"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<resnet::ResNetModel>(resnet::ResNetConfig::from_json(config, source));
        }},
-      {"ConvNextForImageClassification", "convnext", find_task("classification"),
-       {"facebook/convnext-tiny-224", "facebook/convnext-small-224", "facebook/convnext-base-224",
-        "facebook/convnext-large-224"},
+      {"ConvNextForImageClassification",
+       "convnext",
+       find_task("classification"),
+       {"facebook/convnext-tiny-224", "facebook/convnext-small-224", "facebook/convnext-base-224", "facebook/convnext-large-224"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<convnext::ConvNextForImageClassification>(convnext::ConvNextConfig::from_json(config, source));
        }},
-      {"ConvNextModel", "convnext", nullptr, {"facebook/convnext-tiny-224"},
+      {"ConvNextModel",
+       "convnext",
+       nullptr,
+       {"facebook/convnext-tiny-224"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<convnext::ConvNextModel>(convnext::ConvNextConfig::from_json(config, source));
        }},
-      {"DetrForObjectDetection", "detr", find_task("object_detection"),
+      {"DetrForObjectDetection",
+       "detr",
+       find_task("object_detection"),
        {"facebook/detr-resnet-50", "facebook/detr-resnet-101", "facebook/detr-resnet-50-dc5"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<detr::DetrForObjectDetection>(detr::DetrConfig::from_json(config, source));
        }},
-      {"DetrModel", "detr", nullptr, {"facebook/detr-resnet-50"},
+      {"DetrModel",
+       "detr",
+       nullptr,
+       {"facebook/detr-resnet-50"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<detr::DetrForObjectDetection>(detr::DetrConfig::from_json(config, source), false);
        }},
-      {"TableTransformerModel", "table-transformer", nullptr, {"microsoft/table-transformer-detection"},
+      {"TableTransformerModel",
+       "table-transformer",
+       nullptr,
+       {"microsoft/table-transformer-detection"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<detr::DetrForObjectDetection>(detr::DetrConfig::from_json(config, source), false);
        }},
-      {"TableTransformerForObjectDetection", "table-transformer", find_task("object_detection"),
+      {"TableTransformerForObjectDetection",
+       "table-transformer",
+       find_task("object_detection"),
        {"microsoft/table-transformer-detection", "microsoft/table-transformer-structure-recognition"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<detr::DetrForObjectDetection>(detr::DetrConfig::from_json(config, source));
        }},
-      {"SegformerForSemanticSegmentation", "segformer", find_task("segmentation"),
+      {"SegformerForSemanticSegmentation",
+       "segformer",
+       find_task("segmentation"),
        {"nvidia/segformer-b0-finetuned-ade-512-512", "nvidia/segformer-b2-finetuned-ade-512-512",
         "nvidia/segformer-b0-finetuned-cityscapes-1024-1024"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<segformer::SegformerForSemanticSegmentation>(segformer::SegformerConfig::from_json(config, source));
        }},
-      {"SegformerModel", "segformer", nullptr, {"nvidia/mit-b0", "nvidia/mit-b2"},
+      {"SegformerModel",
+       "segformer",
+       nullptr,
+       {"nvidia/mit-b0", "nvidia/mit-b2"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<segformer::SegformerModel>(segformer::SegformerConfig::from_json(config, source));
        }},
@@ -96,8 +124,7 @@ const Architecture* task_class_of_family(const std::string& model_type, Task tas
 
 }  // namespace
 
-const Architecture& select_architecture(const nlohmann::json& config, Task task, bool want_head,
-                                        const std::string& source) {
+const Architecture& select_architecture(const nlohmann::json& config, Task task, bool want_head, const std::string& source) {
   std::string declared;
   if (config.contains("architectures") && config["architectures"].is_array() && !config["architectures"].empty() &&
       config["architectures"][0].is_string()) {
@@ -118,8 +145,7 @@ const Architecture& select_architecture(const nlohmann::json& config, Task task,
   if (architecture && !architecture->task && !want_head) return *architecture;
   if (const Architecture* task_class = task_class_of_family(model_type, task)) return *task_class;
   fail(source, ": no ", task->name, " model for model_type \"", model_type, "\"",
-       declared.empty() ? std::string() : " (checkpoint class " + declared + ")",
-       "; supported architectures: ", supported_names());
+       declared.empty() ? std::string() : " (checkpoint class " + declared + ")", "; supported architectures: ", supported_names());
 }
 
 }  // namespace vt

@@ -16,9 +16,9 @@
 namespace vt {
 
 struct Architecture {
-  std::string name;                 // "ViTForImageClassification"
-  std::string model_type;           // config.json's model_type: "vit"
-  Task task = nullptr;              // none for base models (ViTModel)
+  std::string name;                      // "ViTForImageClassification"
+  std::string model_type;                // config.json's model_type: "vit"
+  Task task = nullptr;                   // none for base models (ViTModel)
   std::vector<std::string> checkpoints;  // known hub checkpoints of this class
   std::function<std::shared_ptr<VisionModule>(const nlohmann::json& config, const std::string& source)> build;
 };
@@ -29,7 +29,6 @@ const Architecture* find_architecture(const std::string& name);
 // Picks the class to build from config.json for `task`: the checkpoint's own class when it
 // serves the task; for a base-model checkpoint, the family's task class when a head is wanted
 // (`want_head`: the caller asked for a number of classes), else the base model itself.
-const Architecture& select_architecture(const nlohmann::json& config, Task task, bool want_head,
-                                        const std::string& source);
+const Architecture& select_architecture(const nlohmann::json& config, Task task, bool want_head, const std::string& source);
 
 }  // namespace vt

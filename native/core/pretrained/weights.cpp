@@ -32,8 +32,7 @@ bool starts_with(const std::string& text, const std::string& prefix) { return te
 
 // from_pretrained's prefix rule: a task model reading a base-model checkpoint gains the prefix,
 // a base model reading a task-model checkpoint loses it (and ignores the head).
-TensorMap align_prefix(const TensorMap& checkpoint, const std::map<std::string, torch::Tensor>& model_state,
-                       const std::string& prefix) {
+TensorMap align_prefix(const TensorMap& checkpoint, const std::map<std::string, torch::Tensor>& model_state, const std::string& prefix) {
   if (prefix.empty()) return checkpoint;
   const std::string dotted = prefix + ".";
   bool model_has_prefix = false, checkpoint_has_prefix = false;
@@ -55,8 +54,7 @@ TensorMap align_prefix(const TensorMap& checkpoint, const std::map<std::string, 
 
 }  // namespace
 
-LoadReport load_weights(VisionModule& module, const TensorMap& checkpoint_in, const std::string& source,
-                        bool ignore_mismatched_sizes) {
+LoadReport load_weights(VisionModule& module, const TensorMap& checkpoint_in, const std::string& source, bool ignore_mismatched_sizes) {
   ErrorScope errors(ErrorCode::Checkpoint);
   LoadReport report;
   report.source = source;
@@ -83,8 +81,7 @@ LoadReport load_weights(VisionModule& module, const TensorMap& checkpoint_in, co
         found->second = adapted;
         continue;
       }
-      std::string description =
-          key + ": checkpoint " + shape_text(found->second.sizes()) + " vs model " + shape_text(target.sizes());
+      std::string description = key + ": checkpoint " + shape_text(found->second.sizes()) + " vs model " + shape_text(target.sizes());
       if (ignore_mismatched_sizes) {
         report.mismatched.push_back(description);
         to_initialize.insert(key);
@@ -97,14 +94,12 @@ LoadReport load_weights(VisionModule& module, const TensorMap& checkpoint_in, co
     if (!state.count(key)) report.unexpected.push_back(key);
   }
   if (!missing_required.empty()) {
-    fail(source, ": ", missing_required.size(), " weights the model needs are missing from the checkpoint:",
-         join_limited(missing_required),
+    fail(source, ": ", missing_required.size(), " weights the model needs are missing from the checkpoint:", join_limited(missing_required),
          "\n(is this checkpoint of a different architecture? its keys start with: ",
          checkpoint.empty() ? std::string("nothing") : checkpoint.begin()->first, ")");
   }
   if (!mismatched_errors.empty()) {
-    fail(source, ": ", mismatched_errors.size(), " weights have a different shape in the checkpoint:",
-         join_limited(mismatched_errors),
+    fail(source, ": ", mismatched_errors.size(), " weights have a different shape in the checkpoint:", join_limited(mismatched_errors),
          "\nSet ignoreMismatchedSizes: true to initialise these afresh (e.g. a new classification head).");
   }
 
@@ -148,8 +143,8 @@ TensorMap read_checkpoint_directory(const std::string& directory, std::string* s
     for (const auto& [name, shard] : index["weight_map"].items()) {
       VT_CHECK(shard.is_string(), index_path, ": weight_map[\"", name, "\"] must be a file name");
       const std::string file = shard.get<std::string>();
-      VT_CHECK(fs::path(file).filename().string() == file && file != ".." && file != ".", index_path,
-               ": shard name \"", file, "\" must be a plain file name in the same directory");
+      VT_CHECK(fs::path(file).filename().string() == file && file != ".." && file != ".", index_path, ": shard name \"", file,
+               "\" must be a plain file name in the same directory");
       shards.insert(file);
     }
     TensorMap tensors;
@@ -161,8 +156,9 @@ TensorMap read_checkpoint_directory(const std::string& directory, std::string* s
     }
     return tensors;
   }
-  fail(directory, ": no weights found (looked for model.safetensors, model.safetensors.index.json, "
-                  "pytorch_model.bin and pytorch_model.bin.index.json)");
+  fail(directory,
+       ": no weights found (looked for model.safetensors, model.safetensors.index.json, "
+       "pytorch_model.bin and pytorch_model.bin.index.json)");
 }
 
 }  // namespace vt

@@ -102,8 +102,8 @@ class CachingCpuAllocator final : public c10::Allocator {
   CachingCpuAllocator() : cap_bytes_(cap_for_this_machine()) {}
 
   mutable std::mutex mutex_;
-  mutable std::multimap<size_t, void*> free_;           // by size
-  mutable std::unordered_map<void*, size_t> live_;      // cacheable blocks in use, with their size
+  mutable std::multimap<size_t, void*> free_;       // by size
+  mutable std::unordered_map<void*, size_t> live_;  // cacheable blocks in use, with their size
   mutable size_t cached_bytes_ = 0;
   const size_t cap_bytes_;
   mutable uint64_t reused_ = 0, fresh_ = 0;

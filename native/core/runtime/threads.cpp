@@ -58,8 +58,7 @@ int default_compute_threads() {
 // thread. Looked up at run time because the BLAS behind libtorch may not be OpenBLAS.
 void make_blas_single_threaded() {
   using SetThreads = void (*)(int);
-  static const auto set_openblas_threads =
-      reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  static const auto set_openblas_threads = reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
   if (set_openblas_threads) set_openblas_threads(1);
 }
 

@@ -29,10 +29,12 @@ TaskDefinition semantic_segmentation_task() {
       for (int64_t index = 0; index < counts.size(0); ++index) {
         if (count[index] > 0) present.emplace_back(count[index], index);
       }
-      std::sort(present.begin(), present.end(), [](const auto& a, const auto& b) { return a.first != b.first ? a.first > b.first : a.second < b.second; });
+      std::sort(present.begin(), present.end(),
+                [](const auto& a, const auto& b) { return a.first != b.first ? a.first > b.first : a.second < b.second; });
       nlohmann::ordered_json segments = nlohmann::ordered_json::array();
       for (const auto& [pixels, index] : present) {
-        const auto label = static_cast<size_t>(index) < context.labels.size() ? context.labels[static_cast<size_t>(index)] : std::to_string(index);
+        const auto label =
+            static_cast<size_t>(index) < context.labels.size() ? context.labels[static_cast<size_t>(index)] : std::to_string(index);
         segments.push_back({{"label", label}, {"index", index}, {"pixels", pixels}});
       }
       predictions[i].value = {{"width", width}, {"height", height}, {"segments", segments}};

@@ -10,8 +10,8 @@
 #include <utility>
 #include <vector>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "nn/module.h"
 
@@ -46,8 +46,8 @@ struct Prediction {
 
 // What post-processing knows of the model and the batch.
 struct PredictContext {
-  const std::vector<std::string>& labels;            // index -> label
-  const nlohmann::json& config;                      // config.json as the model uses it
+  const std::vector<std::string>& labels;           // index -> label
+  const nlohmann::json& config;                     // config.json as the model uses it
   std::vector<std::pair<int, int>> original_sizes;  // (height, width) of each image
 };
 
@@ -62,8 +62,7 @@ struct TaskDefinition {
   // Throws vt::Error naming an option outside its range.
   std::function<void(const PredictOptions& options)> check_options;
   // The model's outputs on a batch -> one prediction per image (post_process_* of transformers).
-  std::function<std::vector<Prediction>(const ModelOutputs& outputs, const PredictContext& context,
-                                        const PredictOptions& options)>
+  std::function<std::vector<Prediction>(const ModelOutputs& outputs, const PredictContext& context, const PredictOptions& options)>
       post_process;
 };
 

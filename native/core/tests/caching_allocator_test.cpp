@@ -23,9 +23,7 @@ TEST(CachingAllocator, ReusesLargeBlocksAndReleasesThem) {
   // Contents are whatever the last owner left: empty() promises nothing, zeros() still zeroes.
   EXPECT_EQ(torch::zeros({1024, 1024}).sum().item<double>(), 0.0);
 
-  {
-    auto small = torch::ones({16, 16});
-  }
+  { auto small = torch::ones({16, 16}); }
   const auto after_small = vt::cached_cpu_memory();
   EXPECT_EQ(after_small.reused, before.reused + 1);
 

@@ -19,8 +19,7 @@ namespace {
 
 constexpr double kTol = 1e-12;
 
-vt::GroundTruthBox truth(int64_t image, int64_t category, double x, double y, double w, double h,
-                         bool crowd = false, double area = -1) {
+vt::GroundTruthBox truth(int64_t image, int64_t category, double x, double y, double w, double h, bool crowd = false, double area = -1) {
   vt::GroundTruthBox box;
   box.image_id = image;
   box.category_id = category;
@@ -90,8 +89,8 @@ TEST(CocoEval, HandWorkedExample) {
 TEST(CocoEval, PerfectDetectionsScoreOne) {
   // Every ground truth detected exactly, one per image and category (so even mar_1 is 1), with
   // boxes in all three area ranges.
-  const std::vector<vt::GroundTruthBox> gt = {truth(1, 1, 0, 0, 10, 10), truth(1, 2, 50, 50, 200, 150),
-                                              truth(2, 1, 5, 5, 50, 60), truth(3, 2, 1, 2, 20, 25)};
+  const std::vector<vt::GroundTruthBox> gt = {truth(1, 1, 0, 0, 10, 10), truth(1, 2, 50, 50, 200, 150), truth(2, 1, 5, 5, 50, 60),
+                                              truth(3, 2, 1, 2, 20, 25)};
   std::vector<vt::DetectionBox> dt;
   const double scores[] = {0.3, 0.9, 0.5, 0.7};
   for (size_t i = 0; i < gt.size(); ++i) {
@@ -173,19 +172,15 @@ TEST(CocoEval, AreaRangesScoreSeparately) {
   //   points 0 .. .66 get 1: 67/101. Above: recall stops at 1/3: 34 points (0 .. .33): 34/101.
   //   mAP = (3 * 67 + 7 * 34) / 1010 = 439/1010; AP50 = 67/101; AP75 = 34/101.
   //   AR = (3 * 2/3 + 7 * 1/3) / 10 = 13/30; one detection per image: 1/3.
-  const std::vector<vt::GroundTruthBox> gt = {truth(1, 1, 0, 0, 10, 10), truth(1, 1, 100, 0, 50, 50),
-                                              truth(1, 1, 200, 200, 200, 200)};
-  const std::vector<vt::DetectionBox> dt = {detection(1, 1, 0, 0, 10, 10, 0.9),
-                                            detection(1, 1, 200, 200, 200, 124, 0.8)};
-  expect_stats(vt::coco_evaluate({1}, gt, dt),
-               {439.0 / 1010, 67.0 / 101, 34.0 / 101, 1, 0, 0.3, 1.0 / 3, 13.0 / 30, 13.0 / 30, 1, 0, 0.3});
+  const std::vector<vt::GroundTruthBox> gt = {truth(1, 1, 0, 0, 10, 10), truth(1, 1, 100, 0, 50, 50), truth(1, 1, 200, 200, 200, 200)};
+  const std::vector<vt::DetectionBox> dt = {detection(1, 1, 0, 0, 10, 10, 0.9), detection(1, 1, 200, 200, 200, 124, 0.8)};
+  expect_stats(vt::coco_evaluate({1}, gt, dt), {439.0 / 1010, 67.0 / 101, 34.0 / 101, 1, 0, 0.3, 1.0 / 3, 13.0 / 30, 13.0 / 30, 1, 0, 0.3});
 
   // Ground truth ranges go by COCO's "area" (the segment's), not the box: a 40x40 box (1600 px,
   // medium) whose segment covers 900 px is small; its exact detection (1600 px) still counts
   // there because it is matched. Without an area field the box's 1600 px decide.
   const std::vector<vt::DetectionBox> exact = {detection(1, 1, 0, 0, 40, 40, 0.5)};
-  expect_stats(vt::coco_evaluate({1}, {truth(1, 1, 0, 0, 40, 40, false, 900)}, exact),
-               {1, 1, 1, 1, -1, -1, 1, 1, 1, 1, -1, -1});
+  expect_stats(vt::coco_evaluate({1}, {truth(1, 1, 0, 0, 40, 40, false, 900)}, exact), {1, 1, 1, 1, -1, -1, 1, 1, 1, 1, -1, -1});
   expect_stats(vt::coco_evaluate({1}, {truth(1, 1, 0, 0, 40, 40)}, exact), {1, 1, 1, -1, 1, -1, 1, 1, 1, -1, 1, -1});
 }
 
@@ -199,8 +194,8 @@ TEST(CocoEval, MatchesPycocotools) {
   for (const nlohmann::json& c : golden["cases"]) {
     std::vector<vt::GroundTruthBox> gt;
     for (const nlohmann::json& row : c["ground_truth"]) {
-      gt.push_back(truth(row[0], row[1], row[2], row[3], row[4], row[5], row[7].get<int>() != 0,
-                         row[6].is_null() ? -1.0 : row[6].get<double>()));
+      gt.push_back(
+          truth(row[0], row[1], row[2], row[3], row[4], row[5], row[7].get<int>() != 0, row[6].is_null() ? -1.0 : row[6].get<double>()));
     }
     std::vector<vt::DetectionBox> dt;
     for (const nlohmann::json& row : c["detections"]) {
@@ -213,8 +208,8 @@ TEST(CocoEval, MatchesPycocotools) {
     // Exactly pycocotools' numbers, not merely close ones.
     const std::vector<double> actual = stats(metrics);
     for (size_t i = 0; i < expected.size(); ++i) {
-      EXPECT_EQ(actual[i], expected[i]) << std::setprecision(17) << "case " << index << ", " << kNames[i] << ": "
-                                        << actual[i] << " vs pycocotools " << expected[i];
+      EXPECT_EQ(actual[i], expected[i]) << std::setprecision(17) << "case " << index << ", " << kNames[i] << ": " << actual[i]
+                                        << " vs pycocotools " << expected[i];
     }
     ++index;
   }
@@ -226,8 +221,8 @@ TEST(CocoEval, AsMapNamesEveryMetric) {
   metrics.mar_large = 0.25;
   const std::map<std::string, double> values = metrics.as_map();
   EXPECT_EQ(values.size(), 12u);
-  for (const char* key : {"map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10",
-                          "mar_100", "mar_small", "mar_medium", "mar_large"}) {
+  for (const char* key : {"map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100", "mar_small",
+                          "mar_medium", "mar_large"}) {
     EXPECT_EQ(values.count(key), 1u) << key;
   }
   EXPECT_EQ(values.at("map"), 0.5);
@@ -240,14 +235,11 @@ TEST(CocoEval, RejectsBadInput) {
   vt_test::expect_error([&] { vt::coco_evaluate({1}, gt, {detection(7, 1, 0, 0, 5, 5, 0.5)}); },
                         {"detections[0]", "image_id 7", "image_ids"});
   vt_test::expect_error([&] { vt::coco_evaluate({2}, gt, {}); }, {"ground_truth[0]", "image_id 1"});
-  vt_test::expect_error(
-      [&] { vt::coco_evaluate({1}, gt, {detection(1, 1, 0, 0, 5, 5, std::numeric_limits<double>::quiet_NaN())}); },
-      {"detections[0]", "score"});
-  vt_test::expect_error([&] { vt::coco_evaluate({1}, {truth(1, 1, 0, 0, -3, 10)}, {}); },
-                        {"ground_truth[0]", "negative", "-3"});
-  vt_test::expect_error(
-      [&] { vt::coco_evaluate({1}, gt, {detection(1, 1, std::numeric_limits<double>::infinity(), 0, 5, 5, 0.5)}); },
-      {"detections[0]", "non-finite box"});
+  vt_test::expect_error([&] { vt::coco_evaluate({1}, gt, {detection(1, 1, 0, 0, 5, 5, std::numeric_limits<double>::quiet_NaN())}); },
+                        {"detections[0]", "score"});
+  vt_test::expect_error([&] { vt::coco_evaluate({1}, {truth(1, 1, 0, 0, -3, 10)}, {}); }, {"ground_truth[0]", "negative", "-3"});
+  vt_test::expect_error([&] { vt::coco_evaluate({1}, gt, {detection(1, 1, std::numeric_limits<double>::infinity(), 0, 5, 5, 0.5)}); },
+                        {"detections[0]", "non-finite box"});
   vt_test::expect_error([&] { vt::coco_evaluate({1}, gt, {}, 5); }, {"max_detections", "at least 10", "5"});
 }
 

@@ -55,8 +55,7 @@ std::vector<int64_t> labels_of(const vt::ImageDataset& data) {
 // ---- IDX files built in the test ----
 
 std::string be32(uint32_t v) {
-  return std::string{static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8),
-                     static_cast<char>(v)};
+  return std::string{static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8), static_cast<char>(v)};
 }
 
 uint8_t idx_pixel(size_t image, size_t offset) { return static_cast<uint8_t>(image * 31 + offset * 7); }
@@ -131,10 +130,8 @@ TEST(ImageFolder, ClassesSortedImagesSortedLabelsByClass) {
   EXPECT_EQ(labels_of(*splits.train), (std::vector<int64_t>{0, 1, 1, 1, 2, 2}));
   const std::vector<std::string> names = describe_all(*splits.train);
   std::vector<std::string> files;
-  for (const std::string& n : names) files.push_back(fs::path(n).parent_path().filename().string() + "/" +
-                                                     fs::path(n).filename().string());
-  EXPECT_EQ(files, (std::vector<std::string>{"bird/x.png", "cat/a.png", "cat/c.PNG", "cat/z.png", "dog/a.png",
-                                             "dog/b.png"}));
+  for (const std::string& n : names) files.push_back(fs::path(n).parent_path().filename().string() + "/" + fs::path(n).filename().string());
+  EXPECT_EQ(files, (std::vector<std::string>{"bird/x.png", "cat/a.png", "cat/c.PNG", "cat/z.png", "dog/a.png", "dog/b.png"}));
   const vt::Image image = splits.train->image(2);  // cat/c.PNG
   EXPECT_EQ(image.width, 5);
   EXPECT_EQ(image.pixels[0], 3);
@@ -165,15 +162,12 @@ TEST(ImageFolder, ValidationRootNeedsTheSameClasses) {
 TEST(ImageFolder, EmptyRootOrEmptyClassFails) {
   TempDir dir;
   fs::create_directories(dir.path() / "empty");
-  expect_error([&] { vt::open_classification_dataset(folder_spec(dir.file("empty")), 1); },
-               {"no images found under", dir.file("empty")});
+  expect_error([&] { vt::open_classification_dataset(folder_spec(dir.file("empty")), 1); }, {"no images found under", dir.file("empty")});
   fs::create_directories(dir.path() / "root" / "cat");
   write_bytes(dir.file("root/cat/readme.txt"), "x");
   write_tiny_png(dir.file("root/dog/a.png"), 1);
-  expect_error([&] { vt::open_classification_dataset(folder_spec(dir.file("root")), 1); },
-               {"no images found under", "cat"});
-  expect_error([&] { vt::open_classification_dataset(folder_spec(dir.file("missing")), 1); },
-               {dir.file("missing"), "does not exist"});
+  expect_error([&] { vt::open_classification_dataset(folder_spec(dir.file("root")), 1); }, {"no images found under", "cat"});
+  expect_error([&] { vt::open_classification_dataset(folder_spec(dir.file("missing")), 1); }, {dir.file("missing"), "does not exist"});
 }
 
 TEST(ImageFolder, ClassNamesMustEqualTheFolders) {
@@ -284,8 +278,7 @@ TEST(Manifest, ErrorsNameTheFileAndLine) {
   expect_error([&] { open("cols.csv", "image,class\na.png,cat\n"); }, {"cols.csv:1", "no column \"label\""});
   expect_error([&] { open("mixed.csv", "image,label\na.png,cat\na.png,dog\na.png,3\n"); },
                {"mixed.csv:4", "index 3", "line 2", "all class names or all integer indices"});
-  expect_error([&] { open("missing.csv", "image,label\na.png,cat\nimg/nope.png,cat\n"); },
-               {"missing.csv:3", "nope.png", "not found"});
+  expect_error([&] { open("missing.csv", "image,label\na.png,cat\nimg/nope.png,cat\n"); }, {"missing.csv:3", "nope.png", "not found"});
   expect_error([&] { open("short.csv", "image,label\na.png\n"); }, {"short.csv:2", "1 field"});
   expect_error([&] { open("header.csv", "image,label\n"); }, {"no images found in", "header.csv"});
   expect_error([&] { open("empty.csv", ""); }, {"empty.csv", "header"});
@@ -302,7 +295,8 @@ TEST(Manifest, JsonlObjectsPerLine) {
               "{\"file\": \"img/a.png\", \"y\": \"dog\", \"extra\": [1, 2]}\n"
               "\n"
               "{\"file\": \"img/b.png\", \"y\": \"cat\"}\r\n"
-              "{\"file\": \"" + dir.file("img/c.png") + "\", \"y\": \"dog\"}\n");
+              "{\"file\": \"" +
+                  dir.file("img/c.png") + "\", \"y\": \"dog\"}\n");
   vt::DatasetSpec spec;
   spec.format = "jsonl";
   spec.path = dir.file("train.jsonl");
@@ -320,8 +314,7 @@ TEST(Manifest, JsonlObjectsPerLine) {
     vt::open_classification_dataset(spec, 1);
   };
   const std::string ok = "{\"file\": \"img/a.png\", \"y\": \"dog\"}\n";
-  expect_error([&] { open("bad.jsonl", ok + ok + "{\"file\": \"img/a.png\", \"y\": }\n"); },
-               {"bad.jsonl:3", "invalid JSON"});
+  expect_error([&] { open("bad.jsonl", ok + ok + "{\"file\": \"img/a.png\", \"y\": }\n"); }, {"bad.jsonl:3", "invalid JSON"});
   expect_error([&] { open("col.jsonl", ok + "{\"file\": \"img/a.png\"}\n"); }, {"col.jsonl:2", "no column \"y\""});
   expect_error([&] { open("mix.jsonl", ok + "{\"file\": \"img/a.png\", \"y\": 1}\n"); }, {"mix.jsonl:2", "index 1"});
   expect_error([&] { open("float.jsonl", "{\"file\": \"img/a.png\", \"y\": 1.5}\n"); }, {"float.jsonl:1", "1.5"});

@@ -11,8 +11,8 @@
 #include <utility>
 #include <vector>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "common/json_config.h"
 #include "data/detection.h"
@@ -26,9 +26,7 @@ using vt_test::TempDir;
 
 namespace {
 
-vt::ImageProcessor processor_from(const json& config) {
-  return vt::ImageProcessor(vt::ImageProcessorConfig::from_json(config), 3);
-}
+vt::ImageProcessor processor_from(const json& config) { return vt::ImageProcessor(vt::ImageProcessorConfig::from_json(config), 3); }
 
 // DetrImageProcessor, shortest_edge 64, longest_edge 96.
 vt::ImageProcessor detr_processor() {
@@ -36,8 +34,7 @@ vt::ImageProcessor detr_processor() {
 }
 
 const vt::TensorMap& reference() {
-  static const vt::TensorMap tensors =
-      vt::load_safetensors(vt_test::fixture("detr-tiny-random/reference.safetensors"));
+  static const vt::TensorMap tensors = vt::load_safetensors(vt_test::fixture("detr-tiny-random/reference.safetensors"));
   return tensors;
 }
 
@@ -200,12 +197,9 @@ TEST(DetectionPostProcess, ShapeErrorsNameTheProblem) {
   expect_error([&] { vt::post_process_object_detection(logits[0], boxes, 0.5, {}); }, {"logits must be"});
   expect_error([&] { vt::post_process_object_detection(logits, boxes.narrow(2, 0, 3), 0.5, {}); },
                {"pred_boxes must be [batch, queries, 4]"});
-  expect_error([&] { vt::post_process_object_detection(logits, boxes.narrow(1, 0, 4), 0.5, {}); },
-               {"differ in batch or query count"});
-  expect_error([&] { vt::post_process_object_detection(logits, boxes, 0.5, {{10, 10}}); },
-               {"2 images in the batch but 1 target sizes"});
-  expect_error([&] { vt::post_process_object_detection(logits, boxes, 0.5, {{10, 10}, {0, 5}}); },
-               {"target_sizes[1]"});
+  expect_error([&] { vt::post_process_object_detection(logits, boxes.narrow(1, 0, 4), 0.5, {}); }, {"differ in batch or query count"});
+  expect_error([&] { vt::post_process_object_detection(logits, boxes, 0.5, {{10, 10}}); }, {"2 images in the batch but 1 target sizes"});
+  expect_error([&] { vt::post_process_object_detection(logits, boxes, 0.5, {{10, 10}, {0, 5}}); }, {"target_sizes[1]"});
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -250,9 +244,9 @@ TEST(DetectionTargets, CrowdDegenerateAndClippedBoxes) {
   json j = coco_json();
   json& annotations = j["annotations"];
   annotations.push_back(annotation({10, 10, 50, 50}, 63, /*iscrowd=*/1));  // dropped: crowd
-  annotations.push_back(annotation({100, 100, 0, 20}));                   // dropped: zero width
-  annotations.push_back(annotation({700, 10, 30, 30}));                   // dropped: right of the image
-  annotations.push_back(annotation({600, 400, 100, 200}, 65));            // clipped to (600,400)-(640,480)
+  annotations.push_back(annotation({100, 100, 0, 20}));                    // dropped: zero width
+  annotations.push_back(annotation({700, 10, 30, 30}));                    // dropped: right of the image
+  annotations.push_back(annotation({600, 400, 100, 200}, 65));             // clipped to (600,400)-(640,480)
   const vt::CocoDetectionDataset dataset = open_variant(dir, j);
   ASSERT_EQ(dataset.annotations(0).size(), 10u);
   EXPECT_TRUE(dataset.annotations(0)[6].iscrowd);
@@ -308,32 +302,39 @@ TEST(CocoDetectionDataset, ErrorsNameTheFileEntryAndField) {
     std::vector<std::string> parts;
   };
   const std::vector<Case> cases = {
-      {"short bbox", [](json& j) { j["annotations"][3]["bbox"] = {1, 2, 3}; },
+      {"short bbox",
+       [](json& j) {
+         j["annotations"][3]["bbox"] = {1, 2, 3};
+       },
        {"instances.json: annotations[3].bbox must be [x, y, width, height]"}},
-      {"text in bbox", [](json& j) { j["annotations"][3]["bbox"][2] = "wide"; },
+      {"text in bbox",
+       [](json& j) { j["annotations"][3]["bbox"][2] = "wide"; },
        {"instances.json: annotations[3].bbox must be [x, y, width, height]"}},
-      {"negative width", [](json& j) { j["annotations"][2]["bbox"][2] = -4; },
+      {"negative width",
+       [](json& j) { j["annotations"][2]["bbox"][2] = -4; },
        {"instances.json: annotations[2].bbox has a negative width or height"}},
-      {"unknown image", [](json& j) { j["annotations"][1]["image_id"] = 5; },
+      {"unknown image",
+       [](json& j) { j["annotations"][1]["image_id"] = 5; },
        {"instances.json: annotations[1].image_id 5 is not the id of any image"}},
-      {"unknown category", [](json& j) { j["annotations"][0]["category_id"] = 99; },
+      {"unknown category",
+       [](json& j) { j["annotations"][0]["category_id"] = 99; },
        {"instances.json: annotations[0].category_id 99 is not the id of any category"}},
-      {"missing category", [](json& j) { j["annotations"][5].erase("category_id"); },
+      {"missing category",
+       [](json& j) { j["annotations"][5].erase("category_id"); },
        {"instances.json: annotations[5].category_id is missing"}},
-      {"bad iscrowd", [](json& j) { j["annotations"][4]["iscrowd"] = 2; },
-       {"instances.json: annotations[4].iscrowd must be 0 or 1"}},
-      {"duplicate image id", [](json& j) { j["images"].push_back(j["images"][0]); },
+      {"bad iscrowd", [](json& j) { j["annotations"][4]["iscrowd"] = 2; }, {"instances.json: annotations[4].iscrowd must be 0 or 1"}},
+      {"duplicate image id",
+       [](json& j) { j["images"].push_back(j["images"][0]); },
        {"instances.json: images[1].id 39769 repeats images[0].id"}},
-      {"non-integer image id", [](json& j) { j["images"][0]["id"] = "39769"; },
-       {"instances.json: images[0].id must be an integer"}},
-      {"missing image file", [](json& j) { j["images"][0]["file_name"] = "missing.jpg"; },
+      {"non-integer image id", [](json& j) { j["images"][0]["id"] = "39769"; }, {"instances.json: images[0].id must be an integer"}},
+      {"missing image file",
+       [](json& j) { j["images"][0]["file_name"] = "missing.jpg"; },
        {"instances.json: images[0].file_name", "missing.jpg", "does not exist"}},
-      {"bad width", [](json& j) { j["images"][0]["width"] = -640; },
-       {"instances.json: images[0].width must be a positive integer"}},
-      {"duplicate category", [](json& j) { j["categories"][1]["id"] = 17; },
+      {"bad width", [](json& j) { j["images"][0]["width"] = -640; }, {"instances.json: images[0].width must be a positive integer"}},
+      {"duplicate category",
+       [](json& j) { j["categories"][1]["id"] = 17; },
        {"instances.json: categories[1].id 17 repeats categories[0].id"}},
-      {"nameless category", [](json& j) { j["categories"][2].erase("name"); },
-       {"instances.json: categories[2].name is missing"}},
+      {"nameless category", [](json& j) { j["categories"][2].erase("name"); }, {"instances.json: categories[2].name is missing"}},
       {"images not a list", [](json& j) { j["images"] = json::object(); }, {"instances.json: images must be a list"}},
       {"no annotations", [](json& j) { j.erase("annotations"); }, {"instances.json: annotations must be a list"}},
   };
@@ -344,8 +345,7 @@ TEST(CocoDetectionDataset, ErrorsNameTheFileEntryAndField) {
     expect_error([&] { open_variant(dir, j); }, c.parts);
   }
   vt_test::write_bytes(dir.file("instances.json"), "{\"images\": [");
-  expect_error([&] { vt::CocoDetectionDataset(dir.file("instances.json"), coco_dir()); },
-               {"instances.json", "invalid JSON"});
+  expect_error([&] { vt::CocoDetectionDataset(dir.file("instances.json"), coco_dir()); }, {"instances.json", "invalid JSON"});
 }
 
 TEST(CocoDetectionDataset, DecodedSizeMustMatchTheJson) {
@@ -353,8 +353,7 @@ TEST(CocoDetectionDataset, DecodedSizeMustMatchTheJson) {
   json j = coco_json();
   j["images"][0]["height"] = 481;
   const vt::CocoDetectionDataset dataset = open_variant(dir, j);  // checked when decoding
-  expect_error([&] { dataset.image(0); },
-               {"instances.json: images[0]", "640x481", "000000039769.jpg", "decodes to 640x480"});
+  expect_error([&] { dataset.image(0); }, {"instances.json: images[0]", "640x481", "000000039769.jpg", "decodes to 640x480"});
   expect_error([&] { dataset.annotations(1); }, {"index 1 is out of range"});
   // Without width/height the decoded size is taken as it is.
   j["images"][0].erase("width");
@@ -372,8 +371,7 @@ TEST(DetectionAugment, FlipMirrorsPixelsAndBoxes) {
   augment.horizontal_flip = true;
   const vt::DetectionBatch plain = vt::load_detection_batch(dataset, {0}, processor, augment, false, 7, 0);
   const torch::Tensor plain_boxes = plain.targets[0].boxes;
-  const torch::Tensor flipped_pixels =
-      vt::preprocess_detection({mirrored(dataset.image(0))}, processor).pixel_values;
+  const torch::Tensor flipped_pixels = vt::preprocess_detection({mirrored(dataset.image(0))}, processor).pixel_values;
   int flips = 0, keeps = 0;
   for (int64_t epoch = 0; epoch < 16; ++epoch) {
     SCOPED_TRACE(epoch);
@@ -440,6 +438,5 @@ TEST(DetectionAugment, MultiScalePicksFromTheListUnderTheLongestEdge) {
   expect_error([&] { vt::load_detection_batch(dataset, {0}, processor_from(fixed), augment, true, 3, 0); },
                {"multi-scale needs an image processor that resizes by shortest_edge"});
   // Turned off, the list is not used and such a processor is fine.
-  EXPECT_EQ(vt::load_detection_batch(dataset, {0}, processor_from(fixed), augment, false, 3, 0).pixel_values.size(3),
-            32);
+  EXPECT_EQ(vt::load_detection_batch(dataset, {0}, processor_from(fixed), augment, false, 3, 0).pixel_values.size(3), 32);
 }

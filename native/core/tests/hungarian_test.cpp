@@ -12,8 +12,8 @@
 #include <utility>
 #include <vector>
 
-#include "test_util.h"
 #include "losses/hungarian.h"
+#include "test_util.h"
 
 namespace {
 

@@ -49,14 +49,12 @@ json vit_json() {
 
 TEST(ImageProcessorParity, MatchesTransformersOnFixturePhotos) {
   // Tolerance of the fixtures' README is 1e-4; the arithmetic is the same, so we expect ~0.
-  const char* fixtures[] = {"vit-tiny-random",         "resnet-tiny-random",
-                            "convnext-tiny-random",    "segformer-tiny-random",
-                            "detr-tiny-random",        "table-transformer-tiny-random",
+  const char* fixtures[] = {"vit-tiny-random",        "resnet-tiny-random", "convnext-tiny-random",
+                            "segformer-tiny-random",  "detr-tiny-random",   "table-transformer-tiny-random",
                             "mask2former-tiny-random"};
   double overall = 0.0;
   for (const char* fixture : fixtures) {
-    const vt::TensorMap reference =
-        vt::load_safetensors(vt_image_test::fixture_path(std::string(fixture) + "/reference.safetensors"));
+    const vt::TensorMap reference = vt::load_safetensors(vt_image_test::fixture_path(std::string(fixture) + "/reference.safetensors"));
     const vt::ImageProcessor processor = fixture_processor(fixture);
     for (const char* file : {"chelsea.png", "rocket.jpg"}) {
       SCOPED_TRACE(std::string(fixture) + " " + file);
@@ -134,8 +132,7 @@ TEST(ImageProcessorSizes, ShortestEdgeDetrAndMaskFormerRules) {
 
   // transformers' get_resize_output_image_size with max_size (torchvision's rule).
   clip["size"] = {{"shortest_edge", 20}, {"longest_edge", 25}};
-  EXPECT_EQ(vt::ImageProcessor(config_from(clip), 3).output_size(30, 45),
-            (std::pair<int, int>(16, 25)));  // int(25 * 20 / 30) = 16
+  EXPECT_EQ(vt::ImageProcessor(config_from(clip), 3).output_size(30, 45), (std::pair<int, int>(16, 25)));  // int(25 * 20 / 30) = 16
 
   const vt::ImageProcessor detr = fixture_processor("detr-tiny-random");
   EXPECT_EQ(detr.output_size(300, 451), (std::pair<int, int>(64, 96)));
@@ -210,8 +207,7 @@ TEST(ImageProcessorMath, ConvertsToTheModelsChannels) {
   const torch::Tensor out = gray.process(rgb);
   ASSERT_EQ(out.sizes(), (std::vector<int64_t>{1, 8, 6}));
   const vt::Image l = vt::resize_image(vt::convert_channels(rgb, 1), 6, 8, vt::Resample::Bilinear);
-  EXPECT_EQ(out[0][3][2].item<float>(),
-            (static_cast<float>(l.row(3)[2] * (1 / 255.0)) - 0.5f) / 0.25f);
+  EXPECT_EQ(out[0][3][2].item<float>(), (static_cast<float>(l.row(3)[2] * (1 / 255.0)) - 0.5f) / 0.25f);
 
   // RGBA input to an RGB model: alpha dropped before resizing (as .convert("RGB")).
   const vt::Image rgba = gradient(12, 9, 4);
@@ -219,8 +215,7 @@ TEST(ImageProcessorMath, ConvertsToTheModelsChannels) {
   EXPECT_TRUE(torch::equal(rgb_model.process(rgba), rgb_model.process(vt::convert_channels(rgba, 3))));
 
   // Three means for a one-channel model: rejected, as transformers rejects it.
-  expect_error([&] { vt::ImageProcessor(config_from(vit_json()), 1); },
-               {"image_mean", "3 entries", "1 channel"});
+  expect_error([&] { vt::ImageProcessor(config_from(vit_json()), 1); }, {"image_mean", "3 entries", "1 channel"});
   expect_error([&] { vt::ImageProcessor(config_from(vit_json()), 2); }, {"num_channels"});
 
   // Classes with preprocessing steps that are not implemented are refused, not approximated.
@@ -243,14 +238,11 @@ TEST(ImageProcessorMath, BatchOfDifferentSizesIsRejectedNamingTheImages) {
 // preprocessor_config.json
 
 TEST(ImageProcessorConfig, RoundTripsEveryFixtureConfig) {
-  const char* configs[] = {
-      "vit-tiny-random",           "resnet-tiny-random",
-      "convnext-tiny-random",      "segformer-tiny-random",
-      "detr-tiny-random",          "table-transformer-tiny-random",
-      "mask2former-tiny-random",   "vit-tiny-random-pt",
-      "configs/vit-base-patch16-224", "configs/resnet-50",
-      "configs/convnext-tiny-224", "configs/segformer-b0-512",
-      "configs/detr-resnet-50"};
+  const char* configs[] = {"vit-tiny-random",         "resnet-tiny-random",        "convnext-tiny-random",
+                           "segformer-tiny-random",   "detr-tiny-random",          "table-transformer-tiny-random",
+                           "mask2former-tiny-random", "vit-tiny-random-pt",        "configs/vit-base-patch16-224",
+                           "configs/resnet-50",       "configs/convnext-tiny-224", "configs/segformer-b0-512",
+                           "configs/detr-resnet-50"};
   for (const char* name : configs) {
     SCOPED_TRACE(name);
     const json original = vt_image_test::read_json(vt_image_test::fixture_path(std::string(name) + "/preprocessor_config.json"));
@@ -275,8 +267,8 @@ TEST(ImageProcessorConfig, WritesValuesThatDifferFromClassDefaults) {
 }
 
 TEST(ImageProcessorConfig, ReadsFields) {
-  const vt::ImageProcessorConfig vit = config_from(vt_image_test::read_json(
-      vt_image_test::fixture_path("vit-tiny-random/preprocessor_config.json")));
+  const vt::ImageProcessorConfig vit =
+      config_from(vt_image_test::read_json(vt_image_test::fixture_path("vit-tiny-random/preprocessor_config.json")));
   EXPECT_EQ(vit.processor_type, "ViTImageProcessor");
   EXPECT_EQ(vit.size_height, 32);
   EXPECT_EQ(vit.size_width, 32);
@@ -285,8 +277,8 @@ TEST(ImageProcessorConfig, ReadsFields) {
   EXPECT_EQ(vit.rescale_factor, 1.0 / 255.0);
   EXPECT_EQ(vit.image_mean, (std::vector<double>{0.5, 0.5, 0.5}));
 
-  const vt::ImageProcessorConfig detr = config_from(vt_image_test::read_json(
-      vt_image_test::fixture_path("detr-tiny-random/preprocessor_config.json")));
+  const vt::ImageProcessorConfig detr =
+      config_from(vt_image_test::read_json(vt_image_test::fixture_path("detr-tiny-random/preprocessor_config.json")));
   EXPECT_EQ(detr.shortest_edge, 64);
   EXPECT_EQ(detr.longest_edge, 96);
   EXPECT_EQ(detr.extra["format"], "coco_detection");
@@ -340,28 +332,23 @@ TEST(ImageProcessorConfig, RejectsBadFieldsNamingThem) {
     return j;
   };
   const std::string file = "preprocessor_config.json";
-  expect_error([&] { config_from(with("image_mean", "0.5")); },
-               {file, "image_mean must be a list of numbers"});
-  expect_error([&] { config_from(with("image_mean", json::array({0.5, "x", 0.5}))); },
-               {"image_mean must be a list of numbers"});
+  expect_error([&] { config_from(with("image_mean", "0.5")); }, {file, "image_mean must be a list of numbers"});
+  expect_error([&] { config_from(with("image_mean", json::array({0.5, "x", 0.5}))); }, {"image_mean must be a list of numbers"});
   expect_error([&] { config_from(with("image_std", json::array())); }, {"image_std"});
-  expect_error([&] { config_from(with("image_std", json::array({0.5, 0.0, 0.5}))); },
-               {"image_std", "0"});
+  expect_error([&] { config_from(with("image_std", json::array({0.5, 0.0, 0.5}))); }, {"image_std", "0"});
   expect_error([&] { config_from(with("do_resize", "yes")); }, {file, "do_resize must be a boolean"});
   expect_error([&] { config_from(with("do_normalize", 1)); }, {"do_normalize must be a boolean"});
   expect_error([&] { config_from(with("resample", 9)); }, {file, "resample"});
   expect_error([&] { config_from(with("resample", "bilinear")); }, {"resample must be an integer"});
   expect_error([&] { config_from(with("rescale_factor", "1/255")); }, {"rescale_factor must be a number"});
   expect_error([&] { config_from(with("size", json{{"height", 32}})); }, {file, "size must be"});
-  expect_error([&] { config_from(with("size", json{{"height", 32}, {"width", -1}})); },
-               {"size.width must be a positive integer"});
+  expect_error([&] { config_from(with("size", json{{"height", 32}, {"width", -1}})); }, {"size.width must be a positive integer"});
   expect_error([&] { config_from(with("size", json{{"height", 32}, {"depth", 3}})); }, {"size"});
   expect_error([&] { config_from(with("size", 12.5)); }, {"size must be"});
   expect_error([&] { config_from(with("crop_pct", -0.5)); }, {"crop_pct must be a positive number"});
   expect_error([&] { config_from(with("crop_size", "big")); }, {"crop_size"});
   expect_error([&] { config_from(with("do_center_crop", true)); }, {"crop_size is missing"});
-  expect_error([&] { config_from(with("image_processor_type", 7)); },
-               {"image_processor_type must be a string"});
+  expect_error([&] { config_from(with("image_processor_type", 7)); }, {"image_processor_type must be a string"});
   expect_error([&] { config_from(json::array()); }, {file, "JSON object"});
   json no_size = vit_json();
   no_size.erase("size");
@@ -382,8 +369,8 @@ TEST(ImageProcessorConfig, DefaultsForMissingFields) {
   EXPECT_EQ(config_from(vit_json()).resample, vt::Resample::Bilinear);
   // to_json writes every field, so transformers reads back the same processor.
   const json out = c.to_json();
-  for (const char* key : {"image_processor_type", "do_resize", "size", "resample", "do_rescale",
-                          "rescale_factor", "do_normalize", "image_mean", "image_std"}) {
+  for (const char* key : {"image_processor_type", "do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize",
+                          "image_mean", "image_std"}) {
     EXPECT_TRUE(out.contains(key)) << key;
   }
 }

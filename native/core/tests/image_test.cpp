@@ -46,8 +46,7 @@ TEST(ImageDecode, MatchesPillowOnEveryGoldenImage) {
     EXPECT_EQ(fnv1a64(image.pixels), want["native"].get<std::string>());
     EXPECT_EQ(fnv1a64(vt::convert_channels(image, 3).pixels), want["rgb"].get<std::string>())
         << "differs from Image.open(f).convert('RGB')";
-    EXPECT_EQ(fnv1a64(vt::convert_channels(image, 1).pixels), want["l"].get<std::string>())
-        << "differs from Image.open(f).convert('L')";
+    EXPECT_EQ(fnv1a64(vt::convert_channels(image, 1).pixels), want["l"].get<std::string>()) << "differs from Image.open(f).convert('L')";
   }
 }
 
@@ -79,15 +78,12 @@ TEST(ImageDecode, TruncatedJpegIsRejectedNamingTheSource) {
   for (size_t keep : {bytes.size() / 2, bytes.size() - 100, bytes.size() - 2, size_t{200}, size_t{3}}) {
     SCOPED_TRACE(keep);
     const std::vector<uint8_t> part = cut(bytes, keep);
-    expect_error([&] { vt::decode_image(part.data(), part.size(), "rocket-half.jpg"); },
-                 {"rocket-half.jpg", "truncated"});
+    expect_error([&] { vt::decode_image(part.data(), part.size(), "rocket-half.jpg"); }, {"rocket-half.jpg", "truncated"});
   }
   // A progressive JPEG reads all scans up front: truncation must be caught there too.
-  const std::vector<uint8_t> progressive =
-      vt_image_test::read_bytes(vt_image_test::test_data_path("images/jpeg_progressive.jpg"));
+  const std::vector<uint8_t> progressive = vt_image_test::read_bytes(vt_image_test::test_data_path("images/jpeg_progressive.jpg"));
   const std::vector<uint8_t> part = cut(progressive, progressive.size() * 2 / 3);
-  expect_error([&] { vt::decode_image(part.data(), part.size(), "image 7"); },
-               {"image 7", "truncated"});
+  expect_error([&] { vt::decode_image(part.data(), part.size(), "image 7"); }, {"image 7", "truncated"});
 }
 
 TEST(ImageDecode, JpegWithMarkerInsideScanDataIsRejected) {
@@ -96,8 +92,7 @@ TEST(ImageDecode, JpegWithMarkerInsideScanDataIsRejected) {
   const size_t middle = bytes.size() / 2;
   bytes[middle] = 0xFF;
   bytes[middle + 1] = 0xD9;
-  expect_error([&] { vt::decode_image(bytes.data(), bytes.size(), "broken.jpg"); },
-               {"broken.jpg"});
+  expect_error([&] { vt::decode_image(bytes.data(), bytes.size(), "broken.jpg"); }, {"broken.jpg"});
 }
 
 TEST(ImageDecode, TruncatedPngIsRejectedButAMissingTrailerIsNot) {
@@ -105,8 +100,7 @@ TEST(ImageDecode, TruncatedPngIsRejectedButAMissingTrailerIsNot) {
   for (size_t keep : {bytes.size() / 2, size_t{40}, size_t{10}}) {
     SCOPED_TRACE(keep);
     const std::vector<uint8_t> part = cut(bytes, keep);
-    expect_error([&] { vt::decode_image(part.data(), part.size(), "chelsea-half.png"); },
-                 {"chelsea-half.png"});
+    expect_error([&] { vt::decode_image(part.data(), part.size(), "chelsea-half.png"); }, {"chelsea-half.png"});
   }
   const std::vector<uint8_t> half = cut(bytes, bytes.size() / 2);
   expect_error([&] { vt::decode_image(half.data(), half.size(), "x.png"); }, {"truncated"});
@@ -122,14 +116,12 @@ TEST(ImageDecode, TruncatedPngIsRejectedButAMissingTrailerIsNot) {
     EXPECT_EQ(image.pixels, full.pixels);
   }
   // The same for an interlaced file, where libpng finishes in pass 7.
-  const std::vector<uint8_t> interlaced =
-      vt_image_test::read_bytes(vt_image_test::test_data_path("images/png_rgb8_interlaced.png"));
+  const std::vector<uint8_t> interlaced = vt_image_test::read_bytes(vt_image_test::test_data_path("images/png_rgb8_interlaced.png"));
   const vt::Image interlaced_full = vt::decode_image(interlaced.data(), interlaced.size(), "i");
   const std::vector<uint8_t> no_iend = cut(interlaced, interlaced.size() - 12);
   EXPECT_EQ(vt::decode_image(no_iend.data(), no_iend.size(), "i").pixels, interlaced_full.pixels);
   const std::vector<uint8_t> interlaced_half = cut(interlaced, interlaced.size() / 2);
-  expect_error([&] { vt::decode_image(interlaced_half.data(), interlaced_half.size(), "i.png"); },
-               {"i.png", "truncated"});
+  expect_error([&] { vt::decode_image(interlaced_half.data(), interlaced_half.size(), "i.png"); }, {"i.png", "truncated"});
 }
 
 TEST(ImageDecode, CorruptPngChunkIsRejected) {
@@ -139,18 +131,15 @@ TEST(ImageDecode, CorruptPngChunkIsRejected) {
   const size_t idat = text.find("IDAT");
   ASSERT_NE(idat, std::string::npos);
   bytes[idat + 10] ^= 0x55;
-  expect_error([&] { vt::decode_image(bytes.data(), bytes.size(), "crc.png"); },
-               {"crc.png", "PNG"});
+  expect_error([&] { vt::decode_image(bytes.data(), bytes.size(), "crc.png"); }, {"crc.png", "PNG"});
 }
 
 TEST(ImageDecode, UnknownEmptyAndZeroSizedInputs) {
   const std::vector<uint8_t> garbage = {'G', 'I', 'F', '8', '9', 'a', 0, 1, 2, 3, 4, 5};
-  expect_error([&] { vt::decode_image(garbage.data(), garbage.size(), "image 3"); },
-               {"image 3", "not a JPEG or PNG"});
+  expect_error([&] { vt::decode_image(garbage.data(), garbage.size(), "image 3"); }, {"image 3", "not a JPEG or PNG"});
   expect_error([&] { vt::decode_image(nullptr, 0, "image 4"); }, {"image 4", "empty"});
   const std::vector<uint8_t> jpeg_start = {0xFF, 0xD8};
-  expect_error([&] { vt::decode_image(jpeg_start.data(), jpeg_start.size(), "tiny"); },
-               {"tiny", "not a JPEG or PNG"});
+  expect_error([&] { vt::decode_image(jpeg_start.data(), jpeg_start.size(), "tiny"); }, {"tiny", "not a JPEG or PNG"});
 
   // A PNG whose IHDR says 0 x 5 (with a valid CRC).
   std::vector<uint8_t> png = vt_image_test::read_bytes(vt_image_test::test_data_path("images/png_gray8.png"));
@@ -173,12 +162,10 @@ TEST(ImageDecode, UnknownEmptyAndZeroSizedInputs) {
 
 TEST(ImageDecode, PixelLimitGuardsAgainstDecompressionBombs) {
   const std::vector<uint8_t> jpeg = vt_image_test::read_bytes(vt_image_test::fixture_path("images/rocket.jpg"));
-  expect_error([&] { vt::decode_image(jpeg.data(), jpeg.size(), "bomb.jpg", 640 * 427 - 1); },
-               {"bomb.jpg", "273280 pixels", "limit"});
+  expect_error([&] { vt::decode_image(jpeg.data(), jpeg.size(), "bomb.jpg", 640 * 427 - 1); }, {"bomb.jpg", "273280 pixels", "limit"});
   EXPECT_NO_THROW(vt::decode_image(jpeg.data(), jpeg.size(), "ok.jpg", 640 * 427));
   const std::vector<uint8_t> png = vt_image_test::read_bytes(vt_image_test::fixture_path("images/chelsea.png"));
-  expect_error([&] { vt::decode_image(png.data(), png.size(), "bomb.png", 1000); },
-               {"bomb.png", "limit"});
+  expect_error([&] { vt::decode_image(png.data(), png.size(), "bomb.png", 1000); }, {"bomb.png", "limit"});
 }
 
 TEST(ImageDecode, FileErrorsNameThePath) {
@@ -199,12 +186,9 @@ TEST(ImageFromPixels, ValidatesTheByteCount) {
   EXPECT_EQ(image.height, 3);
   EXPECT_EQ(image.channels, 3);
   EXPECT_EQ(image.pixels, bytes);
-  expect_error([&] { vt::image_from_pixels(bytes.data(), bytes.size() - 1, 2, 3, 3, "image 2"); },
-               {"image 2", "17 bytes", "expected 18"});
-  expect_error([&] { vt::image_from_pixels(bytes.data(), bytes.size(), 3, 3, 2, "image 5"); },
-               {"image 5", "channel"});
-  expect_error([&] { vt::image_from_pixels(bytes.data(), 0, 0, 3, 3, "image 6"); },
-               {"image 6", "dimensions"});
+  expect_error([&] { vt::image_from_pixels(bytes.data(), bytes.size() - 1, 2, 3, 3, "image 2"); }, {"image 2", "17 bytes", "expected 18"});
+  expect_error([&] { vt::image_from_pixels(bytes.data(), bytes.size(), 3, 3, 2, "image 5"); }, {"image 5", "channel"});
+  expect_error([&] { vt::image_from_pixels(bytes.data(), 0, 0, 3, 3, "image 6"); }, {"image 6", "dimensions"});
 }
 
 TEST(ConvertChannels, FollowsPillowModeConversions) {
@@ -224,10 +208,8 @@ TEST(ConvertChannels, FollowsPillowModeConversions) {
 
   const std::vector<uint8_t> gray = {0, 128, 255};
   const vt::Image l = vt::image_from_pixels(gray.data(), gray.size(), 3, 1, 1, "l");
-  EXPECT_EQ(vt::convert_channels(l, 3).pixels,
-            (std::vector<uint8_t>{0, 0, 0, 128, 128, 128, 255, 255, 255}));
-  EXPECT_EQ(vt::convert_channels(l, 4).pixels,
-            (std::vector<uint8_t>{0, 0, 0, 255, 128, 128, 128, 255, 255, 255, 255, 255}));
+  EXPECT_EQ(vt::convert_channels(l, 3).pixels, (std::vector<uint8_t>{0, 0, 0, 128, 128, 128, 255, 255, 255}));
+  EXPECT_EQ(vt::convert_channels(l, 4).pixels, (std::vector<uint8_t>{0, 0, 0, 255, 128, 128, 128, 255, 255, 255, 255, 255}));
   EXPECT_EQ(vt::convert_channels(l, 1).pixels, gray);
   expect_error([&] { vt::convert_channels(l, 2); }, {"channel"});
 }

@@ -22,15 +22,11 @@
 
 namespace vt_image_test {
 
-inline std::string source_path(const std::string& relative) {
-  return std::string(VISIONTORCH_SOURCE_DIR) + "/" + relative;
-}
+inline std::string source_path(const std::string& relative) { return std::string(VISIONTORCH_SOURCE_DIR) + "/" + relative; }
 
 inline std::string fixture_path(const std::string& relative) { return vt_test::fixture(relative); }
 
-inline std::string test_data_path(const std::string& relative) {
-  return source_path("native/core/tests/data/" + relative);
-}
+inline std::string test_data_path(const std::string& relative) { return source_path("native/core/tests/data/" + relative); }
 
 inline std::vector<uint8_t> read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -59,18 +55,14 @@ inline std::string fnv1a64(const uint8_t* data, size_t size) {
   return text;
 }
 
-inline std::string fnv1a64(const std::vector<uint8_t>& bytes) {
-  return fnv1a64(bytes.data(), bytes.size());
-}
+inline std::string fnv1a64(const std::vector<uint8_t>& bytes) { return fnv1a64(bytes.data(), bytes.size()); }
 
 // A fresh directory for one test's files, under VISIONTORCH_TEST_TMP when set.
 inline std::filesystem::path make_temp_dir(const std::string& name) {
   static std::atomic<int> counter{0};
   const char* base = std::getenv("VISIONTORCH_TEST_TMP");
-  std::filesystem::path root = base && *base ? std::filesystem::path(base)
-                                             : std::filesystem::temp_directory_path();
-  std::filesystem::path dir =
-      root / ("vt-" + name + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+  std::filesystem::path root = base && *base ? std::filesystem::path(base) : std::filesystem::temp_directory_path();
+  std::filesystem::path dir = root / ("vt-" + name + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir;

@@ -10,8 +10,8 @@
 #include "kernels/dnnl_conv.h"
 #include "kernels/dnnl_linear.h"
 #include "kernels/int8_linear.h"
-#include "kernels/threaded.h"
 #include "kernels/packed_bf16_weights.h"
+#include "kernels/threaded.h"
 #include "runtime/threads.h"
 
 namespace {
@@ -32,8 +32,8 @@ void expect_close(const torch::Tensor& actual, const torch::Tensor& expected, do
   EXPECT_LE((actual - expected).abs().max().item<double>(), tolerance * scale);
 }
 
-torch::Tensor reference_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                  const torch::Tensor& mask, double scale) {
+torch::Tensor reference_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask,
+                                  double scale) {
   auto scores = torch::matmul(q, k.transpose(-1, -2)) * scale;
   if (mask.defined()) scores = scores + mask;
   return torch::matmul(torch::softmax(scores, -1), v);
@@ -388,8 +388,9 @@ TEST_F(Kernels, TrainingAttentionInBfloat16MatchesFloat32AttentionForwardAndBack
   at::autocast::set_cpu_enabled(false);
   at::autocast::clear_cache();
   if (!applies) GTEST_SKIP() << "no oneDNN bfloat16 kernel in this build or on this CPU";
-  auto reference = torch::matmul(torch::softmax(torch::matmul(query.to(torch::kFloat32), key.to(torch::kFloat32).transpose(-1, -2)) * scale, -1),
-                                 value.to(torch::kFloat32));
+  auto reference =
+      torch::matmul(torch::softmax(torch::matmul(query.to(torch::kFloat32), key.to(torch::kFloat32).transpose(-1, -2)) * scale, -1),
+                    value.to(torch::kFloat32));
   EXPECT_EQ(fast.scalar_type(), torch::kBFloat16);
   expect_close(fast.to(torch::kFloat32), reference, 2e-2);
   // Merging the heads back is free: the output lives in [B, T, heads, head_dim] memory.

@@ -15,8 +15,8 @@
 #include <thread>
 #include <vector>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "data/dataset.h"
 #include "data/image_processor.h"
@@ -320,7 +320,7 @@ TEST(Loader, CorruptImageFileIsNamedByNext) {
     ASSERT_TRUE(loader.next().has_value());
     expect_error([&] { loader.next(); }, {"decode failed for", dir.file("root/dog/broken.jpg")});
     expect_error([&] { loader.next(); }, {"broken.jpg"});  // the epoch stays failed
-    loader.start_epoch(0, 1);  // a new start recovers
+    loader.start_epoch(0, 1);                              // a new start recovers
     ASSERT_TRUE(loader.next().has_value());
   }
 }

@@ -14,9 +14,9 @@ TEST(Optimizer, GradientNormMatchesTheExactNormOverEveryKindOfGradient) {
     parameter.mutable_grad() = grad;
     parameters.emplace_back(name, parameter);
   };
-  add("large", torch::randn({300, 1000}) * 3);                      // the parallel float32 pass
-  add("strided", torch::randn({64, 80}).t());                       // not contiguous
-  add("bf16", torch::randn({128}).to(torch::kBFloat16));            // another dtype
+  add("large", torch::randn({300, 1000}) * 3);                             // the parallel float32 pass
+  add("strided", torch::randn({64, 80}).t());                              // not contiguous
+  add("bf16", torch::randn({128}).to(torch::kBFloat16));                   // another dtype
   parameters.emplace_back("no_grad", torch::zeros({5}).requires_grad_());  // skipped
   double exact = 0.0;
   for (const auto& [name, parameter] : parameters) {

@@ -73,15 +73,13 @@ TEST(Resample, MatchesPillowOnEveryGoldenCase) {
       ++failures;
       ++failures_by_filter[filter];
       if (failures <= 10) {
-        ADD_FAILURE() << "resize " << w << "x" << h << "x" << c << " (pattern " << pattern
-                      << ") -> " << ow << "x" << oh << " with filter " << filter
-                      << " differs from Pillow";
+        ADD_FAILURE() << "resize " << w << "x" << h << "x" << c << " (pattern " << pattern << ") -> " << ow << "x" << oh << " with filter "
+                      << filter << " differs from Pillow";
       }
     }
   }
-  EXPECT_EQ(failures, 0) << "by filter (nearest, lanczos, bilinear, bicubic, box, hamming): "
-                         << failures_by_filter[0] << " " << failures_by_filter[1] << " "
-                         << failures_by_filter[2] << " " << failures_by_filter[3] << " "
+  EXPECT_EQ(failures, 0) << "by filter (nearest, lanczos, bilinear, bicubic, box, hamming): " << failures_by_filter[0] << " "
+                         << failures_by_filter[1] << " " << failures_by_filter[2] << " " << failures_by_filter[3] << " "
                          << failures_by_filter[4] << " " << failures_by_filter[5];
 }
 
@@ -109,8 +107,7 @@ TEST(Resample, MatchesPillowOnFixturePhotos) {
     const vt::Image out = vt::resize_image(inputs[key], ow, oh, vt::resample_from_code(filter));
     if (vt_image_test::fnv1a64(out.pixels) != row[5].get<std::string>()) {
       if (++failures <= 10) {
-        ADD_FAILURE() << file << " (" << c << " channels) -> " << ow << "x" << oh << " with filter "
-                      << filter << " differs from Pillow";
+        ADD_FAILURE() << file << " (" << c << " channels) -> " << ow << "x" << oh << " with filter " << filter << " differs from Pillow";
       }
     }
   }
@@ -129,10 +126,8 @@ TEST(Resample, KnownValues) {
   // Image.frombytes("L", (2, 1), bytes([0, 100])).resize(...) in Pillow 9.4.
   const std::vector<uint8_t> px = {0, 100};
   const vt::Image image = vt::image_from_pixels(px.data(), px.size(), 2, 1, 1, "t");
-  EXPECT_EQ(vt::resize_image(image, 4, 1, vt::Resample::Nearest).pixels,
-            (std::vector<uint8_t>{0, 0, 100, 100}));
-  EXPECT_EQ(vt::resize_image(image, 4, 1, vt::Resample::Bilinear).pixels,
-            (std::vector<uint8_t>{0, 25, 75, 100}));
+  EXPECT_EQ(vt::resize_image(image, 4, 1, vt::Resample::Nearest).pixels, (std::vector<uint8_t>{0, 0, 100, 100}));
+  EXPECT_EQ(vt::resize_image(image, 4, 1, vt::Resample::Bilinear).pixels, (std::vector<uint8_t>{0, 25, 75, 100}));
   EXPECT_EQ(vt::resize_image(image, 1, 1, vt::Resample::Box).pixels, (std::vector<uint8_t>{50}));
 }
 

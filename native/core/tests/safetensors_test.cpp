@@ -5,8 +5,8 @@
 #include <map>
 #include <string>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "io/safetensors.h"
 #include "test_util.h"
@@ -57,19 +57,13 @@ TEST(Safetensors, RoundTripsEveryDtypeWithMetadata) {
   TempDir dir;
   torch::manual_seed(0);
   vt::TensorMap tensors = {
-      {"f64", torch::randn({2, 3}, torch::kFloat64)},
-      {"f32", torch::randn({4, 5})},
+      {"f64", torch::randn({2, 3}, torch::kFloat64)},      {"f32", torch::randn({4, 5})},
       {"f16_odd", torch::randn({3}).to(torch::kFloat16)},  // 6 bytes: would misalign what follows
-      {"bf16", torch::randn({2, 2}).to(torch::kBFloat16)},
-      {"i64", torch::tensor({INT64_MIN, int64_t{-1}, INT64_MAX})},
-      {"i32", torch::tensor({INT32_MIN, 7, INT32_MAX})},
-      {"i16", torch::tensor({-32768, 1, 32767}, torch::kInt16)},
-      {"i8", torch::tensor({-128, 0, 127}, torch::kInt8)},
-      {"u8", torch::tensor({0, 128, 255}, torch::kUInt8)},
-      {"bool", torch::tensor({true, false, true})},
-      {"empty", torch::zeros({0, 3})},
-      {"scalar", torch::tensor(2.5, torch::kFloat64)},
-      {"transposed", torch::arange(6, torch::kFloat32).reshape({2, 3}).t()},
+      {"bf16", torch::randn({2, 2}).to(torch::kBFloat16)}, {"i64", torch::tensor({INT64_MIN, int64_t{-1}, INT64_MAX})},
+      {"i32", torch::tensor({INT32_MIN, 7, INT32_MAX})},   {"i16", torch::tensor({-32768, 1, 32767}, torch::kInt16)},
+      {"i8", torch::tensor({-128, 0, 127}, torch::kInt8)}, {"u8", torch::tensor({0, 128, 255}, torch::kUInt8)},
+      {"bool", torch::tensor({true, false, true})},        {"empty", torch::zeros({0, 3})},
+      {"scalar", torch::tensor(2.5, torch::kFloat64)},     {"transposed", torch::arange(6, torch::kFloat32).reshape({2, 3}).t()},
   };
   const std::map<std::string, std::string> metadata = {{"format", "pt"}, {"note", "ünïcode"}};
   const std::string path = dir.file("model.safetensors");
@@ -203,8 +197,7 @@ class SafetensorsShardedIndex : public ::testing::Test {
  protected:
   void SetUp() override {
     const std::string source = fixture("vit-tiny-random-sharded/");
-    for (const char* shard : {"model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
-                              "model-00003-of-00003.safetensors"}) {
+    for (const char* shard : {"model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors"}) {
       std::filesystem::copy_file(source + shard, dir.file(shard));
     }
     index = json::parse(read_bytes(source + "model.safetensors.index.json"));
@@ -218,15 +211,12 @@ class SafetensorsShardedIndex : public ::testing::Test {
   json index;
 };
 
-TEST_F(SafetensorsShardedIndex, CopyLoads) {
-  EXPECT_EQ(vt::load_sharded_safetensors(write_index()).size(), index["weight_map"].size());
-}
+TEST_F(SafetensorsShardedIndex, CopyLoads) { EXPECT_EQ(vt::load_sharded_safetensors(write_index()).size(), index["weight_map"].size()); }
 
 TEST_F(SafetensorsShardedIndex, MissingShardIsNamed) {
   index["weight_map"]["classifier.bias"] = "model-00009-of-00003.safetensors";
   expect_error([&] { vt::load_sharded_safetensors(write_index()); },
-               {"model.safetensors.index.json", "\"model-00009-of-00003.safetensors\"", "does not exist",
-                "classifier.bias"});
+               {"model.safetensors.index.json", "\"model-00009-of-00003.safetensors\"", "does not exist", "classifier.bias"});
 }
 
 TEST_F(SafetensorsShardedIndex, TensorMissingFromItsShardIsNamed) {
@@ -260,8 +250,7 @@ class SafetensorsCorrupt : public ::testing::Test {
   // A valid file holding "a" (F32 [2,2]) and "b" (I64 [3]).
   void SetUp() override {
     const std::string valid = dir.file("valid.safetensors");
-    vt::save_safetensors(valid, {{"a", torch::arange(4, torch::kFloat32).reshape({2, 2})},
-                                 {"b", torch::arange(3, torch::kInt64)}});
+    vt::save_safetensors(valid, {{"a", torch::arange(4, torch::kFloat32).reshape({2, 2})}, {"b", torch::arange(3, torch::kInt64)}});
     bytes = read_bytes(valid);
     const uint64_t length = header_length(bytes);
     header = json::parse(bytes.substr(8, length));
@@ -290,9 +279,7 @@ TEST_F(SafetensorsCorrupt, ValidBaseLoads) {
   EXPECT_TRUE(torch::equal(vt::load_safetensors(write(bytes)).at("b"), torch::arange(3, torch::kInt64)));
 }
 
-TEST_F(SafetensorsCorrupt, TruncatedBelowEightBytes) {
-  expect_open_error(write(bytes.substr(0, 5)), {"5 bytes", "too short"});
-}
+TEST_F(SafetensorsCorrupt, TruncatedBelowEightBytes) { expect_open_error(write(bytes.substr(0, 5)), {"5 bytes", "too short"}); }
 
 TEST_F(SafetensorsCorrupt, EmptyFile) { expect_open_error(write(""), {"0 bytes", "too short"}); }
 
@@ -352,8 +339,7 @@ TEST_F(SafetensorsCorrupt, NonIntegerShape) {
 
 TEST_F(SafetensorsCorrupt, ShapeDoesNotMatchSpan) {
   header["a"]["shape"] = {1, 1, 32};
-  expect_open_error(write_header(header),
-                    {"tensor \"a\": data_offsets [24, 40] span 16 bytes but shape [1,1,32] of F32 needs 128"});
+  expect_open_error(write_header(header), {"tensor \"a\": data_offsets [24, 40] span 16 bytes but shape [1,1,32] of F32 needs 128"});
 }
 
 TEST_F(SafetensorsCorrupt, ShapeProductOverflows) {
@@ -404,9 +390,11 @@ TEST(SafetensorsWriter, UnsupportedDtypeLeavesTheOldFileAndNoTempFile) {
   vt::save_safetensors(path, {{"w", torch::ones({2})}});
   const std::string before = read_bytes(path);
 
-  expect_error([&] {
-    vt::save_safetensors(path, {{"w", torch::zeros({2})}, {"z", torch::zeros({2}, torch::kComplexFloat)}});
-  }, {"model.safetensors", "tensor \"z\"", "ComplexFloat"});
+  expect_error(
+      [&] {
+        vt::save_safetensors(path, {{"w", torch::zeros({2})}, {"z", torch::zeros({2}, torch::kComplexFloat)}});
+      },
+      {"model.safetensors", "tensor \"z\"", "ComplexFloat"});
   EXPECT_EQ(read_bytes(path), before);
   EXPECT_EQ(dir.listing(), std::vector<std::string>{"model.safetensors"});
 }
@@ -434,8 +422,11 @@ TEST(SafetensorsWriter, OverwritesAnExistingFile) {
 
 TEST(SafetensorsWriter, RefusesTheMetadataKeyAsATensorName) {
   TempDir dir;
-  expect_error([&] { vt::save_safetensors(dir.file("m.safetensors"), {{"__metadata__", torch::ones({1})}}); },
-               {"m.safetensors", "__metadata__"});
+  expect_error(
+      [&] {
+        vt::save_safetensors(dir.file("m.safetensors"), {{"__metadata__", torch::ones({1})}});
+      },
+      {"m.safetensors", "__metadata__"});
   EXPECT_TRUE(dir.listing().empty());
 }
 

@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "common/json_config.h"
 #include "data/augment.h"
@@ -37,8 +37,7 @@ namespace {
 
 vt::ImageProcessor segformer_processor() {
   return vt::ImageProcessor(
-      vt::ImageProcessorConfig::from_json(vt::read_json_file(fixture("segformer-tiny-random/preprocessor_config.json"))),
-      3);
+      vt::ImageProcessorConfig::from_json(vt::read_json_file(fixture("segformer-tiny-random/preprocessor_config.json"))), 3);
 }
 
 // A SegFormer processor to size x size with NEAREST and no rescale/normalize: pixel_values hold
@@ -67,9 +66,7 @@ vt::Image gray(int width, int height, const std::function<uint8_t(int, int)>& va
 }
 
 torch::Tensor as_tensor(const vt::Image& image) {
-  return torch::from_blob(const_cast<uint8_t*>(image.pixels.data()), {image.height, image.width, image.channels},
-                          torch::kUInt8)
-      .clone();
+  return torch::from_blob(const_cast<uint8_t*>(image.pixels.data()), {image.height, image.width, image.channels}, torch::kUInt8).clone();
 }
 
 // Writes a PNG from rows already packed at `bit_depth` (libpng directly, for the kinds
@@ -86,8 +83,7 @@ void write_raw_png(const std::string& path, int width, int height, int bit_depth
     FAIL() << "libpng could not write " << path;
   }
   png_init_io(png, file);
-  png_set_IHDR(png, info, width, height, bit_depth, color_type, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
-               PNG_FILTER_TYPE_DEFAULT);
+  png_set_IHDR(png, info, width, height, bit_depth, color_type, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
   if (!palette.empty()) png_set_PLTE(png, info, palette.data(), static_cast<int>(palette.size()));
   png_write_info(png, info);
   for (const std::vector<uint8_t>& row : rows) png_write_row(png, row.data());
@@ -110,8 +106,7 @@ TEST(SegmentationPostProcess, MatchesTransformersReference) {
     const torch::Tensor got = vt::post_process_semantic_segmentation(logits[i], sizes[i]);
     EXPECT_EQ(got.scalar_type(), torch::kInt64);
     ASSERT_EQ(got.sizes(), expected.sizes()) << "image " << i;
-    EXPECT_TRUE(torch::equal(got, expected)) << "image " << i << ": " << got.ne(expected).sum().item<int64_t>()
-                                             << " pixels differ";
+    EXPECT_TRUE(torch::equal(got, expected)) << "image " << i << ": " << got.ne(expected).sum().item<int64_t>() << " pixels differ";
 
     const torch::Tensor expected_nosize = reference.at("post_nosize." + std::to_string(i) + ".segmentation");
     const torch::Tensor got_nosize = vt::post_process_semantic_segmentation(logits[i], std::nullopt);
@@ -121,12 +116,9 @@ TEST(SegmentationPostProcess, MatchesTransformersReference) {
 }
 
 TEST(SegmentationPostProcess, RejectsBadInput) {
-  expect_error([] { vt::post_process_semantic_segmentation(torch::zeros({2, 4, 8, 8}), std::nullopt); },
-               {"[num_labels, height, width]"});
-  expect_error([] { vt::post_process_semantic_segmentation(torch::zeros({4, 8, 8}, torch::kInt64), std::nullopt); },
-               {"floating point"});
-  expect_error([] { vt::post_process_semantic_segmentation(torch::zeros({4, 8, 8}), std::make_pair(0, 5)); },
-               {"target size (0, 5)"});
+  expect_error([] { vt::post_process_semantic_segmentation(torch::zeros({2, 4, 8, 8}), std::nullopt); }, {"[num_labels, height, width]"});
+  expect_error([] { vt::post_process_semantic_segmentation(torch::zeros({4, 8, 8}, torch::kInt64), std::nullopt); }, {"floating point"});
+  expect_error([] { vt::post_process_semantic_segmentation(torch::zeros({4, 8, 8}), std::make_pair(0, 5)); }, {"target size (0, 5)"});
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -153,24 +145,22 @@ TEST(SegmentationLabelMap, CocoMaskNearestResizeMatchesPillow) {
   EXPECT_EQ(crc32(0, bytes.data_ptr<uint8_t>(), 64 * 64), 1792941069u);
   const std::map<int64_t, int64_t> counts = {{0, 36}, {17, 1523}, {63, 2329}, {65, 125}, {75, 83}};
   for (const auto& [value, count] : counts) EXPECT_EQ(labels.eq(value).sum().item<int64_t>(), count) << value;
-  const std::vector<int64_t> row32 = {63, 63, 63, 17, 17, 17, 17, 17, 17, 17, 17, 17, 17, 17, 17, 17,
-                                      17, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 17, 63, 63,
-                                      63, 63, 63, 65, 17, 17, 17, 17, 17, 17, 17, 17, 17, 17, 17, 17,
-                                      17, 17, 17, 17, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63};
+  const std::vector<int64_t> row32 = {63, 63, 63, 17, 17, 17, 17, 17, 17, 17, 17, 17, 17, 17, 17, 17, 17, 63, 63, 63, 63, 63,
+                                      63, 63, 63, 63, 63, 63, 63, 17, 63, 63, 63, 63, 63, 65, 17, 17, 17, 17, 17, 17, 17, 17,
+                                      17, 17, 17, 17, 17, 17, 17, 17, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 63};
   EXPECT_TRUE(torch::equal(labels[32], torch::tensor(row32, torch::kInt64)));
 
   const torch::Tensor reduced = vt::preprocess_label_map(mask, processor, true, path);
   const torch::Tensor reduced_bytes = reduced.to(torch::kUInt8).contiguous();
   EXPECT_EQ(crc32(0, reduced_bytes.data_ptr<uint8_t>(), 64 * 64), 3616637775u);
-  EXPECT_EQ(reduced.eq(255).sum().item<int64_t>(), 36);  // the background
+  EXPECT_EQ(reduced.eq(255).sum().item<int64_t>(), 36);   // the background
   EXPECT_EQ(reduced.eq(16).sum().item<int64_t>(), 1523);  // cats, 17 - 1
 }
 
 TEST(SegmentationLabelMap, ReduceLabels) {
   // No resize: labels keep their values and size.
-  const vt::ImageProcessor keep(vt::ImageProcessorConfig::from_json(
-                                    {{"image_processor_type", "SegformerImageProcessor"}, {"do_resize", false}}),
-                                3);
+  const vt::ImageProcessor keep(
+      vt::ImageProcessorConfig::from_json({{"image_processor_type", "SegformerImageProcessor"}, {"do_resize", false}}), 3);
   const std::vector<uint8_t> values = {0, 1, 2, 100, 254, 255};
   const vt::Image mask = gray(6, 1, [&](int x, int) { return values[x]; });
   EXPECT_TRUE(torch::equal(vt::preprocess_label_map(mask, keep, true, "hand-made"),
@@ -180,17 +170,16 @@ TEST(SegmentationLabelMap, ReduceLabels) {
 }
 
 TEST(SegmentationLabelMap, ChannelsOfAMask) {
-  const vt::ImageProcessor keep(vt::ImageProcessorConfig::from_json(
-                                    {{"image_processor_type", "SegformerImageProcessor"}, {"do_resize", false}}),
-                                3);
+  const vt::ImageProcessor keep(
+      vt::ImageProcessorConfig::from_json({{"image_processor_type", "SegformerImageProcessor"}, {"do_resize", false}}), 3);
   // RGB (and RGBA, whatever the alpha) with equal channels is one channel.
-  const vt::Image rgb = gray(3, 2, [](int x, int y) { return static_cast<uint8_t>(x + 3 * y); }, 3);
-  EXPECT_TRUE(torch::equal(vt::preprocess_label_map(rgb, keep, false, "rgb"),
-                           torch::arange(6, torch::kInt64).reshape({2, 3})));
-  vt::Image rgba = gray(3, 2, [](int x, int y) { return static_cast<uint8_t>(x + 3 * y); }, 4);
+  const vt::Image rgb = gray(
+      3, 2, [](int x, int y) { return static_cast<uint8_t>(x + 3 * y); }, 3);
+  EXPECT_TRUE(torch::equal(vt::preprocess_label_map(rgb, keep, false, "rgb"), torch::arange(6, torch::kInt64).reshape({2, 3})));
+  vt::Image rgba = gray(
+      3, 2, [](int x, int y) { return static_cast<uint8_t>(x + 3 * y); }, 4);
   for (size_t i = 3; i < rgba.pixels.size(); i += 4) rgba.pixels[i] = 200;
-  EXPECT_TRUE(torch::equal(vt::preprocess_label_map(rgba, keep, false, "rgba"),
-                           torch::arange(6, torch::kInt64).reshape({2, 3})));
+  EXPECT_TRUE(torch::equal(vt::preprocess_label_map(rgba, keep, false, "rgba"), torch::arange(6, torch::kInt64).reshape({2, 3})));
   vt::Image colour = rgb;
   colour.row(1)[2 * 3 + 1] = 77;  // pixel (x 2, y 1): green differs
   expect_error([&] { vt::preprocess_label_map(colour, keep, false, "masks/colour.png"); },
@@ -276,8 +265,7 @@ TEST(SegmentationMeanIoU, HandWorkedExample) {
 
   // A class only predicted, never labelled: IoU 0, accuracy NaN.
   vt::MeanIoU predicted_only(2);
-  predicted_only.add(torch::tensor(std::vector<int64_t>{0, 1}).reshape({1, 2}),
-                     torch::tensor(std::vector<int64_t>{0, 0}).reshape({1, 2}));
+  predicted_only.add(torch::tensor(std::vector<int64_t>{0, 1}).reshape({1, 2}), torch::tensor(std::vector<int64_t>{0, 0}).reshape({1, 2}));
   const auto m = predicted_only.compute({});
   EXPECT_EQ(m.at("iou_1"), 0.0);
   EXPECT_TRUE(std::isnan(m.at("accuracy_1")));
@@ -288,17 +276,18 @@ TEST(SegmentationMeanIoU, HandWorkedExample) {
 TEST(SegmentationMeanIoU, Errors) {
   vt::MeanIoU metric(3);
   const torch::Tensor ok = torch::zeros({2, 2}, torch::kInt64);
-  expect_error([&] { metric.add(ok, torch::tensor(std::vector<int64_t>{0, 7, 255, 1}).reshape({2, 2})); },
-               {"label value 7", "[0, 3)", "ignore index 255"});
-  expect_error([&] { metric.add(torch::tensor(std::vector<int64_t>{0, 5, 1, 1}).reshape({2, 2}), ok); },
-               {"predicted class 5"});
+  expect_error(
+      [&] {
+        metric.add(ok, torch::tensor(std::vector<int64_t>{0, 7, 255, 1}).reshape({2, 2}));
+      },
+      {"label value 7", "[0, 3)", "ignore index 255"});
+  expect_error([&] { metric.add(torch::tensor(std::vector<int64_t>{0, 5, 1, 1}).reshape({2, 2}), ok); }, {"predicted class 5"});
   expect_error([&] { metric.add(ok, torch::zeros({2, 3}, torch::kInt64)); }, {"differ in shape"});
   expect_error([&] { metric.add(ok.to(torch::kFloat32), ok); }, {"integer tensors"});
   expect_error([&] { metric.compute({"a", "b"}); }, {"2 class names for 3 labels"});
   // A custom ignore index.
   vt::MeanIoU ignore_minus(2, -100);
-  ignore_minus.add(torch::tensor(std::vector<int64_t>{1, 1}).reshape({1, 2}),
-                   torch::tensor(std::vector<int64_t>{-100, 1}).reshape({1, 2}));
+  ignore_minus.add(torch::tensor(std::vector<int64_t>{1, 1}).reshape({1, 2}), torch::tensor(std::vector<int64_t>{-100, 1}).reshape({1, 2}));
   EXPECT_EQ(ignore_minus.compute({}).at("overall_accuracy"), 1.0);
 }
 
@@ -325,8 +314,7 @@ vt::Image sample_image(int id, int width = 8, int height = 6) {
 
 void write_pair(const TempDir& dir, const std::string& stem, int id) {
   vt::write_png(sample_image(id), dir.file("images/" + stem + ".png"));
-  vt::write_png(gray(8, 6, [id](int x, int) { return static_cast<uint8_t>((id + x) % 4); }),
-                dir.file("masks/" + stem + ".png"));
+  vt::write_png(gray(8, 6, [id](int x, int) { return static_cast<uint8_t>((id + x) % 4); }), dir.file("masks/" + stem + ".png"));
 }
 
 TEST(SegmentationDataset, PairsFoldersByStem) {
@@ -356,15 +344,13 @@ TEST(SegmentationDataset, PairsFoldersByStem) {
 
   // An image without a mask.
   vt::write_png(sample_image(3), dir.file("images/c.png"));
-  expect_error([&] { vt::SegmentationDataset::open(spec, 1); },
-               {dir.file("images/c.png"), "has no mask", dir.file("masks/c.png")});
+  expect_error([&] { vt::SegmentationDataset::open(spec, 1); }, {dir.file("images/c.png"), "has no mask", dir.file("masks/c.png")});
   fs::remove(dir.file("images/c.png"));
 
   // A mask of another size: named with its image when read.
   vt::write_png(gray(7, 6, [](int, int) { return 1; }), dir.file("masks/b.png"));
   const auto [train2, unused] = vt::SegmentationDataset::open(spec, 1);
-  expect_error([&] { train2->mask(1); },
-               {dir.file("masks/b.png"), "7x6", dir.file("images/b.png"), "8x6"});
+  expect_error([&] { train2->mask(1); }, {dir.file("masks/b.png"), "7x6", dir.file("images/b.png"), "8x6"});
 
   spec.masks = dir.file("nowhere");
   expect_error([&] { vt::SegmentationDataset::open(spec, 1); }, {"masks", dir.file("nowhere"), "does not exist"});
@@ -407,8 +393,7 @@ TEST(SegmentationDataset, Manifests) {
   vt_test::write_bytes(dir.file("bad.csv"), "image,mask\nimages/a.png,masks/a.png\nimages/b.png,masks/zz.png\n");
   rooted.manifest = dir.file("bad.csv");
   rooted.root.clear();
-  expect_error([&] { vt::SegmentationDataset::open(rooted, 7); },
-               {dir.file("bad.csv") + ":3", "\"mask\"", "zz.png", "not found"});
+  expect_error([&] { vt::SegmentationDataset::open(rooted, 7); }, {dir.file("bad.csv") + ":3", "\"mask\"", "zz.png", "not found"});
   vt_test::write_bytes(dir.file("cols.csv"), "image,label\nimages/a.png,masks/a.png\n");
   rooted.manifest = dir.file("cols.csv");
   expect_error([&] { vt::SegmentationDataset::open(rooted, 7); }, {"cols.csv", "no column \"mask\""});
@@ -495,16 +480,15 @@ TEST(SegmentationBatch, WithoutAugmentationEqualsProcessorAndLabelMap) {
   augment.horizontal_flip = true;
   for (bool reduce : {false, true}) {
     // apply_augment false: the augmentation spec is not used.
-    const vt::SegmentationBatch batch =
-        vt::load_segmentation_batch(*dataset, {1, 0}, processor, reduce, augment, false, 5, 0);
+    const vt::SegmentationBatch batch = vt::load_segmentation_batch(*dataset, {1, 0}, processor, reduce, augment, false, 5, 0);
     ASSERT_EQ(batch.pixel_values.sizes(), (std::vector<int64_t>{2, 3, 64, 64}));
     ASSERT_EQ(batch.labels.sizes(), (std::vector<int64_t>{2, 64, 64}));
     EXPECT_EQ(batch.labels.scalar_type(), torch::kInt64);
     for (int k = 0; k < 2; ++k) {
       const size_t index = k == 0 ? 1 : 0;
       EXPECT_TRUE(torch::equal(batch.pixel_values[k], processor.process(dataset->image(index))));
-      EXPECT_TRUE(torch::equal(batch.labels[k], vt::preprocess_label_map(dataset->mask(index), processor, reduce,
-                                                                         dataset->describe(index))));
+      EXPECT_TRUE(
+          torch::equal(batch.labels[k], vt::preprocess_label_map(dataset->mask(index), processor, reduce, dataset->describe(index))));
     }
     // transformers' pixel_values for the same photo.
     const auto reference = vt::load_safetensors(fixture("segformer-tiny-random/reference.safetensors"));
@@ -527,7 +511,8 @@ struct AlignedData {
         if (y < 4 && x < 6) return 255;
         return static_cast<uint8_t>((x / 3 + y / 5 + i) % 12);
       };
-      vt::write_png(gray(w, h, [&](int x, int y) { return static_cast<uint8_t>(label(x, y) == 255 ? 7 : 10 * label(x, y)); }, 3),
+      vt::write_png(gray(
+                        w, h, [&](int x, int y) { return static_cast<uint8_t>(label(x, y) == 255 ? 7 : 10 * label(x, y)); }, 3),
                     dir.file("images/" + std::to_string(i) + ".png"));
       vt::write_png(gray(w, h, label), dir.file("masks/" + std::to_string(i) + ".png"));
     }
@@ -554,15 +539,13 @@ TEST(SegmentationBatch, AugmentationIsReproducibleAndAligned) {
   // A sample's augmentation depends on (seed, epoch, index) only, not on its batch.
   const vt::SegmentationBatch single = vt::load_segmentation_batch(*data.dataset, {4}, processor, false, augment, true, 11, 3);
   EXPECT_TRUE(torch::equal(single.labels[0], a.labels[4]));
-  const vt::SegmentationBatch other_epoch =
-      vt::load_segmentation_batch(*data.dataset, indices, processor, false, augment, true, 11, 4);
+  const vt::SegmentationBatch other_epoch = vt::load_segmentation_batch(*data.dataset, indices, processor, false, augment, true, 11, 4);
   EXPECT_FALSE(torch::equal(other_epoch.labels, a.labels));
 
   ASSERT_EQ(a.pixel_values.sizes(), (std::vector<int64_t>{6, 3, 24, 24}));
   ASSERT_EQ(a.labels.sizes(), (std::vector<int64_t>{6, 24, 24}));
   for (const bool reduce : {false, true}) {
-    const vt::SegmentationBatch batch =
-        vt::load_segmentation_batch(*data.dataset, indices, processor, reduce, augment, true, 11, 3);
+    const vt::SegmentationBatch batch = vt::load_segmentation_batch(*data.dataset, indices, processor, reduce, augment, true, 11, 3);
     const torch::Tensor labels = batch.labels;
     const torch::Tensor kept = labels.ne(255);
     // reduce_labels: 0 -> 255 and v -> v - 1, so the image value is 10 x (label + 1).
@@ -579,11 +562,10 @@ TEST(SegmentationBatch, AugmentationIsReproducibleAndAligned) {
 
   // The crop is the drawn box, resized with NEAREST to the processor's size, flipped when drawn.
   for (size_t index : indices) {
-    const vt::AugmentDraw draw = vt::draw_augment(data.dataset->image(index).height, data.dataset->image(index).width,
-                                                  augment, 11, 3, index);
+    const vt::AugmentDraw draw =
+        vt::draw_augment(data.dataset->image(index).height, data.dataset->image(index).width, augment, 11, 3, index);
     ASSERT_TRUE(draw.crop.has_value());
-    vt::Image expected = vt::resize_image(vt::crop_image(data.dataset->mask(index), *draw.crop), 24, 24,
-                                          vt::Resample::Nearest);
+    vt::Image expected = vt::resize_image(vt::crop_image(data.dataset->mask(index), *draw.crop), 24, 24, vt::Resample::Nearest);
     if (draw.flip) vt::flip_horizontal(expected);
     EXPECT_TRUE(torch::equal(a.labels[index], as_tensor(expected).reshape({24, 24}).to(torch::kInt64))) << index;
   }
@@ -599,8 +581,7 @@ TEST(SegmentationBatch, FlipMovesImageAndMask) {
     const vt::Image image = data.dataset->image(index);
     const bool flipped = vt::draw_augment(image.height, image.width, flip_only, 11, 0, index).flip;
     seen.insert(flipped);
-    const vt::SegmentationBatch batch =
-        vt::load_segmentation_batch(*data.dataset, {index}, processor, false, flip_only, true, 11, 0);
+    const vt::SegmentationBatch batch = vt::load_segmentation_batch(*data.dataset, {index}, processor, false, flip_only, true, 11, 0);
     torch::Tensor pixels = processor.process(image);
     torch::Tensor labels = vt::preprocess_label_map(data.dataset->mask(index), processor, false, "mask");
     if (flipped) {
@@ -619,19 +600,19 @@ TEST(SegmentationBatch, Errors) {
   AlignedData data;
   // A shortest-edge processor gives each image its own size: such samples cannot share a batch.
   // (40x30 -> 26x20, 54x40 -> 27x20)
-  const vt::ImageProcessor varying(vt::ImageProcessorConfig::from_json(
-                                       {{"image_processor_type", "CLIPImageProcessor"},
-                                        {"size", {{"shortest_edge", 20}}}}),
-                                   3);
-  expect_error([&] { vt::load_segmentation_batch(*data.dataset, {0, 2}, varying, false, {}, false, 0, 0); },
-               {"cannot share a batch", data.dataset->describe(2)});
+  const vt::ImageProcessor varying(
+      vt::ImageProcessorConfig::from_json({{"image_processor_type", "CLIPImageProcessor"}, {"size", {{"shortest_edge", 20}}}}), 3);
+  expect_error(
+      [&] {
+        vt::load_segmentation_batch(*data.dataset, {0, 2}, varying, false, {}, false, 0, 0);
+      },
+      {"cannot share a batch", data.dataset->describe(2)});
   expect_error([&] { vt::load_segmentation_batch(*data.dataset, {9}, raw_nearest_processor(8), false, {}, false, 0, 0); },
                {"index 9 is out of range"});
   vt::AugmentSpec bad;
   bad.random_resized_crop = true;
   bad.scale = {0.5, 0.1};
-  expect_error([&] { vt::load_segmentation_batch(*data.dataset, {0}, raw_nearest_processor(8), false, bad, true, 0, 0); },
-               {"scale"});
+  expect_error([&] { vt::load_segmentation_batch(*data.dataset, {0}, raw_nearest_processor(8), false, bad, true, 0, 0); }, {"scale"});
 }
 
 }  // namespace

@@ -18,9 +18,7 @@
 
 namespace vt_test {
 
-inline std::string fixture(const std::string& relative) {
-  return std::string(VISIONTORCH_SOURCE_DIR) + "/test/fixtures/" + relative;
-}
+inline std::string fixture(const std::string& relative) { return std::string(VISIONTORCH_SOURCE_DIR) + "/test/fixtures/" + relative; }
 
 // A fresh directory for one test, removed when the test ends.
 class TempDir {
@@ -28,8 +26,7 @@ class TempDir {
   TempDir() {
     const char* base = std::getenv("VISIONTORCH_TEST_TMP");
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = (base != nullptr && *base != '\0' ? std::filesystem::path(base)
-                                               : std::filesystem::temp_directory_path()) /
+    path_ = (base != nullptr && *base != '\0' ? std::filesystem::path(base) : std::filesystem::temp_directory_path()) /
             (std::string(info->test_suite_name()) + "." + info->name() + "." + std::to_string(::getpid()));
     std::filesystem::remove_all(path_);
     std::filesystem::create_directories(path_);

@@ -21,8 +21,7 @@ using vt_test::TempDir;
 using vt_test::write_bytes;
 
 // Writes a torch.save-style zip: <stem>/data.pkl, <stem>/data/<key> records and any others.
-void write_archive(const std::string& path, const std::string& pickle,
-                   const std::map<std::string, std::string>& storages = {},
+void write_archive(const std::string& path, const std::string& pickle, const std::map<std::string, std::string>& storages = {},
                    const std::map<std::string, std::string>& other_records = {}) {
   caffe2::serialize::PyTorchStreamWriter writer(path);
   writer.writeRecord("data.pkl", pickle.data(), pickle.size());
@@ -41,14 +40,28 @@ class Pickle {
  public:
   explicit Pickle(int protocol = 2) { op('\x80').byte(protocol); }
 
-  Pickle& op(char opcode) { bytes_ += opcode; return *this; }
-  Pickle& byte(int value) { bytes_ += static_cast<char>(value); return *this; }
+  Pickle& op(char opcode) {
+    bytes_ += opcode;
+    return *this;
+  }
+  Pickle& byte(int value) {
+    bytes_ += static_cast<char>(value);
+    return *this;
+  }
   Pickle& le32(uint32_t value) {
     for (int i = 0; i < 4; ++i) byte((value >> (8 * i)) & 0xff);
     return *this;
   }
-  Pickle& str(const std::string& text) { op('X').le32(text.size()); bytes_ += text; return *this; }
-  Pickle& short_str(const std::string& text) { op('\x8c').byte(text.size()); bytes_ += text; return *this; }
+  Pickle& str(const std::string& text) {
+    op('X').le32(text.size());
+    bytes_ += text;
+    return *this;
+  }
+  Pickle& short_str(const std::string& text) {
+    op('\x8c').byte(text.size());
+    bytes_ += text;
+    return *this;
+  }
   Pickle& integer(int value) { return value >= 0 && value < 256 ? op('K').byte(value) : op('J').le32(value); }
   Pickle& global(const std::string& module, const std::string& name) {
     op('c');
@@ -73,8 +86,8 @@ class Pickle {
     return op('Q');
   }
   // _rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())
-  Pickle& tensor(const std::string& type, const std::string& key, int numel, int offset,
-                 const std::vector<int>& size, const std::vector<int>& stride) {
+  Pickle& tensor(const std::string& type, const std::string& key, int numel, int offset, const std::vector<int>& size,
+                 const std::vector<int>& stride) {
     global("torch._utils", "_rebuild_tensor_v2").mark();
     storage(type, key, numel).integer(offset).int_tuple(size).int_tuple(stride).op('\x89');
     return global("collections", "OrderedDict").empty_tuple().reduce().tuple().reduce();
@@ -171,7 +184,9 @@ TEST(TorchCheckpoint, RefusesOsSystem) {
   TempDir dir;
   const std::string path = dir.file("pytorch_model.bin");
   // os.system("ls"), as a malicious pickle would call it.
-  const char evil[] = "\x80\x02" "cos\nsystem\nq\x00X\x02\x00\x00\x00lsq\x01\x85q\x02Rq\x03.";
+  const char evil[] =
+      "\x80\x02"
+      "cos\nsystem\nq\x00X\x02\x00\x00\x00lsq\x01\x85q\x02Rq\x03.";
   write_archive(path, std::string(evil, sizeof evil - 1));
   expect_error([&] { vt::load_torch_checkpoint(path); },
                {"pytorch_model.bin: refusing to unpickle global os.system: only tensors, storages and dicts are allowed"});
@@ -206,8 +221,7 @@ TEST(TorchCheckpoint, NonTensorValueIsNamed) {
   TempDir dir;
   const std::string path = dir.file("nested.bin");
   write_archive(path, Pickle().empty_dict().str("state_dict").empty_dict().op('s').stop().bytes());
-  expect_error([&] { vt::load_torch_checkpoint(path); },
-               {"nested.bin", "value of \"state_dict\" is a dict, expected a tensor"});
+  expect_error([&] { vt::load_torch_checkpoint(path); }, {"nested.bin", "value of \"state_dict\" is a dict, expected a tensor"});
 }
 
 TEST(TorchCheckpoint, UnknownOpcodeIsNamedWithItsOffset) {
@@ -229,20 +243,16 @@ TEST(TorchCheckpoint, TruncatedPickleIsRefused) {
 TEST(TorchCheckpoint, ViewOutsideItsStorageNamesTheTensor) {
   TempDir dir;
   const std::string path = dir.file("view.bin");
-  write_archive(path, single_tensor_pickle("encoder.weight", 4, 2, {2, 2}, {2, 1}),
-                {{"0", raw_bytes(std::vector<float>{0, 1, 2, 3})}});
+  write_archive(path, single_tensor_pickle("encoder.weight", 4, 2, {2, 2}, {2, 1}), {{"0", raw_bytes(std::vector<float>{0, 1, 2, 3})}});
   expect_error([&] { vt::load_torch_checkpoint(path); },
-               {"view.bin", "tensor \"encoder.weight\"", "size [2,2] stride [2,1] offset 2",
-                "beyond storage \"0\" of 4 elements"});
+               {"view.bin", "tensor \"encoder.weight\"", "size [2,2] stride [2,1] offset 2", "beyond storage \"0\" of 4 elements"});
 }
 
 TEST(TorchCheckpoint, StorageRecordOfTheWrongSizeNamesTheTensor) {
   TempDir dir;
   const std::string path = dir.file("record.bin");
-  write_archive(path, single_tensor_pickle("encoder.bias", 4, 0, {4}, {1}),
-                {{"0", raw_bytes(std::vector<float>{0, 1, 2})}});
-  expect_error([&] { vt::load_torch_checkpoint(path); },
-               {"record.bin", "tensor \"encoder.bias\"", "has 12 bytes but 4 elements"});
+  write_archive(path, single_tensor_pickle("encoder.bias", 4, 0, {4}, {1}), {{"0", raw_bytes(std::vector<float>{0, 1, 2})}});
+  expect_error([&] { vt::load_torch_checkpoint(path); }, {"record.bin", "tensor \"encoder.bias\"", "has 12 bytes but 4 elements"});
 }
 
 TEST(TorchCheckpoint, MissingStorageRecordNamesTheTensor) {

@@ -4,8 +4,8 @@
 
 #include <torch/script.h>
 
-#include "pretrained/pretrained.h"
 #include "models/torchscript.h"
+#include "pretrained/pretrained.h"
 #include "test_util.h"
 #include "train/trainer.h"
 

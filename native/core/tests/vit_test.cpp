@@ -25,11 +25,9 @@ VitFixture load_fixture() {
 }
 
 // |actual - expected| <= atol + rtol |expected| everywhere (the fixtures' comparison).
-void expect_close(const torch::Tensor& actual, const torch::Tensor& expected, double atol, double rtol,
-                  const std::string& what) {
+void expect_close(const torch::Tensor& actual, const torch::Tensor& expected, double atol, double rtol, const std::string& what) {
   ASSERT_EQ(actual.sizes(), expected.sizes()) << what;
-  auto excess = (actual.to(torch::kFloat64) - expected.to(torch::kFloat64)).abs() -
-                rtol * expected.to(torch::kFloat64).abs();
+  auto excess = (actual.to(torch::kFloat64) - expected.to(torch::kFloat64)).abs() - rtol * expected.to(torch::kFloat64).abs();
   EXPECT_LE(excess.max().item<double>(), atol) << what;
 }
 

@@ -39,8 +39,7 @@ void save_checkpoint(const std::string& directory, PretrainedModel& model, const
   fs::create_directories(temp);
   try {
     model.save(temp.string());
-    save_safetensors((temp / "optimizer.safetensors").string(), optimizer.state(),
-                     {{"steps", std::to_string(optimizer.steps())}});
+    save_safetensors((temp / "optimizer.safetensors").string(), optimizer.state(), {{"steps", std::to_string(optimizer.steps())}});
     auto generator = at::detail::getDefaultCPUGenerator();
     torch::Tensor rng;
     {

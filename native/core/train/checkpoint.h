@@ -9,8 +9,8 @@
 #include <optional>
 #include <string>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "common/tensor_map.h"
 #include "pretrained/pretrained.h"
@@ -19,15 +19,14 @@
 namespace vt {
 
 struct CheckpointContents {
-  TensorMap model;        // model.safetensors
-  TensorMap optimizer;    // optimizer.safetensors
+  TensorMap model;      // model.safetensors
+  TensorMap optimizer;  // optimizer.safetensors
   int64_t optimizer_steps = 0;
   torch::Tensor rng_state;  // the CPU generator's state
   nlohmann::json trainer_state;
 };
 
-void save_checkpoint(const std::string& directory, PretrainedModel& model, const Optimizer& optimizer,
-                     const nlohmann::json& trainer_state);
+void save_checkpoint(const std::string& directory, PretrainedModel& model, const Optimizer& optimizer, const nlohmann::json& trainer_state);
 CheckpointContents load_checkpoint(const std::string& directory);
 
 // `path` itself when it holds a checkpoint, else its newest complete checkpoint-<step>

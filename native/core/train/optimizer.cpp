@@ -68,24 +68,22 @@ void adamw_update_portable(const AdamWStep& s, float* p, const float* g, float* 
 }
 
 #if VT_TWO_ISAS
-__attribute__((target("avx512f"))) void adamw_update_avx512(const AdamWStep& s, float* p, const float* g, float* m, float* v,
-                                                          int64_t begin, int64_t end) {
+__attribute__((target("avx512f"))) void adamw_update_avx512(const AdamWStep& s, float* p, const float* g, float* m, float* v, int64_t begin,
+                                                            int64_t end) {
   adamw_update_body(s, p, g, m, v, begin, end);
 }
 #endif
 
 void fused_adamw_update(torch::Tensor& parameter, const torch::Tensor& grad, torch::Tensor& exp_avg, torch::Tensor& exp_avg_sq,
-                        double decay_factor, double beta1, double beta2, double bias_correction2_sqrt, double eps,
-                        double step_size, double gradient_scale) {
+                        double decay_factor, double beta1, double beta2, double bias_correction2_sqrt, double eps, double step_size,
+                        double gradient_scale) {
   float* p = parameter.data_ptr<float>();
   const float* g = grad.data_ptr<float>();
   float* m = exp_avg.data_ptr<float>();
   float* v = exp_avg_sq.data_ptr<float>();
-  const AdamWStep step{static_cast<float>(decay_factor),      static_cast<float>(beta1),
-                       static_cast<float>(beta2),             static_cast<float>(1.0 - beta1),
-                       static_cast<float>(1.0 - beta2),       static_cast<float>(bias_correction2_sqrt),
-                       static_cast<float>(eps),               static_cast<float>(-step_size),
-                       static_cast<float>(gradient_scale)};
+  const AdamWStep step{static_cast<float>(decay_factor), static_cast<float>(beta1),       static_cast<float>(beta2),
+                       static_cast<float>(1.0 - beta1),  static_cast<float>(1.0 - beta2), static_cast<float>(bias_correction2_sqrt),
+                       static_cast<float>(eps),          static_cast<float>(-step_size),  static_cast<float>(gradient_scale)};
   at::parallel_for(0, parameter.numel(), 16384, [&](int64_t begin, int64_t end) {
 #if VT_TWO_ISAS
     if (cpu_has_avx512()) return adamw_update_avx512(step, p, g, m, v, begin, end);
@@ -171,8 +169,8 @@ void Optimizer::load_state(const TensorMap& state, int64_t steps) {
     VT_CHECK(dot != std::string::npos, "optimizer state: unexpected entry \"", key, "\"");
     const std::string kind = key.substr(0, dot), name = key.substr(dot + 1);
     VT_CHECK(kind == "exp_avg" || kind == "exp_avg_sq" || kind == "momentum_buffer", "optimizer state: unexpected entry \"", key, "\"");
-    VT_CHECK((kind == "momentum_buffer") == (config_.name == "sgd"), "optimizer state: \"", key,
-             "\" belongs to another optimizer than ", config_.name);
+    VT_CHECK((kind == "momentum_buffer") == (config_.name == "sgd"), "optimizer state: \"", key, "\" belongs to another optimizer than ",
+             config_.name);
     auto parameter = by_name.find(name);
     VT_CHECK(parameter != by_name.end(), "optimizer state: \"", key, "\" names no trainable parameter of this model");
     VT_CHECK(value.sizes() == parameter->second.sizes(), "optimizer state: \"", key, "\" has shape ", value.sizes(),

@@ -9,7 +9,7 @@ namespace vt {
 struct ScheduleConfig {
   std::string kind = "linear";  // linear | cosine | constant | constant_with_warmup
   int64_t warmup_steps = 0;
-  int64_t total_steps = 0;      // needed by linear and cosine
+  int64_t total_steps = 0;  // needed by linear and cosine
 };
 
 // The multiplier of the base rate for the optimizer step that follows `completed_steps`

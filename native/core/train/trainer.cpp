@@ -9,10 +9,10 @@
 #include <set>
 
 #include "common/error.h"
-#include "train/training_data.h"
 #include "losses/classification.h"
 #include "runtime/threads.h"
 #include "train/checkpoint.h"
+#include "train/training_data.h"
 
 namespace vt {
 
@@ -100,8 +100,7 @@ bool metric_improves(const std::string& metric, double candidate, double best) {
   return lower_is_better(metric) ? candidate < best : candidate > best;
 }
 
-Trainer::Trainer(std::shared_ptr<PretrainedModel> model, TrainingOptions options)
-    : model_(std::move(model)), options_(std::move(options)) {
+Trainer::Trainer(std::shared_ptr<PretrainedModel> model, TrainingOptions options) : model_(std::move(model)), options_(std::move(options)) {
   validate_options(options_);
   VT_CHECK(model_->quantization() == "none", "a model loaded with ", model_->quantization(),
            " quantization is for inference only: load it without quantization to train it");
@@ -199,8 +198,8 @@ double Trainer::scheduled_learning_rate(const TrainingOptions& options, const Sc
   return options.learning_rate * learning_rate_multiplier(schedule, completed_steps_);
 }
 
-StepOutcome Trainer::optimizer_step(const std::vector<ModelInputs>& micro_batches, bool return_gradients,
-                                    const TrainingOptions& options, const ScheduleConfig& schedule) {
+StepOutcome Trainer::optimizer_step(const std::vector<ModelInputs>& micro_batches, bool return_gradients, const TrainingOptions& options,
+                                    const ScheduleConfig& schedule) {
   Optimizer& optimizer = optimizer_for(options);
   std::lock_guard<std::mutex> lock(model_->mutex());
   apply_compute_threads();
@@ -309,23 +308,22 @@ struct Trainer::Run {
   double elapsed_seconds() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(); }
 
   nlohmann::json trainer_state() const {
-    return nlohmann::json{
-        {"global_step", global_step},
-        {"epoch", epoch},
-        {"batch_in_epoch", batch_in_epoch},
-        {"batches_per_epoch", batches_per_epoch},
-        {"total_steps", total_steps},
-        {"evals_without_improvement", evals_without_improvement},
-        {"train_loss_sum", train_loss_sum},
-        {"best_metric", best_metric ? nlohmann::json(*best_metric) : nlohmann::json(nullptr)},
-        {"best_metric_name", options.early_stopping_metric},
-        {"options",
-         {{"seed", options.seed},
-          {"batch_size", options.batch_size},
-          {"gradient_accumulation_steps", options.gradient_accumulation_steps},
-          {"learning_rate", options.learning_rate},
-          {"lr_scheduler", options.lr_scheduler},
-          {"warmup_steps", schedule.warmup_steps}}}};
+    return nlohmann::json{{"global_step", global_step},
+                          {"epoch", epoch},
+                          {"batch_in_epoch", batch_in_epoch},
+                          {"batches_per_epoch", batches_per_epoch},
+                          {"total_steps", total_steps},
+                          {"evals_without_improvement", evals_without_improvement},
+                          {"train_loss_sum", train_loss_sum},
+                          {"best_metric", best_metric ? nlohmann::json(*best_metric) : nlohmann::json(nullptr)},
+                          {"best_metric_name", options.early_stopping_metric},
+                          {"options",
+                           {{"seed", options.seed},
+                            {"batch_size", options.batch_size},
+                            {"gradient_accumulation_steps", options.gradient_accumulation_steps},
+                            {"learning_rate", options.learning_rate},
+                            {"lr_scheduler", options.lr_scheduler},
+                            {"warmup_steps", schedule.warmup_steps}}}};
   }
 };
 
@@ -375,9 +373,8 @@ void Trainer::resume(Run& run, Optimizer& optimizer) {
   const auto& state = checkpoint.trainer_state;
   try {
     // The data order and the step boundaries depend on these: a resumed run must share them.
-    const std::pair<const char*, nlohmann::json> must_match[] = {{"seed", options.seed},
-                                                                 {"batch_size", options.batch_size},
-                                                                 {"gradient_accumulation_steps", options.gradient_accumulation_steps}};
+    const std::pair<const char*, nlohmann::json> must_match[] = {
+        {"seed", options.seed}, {"batch_size", options.batch_size}, {"gradient_accumulation_steps", options.gradient_accumulation_steps}};
     for (const auto& [key, now] : must_match) {
       const auto& saved = state.at("options").at(key);
       VT_CHECK(saved == now, "resume_from: ", *found, " was trained with ", key, " ", saved.dump(), ", this run has ", now.dump(),
@@ -408,8 +405,7 @@ std::optional<bool> Trainer::next_batches(Run& run, std::vector<ModelInputs>& mi
       ++run.batch_in_epoch;
     }
     const bool epoch_done = !batch || run.batch_in_epoch == run.batches_per_epoch;
-    if (static_cast<int64_t>(micro_batches.size()) >= run.options.gradient_accumulation_steps ||
-        (epoch_done && !micro_batches.empty())) {
+    if (static_cast<int64_t>(micro_batches.size()) >= run.options.gradient_accumulation_steps || (epoch_done && !micro_batches.empty())) {
       return epoch_done;
     }
     if (!batch) return std::nullopt;

@@ -7,18 +7,18 @@
 #include <cstdint>
 #include <functional>
 #include <map>
-#include <mutex>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
 #include "data/dataset.h"
-#include "train/training_data.h"
 #include "pretrained/pretrained.h"
 #include "train/optimizer.h"
 #include "train/scheduler.h"
+#include "train/training_data.h"
 
 namespace vt {
 
@@ -32,15 +32,15 @@ struct TrainingOptions {
   int64_t epochs = 3;
   int64_t batch_size = 8;
   int64_t gradient_accumulation_steps = 1;
-  double max_grad_norm = 1.0;        // 0: no clipping
+  double max_grad_norm = 1.0;          // 0: no clipping
   std::string mixed_precision = "no";  // no | bf16 | fp16
   double label_smoothing = 0.0;
   uint64_t seed = 42;
-  int64_t eval_every = 0;            // steps; 0: each epoch
-  int64_t save_every = 0;            // steps; 0: only at the end
+  int64_t eval_every = 0;  // steps; 0: each epoch
+  int64_t save_every = 0;  // steps; 0: only at the end
   int64_t log_every = 10;
   std::string output_dir = "runs/latest";
-  std::string resume_from;           // a checkpoint directory, or an output directory holding some
+  std::string resume_from;  // a checkpoint directory, or an output directory holding some
   std::optional<int64_t> early_stopping_patience;
   std::string early_stopping_metric = "eval_loss";
   bool decay_bias_and_norm = false;  // true: weight decay on every parameter (plain AdamW)
@@ -86,8 +86,8 @@ class Trainer {
   };
 
   // The run's phases (train()).
-  void start_run(Run& run);                      // data, schedule, optimizer; resumed or seeded
-  void resume(Run& run, Optimizer& optimizer);   // position, weights, optimizer and RNG from a checkpoint
+  void start_run(Run& run);                     // data, schedule, optimizer; resumed or seeded
+  void resume(Run& run, Optimizer& optimizer);  // position, weights, optimizer and RNG from a checkpoint
   // The micro-batches of the next optimizer step: whether they end the epoch; nullopt when the
   // epoch had no batch left.
   std::optional<bool> next_batches(Run& run, std::vector<ModelInputs>& micro_batches);
@@ -98,8 +98,8 @@ class Trainer {
   nlohmann::json finish_run(Run& run, const EvaluationForward& forward);
 
   // An optimizer step's phases.
-  StepOutcome optimizer_step(const std::vector<ModelInputs>& micro_batches, bool return_gradients,
-                             const TrainingOptions& options, const ScheduleConfig& schedule);
+  StepOutcome optimizer_step(const std::vector<ModelInputs>& micro_batches, bool return_gradients, const TrainingOptions& options,
+                             const ScheduleConfig& schedule);
   void prepare_module(const TrainingOptions& options);  // training mode, frozen BatchNorm, checkpointing
   MicroStep forward_and_loss(const ModelInputs& micro_batch, const TrainingOptions& options, const HeadConfig& head);
   void backward(const MicroStep& step, double share, const TrainingOptions& options);

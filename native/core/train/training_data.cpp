@@ -46,8 +46,8 @@ class LoadedData : public TrainingData {
   }
   // Training batches: `indices` in a fresh order each epoch.
   void load_training(std::vector<size_t> indices, BatchBuilder build) {
-    loader_ = std::make_unique<BatchLoader>(Sampler(std::move(indices), /*shuffle=*/true, options_.seed), std::move(build),
-                                            loader_options());
+    loader_ =
+        std::make_unique<BatchLoader>(Sampler(std::move(indices), /*shuffle=*/true, options_.seed), std::move(build), loader_options());
   }
   // An evaluation pass over `indices` in order, each batch given to `visit`.
   void for_each_batch(std::vector<size_t> indices, BatchBuilder build, const std::function<void(const Batch&)>& visit) const {
@@ -70,7 +70,8 @@ class ClassificationData : public LoadedData {
       : LoadedData(options), splits_(open_classification_dataset(spec, options.seed)), processor_(std::move(processor)) {
     const bool augment = spec.augment.any();
     if (augment) check_augment(spec.augment);
-    load_training(all_indices(splits_.train->size()), classification_batches(splits_.train, processor_, spec.augment, augment, options.seed));
+    load_training(all_indices(splits_.train->size()),
+                  classification_batches(splits_.train, processor_, spec.augment, augment, options.seed));
   }
 
   const std::vector<std::string>& class_names() const override { return splits_.class_names; }
@@ -90,7 +91,8 @@ class ClassificationData : public LoadedData {
                      auto logits = find_output(outputs, "logits").to(torch::kCPU, torch::kFloat32);
                      auto labels = batch.labels.to(torch::kCPU);
                      correct += logits.argmax(-1).eq(labels).sum().item<int64_t>();
-                     if (num_labels >= 5) correct_top5 += std::get<1>(logits.topk(5, -1)).eq(labels.unsqueeze(1)).any(1).sum().item<int64_t>();
+                     if (num_labels >= 5)
+                       correct_top5 += std::get<1>(logits.topk(5, -1)).eq(labels.unsqueeze(1)).any(1).sum().item<int64_t>();
                      samples += count;
                    });
     VT_CHECK(samples > 0, "evaluation: the dataset is empty");
@@ -126,14 +128,15 @@ class DetectionData : public LoadedData {
  public:
   DetectionData(const DatasetSpec& spec, const DataOptions& options, std::shared_ptr<const ImageProcessor> processor)
       : LoadedData(options), processor_(std::move(processor)) {
-    VT_CHECK(!spec.annotations.empty() && !spec.images.empty(), "dataset: format coco needs annotations (the instances JSON) and images (its directory)");
+    VT_CHECK(!spec.annotations.empty() && !spec.images.empty(),
+             "dataset: format coco needs annotations (the instances JSON) and images (its directory)");
     train_ = std::make_shared<CocoDetectionDataset>(spec.annotations, spec.images);
     std::vector<size_t> all = all_indices(train_->size());
     if (!spec.validation_annotations.empty()) {
       VT_CHECK(!spec.validation_images.empty(), "dataset: validationAnnotations needs validationImages (its directory)");
       validation_ = std::make_shared<CocoDetectionDataset>(spec.validation_annotations, spec.validation_images);
-      VT_CHECK(validation_->class_names() == train_->class_names(), spec.validation_annotations,
-               ": its categories differ from those of ", spec.annotations);
+      VT_CHECK(validation_->class_names() == train_->class_names(), spec.validation_annotations, ": its categories differ from those of ",
+               spec.annotations);
       train_indices_ = all;
       validation_indices_ = all_indices(validation_->size());
     } else {
@@ -172,15 +175,18 @@ class DetectionData : public LoadedData {
     for_each_batch(indices, detection_batches(dataset, processor_, augment_, false, options_.seed), [&](const Batch& batch) {
       ModelOutputs outputs = forward(batch);
       loss_sum += find_output(outputs, "loss").to(torch::kFloat32).item<double>() * static_cast<double>(batch.indices.size());
-      auto results = post_process_object_detection(find_output(outputs, "logits").to(torch::kCPU, torch::kFloat32),
-                                                   find_output(outputs, "predBoxes").to(torch::kCPU, torch::kFloat32), 0.0,
-                                                   batch.original_sizes);
+      auto results =
+          post_process_object_detection(find_output(outputs, "logits").to(torch::kCPU, torch::kFloat32),
+                                        find_output(outputs, "predBoxes").to(torch::kCPU, torch::kFloat32), 0.0, batch.original_sizes);
       for (size_t i = 0; i < batch.indices.size(); ++i) {
         const int64_t image_id = static_cast<int64_t>(batch.indices[i]);
         image_ids.push_back(image_id);
         for (const auto& annotation : dataset->annotations(batch.indices[i])) {
-          ground_truth.push_back({image_id, dataset->category_to_label().at(annotation.category_id),
-                                  {annotation.x, annotation.y, annotation.width, annotation.height}, annotation.area, annotation.iscrowd});
+          ground_truth.push_back({image_id,
+                                  dataset->category_to_label().at(annotation.category_id),
+                                  {annotation.x, annotation.y, annotation.width, annotation.height},
+                                  annotation.area,
+                                  annotation.iscrowd});
         }
         for (const auto& d : results[i]) {
           detections.push_back({image_id, d.label, {d.xmin, d.ymin, d.xmax - d.xmin, d.ymax - d.ymin}, d.score});
@@ -227,7 +233,8 @@ class SegmentationData : public LoadedData {
       segmentation.validation_images = spec.validation_images;
       segmentation.validation_masks = spec.validation_masks;
     } else {
-      VT_CHECK(spec.format == "csv" || spec.format == "jsonl", "dataset: a segmentation model trains on format masks, or a csv/jsonl manifest with a mask column, not ", spec.format);
+      VT_CHECK(spec.format == "csv" || spec.format == "jsonl",
+               "dataset: a segmentation model trains on format masks, or a csv/jsonl manifest with a mask column, not ", spec.format);
       segmentation.manifest = spec.path;
       segmentation.validation_manifest = spec.validation_path;
       segmentation.root = spec.root;
@@ -256,12 +263,14 @@ class SegmentationData : public LoadedData {
     for_each_batch(all_indices(dataset->size()), segmentation_batches(dataset, processor_, reduce_labels_, augment_, false, options_.seed),
                    [&](const Batch& batch) {
                      ModelOutputs outputs = forward(batch);
-                     loss_sum += find_output(outputs, "loss").to(torch::kFloat32).item<double>() * static_cast<double>(batch.indices.size());
+                     loss_sum +=
+                         find_output(outputs, "loss").to(torch::kFloat32).item<double>() * static_cast<double>(batch.indices.size());
                      // Scored at the label maps' resolution, from logits upsampled to it (as the loss sees them).
                      auto logits = find_output(outputs, "logits").to(torch::kCPU, torch::kFloat32);
                      const auto label_size = std::make_pair(static_cast<int>(batch.labels.size(1)), static_cast<int>(batch.labels.size(2)));
                      std::vector<torch::Tensor> predicted;
-                     for (int64_t i = 0; i < logits.size(0); ++i) predicted.push_back(post_process_semantic_segmentation(logits[i], label_size));
+                     for (int64_t i = 0; i < logits.size(0); ++i)
+                       predicted.push_back(post_process_semantic_segmentation(logits[i], label_size));
                      iou.add(torch::stack(predicted), batch.labels);
                    });
     Metrics metrics{{"eval_loss", loss_sum / static_cast<double>(dataset->size())}};
@@ -292,7 +301,8 @@ std::unique_ptr<TrainingData> open_training_data(Task task, const DatasetSpec& s
     VT_CHECK(!class_names.empty(), "dataset: a segmentation model needs its classes (numClasses or id2label)");
     return std::make_unique<SegmentationData>(spec, options, std::move(processor), class_names);
   }
-  VT_CHECK(spec.format != "coco", "dataset: format coco holds detection annotations; a classification model trains on imagefolder, csv, jsonl or idx");
+  VT_CHECK(spec.format != "coco",
+           "dataset: format coco holds detection annotations; a classification model trains on imagefolder, csv, jsonl or idx");
   return std::make_unique<ClassificationData>(spec, options, std::move(processor));
 }
 
