@@ -59,13 +59,25 @@ function maskDataset() {
 }
 
 const jobs = [
-  { name: 'DETR (detr-tiny-random), COCO', model: join(fixtures, 'detr-tiny-random'), numClasses: 4, dataset: () => cocoDataset() },
-  { name: 'SegFormer (segformer-tiny-random), masks', model: join(fixtures, 'segformer-tiny-random'), numClasses: 76, dataset: maskDataset },
+  {
+    name: 'DETR (detr-tiny-random), COCO',
+    model: join(fixtures, 'detr-tiny-random'),
+    modelType: 'object_detection',
+    numClasses: 4,
+    dataset: () => cocoDataset(),
+  },
+  {
+    name: 'SegFormer (segformer-tiny-random), masks',
+    model: join(fixtures, 'segformer-tiny-random'),
+    modelType: 'segmentation',
+    numClasses: 76,
+    dataset: maskDataset,
+  },
 ];
 
 async function imagesPerSecond(visiontorch, job, dataset) {
   const { BaseTrainer, HuggingFaceModelLoader } = visiontorch;
-  const modelConfig = { modelName: job.model, numClasses: job.numClasses, ignoreMismatchedSizes: true };
+  const modelConfig = { modelName: job.model, modelType: job.modelType, numClasses: job.numClasses, ignoreMismatchedSizes: true };
   const model = await HuggingFaceModelLoader.loadModel(modelConfig);
   const trainer = new BaseTrainer({ model, modelConfig });
   let last;

@@ -6,6 +6,7 @@ import {
   type ClassificationPrediction,
   type DetectionPrediction,
   decodeImage,
+  ErrorCode,
   HuggingFaceModelLoader,
   type ImageInput,
   type ModelType,
@@ -14,7 +15,7 @@ import {
   type VisionModel,
 } from '../src/index.js';
 import { headerDimensions, imageDimensions } from '../src/models/image-dimensions.js';
-import { fixture, tempDir } from './helpers.js';
+import { expectCode, expectError, fixture, tempDir } from './helpers.js';
 
 const loaded: VisionModel[] = [];
 afterAll(() => {
@@ -201,14 +202,15 @@ describe('micro-batching of classification predict calls', () => {
       expect(outcome.status, `call ${i}`).toBe(bad.has(i) ? 'rejected' : 'fulfilled');
       expect(solo.status, `call ${i} alone`).toBe(outcome.status);
       if (outcome.status === 'rejected' && solo.status === 'rejected') {
-        expect((outcome.reason as Error).message, `call ${i}`).toBe((solo.reason as Error).message);
+        expect(outcome.reason, `call ${i}`).toMatchObject({ code: solo.reason.code, message: (solo.reason as Error).message });
       } else if (outcome.status === 'fulfilled' && solo.status === 'fulfilled') {
         expectSameClassification(outcome.value, solo.value, `call ${i}`);
       }
     });
-    expect(((alone[3] as PromiseRejectedResult).reason as Error).message).toMatch(/not a JPEG or PNG/);
-    expect(((alone[8] as PromiseRejectedResult).reason as Error).message).toMatch(/\/nonexistent\/cat\.png/);
-    expect(((alone[11] as PromiseRejectedResult).reason as Error).message).toMatch(/image 1/);
+    const reason = (i: number) => (alone[i] as PromiseRejectedResult).reason;
+    expectCode(reason(3), ErrorCode.IMAGE, 'image 0');
+    expectCode(reason(8), ErrorCode.IMAGE, '/nonexistent/cat.png');
+    expectCode(reason(11), ErrorCode.IMAGE, 'image 1');
     expect(model.batchingStats.batches).toBe(1);
     // The 15 calls in one batch, bad ones at 3, 8 and 11, halved until each bad call is alone:
     // 0-14, 0-7, 0-3, 2-3, 8-14, 8-11, 8-9 and 10-11 fail and are split; the rest succeed.
@@ -222,11 +224,11 @@ describe('micro-batching of classification predict calls', () => {
     const waiting = model.predict(images[2]!);
     expect(model.batchingStats).toMatchObject({ batches: 1, pending: 1 });
     model.dispose();
-    await expect(waiting).rejects.toThrow(/ViTForImageClassification model was disposed while the predict call waited for its batch/);
+    await expectError(waiting, ErrorCode.DISPOSED, 'ViTForImageClassification', 'predict');
     const results = await Promise.all(running);
     expect(results.map((result) => (result[0] as ClassificationPrediction[]).length)).toEqual([5, 5]);
-    await expect(model.predict(images[3]!)).rejects.toThrow(/disposed/);
-    expect(() => model.setBatching(true)).toThrow(/disposed/);
+    await expectError(model.predict(images[3]!), ErrorCode.DISPOSED);
+    expectError(() => model.setBatching(true), ErrorCode.DISPOSED);
   });
 
   it('setBatching(false) starts the waiting batches at once; later calls run one by one', async () => {
@@ -244,23 +246,39 @@ describe('micro-batching of classification predict calls', () => {
 
   it('rejects bad settings naming the option', async () => {
     const config = { modelName: fixture('vit-tiny-random'), modelType: 'classification' } as const;
-    await expect(HuggingFaceModelLoader.loadModel(config, { batching: { maxBatchSize: 0 } })).rejects.toThrow(
-      new RangeError('loadModel: batching.maxBatchSize must be a positive integer, got 0'),
+    const zero = await expectError(
+      HuggingFaceModelLoader.loadModel(config, { batching: { maxBatchSize: 0 } }),
+      ErrorCode.INVALID_ARGUMENT,
+      'batching.maxBatchSize',
+      'got 0',
     );
-    await expect(HuggingFaceModelLoader.loadModel(config, { batching: { maxWaitMs: -1 } })).rejects.toThrow(RangeError);
+    expect(zero).toBeInstanceOf(RangeError);
+    const negative = await expectError(
+      HuggingFaceModelLoader.loadModel(config, { batching: { maxWaitMs: -1 } }),
+      ErrorCode.INVALID_ARGUMENT,
+      'batching.maxWaitMs',
+    );
+    expect(negative).toBeInstanceOf(RangeError);
     const model = await load('vit-tiny-random', 'classification', true);
     expect(model.batching).toEqual({ maxBatchSize: 16, maxWaitMs: 5 });
     for (const maxBatchSize of [1.5, -2, Number.NaN, Number.POSITIVE_INFINITY, '8' as unknown as number]) {
-      expect(() => model.setBatching({ maxBatchSize }), String(maxBatchSize)).toThrow(RangeError);
+      expect(
+        expectError(() => model.setBatching({ maxBatchSize }), ErrorCode.INVALID_ARGUMENT, 'maxBatchSize'),
+        String(maxBatchSize),
+      ).toBeInstanceOf(RangeError);
     }
-    expect(() => model.setBatching({ maxBatchSize: 2.5 })).toThrow(/setBatching: maxBatchSize must be a positive integer, got 2\.5/);
+    expectError(() => model.setBatching({ maxBatchSize: 2.5 }), ErrorCode.INVALID_ARGUMENT, 'setBatching', 'maxBatchSize', 'got 2.5');
     for (const maxWaitMs of [-0.5, Number.NaN, Number.POSITIVE_INFINITY, 2 ** 31, null as unknown as number]) {
-      expect(() => model.setBatching({ maxWaitMs }), String(maxWaitMs)).toThrow(/setBatching: maxWaitMs must be a number of milliseconds from 0/);
+      expectError(() => model.setBatching({ maxWaitMs }), ErrorCode.INVALID_ARGUMENT, 'setBatching', 'maxWaitMs');
     }
-    expect(() => model.setBatching({ maxBatch: 8 } as BatchingOptions)).toThrow(
-      new TypeError('setBatching: maxBatch: unknown batching option (expected maxBatchSize, maxWaitMs)'),
+    const unknown = expectError(
+      () => model.setBatching({ maxBatch: 8 } as BatchingOptions),
+      ErrorCode.INVALID_ARGUMENT,
+      'maxBatch:',
+      'maxBatchSize, maxWaitMs',
     );
-    expect(() => model.setBatching(8 as unknown as boolean)).toThrow(TypeError);
+    expect(unknown).toBeInstanceOf(TypeError);
+    expect(expectError(() => model.setBatching(8 as unknown as boolean), ErrorCode.INVALID_ARGUMENT)).toBeInstanceOf(TypeError);
     // A rejected setting leaves the one in force.
     expect(model.batching).toEqual({ maxBatchSize: 16, maxWaitMs: 5 });
     model.setBatching({ maxWaitMs: 0 });

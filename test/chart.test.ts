@@ -3,10 +3,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32, inflateSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ErrorCode } from '../src/errors.js';
 import { encodePng } from '../src/render/canvas.js';
 import { layoutTrainingChart, renderTrainingChart, writeTrainingChart } from '../src/training/chart.js';
 import type { EvalEvent, ProgressEvent, TrainerEvent } from '../src/training/events.js';
 import { MetricsLog, readMetricsLog } from '../src/training/metrics-log.js';
+import { expectError } from './helpers.js';
 
 let dir: string;
 beforeAll(async () => {
@@ -245,12 +247,12 @@ describe('MetricsLog', () => {
 
     const bad = join(dir, 'bad.jsonl');
     await writeFile(bad, `${JSON.stringify(step(1))}\n{"kind":"st\n${JSON.stringify(step(3))}\n`);
-    await expect(readMetricsLog(bad)).rejects.toThrow(/bad\.jsonl:2/);
+    await expectError(readMetricsLog(bad), ErrorCode.IO, 'bad.jsonl:2');
   });
 
   it('refuses to write after close', () => {
     const log = new MetricsLog(join(dir, 'closed'));
     log.close();
-    expect(() => log.append(step(1))).toThrow(/closed/);
+    expectError(() => log.append(step(1)), ErrorCode.IO, log.path);
   });
 });

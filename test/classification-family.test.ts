@@ -1,8 +1,8 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { BaseTrainer, type ClassificationPrediction, HuggingFaceModelLoader, type ModelConfig, type VisionModel } from '../src/index.js';
-import { expectClose, fixture, reference, tempDir } from './helpers.js';
+import { BaseTrainer, type ClassificationPrediction, ErrorCode, HuggingFaceModelLoader, type ModelConfig, type VisionModel } from '../src/index.js';
+import { expectClose, expectError, fixture, reference, tempDir } from './helpers.js';
 
 const FIXTURE_OPTIMIZER = {
   learningRate: 1e-3,
@@ -127,9 +127,9 @@ describe('configurations beyond the fixtures', () => {
     const dir = tempDir();
     const base = JSON.parse(readFileSync(fixture('resnet-tiny-random', 'config.json'), 'utf8'));
     writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...base, depths: [1, 1, 1] }));
-    await expect(load({ modelName: dir, pretrained: false })).rejects.toThrow(/hidden_sizes \(2 entries\) and depths \(3 entries\)/);
+    await expectError(load({ modelName: dir, pretrained: false }), ErrorCode.CONFIG, 'hidden_sizes', 'depths');
     writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...base, layer_type: 'wide' }));
-    await expect(load({ modelName: dir, pretrained: false })).rejects.toThrow(/layer_type must be "basic" or "bottleneck"/);
+    await expectError(load({ modelName: dir, pretrained: false }), ErrorCode.CONFIG, 'layer_type', '"wide"');
   });
 });
 
@@ -181,7 +181,7 @@ describe('custom TorchScript models', () => {
   it('a file that is not TorchScript is named', async () => {
     const dir = tempDir();
     writeFileSync(join(dir, 'broken.pt'), 'not a zip archive');
-    await expect(load({ modelName: join(dir, 'broken.pt') })).rejects.toThrow(/broken\.pt: not a TorchScript module/);
+    await expectError(load({ modelName: join(dir, 'broken.pt') }), ErrorCode.CHECKPOINT, 'broken.pt');
   });
 });
 

@@ -1,8 +1,8 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { BaseTrainer, decodeImage, HuggingFaceModelLoader, type ModelConfig, type Tensor, type VisionModel } from '../src/index.js';
-import { expectClose, fixture, reference, repoRoot, tempDir } from './helpers.js';
+import { BaseTrainer, decodeImage, ErrorCode, HuggingFaceModelLoader, type ModelConfig, type Tensor, type VisionModel } from '../src/index.js';
+import { expectClose, expectError, fixture, reference, repoRoot, tempDir } from './helpers.js';
 
 const FIXTURE_OPTIMIZER = {
   learningRate: 1e-3,
@@ -159,27 +159,39 @@ describe('detection errors', () => {
       { classLabels: ref.tensors.class_labels_0!, boxes: ref.tensors.boxes_1! },
       { classLabels: ref.tensors.class_labels_1!, boxes: ref.tensors.boxes_1! },
     ];
-    await expect(model.forward({ pixelValues: ref.tensors.pixel_values!, pixelMask: ref.tensors.pixel_mask!, labels: bad })).rejects.toThrow(
-      /labels\[0\]\.boxes: expected a float32 tensor \[2, 4\]/,
+    await expectError(
+      model.forward({ pixelValues: ref.tensors.pixel_values!, pixelMask: ref.tensors.pixel_mask!, labels: bad }),
+      ErrorCode.INVALID_ARGUMENT,
+      'labels[0].boxes',
+      '[2, 4]',
     );
     const outOfRange = [0, 1].map(() => ({
       classLabels: { dtype: 'int64' as const, shape: [1], data: new BigInt64Array([9n]) },
       boxes: ref.tensors.boxes_1!,
     }));
-    await expect(model.forward({ pixelValues: ref.tensors.pixel_values!, labels: outOfRange })).rejects.toThrow(
-      /class 9 is out of range for 3 labels/,
+    await expectError(
+      model.forward({ pixelValues: ref.tensors.pixel_values!, labels: outOfRange }),
+      ErrorCode.INVALID_ARGUMENT,
+      'class 9',
+      '3 labels',
     );
     const trainer = new BaseTrainer({ model, modelConfig });
-    await expect(trainer.train({ maxSteps: 1, outputDir: tempDir(), dataset: { format: 'idx', images: 'x', labels: 'y' } })).rejects.toThrow(
-      /object detection model trains on format coco/,
+    await expectError(
+      trainer.train({ maxSteps: 1, outputDir: tempDir(), dataset: { format: 'idx', images: 'x', labels: 'y' } }),
+      ErrorCode.DATASET,
+      'coco',
+      'idx',
     );
     const dir = tempDir();
     const json = JSON.parse(readFileSync(join(COCO, 'instances.json'), 'utf8'));
     json.annotations[2].category_id = 999;
     writeFileSync(join(dir, 'instances.json'), JSON.stringify(json));
-    await expect(
+    await expectError(
       trainer.train({ maxSteps: 1, outputDir: tempDir(), dataset: { format: 'coco', annotations: join(dir, 'instances.json'), images: COCO } }),
-    ).rejects.toThrow(/999/);
+      ErrorCode.DATASET,
+      '999',
+      'instances.json',
+    );
     expect(existsSync(PHOTO)).toBe(true);
   });
 });

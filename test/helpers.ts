@@ -1,10 +1,10 @@
-/** Shared by the tests: fixture locations, reference tensors and tolerance checks. */
+/** Shared by the tests: fixture locations, reference tensors, tolerance checks and error assertions. */
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'vitest';
-import { loadSafetensors, type Tensor, toFloat32 } from '../src/index.js';
+import { type ErrorCode, loadSafetensors, type Tensor, toFloat32 } from '../src/index.js';
 
 export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const fixturesDir = join(repoRoot, 'test', 'fixtures');
@@ -75,5 +75,51 @@ export function expectClose(actual: Tensor | undefined, expected: Tensor | undef
   const e = toFloat32(expected)[index];
   expect(worst, `${what}: element ${index} is ${a}, expected ${e} (atol ${tolerance.atol}, rtol ${tolerance.rtol})`).toBeLessThanOrEqual(
     tolerance.atol,
+  );
+}
+
+/** An error as visiontorch raises it: an Error with a stable `code`. */
+export type CodedError = Error & { code: ErrorCode };
+
+/** Asserts that `error` (a caught error or rejection reason) has `code` and that its message names each of `named`. */
+export function expectCode(error: unknown, code: ErrorCode, ...named: (string | RegExp)[]): CodedError {
+  expect(error, 'expected an Error').toBeInstanceOf(Error);
+  const { message } = error as Error;
+  // Soft: a test goes on after a wrong code or name, so one run reports every mismatch.
+  expect.soft((error as { code?: unknown }).code, `code of: ${message}`).toBe(code);
+  for (const part of named) {
+    if (typeof part === 'string') expect.soft(message, 'the message names it').toContain(part);
+    else expect.soft(message, 'the message names it').toMatch(part);
+  }
+  return error as CodedError;
+}
+
+/**
+ * Asserts that `attempt` fails with `code` and that its message names each of `named` (a file, key,
+ * field or value; a RegExp where the name varies). A function is called here and must throw
+ * synchronously; a promise must reject, and the result must be awaited. Returns the error.
+ */
+export function expectError(attempt: () => unknown, code: ErrorCode, ...named: (string | RegExp)[]): CodedError;
+export function expectError(attempt: PromiseLike<unknown>, code: ErrorCode, ...named: (string | RegExp)[]): Promise<CodedError>;
+export function expectError(
+  attempt: (() => unknown) | PromiseLike<unknown>,
+  code: ErrorCode,
+  ...named: (string | RegExp)[]
+): CodedError | Promise<CodedError> {
+  if (typeof attempt === 'function') {
+    let result: unknown;
+    try {
+      result = attempt();
+    } catch (error) {
+      return expectCode(error, code, ...named);
+    }
+    const what = result instanceof Promise ? 'returned a promise: pass the promise itself' : 'did not throw';
+    throw new Error(`expected an error with code ${code}, but the function ${what}`);
+  }
+  return Promise.resolve(attempt).then(
+    () => {
+      throw new Error(`expected a rejection with code ${code}, but the promise resolved`);
+    },
+    (error: unknown) => expectCode(error, code, ...named),
   );
 }

@@ -20,13 +20,14 @@ import { retryPolicy } from '../src/hub/http.js';
 import { withFileLock } from '../src/hub/lock.js';
 import {
   type DownloadProgress,
+  ErrorCode,
   HubError,
   HuggingFaceModelLoader,
   type LoadModelOptions,
   ModelNotFoundError,
   type VisionModel,
 } from '../src/index.js';
-import { fixture, reference, repoRoot, tempDir } from './helpers.js';
+import { expectError, fixture, reference, repoRoot, tempDir } from './helpers.js';
 import { FakeHub, gitSha1, isLfs, serve, sha256 } from './hub-server.js';
 
 const REPO = 'acme/vit-tiny';
@@ -166,7 +167,7 @@ describe('downloading from the hub', () => {
     expect(hub.log()[0]).toBe(`HEAD ${resolveUrl('config.json')}`);
     expect(existsSync(join(repoDir(), 'refs'))).toBe(false);
     expect(readdirSync(snapshot()).sort()).toEqual(FILES);
-    await expect(load({ revision: 'v1.0' })).rejects.toThrow(/revision "v1.0" not found/);
+    await expectError(load({ revision: 'v1.0' }), ErrorCode.MODEL_NOT_FOUND, '"v1.0"');
     hub.repos.get(REPO)!.refs = ['main', 'v1.0'];
     await load({ revision: 'v1.0' });
     expect(readdirSync(join(repoDir(), 'refs'))).toEqual(['v1.0']);
@@ -228,9 +229,8 @@ describe('downloading from the hub', () => {
       serve(req, res, bad, {});
       return true;
     };
-    const attempt = load();
-    await expect(attempt).rejects.toBeInstanceOf(HubError);
-    await expect(attempt).rejects.toThrow(/model\.safetensors of "acme\/vit-tiny" from .* is corrupt: its sha256 is [0-9a-f]{64}, not/);
+    const error = await expectError(load(), ErrorCode.HUB, 'model.safetensors', `"${REPO}"`, sha256(bad), sha256(fileOf('model.safetensors')));
+    expect(error).toBeInstanceOf(HubError);
     expect(readdirSync(snapshot())).not.toContain('model.safetensors');
     expect(existsSync(join(repoDir(), 'refs', 'main'))).toBe(false); // written once the snapshot is whole
     expect(readdirSync(join(repoDir(), 'blobs')).filter((n) => !/^[0-9a-f]+$/.test(n))).toEqual([]);
@@ -246,7 +246,7 @@ describe('downloading from the hub', () => {
       serve(req, res, Buffer.from('{}'), {});
       return true;
     };
-    await expect(load()).rejects.toThrow(/config\.json of "acme\/vit-tiny" .* is corrupt: 2 bytes where \d+ were announced/);
+    await expectError(load(), ErrorCode.HUB, 'config.json', `"${REPO}"`, '2 bytes', String(fileOf('config.json').length));
     expect(existsSync(snapshot())).toBe(false);
   });
 
@@ -371,10 +371,9 @@ describe('hub errors', () => {
   it('asks for a token for a gated or private model (401 and 403)', async () => {
     for (const status of [401, 403] as const) {
       hub.addRepo('acme/private', fixture('vit-tiny-random'), COMMIT, { privateStatus: status });
-      const attempt = load({ modelName: 'acme/private' });
-      await expect(attempt).rejects.toBeInstanceOf(HubError);
-      await expect(attempt).rejects.toThrow(/"acme\/private" is gated or private: set HF_TOKEN \(or pass token\) with access to it/);
-      await expect(attempt).rejects.toMatchObject({ status });
+      const error = await expectError(load({ modelName: 'acme/private' }), ErrorCode.HUB, '"acme/private"', 'HF_TOKEN');
+      expect(error).toBeInstanceOf(HubError);
+      expect(error).toMatchObject({ status });
     }
   });
 
@@ -397,17 +396,18 @@ describe('hub errors', () => {
     writeFileSync(join(process.env.HF_HOME!, 'token'), `${hub.token}\n`);
     await load({ modelName: 'acme/private', cacheDir: tempDir() });
     process.env.HF_TOKEN = 'hf_wrong';
-    await expect(load({ modelName: 'acme/private', cacheDir: tempDir() })).rejects.toThrow(
-      /the hub refused the token from \$HF_TOKEN for "acme\/private"/,
-    );
+    await expectError(load({ modelName: 'acme/private', cacheDir: tempDir() }), ErrorCode.HUB, '$HF_TOKEN', '"acme/private"');
   });
 
   it('names a repository that does not exist, and every place it looked', async () => {
-    const attempt = load({ modelName: 'acme/nope' });
-    await expect(attempt).rejects.toBeInstanceOf(ModelNotFoundError);
-    await expect(attempt).rejects.toThrow(
-      /model "acme\/nope" was not found[\s\S]*local directory[\s\S]*HuggingFace cache: .*models--acme--nope[\s\S]*hub: http:\/\/127\.0\.0\.1:\d+\/acme\/nope\/resolve\/main\/config\.json \(repository not found/,
+    const error = await expectError(
+      load({ modelName: 'acme/nope' }),
+      ErrorCode.MODEL_NOT_FOUND,
+      '"acme/nope"',
+      'models--acme--nope',
+      `${hub.endpoint}/acme/nope/resolve/main/config.json`,
     );
+    expect(error).toBeInstanceOf(ModelNotFoundError);
   });
 
   it('retries a server error, then succeeds; reports the URL when it goes on', async () => {
@@ -426,11 +426,15 @@ describe('hub errors', () => {
       res.writeHead(503).end();
       return true;
     };
-    const attempt = load({ cacheDir: tempDir() });
-    await expect(attempt).rejects.toBeInstanceOf(HubError);
-    await expect(attempt).rejects.toThrow(
-      /could not download preprocessor_config\.json of "acme\/vit-tiny": http:\/\/127\.0\.0\.1:\d+\/acme\/vit-tiny\/resolve\/[0-9a-f]{40}\/preprocessor_config\.json answered 503 \(tried 4 times\)/,
+    const error = await expectError(
+      load({ cacheDir: tempDir() }),
+      ErrorCode.HUB,
+      'preprocessor_config.json',
+      `"${REPO}"`,
+      `${hub.endpoint}/${REPO}/resolve/${COMMIT}/preprocessor_config.json`,
+      '503',
     );
+    expect(error).toBeInstanceOf(HubError);
   });
 
   it('gives up on a silent server after HF_HUB_ETAG_TIMEOUT and tries again', async () => {
@@ -440,7 +444,7 @@ describe('hub errors', () => {
     await load();
     expect(silent).toBeGreaterThan(2);
     hub.intercept = () => true;
-    await expect(load({ cacheDir: tempDir() })).rejects.toThrow(/config\.json: timed out: no data for 0\.2 s \(tried 4 times\)/);
+    await expectError(load({ cacheDir: tempDir() }), ErrorCode.HUB, 'config.json', '0.2 s');
   });
 
   it('refuses shard names, etags and commits that would leave the cache', async () => {
@@ -448,19 +452,19 @@ describe('hub errors', () => {
     const index = JSON.parse(fileOf('model.safetensors.index.json', 'vit-tiny-random-sharded').toString());
     index.weight_map['classifier.bias'] = '../evil.safetensors';
     hub.setFile('acme/sharded', 'model.safetensors.index.json', Buffer.from(JSON.stringify(index)));
-    await expect(load({ modelName: 'acme/sharded' })).rejects.toThrow(/names the shard "\.\.\/evil\.safetensors": refused/);
+    await expectError(load({ modelName: 'acme/sharded' }), ErrorCode.HUB, '"../evil.safetensors"');
     expect(hub.log().some((l) => l.includes('evil'))).toBe(false);
 
-    for (const [name, value, message] of [
-      ['ETag', '"../../../escape"', /an etag "\.\.\/\.\.\/\.\.\/escape" that cannot name a file/],
-      ['X-Repo-Commit', '../../x', /a commit "\.\.\/\.\.\/x" that is not a commit hash/],
+    for (const [name, value, named] of [
+      ['ETag', '"../../../escape"', '"../../../escape"'],
+      ['X-Repo-Commit', '../../x', '"../../x"'],
     ] as const) {
       hub.intercept = (_req, res, r) => {
         if (r.method !== 'HEAD') return false;
         res.writeHead(200, { ETag: '"abc"', 'X-Repo-Commit': COMMIT, [name]: value }).end();
         return true;
       };
-      await expect(load({ cacheDir: tempDir() })).rejects.toThrow(message);
+      await expectError(load({ cacheDir: tempDir() }), ErrorCode.HUB, named);
     }
   });
 });
@@ -496,13 +500,10 @@ describe('without a network', () => {
   });
 
   it('offline with nothing cached says so and where it looked', async () => {
-    const attempt = load({ localFilesOnly: true });
-    await expect(attempt).rejects.toBeInstanceOf(ModelNotFoundError);
-    await expect(attempt).rejects.toThrow(
-      new RegExp(`HuggingFace cache: ${repoDir().replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} \\(not in the cache\\)[\\s\\S]*localFilesOnly is set`),
-    );
+    const error = await expectError(load({ localFilesOnly: true }), ErrorCode.MODEL_NOT_FOUND, repoDir(), 'localFilesOnly');
+    expect(error).toBeInstanceOf(ModelNotFoundError);
     process.env.HF_HUB_OFFLINE = 'true';
-    await expect(load()).rejects.toThrow(/HF_HUB_OFFLINE is set/);
+    await expectError(load(), ErrorCode.MODEL_NOT_FOUND, 'HF_HUB_OFFLINE');
     expect(hub.requests).toEqual([]);
   });
 });

@@ -2,8 +2,8 @@ import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { ConfigError, HuggingFaceModelLoader, ModelNotFoundError, tensor } from '../src/index.js';
-import { fixture, reference, repoRoot, tempDir } from './helpers.js';
+import { ConfigError, ErrorCode, HuggingFaceModelLoader, ModelNotFoundError, tensor } from '../src/index.js';
+import { expectError, fixture, reference, repoRoot, tempDir } from './helpers.js';
 
 const COMMIT = '0123456789abcdef0123456789abcdef01234567';
 
@@ -70,28 +70,45 @@ describe('HuggingFaceModelLoader.loadModel resolution', () => {
 
   it('names every place it looked when the model is nowhere', async () => {
     const cache = tempDir();
-    const attempt = HuggingFaceModelLoader.loadModel({ modelName: 'acme/missing-model', modelType: 'classification', cacheDir: cache });
-    await expect(attempt).rejects.toBeInstanceOf(ModelNotFoundError);
-    await expect(attempt).rejects.toThrow(/local directory .*acme\/missing-model[\s\S]*HuggingFace cache: .*models--acme--missing-model/);
+    const error = await expectError(
+      HuggingFaceModelLoader.loadModel({ modelName: 'acme/missing-model', modelType: 'classification', cacheDir: cache }),
+      ErrorCode.MODEL_NOT_FOUND,
+      'acme/missing-model',
+      join(cache, 'models--acme--missing-model'),
+    );
+    expect(error).toBeInstanceOf(ModelNotFoundError);
     buildHubCache(cache, 'acme/vit-tiny');
-    await expect(
+    await expectError(
       HuggingFaceModelLoader.loadModel({ modelName: 'acme/vit-tiny', modelType: 'classification', cacheDir: cache, revision: 'v2' }),
-    ).rejects.toThrow(/refs\/v2 \(no such revision/);
-    await expect(HuggingFaceModelLoader.loadModel({ modelName: './no/such/dir', modelType: 'classification' })).rejects.toThrow(/local directory/);
+      ErrorCode.MODEL_NOT_FOUND,
+      join('models--acme--vit-tiny', 'refs', 'v2'),
+    );
+    await expectError(
+      HuggingFaceModelLoader.loadModel({ modelName: './no/such/dir', modelType: 'classification' }),
+      ErrorCode.MODEL_NOT_FOUND,
+      'no/such/dir',
+    );
   });
 
   it('a ref that is not a commit hash is refused, not followed', async () => {
     const cache = tempDir();
     buildHubCache(cache, 'acme/vit-tiny');
     writeFileSync(join(cache, 'models--acme--vit-tiny', 'refs', 'main'), '../../../etc');
-    await expect(HuggingFaceModelLoader.loadModel({ modelName: 'acme/vit-tiny', modelType: 'classification', cacheDir: cache })).rejects.toThrow(
-      /does not hold a commit hash/,
+    await expectError(
+      HuggingFaceModelLoader.loadModel({ modelName: 'acme/vit-tiny', modelType: 'classification', cacheDir: cache }),
+      ErrorCode.MODEL_NOT_FOUND,
+      join(cache, 'models--acme--vit-tiny', 'refs', 'main'),
     );
   });
 
   it('validates the config before touching anything', async () => {
-    await expect(HuggingFaceModelLoader.loadModel({ modelName: '', modelType: 'detection' })).rejects.toBeInstanceOf(ConfigError);
-    await expect(HuggingFaceModelLoader.loadModel({ modelName: 'x', modelType: 'classification', numClasses: 0 })).rejects.toThrow(/numClasses/);
+    const blank = await expectError(HuggingFaceModelLoader.loadModel({ modelName: '', modelType: 'detection' }), ErrorCode.CONFIG, 'modelName');
+    expect(blank).toBeInstanceOf(ConfigError);
+    await expectError(
+      HuggingFaceModelLoader.loadModel({ modelName: 'x', modelType: 'classification', numClasses: 0 }),
+      ErrorCode.CONFIG,
+      'numClasses',
+    );
   });
 });
 
@@ -103,7 +120,7 @@ describe('getAvailableModels', () => {
     expect(vit?.checkpoints).toContain('google/vit-base-patch16-224');
     expect(all.map((m) => m.architecture)).toContain('ViTModel');
     expect(HuggingFaceModelLoader.getAvailableModels('object_detection').every((m) => m.modelType === 'object_detection')).toBe(true);
-    expect(() => HuggingFaceModelLoader.getAvailableModels('nope' as 'classification')).toThrow(/unknown model type/);
+    expectError(() => HuggingFaceModelLoader.getAvailableModels('nope' as 'classification'), ErrorCode.INVALID_ARGUMENT, '"nope"');
   });
 });
 

@@ -1,6 +1,15 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { BaseTrainer, ConfigError, HuggingFaceModelLoader, type ModelType, type Tensor, toFloat32, type VisionModel } from '../src/index.js';
-import { fixture, reference } from './helpers.js';
+import {
+  BaseTrainer,
+  ConfigError,
+  ErrorCode,
+  HuggingFaceModelLoader,
+  type ModelType,
+  type Tensor,
+  toFloat32,
+  type VisionModel,
+} from '../src/index.js';
+import { expectError, fixture, reference } from './helpers.js';
 
 const loaded: VisionModel[] = [];
 afterAll(() => {
@@ -70,19 +79,22 @@ describe.each([
 describe('int8 quantization: where it does not apply', () => {
   it('is rejected in the config when unknown', async () => {
     const config = { modelName: fixture('vit-tiny-random'), modelType: 'classification', quantization: 'int4' };
-    await expect(HuggingFaceModelLoader.loadModel(config)).rejects.toThrow(ConfigError);
-    await expect(HuggingFaceModelLoader.loadModel(config)).rejects.toThrow(/quantization/);
+    const error = await expectError(HuggingFaceModelLoader.loadModel(config), ErrorCode.CONFIG, 'quantization', '"int4"');
+    expect(error).toBeInstanceOf(ConfigError);
   });
 
   it('needs float32', async () => {
-    await expect(load('vit-tiny-random', 'classification', { quantization: 'int8', dtype: 'bfloat16' })).rejects.toThrow(
-      /int8 quantization runs on CPU in float32/,
+    await expectError(
+      load('vit-tiny-random', 'classification', { quantization: 'int8', dtype: 'bfloat16' }),
+      ErrorCode.INVALID_ARGUMENT,
+      'int8',
+      'bfloat16',
     );
   });
 
   it('is for inference: a trainer refuses the model', async () => {
     const model = await load('vit-tiny-random', 'classification', { quantization: 'int8' });
     const modelConfig = { modelName: fixture('vit-tiny-random'), modelType: 'classification' as const, pretrained: true };
-    expect(() => new BaseTrainer({ model, modelConfig })).toThrow(/int8 quantization is for inference only/);
+    expectError(() => new BaseTrainer({ model, modelConfig }), ErrorCode.INVALID_ARGUMENT, 'int8');
   });
 });

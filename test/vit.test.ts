@@ -1,8 +1,8 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { type ClassificationPrediction, HuggingFaceModelLoader, type Tensor, type VisionModel } from '../src/index.js';
-import { expectClose, fixture, reference, tempDir } from './helpers.js';
+import { type ClassificationPrediction, ErrorCode, HuggingFaceModelLoader, type Tensor, type VisionModel } from '../src/index.js';
+import { expectClose, expectError, fixture, reference, tempDir } from './helpers.js';
 
 const VIT_FIXTURES = ['vit-tiny-random', 'vit-tiny-random-pt', 'vit-tiny-random-sharded'];
 const loaded: VisionModel[] = [];
@@ -106,8 +106,13 @@ describe('ViT predict, save and reload', () => {
 
 describe('ViT heads and options', () => {
   it('a different numClasses needs ignoreMismatchedSizes, then re-initialises the head only', async () => {
-    await expect(load(fixture('vit-tiny-random'), { numClasses: 3 })).rejects.toThrow(
-      /classifier\.weight: checkpoint \[5, 32\] vs model \[3, 32\][\s\S]*ignoreMismatchedSizes/,
+    await expectError(
+      load(fixture('vit-tiny-random'), { numClasses: 3 }),
+      ErrorCode.CHECKPOINT,
+      'classifier.weight',
+      '[5, 32]',
+      '[3, 32]',
+      'ignore_mismatched_sizes',
     );
     const model = await load(fixture('vit-tiny-random'), { numClasses: 3, ignoreMismatchedSizes: true });
     expect(model.labels).toEqual(['LABEL_0', 'LABEL_1', 'LABEL_2']);
@@ -146,7 +151,7 @@ describe('ViT heads and options', () => {
     expect(outputs.lastHiddenState!.shape).toEqual([2, 17, 32]);
     expect(outputs.poolerOutput!.shape).toEqual([2, 32]);
     expect(features.loadReport.initialized).toEqual(['pooler.dense.bias', 'pooler.dense.weight']);
-    await expect(features.predict(fixture('images', 'rocket.jpg'))).rejects.toThrow(/no classification head/);
+    await expectError(features.predict(fixture('images', 'rocket.jpg')), ErrorCode.INVALID_ARGUMENT, 'ViTModel');
 
     const classifier = await load(dir, { numClasses: 5 });
     expect(classifier.architecture).toBe('ViTForImageClassification');
@@ -221,66 +226,87 @@ describe('ViT errors', () => {
   it('a wrong input size or channel count rejects with the expected shape', async () => {
     const model = await load(fixture('vit-tiny-random'));
     const { tensor } = await import('../src/index.js');
-    await expect(model.forward({ pixelValues: tensor('float32', [1, 3, 64, 64]) })).rejects.toThrow(
-      /input image size \(64\*64\) doesn't match model \(32\*32\)/,
+    await expectError(model.forward({ pixelValues: tensor('float32', [1, 3, 64, 64]) }), ErrorCode.INVALID_ARGUMENT, '64*64', '32*32');
+    await expectError(
+      model.forward({ pixelValues: tensor('float32', [1, 1, 32, 32]) }),
+      ErrorCode.INVALID_ARGUMENT,
+      'pixel_values',
+      'expected 3 but got 1',
     );
-    await expect(model.forward({ pixelValues: tensor('float32', [1, 1, 32, 32]) })).rejects.toThrow(/expected 3 but got 1/);
-    await expect(model.forward({ pixelValues: tensor('float32', [3, 32, 32]) })).rejects.toThrow(/expected \[batch, channels, height, width\]/);
+    await expectError(
+      model.forward({ pixelValues: tensor('float32', [3, 32, 32]) }),
+      ErrorCode.INVALID_ARGUMENT,
+      'pixel_values',
+      '[batch, channels, height, width]',
+      '[3, 32, 32]',
+    );
   });
 
   it('bad labels reject naming the problem', async () => {
     const model = await load(fixture('vit-tiny-random'));
     const { tensor } = await import('../src/index.js');
     const pixelValues = tensor('float32', [2, 3, 32, 32]);
-    await expect(model.forward({ pixelValues, labels: tensor('int64', [2], new BigInt64Array([0n, 9n])) })).rejects.toThrow(
-      /class index 9 is out of range for 5 labels/,
+    await expectError(
+      model.forward({ pixelValues, labels: tensor('int64', [2], new BigInt64Array([0n, 9n])) }),
+      ErrorCode.INVALID_ARGUMENT,
+      'class index 9',
+      '5 labels',
     );
-    await expect(model.forward({ pixelValues, labels: tensor('int64', [3]) })).rejects.toThrow(/batch size 3 does not match/);
+    await expectError(model.forward({ pixelValues, labels: tensor('int64', [3]) }), ErrorCode.INVALID_ARGUMENT, 'batch size 3');
   });
 
   it('malformed tensors reject before any work', async () => {
     const model = await load(fixture('vit-tiny-random'));
-    await expect(model.forward({ pixelValues: { dtype: 'float32', shape: [1, 3, 32, 32], data: new Float32Array(5) } })).rejects.toThrow(
-      /pixelValues.data: holds 5 elements but shape needs 3072/,
+    await expectError(
+      model.forward({ pixelValues: { dtype: 'float32', shape: [1, 3, 32, 32], data: new Float32Array(5) } }),
+      ErrorCode.INVALID_ARGUMENT,
+      'pixelValues.data',
+      '5 elements',
+      '3072',
     );
-    await expect(model.forward({ pixelValues: { dtype: 'float64' as 'float32', shape: [1], data: new Float32Array(1) } })).rejects.toThrow(
-      /pixelValues.dtype/,
+    await expectError(
+      model.forward({ pixelValues: { dtype: 'float64' as 'float32', shape: [1], data: new Float32Array(1) } }),
+      ErrorCode.INVALID_ARGUMENT,
+      'pixelValues.dtype',
+      'float64',
     );
-    await expect(model.forward({ pixelValues: { dtype: 'float32', shape: [1, -3], data: new Float32Array(1) } })).rejects.toThrow(
-      /pixelValues.shape\[1\]/,
+    await expectError(
+      model.forward({ pixelValues: { dtype: 'float32', shape: [1, -3], data: new Float32Array(1) } }),
+      ErrorCode.INVALID_ARGUMENT,
+      'pixelValues.shape[1]',
     );
   });
 
   it('corrupt config.json, missing weights and corrupt weights reject naming the file', async () => {
     const dir = tempDir();
     writeFileSync(join(dir, 'config.json'), '{"architectures": ["ViTForImageClassification"], "hidden_size": ');
-    await expect(load(dir)).rejects.toThrow(/config\.json: invalid JSON/);
+    await expectError(load(dir), ErrorCode.CONFIG, join(dir, 'config.json'));
     writeFileSync(join(dir, 'config.json'), readFileSync(fixture('vit-tiny-random', 'config.json')));
-    await expect(load(dir)).rejects.toThrow(/no weights found \(looked for model\.safetensors/);
+    await expectError(load(dir), ErrorCode.CHECKPOINT, dir, 'model.safetensors');
     writeFileSync(join(dir, 'model.safetensors'), readFileSync(fixture('vit-tiny-random', 'model.safetensors')).subarray(0, 5000));
-    await expect(load(dir)).rejects.toThrow(/model\.safetensors/);
+    await expectError(load(dir), ErrorCode.CHECKPOINT, join(dir, 'model.safetensors'));
     const config = JSON.parse(readFileSync(fixture('vit-tiny-random', 'config.json'), 'utf8'));
     writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...config, hidden_size: 30 }));
-    await expect(load(dir, { pretrained: false })).rejects.toThrow(/hidden_size \(30\) is not a multiple of num_attention_heads \(4\)/);
+    await expectError(load(dir, { pretrained: false }), ErrorCode.CONFIG, 'hidden_size (30)', 'num_attention_heads (4)');
     writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...config, hidden_act: 'wiggle' }));
-    await expect(load(dir, { pretrained: false })).rejects.toThrow(/unsupported activation "wiggle"/);
+    await expectError(load(dir, { pretrained: false }), ErrorCode.CONFIG, '"wiggle"');
     writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...config, architectures: ['BeitForImageClassification'], model_type: 'beit' }));
-    await expect(load(dir, { pretrained: false })).rejects.toThrow(/no classification model for model_type "beit"/);
+    await expectError(load(dir, { pretrained: false }), ErrorCode.CONFIG, 'model_type', '"beit"');
   });
 
   it('bad images reject naming the image', async () => {
     const model = await load(fixture('vit-tiny-random'));
-    await expect(model.predict(new Uint8Array([1, 2, 3, 4]))).rejects.toThrow(/not a JPEG or PNG/);
+    await expectError(model.predict(new Uint8Array([1, 2, 3, 4])), ErrorCode.IMAGE, 'image 0');
     const jpeg = readFileSync(fixture('images', 'rocket.jpg'));
-    await expect(model.predict(jpeg.subarray(0, jpeg.length / 2))).rejects.toThrow(/image 0/);
-    await expect(model.predict('/nonexistent/cat.png')).rejects.toThrow(/\/nonexistent\/cat\.png/);
-    await expect(model.predict({ data: new Uint8Array(10), width: 4, height: 4, channels: 3 })).rejects.toThrow(/48/);
+    await expectError(model.predict(jpeg.subarray(0, jpeg.length / 2)), ErrorCode.IMAGE, 'image 0');
+    await expectError(model.predict('/nonexistent/cat.png'), ErrorCode.IMAGE, '/nonexistent/cat.png');
+    await expectError(model.predict({ data: new Uint8Array(10), width: 4, height: 4, channels: 3 }), ErrorCode.IMAGE, 'image 0', '10 bytes', '48');
   });
 
   it('a disposed model refuses work', async () => {
     const model = await load(fixture('vit-tiny-random'));
     model.dispose();
-    await expect(model.predict(fixture('images', 'rocket.jpg'))).rejects.toThrow(/disposed/);
+    await expectError(model.predict(fixture('images', 'rocket.jpg')), ErrorCode.DISPOSED, 'ViTForImageClassification');
   });
 
   it('a checkpoint missing encoder weights names them', async () => {
@@ -291,6 +317,6 @@ describe('ViT errors', () => {
     const weights = await loadSafetensors(fixture('vit-tiny-random', 'model.safetensors'));
     delete weights['vit.encoder.layer.1.output.dense.weight'];
     await saveSafetensors(join(dir, 'model.safetensors'), weights);
-    await expect(load(dir)).rejects.toThrow(/missing from the checkpoint:\s+vit\.encoder\.layer\.1\.output\.dense\.weight/);
+    await expectError(load(dir), ErrorCode.CHECKPOINT, 'vit.encoder.layer.1.output.dense.weight');
   });
 });

@@ -1,5 +1,6 @@
 #include "convert.h"
 
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -240,6 +241,28 @@ std::optional<int64_t> optional_int(const Napi::Object& object, const char* key)
 }  // namespace vt::addon
 
 namespace vt::addon {
+
+std::string camel_case(const std::string& name) {
+  std::string out;
+  bool upper = false, in_head = true;
+  for (char c : name) {
+    if (c == '.') in_head = false;
+    if (in_head && c == '_') {
+      upper = true;
+      continue;
+    }
+    out += upper ? static_cast<char>(std::toupper(static_cast<unsigned char>(c))) : c;
+    upper = false;
+  }
+  return out;
+}
+
+nlohmann::json camel_case_keys(const nlohmann::json& object) {
+  if (!object.is_object()) return object;
+  nlohmann::json out = nlohmann::json::object();
+  for (const auto& [key, value] : object.items()) out[camel_case(key)] = value;
+  return out;
+}
 
 std::optional<double> optional_number(const Napi::Object& object, const char* key) {
   Napi::Value value = object.Get(key);

@@ -44,6 +44,12 @@ std::optional<int64_t> optional_int(const Napi::Object& object, const char* key)
 
 namespace vt::addon {
 
+// The contract's camelCase for a core name: "pred_boxes" -> "predBoxes"; only the part before a dot
+// ("loss_dict.loss_ce" -> "lossDict.loss_ce": the loss names stay transformers').
+std::string camel_case(const std::string& name);
+// A JSON object's own keys in camelCase (values untouched), for the trainer's events and results.
+nlohmann::json camel_case_keys(const nlohmann::json& object);
+
 // JSON values (events, results, metrics, predictions) as JS values; objects keep their keys' order.
 template <typename Json>
 Napi::Value json_to_js(Napi::Env env, const Json& value) {

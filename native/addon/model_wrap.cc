@@ -17,7 +17,7 @@ Napi::Array strings_to_js(Napi::Env env, const std::vector<std::string>& items) 
 
 Napi::Object tensors_to_js(Napi::Env env, const std::vector<std::pair<std::string, torch::Tensor>>& tensors) {
   Napi::Object object = Napi::Object::New(env);
-  for (const auto& [name, tensor] : tensors) object.Set(name, tensor_to_js(env, tensor));
+  for (const auto& [name, tensor] : tensors) object.Set(camel_case(name), tensor_to_js(env, tensor));
   return object;
 }
 
@@ -133,7 +133,7 @@ Napi::Value ModelWrap::predict(const Napi::CallbackInfo& info) {
         for (size_t i = 0; i < predictions.size(); ++i) {
           Napi::Value value = json_to_js(env, predictions[i].value);
           for (const auto& [name, map] : predictions[i].maps) {
-            value.As<Napi::Object>().Set(name, tensor_to_js(env, map).Get("data"));
+            value.As<Napi::Object>().Set(camel_case(name), tensor_to_js(env, map).Get("data"));
           }
           result.Set(static_cast<uint32_t>(i), value);
         }

@@ -157,7 +157,7 @@ class TrainWorker : public Napi::AsyncProgressQueueWorker<std::string> {
     ComputeExecutor::instance().post([&] {
       try {
         result_ = trainer_->train(options_, [&](const nlohmann::json& event) {
-          std::string text = event.dump();
+          std::string text = camel_case_keys(event).dump();
           progress.Send(&text, 1);
         });
       } catch (...) {
@@ -183,7 +183,7 @@ class TrainWorker : public Napi::AsyncProgressQueueWorker<std::string> {
   }
   void OnOK() override {
     Napi::HandleScope scope(Env());
-    deferred_.Resolve(json_to_js(Env(), result_));
+    deferred_.Resolve(json_to_js(Env(), camel_case_keys(result_)));
   }
   void OnError(const Napi::Error& error) override {
     Napi::Object object = error.Value();

@@ -176,6 +176,12 @@ export class VisionModel {
   #predictor(options: PredictOptions): { key: string; run: BatchRunner<NativeImage, Prediction> } {
     if (options === null || typeof options !== 'object') throw invalidArgument(TypeError, 'predict: options must be an object');
     const { topK, threshold } = options;
+    // Checked here too, so the message names the option as the caller spelled it.
+    if (topK !== undefined && !(Number.isInteger(topK) && topK > 0))
+      throw invalidArgument(RangeError, `predict: topK must be a positive integer, got ${topK}`);
+    if (threshold !== undefined && !(threshold >= 0 && threshold <= 1)) {
+      throw invalidArgument(RangeError, `predict: threshold must be between 0 and 1, got ${threshold}`);
+    }
     return { key: JSON.stringify({ topK, threshold }), run: async (list) => this.handle().predict(list, { topK, threshold }) };
   }
 

@@ -412,7 +412,6 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& source, 
 namespace {
 
 std::vector<uint8_t> read_file_bytes(const std::string& path) {
-  ErrorScope errors(ErrorCode::Io);
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     const int code = errno;

@@ -113,12 +113,12 @@ void validate_targets(const std::vector<Target>& targets, int64_t batch, int64_t
     const auto& t = targets[i];
     const std::string name = "labels[" + std::to_string(i) + "]";
     VT_CHECK(t.class_labels.defined() && t.class_labels.dim() == 1 && t.class_labels.scalar_type() == torch::kLong, name,
-             ".classLabels: expected an int64 tensor [n]");
+             ".class_labels: expected an int64 tensor [n]");
     VT_CHECK(t.boxes.defined() && t.boxes.dim() == 2 && t.boxes.size(1) == 4 && t.boxes.size(0) == t.class_labels.size(0), name,
              ".boxes: expected a float32 tensor [", t.class_labels.size(0), ", 4] (cx, cy, w, h, normalised)");
     if (t.class_labels.numel() > 0) {
       const int64_t low = t.class_labels.min().item<int64_t>(), high = t.class_labels.max().item<int64_t>();
-      VT_CHECK(low >= 0 && high < num_labels, name, ".classLabels: class ", low < 0 ? low : high, " is out of range for ", num_labels,
+      VT_CHECK(low >= 0 && high < num_labels, name, ".class_labels: class ", low < 0 ? low : high, " is out of range for ", num_labels,
                " labels");
       VT_CHECK(t.boxes.isfinite().all().item<bool>() && t.boxes.select(1, 2).ge(0).all().item<bool>() &&
                    t.boxes.select(1, 3).ge(0).all().item<bool>(),

@@ -124,7 +124,7 @@ ConvNextModel::ConvNextModel(const ConvNextConfig& config) : ConvNextModuleBase(
 ModelOutputs ConvNextModel::forward(const ModelInputs& inputs) {
   VT_CHECK(!inputs.has_labels(), "ConvNextModel has no task head, so it takes no labels");
   auto [last, pooled] = body->forward(inputs.pixel_values);
-  return {{"lastHiddenState", last}, {"poolerOutput", pooled}};
+  return {{"last_hidden_state", last}, {"pooler_output", pooled}};
 }
 
 ConvNextForImageClassification::ConvNextForImageClassification(const ConvNextConfig& config) : ConvNextModuleBase(config) {

@@ -512,21 +512,21 @@ ModelOutputs DetrForObjectDetection::forward(const ModelInputs& inputs) {
   ModelOutputs outputs;
   if (!with_heads) {
     VT_CHECK(!inputs.has_labels(), config.pre_norm ? "TableTransformerModel" : "DetrModel", " has no task head, so it takes no labels");
-    return {{"lastHiddenState", out.last_hidden_state}, {"encoderLastHiddenState", out.encoder_last_hidden_state}};
+    return {{"last_hidden_state", out.last_hidden_state}, {"encoder_last_hidden_state", out.encoder_last_hidden_state}};
   }
   if (!inputs.targets.empty()) {
-    VT_CHECK(!inputs.labels.defined(), "labels: detection takes one {classLabels, boxes} per image, not a tensor");
+    VT_CHECK(!inputs.labels.defined(), "labels: detection takes one {class_labels, boxes} per image, not a tensor");
     losses::SetLoss set_loss = losses::detr_set_loss(config.set_loss, config.head.num_labels(), out.logits, out.pred_boxes, out.aux_logits,
                                                      out.aux_boxes, inputs.targets);
     outputs.emplace_back("loss", set_loss.loss);
-    for (auto& [name, value] : set_loss.parts) outputs.emplace_back("lossDict." + name, value);
+    for (auto& [name, value] : set_loss.parts) outputs.emplace_back("loss_dict." + name, value);
   } else {
-    VT_CHECK(!inputs.labels.defined(), "labels: detection takes one {classLabels, boxes} per image, not a tensor");
+    VT_CHECK(!inputs.labels.defined(), "labels: detection takes one {class_labels, boxes} per image, not a tensor");
   }
   outputs.emplace_back("logits", out.logits);
-  outputs.emplace_back("predBoxes", out.pred_boxes);
-  outputs.emplace_back("lastHiddenState", out.last_hidden_state);
-  outputs.emplace_back("encoderLastHiddenState", out.encoder_last_hidden_state);
+  outputs.emplace_back("pred_boxes", out.pred_boxes);
+  outputs.emplace_back("last_hidden_state", out.last_hidden_state);
+  outputs.emplace_back("encoder_last_hidden_state", out.encoder_last_hidden_state);
   return outputs;
 }
 

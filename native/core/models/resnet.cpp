@@ -160,7 +160,7 @@ ResNetModel::ResNetModel(const ResNetConfig& config) : ResNetModuleBase(config) 
 ModelOutputs ResNetModel::forward(const ModelInputs& inputs) {
   VT_CHECK(!inputs.has_labels(), "ResNetModel has no task head, so it takes no labels");
   auto last = body->forward(inputs.pixel_values).back();
-  return {{"lastHiddenState", last}, {"poolerOutput", torch::adaptive_avg_pool2d(last, {1, 1})}};
+  return {{"last_hidden_state", last}, {"pooler_output", torch::adaptive_avg_pool2d(last, {1, 1})}};
 }
 
 ResNetForImageClassification::ResNetForImageClassification(const ResNetConfig& config) : ResNetModuleBase(config) {
@@ -210,7 +210,7 @@ ModelOutputs ResNetBackbone::forward(const ModelInputs& inputs) {
   size_t next = 0;
   for (const auto& name : config.stage_names) {
     if (std::find(config.out_features.begin(), config.out_features.end(), name) != config.out_features.end()) {
-      outputs.emplace_back("featureMaps." + name, maps[next++]);
+      outputs.emplace_back("feature_maps." + name, maps[next++]);
     }
   }
   return outputs;

@@ -105,7 +105,7 @@ class ResNetForImageClassification : public ResNetModuleBase {
   layers::Linear classifier{nullptr};  // classifier.1 (classifier.0 is a Flatten)
 };
 
-// Feature maps of `out_features`, as outputs "featureMaps.<stage name>".
+// Feature maps of `out_features`, as outputs "feature_maps.<stage name>".
 class ResNetBackbone : public ResNetModuleBase {
  public:
   explicit ResNetBackbone(const ResNetConfig& config);

@@ -171,7 +171,7 @@ SegformerModel::SegformerModel(const SegformerConfig& config) : SegformerModuleB
 
 ModelOutputs SegformerModel::forward(const ModelInputs& inputs) {
   VT_CHECK(!inputs.has_labels(), "SegformerModel has no task head, so it takes no labels");
-  return {{"lastHiddenState", encoder->forward(inputs.pixel_values).back()}};
+  return {{"last_hidden_state", encoder->forward(inputs.pixel_values).back()}};
 }
 
 SegformerForSemanticSegmentation::SegformerForSemanticSegmentation(const SegformerConfig& config) : SegformerModuleBase(config) {

@@ -169,8 +169,8 @@ ViTModel::ViTModel(const ViTConfig& config, bool add_pooling_layer) : ViTModuleB
 ModelOutputs ViTModel::forward(const ModelInputs& inputs) {
   VT_CHECK(!inputs.has_labels(), "ViTModel has no task head, so it takes no labels");
   auto [sequence_output, pooled] = body->forward(inputs.pixel_values, gradient_checkpointing());
-  ModelOutputs outputs{{"lastHiddenState", sequence_output}};
-  if (pooled.defined()) outputs.emplace_back("poolerOutput", pooled);
+  ModelOutputs outputs{{"last_hidden_state", sequence_output}};
+  if (pooled.defined()) outputs.emplace_back("pooler_output", pooled);
   return outputs;
 }
 

@@ -178,7 +178,13 @@ torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const tor
   // Same order of operations as transformers, (q k^T) / sqrt(d), except in bfloat16 on CPU:
   // scaling q first costs a third of scaling the scores with libtorch's slow bfloat16 multiply.
   const bool scale_query = query.scalar_type() == torch::kBFloat16 && query.device().is_cpu();
-  auto scores = scale_query ? torch::matmul(query * scale, key.transpose(-1, -2)) : torch::matmul(query, key.transpose(-1, -2)) * scale;
+  // A scale of 1 (DETR's queries come scaled) costs no multiply.
+  torch::Tensor scores;
+  if (scale == 1.0) {
+    scores = torch::matmul(query, key.transpose(-1, -2));
+  } else {
+    scores = scale_query ? torch::matmul(query * scale, key.transpose(-1, -2)) : torch::matmul(query, key.transpose(-1, -2)) * scale;
+  }
   if (additive_mask.defined()) scores = scores + additive_mask;
   // In the scores' own dtype, as PyTorch eager and autocast do: libtorch's bf16 softmax is
   // several times faster than a float32 one with conversions around it.

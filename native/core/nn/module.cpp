@@ -13,8 +13,8 @@ void check_pixel_values(const torch::Tensor& pixel_values, int64_t num_channels)
 }
 
 ModelInputs move_inputs(const ModelInputs& raw, torch::Device device, torch::ScalarType dtype, torch::MemoryFormat memory_format) {
-  VT_CHECK(raw.pixel_values.defined(), "pixelValues is required");
-  VT_CHECK(raw.pixel_values.is_floating_point(), "pixelValues: expected a floating-point tensor, got ", raw.pixel_values.scalar_type());
+  VT_CHECK(raw.pixel_values.defined(), "pixel_values is required");
+  VT_CHECK(raw.pixel_values.is_floating_point(), "pixel_values: expected a floating-point tensor, got ", raw.pixel_values.scalar_type());
   ModelInputs inputs;
   inputs.pixel_values = raw.pixel_values.to(device, dtype);
   if (inputs.pixel_values.dim() == 4) inputs.pixel_values = inputs.pixel_values.contiguous(memory_format);

@@ -38,8 +38,8 @@ ModelInputs move_inputs(const ModelInputs& inputs, torch::Device device, torch::
 // configuration's channel count (throws naming what differs).
 void check_pixel_values(const torch::Tensor& pixel_values, int64_t num_channels);
 
-// Outputs in a stable order, under the public (camelCase) names of the contract:
-// logits, predBoxes, lastHiddenState, poolerOutput, loss, lossDict.<name>.
+// Outputs in a stable order, under transformers' names: logits, pred_boxes, last_hidden_state,
+// pooler_output, loss, loss_dict.<name> (the addon gives them the contract's camelCase).
 using ModelOutputs = std::vector<std::pair<std::string, torch::Tensor>>;
 torch::Tensor find_output(const ModelOutputs& outputs, const std::string& name);  // undefined if absent
 

@@ -81,7 +81,7 @@ void apply_overrides(nlohmann::json& config, const LoadOptions& options, const s
     if (options.id2label) {
       id2label = *options.id2label;
       VT_CHECK(!options.num_classes || static_cast<int64_t>(id2label.size()) == *options.num_classes, "id2label has ", id2label.size(),
-               " entries but numClasses is ", *options.num_classes);
+               " entries but num_classes is ", *options.num_classes);
     } else {
       HeadConfig existing = HeadConfig::from_json(config, source);
       if (existing.num_labels() == *options.num_classes) {
@@ -182,7 +182,7 @@ std::shared_ptr<PretrainedModel> PretrainedModel::load(const LoadOptions& option
   model->dtype_ = model_dtype_from_name(options.dtype);
   VT_CHECK(!(model->dtype_ == torch::kFloat16 && model->device_.is_cpu()), "dtype float16 needs a CUDA device; on CPU use bfloat16");
   VT_CHECK(options.memory_format == "auto" || options.memory_format == "contiguous" || options.memory_format == "channels_last",
-           "memoryFormat must be auto, contiguous or channels_last, got \"", options.memory_format, "\"");
+           "memory_format must be auto, contiguous or channels_last, got \"", options.memory_format, "\"");
   const bool channels_last = options.memory_format == "channels_last" ||
                              (options.memory_format == "auto" && model->device_.is_cpu() && model->module_->prefers_channels_last());
   model->memory_format_ = channels_last ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous;
@@ -302,7 +302,7 @@ ModelOutputs PretrainedModel::forward(const ModelInputs& raw_inputs) {
   ModelInputs inputs = move_inputs(raw_inputs, device_, dtype_, memory_format_);
   ModelOutputs outputs = module_->forward(inputs);
   for (auto& [name, tensor] : outputs) {
-    if (name == "loss" || name.rfind("lossDict.", 0) == 0) tensor = tensor.to(torch::kFloat32);
+    if (name == "loss" || name.rfind("loss_dict.", 0) == 0) tensor = tensor.to(torch::kFloat32);
   }
   return outputs;
 }
@@ -326,7 +326,7 @@ PretrainedModel::Preprocessed PretrainedModel::preprocess(const std::vector<Imag
 }
 
 std::vector<Prediction> PretrainedModel::predict(const std::vector<Image>& images, const PredictOptions& options) {
-  VT_CHECK(!labels_.empty(), architecture_, " has no ", task_->name, " head; load it with numClasses to add one");
+  VT_CHECK(!labels_.empty(), architecture_, " has no ", task_->name, " head; load it with num_classes to add one");
   task_->check_options(options);
   Preprocessed batch = preprocess(images);
   ModelInputs inputs;

@@ -100,7 +100,7 @@ LoadReport load_weights(VisionModule& module, const TensorMap& checkpoint_in, co
   }
   if (!mismatched_errors.empty()) {
     fail(source, ": ", mismatched_errors.size(), " weights have a different shape in the checkpoint:", join_limited(mismatched_errors),
-         "\nSet ignoreMismatchedSizes: true to initialise these afresh (e.g. a new classification head).");
+         "\nSet ignore_mismatched_sizes: true to initialise these afresh (e.g. a new classification head).");
   }
 
   torch::NoGradGuard no_grad;

@@ -12,7 +12,7 @@ TaskDefinition classification_task() {
   task.dataset = DatasetKind::ClassifiedImages;
   task.metrics = {"eval_accuracy", "eval_top5_accuracy"};
   task.check_options = [](const PredictOptions& options) {
-    VT_CHECK(options.top_k.value_or(5) > 0, "topK must be a positive integer, got ", *options.top_k);
+    VT_CHECK(options.top_k.value_or(5) > 0, "top_k must be a positive integer, got ", *options.top_k);
   };
   task.post_process = [](const ModelOutputs& outputs, const PredictContext& context, const PredictOptions& options) {
     auto logits = find_output(outputs, "logits").to(torch::kCPU, torch::kFloat32);

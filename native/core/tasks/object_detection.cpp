@@ -19,7 +19,7 @@ TaskDefinition object_detection_task() {
   };
   task.post_process = [](const ModelOutputs& outputs, const PredictContext& context, const PredictOptions& options) {
     auto detections = post_process_object_detection(find_output(outputs, "logits").to(torch::kCPU, torch::kFloat32),
-                                                    find_output(outputs, "predBoxes").to(torch::kCPU, torch::kFloat32),
+                                                    find_output(outputs, "pred_boxes").to(torch::kCPU, torch::kFloat32),
                                                     options.threshold.value_or(0.5), context.original_sizes);
     std::vector<Prediction> predictions(detections.size());
     for (size_t i = 0; i < detections.size(); ++i) {

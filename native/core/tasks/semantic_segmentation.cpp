@@ -38,7 +38,7 @@ TaskDefinition semantic_segmentation_task() {
         segments.push_back({{"label", label}, {"index", index}, {"pixels", pixels}});
       }
       predictions[i].value = {{"width", width}, {"height", height}, {"segments", segments}};
-      predictions[i].maps.emplace_back("labelMap", map.to(torch::kInt32));
+      predictions[i].maps.emplace_back("label_map", map.to(torch::kInt32));
     }
     return predictions;
   };

@@ -38,7 +38,7 @@ struct PredictOptions {
 };
 
 // One image's prediction as predict() returns it: a JSON value and the int32 maps that go with it
-// (set on `value`, an object, under their names: semantic segmentation's labelMap).
+// (set on `value`, an object, under their names: semantic segmentation's label_map, labelMap in JavaScript).
 struct Prediction {
   nlohmann::ordered_json value;  // keys in the order the contract lists them
   std::vector<std::pair<std::string, torch::Tensor>> maps;

@@ -10,10 +10,10 @@ namespace vt {
 void validate_schedule(const ScheduleConfig& schedule) {
   const auto& kind = schedule.kind;
   VT_CHECK(kind == "linear" || kind == "cosine" || kind == "constant" || kind == "constant_with_warmup",
-           "lrScheduler must be linear, cosine, constant or constant_with_warmup, got \"", kind, "\"");
-  VT_CHECK(schedule.warmup_steps >= 0, "warmupSteps must not be negative");
-  VT_CHECK(!(kind == "linear" || kind == "cosine") || schedule.total_steps > 0, "lrScheduler ", kind,
-           " decays over the whole run and needs its length: give maxSteps (or train() a dataset)");
+           "lr_scheduler must be linear, cosine, constant or constant_with_warmup, got \"", kind, "\"");
+  VT_CHECK(schedule.warmup_steps >= 0, "warmup_steps must not be negative");
+  VT_CHECK(!(kind == "linear" || kind == "cosine") || schedule.total_steps > 0, "lr_scheduler ", kind,
+           " decays over the whole run and needs its length: give max_steps (or train() a dataset)");
 }
 
 double learning_rate_multiplier(const ScheduleConfig& schedule, int64_t step) {

@@ -161,7 +161,7 @@ void Trainer::prepare_module(const TrainingOptions& options) {
 }
 
 Trainer::MicroStep Trainer::forward_and_loss(const ModelInputs& micro_batch, const TrainingOptions& options, const HeadConfig& head) {
-  VT_CHECK(micro_batch.has_labels(), "trainingStep: the batch has no labels");
+  VT_CHECK(micro_batch.has_labels(), "training_step: the batch has no labels");
   VisionModule& module = *model_->module();
   ModelInputs inputs = move_inputs(micro_batch, model_->device(), model_->dtype(), model_->memory_format());
   MicroStep step;
@@ -212,7 +212,7 @@ StepOutcome Trainer::optimizer_step(const std::vector<ModelInputs>& micro_batche
     backward(step, share, options);
     outcome.loss += step.loss.item<double>() * share;
     for (const auto& [name, value] : step.outputs) {
-      if (name.rfind("lossDict.", 0) == 0) outcome.loss_dict[name.substr(9)] += value.item<double>() * share;
+      if (name.rfind("loss_dict.", 0) == 0) outcome.loss_dict[name.substr(10)] += value.item<double>() * share;
     }
   }
   const NamedParameters& parameters = optimizer.parameters();
@@ -242,7 +242,7 @@ StepOutcome Trainer::training_step(const ModelInputs& batch, bool return_gradien
   std::lock_guard<std::mutex> run_lock(run_mutex_);
   const ScheduleConfig schedule = schedule_for(options_, options_.max_steps.value_or(0));
   VT_CHECK(batch.pixel_values.defined() && batch.pixel_values.dim() >= 1 && batch.pixel_values.size(0) > 0,
-           "trainingStep: the batch is empty");
+           "training_step: the batch is empty");
   return optimizer_step({batch}, return_gradients, options_, schedule);
 }
 
@@ -331,7 +331,7 @@ void Trainer::start_run(Run& run) {
   const TrainingOptions& options = run.options;
   validate_options(options);
   VT_CHECK(options.dataset.has_value(), "train: no dataset (give training.dataset, or data: in the YAML file)");
-  VT_CHECK(!model_->labels().empty(), model_->architecture(), " has no task head; load it with numClasses");
+  VT_CHECK(!model_->labels().empty(), model_->architecture(), " has no task head; load it with num_classes");
   const auto& metric = options.early_stopping_metric;
   const std::vector<std::string> reported = reported_metrics(model_->task());
   if (std::find(reported.begin(), reported.end(), metric) == reported.end()) {
@@ -417,15 +417,15 @@ void Trainer::emit_step(Run& run, const StepOutcome& outcome) {
   const double steps_done = static_cast<double>(run.global_step - run.first_step);
   run.emit({{"kind", "step"},
             {"step", run.global_step},
-            {"totalSteps", run.total_steps},
+            {"total_steps", run.total_steps},
             {"epoch", run.fractional_epoch()},
-            {"totalEpochs", static_cast<double>(run.total_steps) / static_cast<double>(run.steps_per_epoch)},
+            {"total_epochs", static_cast<double>(run.total_steps) / static_cast<double>(run.steps_per_epoch)},
             {"loss", outcome.loss},
-            {"learningRate", outcome.learning_rate},
-            {"gradNorm", outcome.grad_norm},
-            {"imagesPerSecond", static_cast<double>(run.images) / std::max(elapsed, 1e-9)},
-            {"etaSeconds", elapsed / steps_done * static_cast<double>(run.total_steps - run.global_step)},
-            {"elapsedSeconds", elapsed}});
+            {"learning_rate", outcome.learning_rate},
+            {"grad_norm", outcome.grad_norm},
+            {"images_per_second", static_cast<double>(run.images) / std::max(elapsed, 1e-9)},
+            {"eta_seconds", elapsed / steps_done * static_cast<double>(run.total_steps - run.global_step)},
+            {"elapsed_seconds", elapsed}});
 }
 
 void Trainer::run_evaluation(Run& run, const EvaluationForward& forward) {
@@ -476,17 +476,17 @@ nlohmann::json Trainer::finish_run(Run& run, const EvaluationForward& forward) {
     run.emit({{"kind", "save"}, {"step", run.global_step}, {"path", fs::absolute(options.output_dir).string()}});
   }
   const double runtime = run.elapsed_seconds();
-  nlohmann::json result{{"globalStep", run.global_step},
+  nlohmann::json result{{"global_step", run.global_step},
                         {"epoch", run.fractional_epoch()},
-                        {"trainLoss", run.global_step > 0 ? run.train_loss_sum / static_cast<double>(run.global_step) : 0.0},
-                        {"trainRuntime", runtime},
-                        {"trainSamplesPerSecond", static_cast<double>(run.images) / std::max(runtime, 1e-9)},
+                        {"train_loss", run.global_step > 0 ? run.train_loss_sum / static_cast<double>(run.global_step) : 0.0},
+                        {"train_runtime", runtime},
+                        {"train_samples_per_second", static_cast<double>(run.images) / std::max(runtime, 1e-9)},
                         {"metrics", run.last_metrics},
-                        {"stoppedEarly", run.stopped_early},
+                        {"stopped_early", run.stopped_early},
                         {"aborted", run.aborted},
-                        {"outputDir", fs::absolute(options.output_dir).string()},
+                        {"output_dir", fs::absolute(options.output_dir).string()},
                         {"checkpoint", fs::absolute(run.last_checkpoint).string()}};
-  if (run.best_metric) result["bestMetric"] = *run.best_metric;
+  if (run.best_metric) result["best_metric"] = *run.best_metric;
   return result;
 }
 

@@ -60,7 +60,7 @@ struct StepOutcome {
   TensorMap gradients;         // with return_gradients: the backward's gradients, before clipping
 };
 
-// Receives {"kind": "step" | "eval" | "save", ...} events from the training thread.
+// Receives {"kind": "step" | "eval" | "save", ...} events from the training thread (snake_case keys).
 using EventSink = std::function<void(const nlohmann::json& event)>;
 
 class Trainer {

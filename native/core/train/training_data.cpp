@@ -133,7 +133,7 @@ class DetectionData : public LoadedData {
     train_ = std::make_shared<CocoDetectionDataset>(spec.annotations, spec.images);
     std::vector<size_t> all = all_indices(train_->size());
     if (!spec.validation_annotations.empty()) {
-      VT_CHECK(!spec.validation_images.empty(), "dataset: validationAnnotations needs validationImages (its directory)");
+      VT_CHECK(!spec.validation_images.empty(), "dataset: validation_annotations needs validation_images (its directory)");
       validation_ = std::make_shared<CocoDetectionDataset>(spec.validation_annotations, spec.validation_images);
       VT_CHECK(validation_->class_names() == train_->class_names(), spec.validation_annotations, ": its categories differ from those of ",
                spec.annotations);
@@ -177,7 +177,7 @@ class DetectionData : public LoadedData {
       loss_sum += find_output(outputs, "loss").to(torch::kFloat32).item<double>() * static_cast<double>(batch.indices.size());
       auto results =
           post_process_object_detection(find_output(outputs, "logits").to(torch::kCPU, torch::kFloat32),
-                                        find_output(outputs, "predBoxes").to(torch::kCPU, torch::kFloat32), 0.0, batch.original_sizes);
+                                        find_output(outputs, "pred_boxes").to(torch::kCPU, torch::kFloat32), 0.0, batch.original_sizes);
       for (size_t i = 0; i < batch.indices.size(); ++i) {
         const int64_t image_id = static_cast<int64_t>(batch.indices[i]);
         image_ids.push_back(image_id);
@@ -298,7 +298,7 @@ std::unique_ptr<TrainingData> open_training_data(Task task, const DatasetSpec& s
     return std::make_unique<DetectionData>(spec, options, std::move(processor));
   }
   if (task->dataset == DatasetKind::SegmentationMasks) {
-    VT_CHECK(!class_names.empty(), "dataset: a segmentation model needs its classes (numClasses or id2label)");
+    VT_CHECK(!class_names.empty(), "dataset: a segmentation model needs its classes (num_classes or id2label)");
     return std::make_unique<SegmentationData>(spec, options, std::move(processor), class_names);
   }
   VT_CHECK(spec.format != "coco",
