@@ -40,8 +40,8 @@ struct LoaderOptions {
   size_t batch_size = 8;
   bool shuffle = true;
   bool drop_last = false;
-  bool augment = false;  // apply the AugmentSpec (training), or not (evaluation)
-  uint64_t seed = 42;
+  bool augment = false;      // apply the AugmentSpec (training), or not (evaluation)
+  uint64_t seed = 0;         // the run's (TrainingOptions::seed): the order and augmentation follow it
   int num_workers = 2;       // loader threads; 0 loads on the calling thread
   int prefetch_batches = 4;  // batches kept ready ahead of next()
 };

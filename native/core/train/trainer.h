@@ -22,6 +22,9 @@
 
 namespace vt {
 
+// A run's options under their C++ names. The addon fills every field from the TypeScript schema,
+// which holds the defaults JavaScript callers get; these initial values (transformers'
+// TrainingArguments') serve C++ callers only.
 struct TrainingOptions {
   OptimizerConfig optimizer;
   double learning_rate = 5e-5;

@@ -24,7 +24,7 @@ using EvaluationForward = std::function<ModelOutputs(const ModelInputs& inputs)>
 
 struct DataOptions {
   size_t batch_size = 8;
-  uint64_t seed = 42;
+  uint64_t seed = 0;  // the run's (TrainingOptions::seed): the order and augmentation follow it
   int num_workers = 2;
 };
 
