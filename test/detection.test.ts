@@ -2,16 +2,8 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BaseTrainer, decodeImage, ErrorCode, HuggingFaceModelLoader, type ModelConfig, type Tensor, type VisionModel } from '../src/index.js';
-import { expectClose, expectError, fixture, reference, repoRoot, tempDir } from './helpers.js';
+import { expectClose, expectError, FIXTURE_OPTIMIZER, fixture, reference, repoRoot, tempDir } from './helpers.js';
 
-const FIXTURE_OPTIMIZER = {
-  learningRate: 1e-3,
-  weightDecay: 0.01,
-  optimizer: 'adamw',
-  lrScheduler: 'constant',
-  maxGradNorm: 0,
-  decayBiasAndNorm: true,
-} as const;
 const models: VisionModel[] = [];
 afterAll(() => {
   for (const m of models) m.dispose();

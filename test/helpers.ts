@@ -8,6 +8,16 @@ import { type ErrorCode, loadSafetensors, type Tensor, toFloat32 } from '../src/
 
 export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const fixturesDir = join(repoRoot, 'test', 'fixtures');
+
+/** What the fixtures' training steps did: plain AdamW on every parameter, constant rate, no clipping. */
+export const FIXTURE_OPTIMIZER = {
+  learningRate: 1e-3,
+  weightDecay: 0.01,
+  optimizer: 'adamw',
+  lrScheduler: 'constant',
+  maxGradNorm: 0,
+  decayBiasAndNorm: true,
+} as const;
 export const fixture = (...parts: string[]): string => join(fixturesDir, ...parts);
 
 export function tempDir(prefix = 'visiontorch-test-'): string {

@@ -3,16 +3,8 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BaseTrainer, decodeImage, HuggingFaceModelLoader, type ModelConfig, type SegmentationPrediction, type VisionModel } from '../src/index.js';
 import { encodePng } from '../src/render/canvas.js';
-import { expectClose, fixture, reference, repoRoot, tempDir } from './helpers.js';
+import { expectClose, FIXTURE_OPTIMIZER, fixture, reference, repoRoot, tempDir } from './helpers.js';
 
-const FIXTURE_OPTIMIZER = {
-  learningRate: 1e-3,
-  weightDecay: 0.01,
-  optimizer: 'adamw',
-  lrScheduler: 'constant',
-  maxGradNorm: 0,
-  decayBiasAndNorm: true,
-} as const;
 const models: VisionModel[] = [];
 afterAll(() => {
   for (const m of models) m.dispose();

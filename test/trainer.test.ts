@@ -3,17 +3,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BaseTrainer, ErrorCode, HuggingFaceModelLoader, type ModelConfig, type Tensor, type TrainerEvent, type VisionModel } from '../src/index.js';
-import { expectClose, expectError, fixture, reference, repoRoot, tempDir } from './helpers.js';
-
-// What the fixtures did: plain AdamW on every parameter, constant rate, no clipping.
-const FIXTURE_OPTIMIZER = {
-  learningRate: 1e-3,
-  weightDecay: 0.01,
-  optimizer: 'adamw',
-  lrScheduler: 'constant',
-  maxGradNorm: 0,
-  decayBiasAndNorm: true,
-} as const;
+import { expectClose, expectError, FIXTURE_OPTIMIZER, fixture, reference, repoRoot, tempDir } from './helpers.js';
 
 const models: VisionModel[] = [];
 afterAll(() => {
