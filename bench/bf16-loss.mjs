@@ -74,10 +74,12 @@ if (pngPath) {
   const y = (loss) => height - margin - ((height - 2 * margin) * (loss - bottom)) / (top - bottom || 1);
   canvas.line(margin, height - margin, width - margin, height - margin, [0, 0, 0], 1);
   canvas.line(margin, margin, margin, height - margin, [0, 0, 0], 1);
-  for (const [losses, colour] of [
+  /** @type {[number[], [number, number, number]][]} */
+  const curves = [
     [fp32.losses, [31, 119, 180]],
     [bf16.losses, [255, 127, 14]],
-  ]) {
+  ];
+  for (const [losses, colour] of curves) {
     for (let i = 1; i < losses.length; i++) canvas.line(x(i - 1), y(losses[i - 1]), x(i), y(losses[i]), colour, 1);
   }
   canvas.text(margin + 10, 10, `loss: float32 (blue), bf16 (orange)`, [0, 0, 0]);

@@ -17,7 +17,7 @@ const rounds = Number(option(args, 'rounds', '3'));
 const jsonPath = option(args, 'json', undefined);
 
 const modelConfig = { modelName: modelDir, modelType: 'classification', pretrained: false, dtype };
-const layouts = ['contiguous', 'channels_last'];
+const layouts = /** @type {const} */ (['contiguous', 'channels_last']);
 const models = {};
 for (const memoryFormat of layouts) models[memoryFormat] = await HuggingFaceModelLoader.loadModel(modelConfig, { seed: 0, memoryFormat });
 const size = Number(models.contiguous.processorConfig.crop_size?.height ?? models.contiguous.processorConfig.size?.shortest_edge ?? 224);

@@ -2,6 +2,7 @@
 // per runtime, drawn with the canvas the training chart uses (dist/render/canvas.js).
 import { Canvas, CHAR_H, CHAR_W, encodePng, textWidth } from '../dist/render/canvas.js';
 
+/** @type {(v: number) => [number, number, number]} */
 const hex = (v) => [v >> 16, (v >> 8) & 255, v & 255];
 const INK = hex(0x222222);
 const MUTED = hex(0x707070);

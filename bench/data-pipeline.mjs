@@ -106,11 +106,11 @@ const result = {
   machineLoadBefore: machineLoad,
 };
 let contended = 0;
-for (const [stage, count] of [
+for (const [stage, count] of /** @type {[string, number][]} */ ([
   ['decode', batch],
   ['preprocess', batch],
   ['loader', loaderImages],
-]) {
+])) {
   // Rounds during which other processes took over 10% of the CPU are left out when 3 are quiet.
   const rate = (list) => count / median(quietSamples(list).map((s) => s.seconds));
   const { ours: mine, theirs } = samples[stage];
@@ -160,11 +160,11 @@ async function measureLoaders() {
     Object.assign(tinyConfig, { image_size: processor.size.height, patch_size: 32 });
     writeFileSync(join(tinyDir, 'config.json'), JSON.stringify(tinyConfig));
     writeFileSync(join(tinyDir, 'preprocessor_config.json'), JSON.stringify(processor));
-    const modelConfig = { modelName: tinyDir, modelType: 'classification', pretrained: false, numClasses: 2 };
+    const modelConfig = { modelName: tinyDir, modelType: /** @type {const} */ ('classification'), pretrained: false, numClasses: 2 };
     const tiny = await HuggingFaceModelLoader.loadModel(modelConfig, { seed: 0 });
     const trainer = new BaseTrainer({ model: tiny, modelConfig, batchSize: batch, numWorkers: workers, lrScheduler: 'constant' });
     // The validation set is the whole folder, so evaluate() reads every image once.
-    const dataset = { format: 'imagefolder', root, validationRoot: root };
+    const dataset = { format: /** @type {const} */ ('imagefolder'), root, validationRoot: root };
     const loaderRequest = { op: 'loader', root, batch, workers };
     const evaluate = () => timedWithLoad(() => trainer.evaluate(dataset));
     await evaluate(); // warm-up

@@ -42,7 +42,7 @@ const results = [];
 
 const vitBaseConfig = {
   modelName: join(root, 'test', 'fixtures', 'configs', 'vit-base-patch16-224'),
-  modelType: 'classification',
+  modelType: /** @type {const} */ ('classification'),
   pretrained: false,
 };
 const needsVitBase = phases.some((p) => ['forward', 'predict', 'step-vit-base'].includes(p));
@@ -74,7 +74,11 @@ for (const name of phases) {
       await measure(name, 'ViT-B/16 trainingStep, batch 8', () => trainer.trainingStep({ pixelValues: pixels, labels }), { minIterations: 2 }),
     );
   } else if (name === 'step-small') {
-    const modelConfig = { modelName: join(root, 'config', 'models', 'vit-fashion-mnist'), modelType: 'classification', pretrained: false };
+    const modelConfig = {
+      modelName: join(root, 'config', 'models', 'vit-fashion-mnist'),
+      modelType: /** @type {const} */ ('classification'),
+      pretrained: false,
+    };
     const model = await HuggingFaceModelLoader.loadModel(modelConfig, { seed: 0 });
     const trainer = new BaseTrainer({ model, modelConfig, learningRate: 1e-3, lrScheduler: 'constant', mixedPrecision: 'bf16' });
     const small = tensor('float32', [128, 1, 28, 28]);
@@ -236,8 +240,8 @@ async function startServer() {
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
     res.end(body);
   });
-  await new Promise((resolve, reject) => httpServer.listen(0, '127.0.0.1', resolve).once('error', reject));
-  const { port } = httpServer.address();
+  await new Promise((resolve, reject) => httpServer.listen(0, '127.0.0.1', () => resolve(undefined)).once('error', reject));
+  const { port } = /** @type {import('node:net').AddressInfo} */ (httpServer.address());
   const agent = new Agent({ keepAlive: true, maxSockets: 1 });
   return {
     get: () =>

@@ -80,6 +80,7 @@ async function imagesPerSecond(visiontorch, job, dataset) {
   const modelConfig = { modelName: job.model, modelType: job.modelType, numClasses: job.numClasses, ignoreMismatchedSizes: true };
   const model = await HuggingFaceModelLoader.loadModel(modelConfig);
   const trainer = new BaseTrainer({ model, modelConfig });
+  /** @type {{ imagesPerSecond: number } | undefined} */
   let last;
   await trainer.train(
     { maxSteps: steps, batchSize, learningRate: 1e-4, lrScheduler: 'constant', outputDir: join(work, 'run'), dataset, seed: 0 },
@@ -90,6 +91,7 @@ async function imagesPerSecond(visiontorch, job, dataset) {
     },
   );
   model.dispose();
+  if (!last) throw new Error(`${job.name}: the run reported no step`);
   return last.imagesPerSecond;
 }
 

@@ -83,6 +83,7 @@ export function quietSamples(samples, threshold = 0.1) {
 }
 
 /** Runs `work` and returns its wall seconds and the share of the CPU other processes took meanwhile (this process's CPU time, plus `extraCpuSeconds(result)`, is ours). */
+/** @param {() => Promise<any>} work @param {(result: any) => number} [extraCpuSeconds] */
 export async function timedWithLoad(work, extraCpuSeconds = () => 0) {
   const machineBefore = machineCpuTimes();
   const cpuBefore = process.cpuUsage();

@@ -82,12 +82,15 @@ async function main() {
 
   // On a shared machine other processes can take the cores mid-run; a sample during which they
   // used over 10% of the CPU is left out of the medians, as long as 3 samples are quiet.
+  /** @type {(list: any[]) => Record<string, number> | undefined} */
   const summarize = (list) => {
     if (list.length === 0) return undefined;
     const used = quietSamples(list);
     const keys = ['totalSeconds', 'loadSeconds', 'firstPredictSeconds', 'secondPredictSeconds', 'startupSeconds', 'rssMiB', 'peakRssMiB'];
+    /** @type {Record<string, number>} */
+    const medians = Object.fromEntries(keys.map((key) => [key, median(used.map((s) => s[key]))]));
     return {
-      ...Object.fromEntries(keys.map((key) => [key, median(used.map((s) => s[key]))])),
+      ...medians,
       bestTotalSeconds: Math.min(...used.map((s) => s.totalSeconds)),
       samplesUsed: used.length,
     };

@@ -21,7 +21,7 @@ const steps = Number(option(args, 'steps', '3'));
 const jsonPath = option(args, 'json', undefined);
 
 const threads = runtimeInfo().computeThreads;
-const modelConfig = { modelName: modelDir, modelType: 'classification', pretrained: false };
+const modelConfig = { modelName: modelDir, modelType: /** @type {const} */ ('classification'), pretrained: false };
 const model = await HuggingFaceModelLoader.loadModel(modelConfig);
 const channels = Number(model.config.num_channels ?? 3);
 const size = Number(model.config.image_size ?? 224);

@@ -85,6 +85,7 @@ for (const key of models) {
 }
 
 if (withTraining) {
+  /** @type {[string, string, number, number, number][]} */
   const jobs = [
     ['ViT-B/16', join(here, '..', 'test', 'fixtures', 'configs', 'vit-base-patch16-224'), 8, 224, 3],
     ['ResNet-50', join(here, '..', 'test', 'fixtures', 'configs', 'resnet-50'), 8, 224, 3],

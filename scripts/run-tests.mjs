@@ -1,5 +1,5 @@
-// Runs every test: the code checks (Biome's lint and format, tsc over the tests, clang-format over
-// native/), the native
+// Runs every test: the code checks (Biome's lint and format, tsc over the tests and the
+// benchmarks, clang-format over native/), the native
 // core's ctest suite, then vitest. Ends with one line, "N passed, N failed", counting all three
 // (also written to build/test-summary.txt for CI); each code check counts as one test.
 import { spawnSync } from 'node:child_process';
@@ -25,6 +25,8 @@ const checks = [
   ['biome lint (rules, import order)', ['--no-install', 'biome', 'check', '--formatter-enabled=false', '--error-on-warnings']],
   ['biome format', ['--no-install', 'biome', 'format']],
   ['tsc -p tsconfig.test.json', ['--no-install', 'tsc', '-p', 'tsconfig.test.json', '--noEmit']],
+  // The benchmarks against the built package's declarations (dist/, which setup builds first).
+  ['tsc -p tsconfig.bench.json', ['--no-install', 'tsc', '-p', 'tsconfig.bench.json']],
 ];
 // The C++ sources git knows of (a clean checkout holds no others), against .clang-format.
 const nativeSources = spawnSync('git', ['ls-files', '--cached', '--others', '--exclude-standard', 'native'], { cwd: root, encoding: 'utf8' })
