@@ -116,6 +116,8 @@ export interface NativeModel {
   /** One prediction per image, post-processed by the model's task. */
   predict(images: NativeImage[], options: NativePredictOptions): Promise<NativeTaskPredictions[NativeTask][]>;
   save(directory: string): Promise<void>;
+  /** The weights and class names save() wrote in `directory` from this same model, into it. */
+  loadSaved(directory: string): Promise<void>;
   dispose(): void;
 }
 
@@ -172,7 +174,49 @@ export interface NativeTrainingOptions {
   freezeBatchNorm: boolean;
   gradientCheckpointing: boolean;
   numWorkers: number;
+  dropLast: boolean;
   dataset?: NativeDatasetSpec;
+  /** This process as one rank of a data-parallel group. */
+  distributed?: NativeDistributedOptions;
+}
+
+/** A torch.distributed default group (native/core/distributed/process_group.h's GroupOptions). */
+export interface NativeGroupOptions {
+  rank: number;
+  worldSize: number;
+  masterAddr: string;
+  masterPort: number;
+  backend: 'gloo' | 'nccl';
+  timeoutSeconds: number;
+  /** A launcher hosts the store; ranks connect under "/worker/attempt_<restartCount>" (torchrun's agent store). */
+  launcherStore?: boolean;
+  restartCount?: number;
+  localRank?: number;
+  localWorldSize?: number;
+}
+
+export interface NativeDistributedOptions extends NativeGroupOptions {
+  /** BatchNorm statistics over every rank (SyncBatchNorm). */
+  syncBatchNorm: boolean;
+}
+
+export interface NativeProcessGroup {
+  /** init_process_group: resolves once every rank has joined (within the timeout). */
+  init(options: NativeGroupOptions): Promise<void>;
+  rank(): number;
+  size(): number;
+  /** Element-wise sum over the ranks. */
+  allReduce(tensor: NativeTensor): Promise<NativeTensor>;
+  broadcast(tensor: NativeTensor, sourceRank: number): Promise<NativeTensor>;
+  allGather(tensor: NativeTensor): Promise<NativeTensor[]>;
+  barrier(): Promise<void>;
+  destroy(): void;
+}
+
+/** The TCPStore a launcher hosts for its workers (torchrun's agent store). */
+export interface NativeStoreServer {
+  port(): number;
+  close(): void;
 }
 
 /** The camelCase DatasetConfig (src/schemas/dataset-config.ts), defaults applied; each format reads its own fields. */
@@ -226,6 +270,12 @@ export interface NativeTrainResult {
   aborted: boolean;
   outputDir: string;
   checkpoint: string;
+  /** Data-parallel runs: this rank, the number of ranks, and a digest of its parameters and buffers. */
+  rank?: number;
+  worldSize?: number;
+  stateDigest?: string;
+  /** DDP's timing of a step, averaged (seconds): forward_seconds, backward_seconds, allreduce_seconds, allreduce_overlapping_backward_seconds, buckets. */
+  communication?: Record<string, number>;
 }
 
 export interface NativeTrainer {
@@ -246,4 +296,8 @@ export interface Binding {
   /** 0 restores the default (the machine's physical cores). */
   setNumThreads(threads: number): void;
   runtimeInfo(): NativeRuntimeInfo;
+  NativeProcessGroup: new () => NativeProcessGroup;
+  NativeStoreServer: new (host: string, port: number, timeoutSeconds: number) => NativeStoreServer;
+  /** The group a torchrun/PyTorchJob environment describes (RANK, WORLD_SIZE, ...), or null when it describes none. */
+  distributedEnvironment(environment: Record<string, string | undefined>): NativeGroupOptions | null;
 }

@@ -7,15 +7,18 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 say() { printf 'visiontorch setup: %s\n' "$*" >&2; }
 
-# libtorch (CPU, with Gloo) and a threaded OpenBLAS for it; oneDNN's headers for the int8 kernels
-# (its CMake package asks for OpenCL's too); codecs; JSON; GoogleTest for the core's ctest suite;
-# clang-format for the C++ format check; Fashion-MNIST for the default fine-tuning job.
+# libtorch (CPU, with Gloo) and a threaded OpenBLAS for it; Gloo's headers for torch.distributed's
+# process group; oneDNN's headers for the int8 kernels (its CMake package asks for OpenCL's too);
+# codecs; JSON; GoogleTest for the core's ctest suite; clang-format for the C++ format check;
+# Fashion-MNIST for the default fine-tuning job; PyTorch itself (the same libtorch), the peer the
+# distributed tests train beside (torch.distributed, torchrun).
 DEB_PACKAGES=(
   cmake make g++ pkg-config
-  libtorch-dev libopenblas0-pthread libdnnl-dev ocl-icd-opencl-dev
+  libtorch-dev libgloo-dev libopenblas0-pthread libdnnl-dev ocl-icd-opencl-dev
   libjpeg62-turbo-dev libpng-dev
   nlohmann-json3-dev libgtest-dev clang-format
   dataset-fashion-mnist
+  python3-torch
 )
 
 missing=()

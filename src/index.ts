@@ -30,9 +30,17 @@ export {
   BaseTrainer,
   type BaseTrainerOptions,
   type Metrics,
+  type RankResult,
   type TrainingBatch,
   type TrainingStepResult,
   type TrainOptions,
   type TrainResult,
 } from './training/base-trainer.js';
+export {
+  DistributedTrainer,
+  type DistributedTrainOptions,
+  type DistributedTrainResult,
+  type WorkerFailure,
+} from './training/distributed-trainer.js';
 export type { EvalEvent, ProgressEvent, SaveEvent, TrainerEvent } from './training/events.js';
+export { ProcessGroup, type ProcessGroupOptions } from './training/process-group.js';

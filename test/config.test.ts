@@ -8,6 +8,7 @@ import { parse } from 'yaml';
 import {
   ConfigError,
   DatasetConfigSchema,
+  DistributedConfigSchema,
   loadConfig,
   ModelConfigSchema,
   ModelType,
@@ -170,6 +171,7 @@ describe('parseTrainingConfig', () => {
       decayBiasAndNorm: false,
       freezeBatchNorm: false,
       numWorkers: 2,
+      dropLast: false,
     });
   });
 
@@ -314,6 +316,7 @@ training:
   freeze_batch_norm: true
   gradient_checkpointing: false
   num_workers: 0
+  drop_last: true
 data:
   format: csv
   path: train.csv
@@ -327,6 +330,18 @@ data:
   augment:
     random_resized_crop: {scale: [0.5, 1.0], ratio: [0.5, 2.0]}
     horizontal_flip: true
+distributed:
+  num_workers: 4
+  use_gpu: false
+  backend: gloo
+  master_addr: 10.0.0.1
+  master_port: 29501
+  node_rank: 1
+  num_nodes: 2
+  threads_per_worker: 2
+  sync_batch_norm: true
+  max_restarts: 0
+  timeout_seconds: 30
 `);
     const model = {
       // ./ and ../ names are directories relative to the YAML file.
@@ -389,12 +404,27 @@ data:
       freezeBatchNorm: true,
       gradientCheckpointing: false,
       numWorkers: 0,
+      dropLast: true,
       dataset: data,
     };
-    expect(cfg).toEqual({ model, training, data, path: cfg.path });
+    const distributed = {
+      numWorkers: 4,
+      useGpu: false,
+      backend: 'gloo',
+      masterAddr: '10.0.0.1',
+      masterPort: 29501,
+      nodeRank: 1,
+      numNodes: 2,
+      threadsPerWorker: 2,
+      syncBatchNorm: true,
+      maxRestarts: 0,
+      timeoutSeconds: 30,
+    };
+    expect(cfg).toEqual({ model, training, data, distributed, path: cfg.path });
     // Guard: a field added to a schema must be added to this test too.
     expect(Object.keys(model).sort()).toEqual(Object.keys(ModelConfigSchema.shape).sort());
     expect(Object.keys(training).sort()).toEqual(Object.keys(TrainingConfigSchema.shape).sort());
+    expect(Object.keys(distributed).sort()).toEqual(Object.keys(DistributedConfigSchema.shape).sort());
   });
 
   it('applies defaults for omitted blocks and fields', async () => {

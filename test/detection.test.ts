@@ -100,7 +100,9 @@ describe('DETR fine-tuning on a real COCO photo', () => {
       {
         maxSteps: 300,
         batchSize: 1,
-        learningRate: 1e-3,
+        // At 1e-3 the loss fell by half on one CPU and by a fifth on another (their kernels round
+        // differently, and a small random DETR's matching amplifies it); 2e-3 converges on both.
+        learningRate: 2e-3,
         lrScheduler: 'constant',
         maxGradNorm: 0,
         weightDecay: 1e-4,

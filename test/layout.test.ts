@@ -44,7 +44,8 @@ const allowed: Record<string, string[]> = {
   data: ['common', 'io', 'nn', 'runtime'],
   eval: ['common'],
   pretrained: ['common', 'io', 'nn', 'kernels', 'models', 'losses', 'tasks', 'data', 'runtime'],
-  train: ['common', 'io', 'nn', 'losses', 'tasks', 'data', 'eval', 'pretrained', 'runtime'],
+  distributed: ['common'],
+  train: ['common', 'io', 'nn', 'losses', 'tasks', 'data', 'eval', 'pretrained', 'runtime', 'distributed'],
 };
 
 describe('native/core layering', () => {

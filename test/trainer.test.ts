@@ -219,7 +219,9 @@ describe.skipIf(!existsSync(FASHION))('BaseTrainer.train options', () => {
     const accumulated = await run(8, 2);
     expect(whole.losses).toHaveLength(3);
     for (const [i, loss] of accumulated.losses.entries()) expect(loss).toBeCloseTo(whole.losses[i]!, 5);
-    for (const [key, value] of Object.entries(whole.state)) expectClose(accumulated.state[key], value, { atol: 1e-5, rtol: 1e-4 }, key);
+    // AdamW divides each gradient by its own running magnitude: an element whose gradient is near
+    // zero moves by a good part of lr either way, so the two summation orders may part by a few 1e-5.
+    for (const [key, value] of Object.entries(whole.state)) expectClose(accumulated.state[key], value, { atol: 1e-4, rtol: 1e-4 }, key);
   });
 
   it('stops early when the metric stops improving, and trains with SGD', async () => {

@@ -7,6 +7,7 @@
 #include "async_work.h"
 #include "common/error.h"
 #include "convert.h"
+#include "distributed_wrap.h"
 #include "io/safetensors.h"
 #include "model_wrap.h"
 #include "models/torchscript.h"
@@ -240,6 +241,9 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("setNumThreads", Napi::Function::New<guarded<set_num_threads_js>>(env, "setNumThreads"));
   exports.Set("NativeTrainer", trainer_class);
   exports.Set("runtimeInfo", Napi::Function::New<guarded<runtime_info_js>>(env, "runtimeInfo"));
+  exports.Set("NativeProcessGroup", ProcessGroupWrap::define(env));
+  exports.Set("NativeStoreServer", StoreServerWrap::define(env));
+  exports.Set("distributedEnvironment", Napi::Function::New<guarded<distributed_environment_js>>(env, "distributedEnvironment"));
   return exports;
 }
 

@@ -32,6 +32,7 @@ Napi::Function ModelWrap::define(Napi::Env env) {
                          InstanceMethod<&ModelWrap::guarded<&ModelWrap::preprocess>>("preprocess"),
                          InstanceMethod<&ModelWrap::guarded<&ModelWrap::predict>>("predict"),
                          InstanceMethod<&ModelWrap::guarded<&ModelWrap::save>>("save"),
+                         InstanceMethod<&ModelWrap::guarded<&ModelWrap::load_saved>>("loadSaved"),
                          InstanceMethod<&ModelWrap::guarded<&ModelWrap::dispose>>("dispose"),
                      });
 }
@@ -151,6 +152,21 @@ Napi::Value ModelWrap::save(const Napi::CallbackInfo& info) {
       info.Env(),
       [model, directory] {
         model->save(directory);
+        return true;
+      },
+      [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });
+}
+
+Napi::Value ModelWrap::load_saved(const Napi::CallbackInfo& info) {
+  auto model = this->model(info.Env());
+  if (info.Length() < 1 || !info[0].IsString() || info[0].As<Napi::String>().Utf8Value().empty()) {
+    throw Napi::TypeError::New(info.Env(), "loadSaved: expected a directory path");
+  }
+  std::string directory = info[0].As<Napi::String>();
+  return run_async<bool>(
+      info.Env(),
+      [model, directory] {
+        model->load_saved(directory);
         return true;
       },
       [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });

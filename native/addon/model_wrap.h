@@ -33,6 +33,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value preprocess(const Napi::CallbackInfo& info);
   Napi::Value predict(const Napi::CallbackInfo& info);
   Napi::Value save(const Napi::CallbackInfo& info);
+  Napi::Value load_saved(const Napi::CallbackInfo& info);
   Napi::Value dispose(const Napi::CallbackInfo& info);
   // The model, or a thrown Error when it was disposed.
   std::shared_ptr<PretrainedModel> model(Napi::Env env) const;

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "convert.h"
+#include "distributed_wrap.h"
 #include "model_wrap.h"
 #include "runtime/executor.h"
 
@@ -111,8 +112,17 @@ TrainingOptions options_from_js(const Napi::Value& value) {
   options.freeze_batch_norm = required(object, "freezeBatchNorm", optional_bool);
   options.gradient_checkpointing = required(object, "gradientCheckpointing", optional_bool);
   options.num_workers = static_cast<int>(required(object, "numWorkers", optional_int));
+  options.drop_last = required(object, "dropLast", optional_bool);
   Napi::Value dataset = object.Get("dataset");
   if (!dataset.IsUndefined() && !dataset.IsNull()) options.dataset = dataset_from_js(dataset);
+  // This process as one rank of a data-parallel group (DistributedTrainer's workers, torchrun's).
+  Napi::Value distributed = object.Get("distributed");
+  if (!distributed.IsUndefined() && !distributed.IsNull()) {
+    DistributedOptions parallel;
+    parallel.group = group_options_from_js(distributed);
+    parallel.parallel.sync_batch_norm = required(distributed.As<Napi::Object>(), "syncBatchNorm", optional_bool);
+    options.distributed = parallel;
+  }
   return options;
 }
 

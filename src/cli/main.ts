@@ -1,25 +1,32 @@
 #!/usr/bin/env node
 /**
  * The `visiontorch` command:
- *   visiontorch train [config.yaml]
+ *   visiontorch train [config.yaml] [--nproc-per-node N] [--nnodes M --node-rank R --master-addr A --master-port P]
  *   visiontorch predict --model <id|dir> [--type T] <image...> [--json]
  *   visiontorch models [--type T] [--json]
  *   visiontorch bench --model <id|dir> [--batch N] [--dtype D] [--json]
  */
 import { extname, join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { loadConfig } from '../config/project-config.js';
+import type { NativeGroupOptions } from '../../binding.js';
+import { loadConfig, type ProjectConfig } from '../config/project-config.js';
 import { ConfigError } from '../errors.js';
 import { HuggingFaceModelLoader, type LoadModelOptions } from '../models/loader.js';
 import type { DetectionPrediction, Prediction, VisionModel } from '../models/vision-model.js';
 import { drawDetections, drawSegmentation } from '../render/annotate.js';
+import { type DistributedConfig, parseDistributedConfig } from '../schemas/distributed-config.js';
 import { ModelType } from '../schemas/model-config.js';
 import { tensor } from '../tensor.js';
-import { BaseTrainer } from '../training/base-trainer.js';
+import { BaseTrainer, type TrainResult } from '../training/base-trainer.js';
+import { launchWorkers } from '../training/distributed-trainer.js';
+import { groupFromEnvironment, runRank, type WorkerJob } from '../training/distributed-worker.js';
 import { DownloadReporter, formatMetricsTable, ProgressReporter } from './progress.js';
 
 const USAGE = `usage:
   visiontorch train [config.yaml] [--json]            fine-tune the model of a YAML config (default config/model_config.yaml)
+      [--nproc-per-node N] [--nnodes M --node-rank R --master-addr A --master-port P]
+                                                      data-parallel on N worker processes (per node), as torchrun; run under
+                                                      torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set) it is one rank
   visiontorch predict --model <id|dir> [--type T] [--top-k K] [--threshold S] [--draw out.png] <image...> [--json]
   visiontorch models [--type T] [--json]              architectures this build implements
   visiontorch bench --model <id|dir> [--type T] [--batch N] [--dtype D] [--iterations N] [--random-weights] [--json]
@@ -197,10 +204,50 @@ async function bench(args: string[]): Promise<void> {
   }
 }
 
+/** The YAML `distributed:` block with the command line's torchrun-style flags over it; undefined for one process. */
+function distributedSettings(values: Record<string, string | boolean | undefined>, config: ProjectConfig): DistributedConfig | undefined {
+  const flags: Record<string, unknown> = {};
+  const integer = (name: string): number | undefined => {
+    const value = values[name];
+    if (value === undefined) return undefined;
+    const n = Number(value);
+    if (typeof value !== 'string' || !Number.isInteger(n) || n < 0) throw new UsageError(`--${name} must be a non-negative integer, got "${value}"`);
+    return n;
+  };
+  if (values['nproc-per-node'] !== undefined) flags.numWorkers = integer('nproc-per-node');
+  if (values.nnodes !== undefined) flags.numNodes = integer('nnodes');
+  if (values['node-rank'] !== undefined) flags.nodeRank = integer('node-rank');
+  if (values['master-port'] !== undefined) flags.masterPort = integer('master-port');
+  if (values['master-addr'] !== undefined) flags.masterAddr = values['master-addr'];
+  if (!config.distributed && Object.keys(flags).length === 0) return undefined;
+  const given = config.distributed ? { ...config.distributed, ...flags } : { numWorkers: 1, ...flags };
+  return parseDistributedConfig(given);
+}
+
 async function train(args: string[]): Promise<void> {
-  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { json: { type: 'boolean' } } });
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      json: { type: 'boolean' },
+      'nproc-per-node': { type: 'string' },
+      nnodes: { type: 'string' },
+      'node-rank': { type: 'string' },
+      'master-addr': { type: 'string' },
+      'master-port': { type: 'string' },
+    },
+  });
   const configPath = positionals[0] ?? 'config/model_config.yaml';
   const config = await loadConfig(configPath);
+  // Launcher flags make this process the node's launcher even where a PyTorchJob's RANK (the
+  // node's) is set; without them, a launcher's environment makes it one rank.
+  const launching = ['nproc-per-node', 'nnodes', 'node-rank', 'master-addr', 'master-port'].some(
+    (flag) => values[flag as keyof typeof values] !== undefined,
+  );
+  const group = launching ? undefined : groupFromEnvironment();
+  if (group) return trainAsRank(config, group, values.json === true);
+  const distributed = distributedSettings(values, config);
+  if (distributed) return trainDistributed(config, distributed, values.json === true);
   // The run's seed also fixes the initialisation of anything the checkpoint does not hold.
   const model = await loadModel(config.model, values.json, { seed: config.training.seed });
   const reporter = new ProgressReporter({ json: values.json === true, logEvery: config.training.logEvery });
@@ -218,26 +265,94 @@ async function train(args: string[]): Promise<void> {
     const trainer = new BaseTrainer({ model, modelConfig: config.model, ...config.training });
     const result = await trainer.train(config.training, { signal: controller.signal, onProgress: reporter.report });
     reporter.finish();
-    const summary = {
-      ...result.metrics,
-      train_loss: result.trainLoss,
-      train_runtime: result.trainRuntime,
-      train_samples_per_second: result.trainSamplesPerSecond,
-      global_step: result.globalStep,
-      epoch: result.epoch,
-    };
-    if (values.json) {
-      console.log(JSON.stringify({ config: config.path, architecture: model.architecture, ...result }, null, 2));
-      return;
-    }
-    console.log(formatMetricsTable(summary, result.aborted ? 'Interrupted run' : 'Results'));
-    console.log(`\nmodel:       ${result.outputDir}`);
-    console.log(`checkpoint:  ${result.checkpoint}`);
-    console.log(`metrics:     ${join(result.outputDir, 'metrics.jsonl')}, chart ${join(result.outputDir, 'training_chart.png')}`);
-    if (result.aborted) console.log(`resume with: resume_from: ${result.checkpoint}`);
+    printResult(config, model.architecture, result, values.json === true);
   } finally {
     process.removeListener('SIGINT', interrupt);
     model.dispose();
+  }
+}
+
+/** Prints a finished run: its metrics, where the model and checkpoint are, how to resume. */
+function printResult(config: ProjectConfig, architecture: string, result: TrainResult, json: boolean): void {
+  const summary = {
+    ...result.metrics,
+    train_loss: result.trainLoss,
+    train_runtime: result.trainRuntime,
+    train_samples_per_second: result.trainSamplesPerSecond,
+    global_step: result.globalStep,
+    epoch: result.epoch,
+  };
+  if (json) {
+    console.log(JSON.stringify({ config: config.path, architecture, ...result }, null, 2));
+    return;
+  }
+  console.log(formatMetricsTable(summary, result.aborted ? 'Interrupted run' : 'Results'));
+  console.log(`\nmodel:       ${result.outputDir}`);
+  console.log(`checkpoint:  ${result.checkpoint}`);
+  console.log(`metrics:     ${join(result.outputDir, 'metrics.jsonl')}, chart ${join(result.outputDir, 'training_chart.png')}`);
+  if (result.aborted) console.log(`resume with: resume_from: ${result.checkpoint}`);
+}
+
+/** The job every rank runs for a YAML config: its model (seeded) and training block. */
+function workerJob(config: ProjectConfig, distributed: DistributedConfig | undefined): WorkerJob {
+  return {
+    model: config.model,
+    seed: config.training.seed,
+    training: config.training,
+    syncBatchNorm: distributed?.syncBatchNorm ?? false,
+    useGpu: distributed?.useGpu ?? false,
+    ...(distributed && { timeoutSeconds: distributed.timeoutSeconds, backend: distributed.backend, threads: distributed.threadsPerWorker }),
+  };
+}
+
+/** One rank of a group that torchrun, a PyTorchJob or a SLURM script started: rank 0 reports. */
+async function trainAsRank(config: ProjectConfig, group: NativeGroupOptions, json: boolean): Promise<void> {
+  const distributed = config.distributed;
+  const reporter = group.rank === 0 ? new ProgressReporter({ json, logEvery: config.training.logEvery }) : undefined;
+  if (reporter && !json) {
+    console.error(`Training ${config.model.modelName} with ${config.path} as rank 0 of ${group.worldSize} (${group.masterAddr}:${group.masterPort})`);
+  }
+  // Signals keep their default: the launcher (torchrun, the operator) stops every rank together.
+  const result = await runRank(workerJob(config, distributed), group, { onProgress: reporter?.report });
+  reporter?.finish();
+  if (group.rank === 0) printResult(config, config.model.modelName, result, json);
+}
+
+/** This machine's workers of a data-parallel run (torchrun's launcher): node 0's rank 0 reports. */
+async function trainDistributed(config: ProjectConfig, distributed: DistributedConfig, json: boolean): Promise<void> {
+  const reporter = new ProgressReporter({ json, logEvery: config.training.logEvery });
+  const controller = new AbortController();
+  const interrupt = (): void => {
+    process.stderr.write('\nStopping every worker after this step and saving a checkpoint (Ctrl-C again to quit at once)...\n');
+    controller.abort();
+    process.once('SIGINT', () => process.exit(130));
+  };
+  process.once('SIGINT', interrupt);
+  try {
+    if (!json) {
+      const ranks = distributed.numWorkers * distributed.numNodes;
+      console.error(
+        `Training ${config.model.modelName} with ${config.path} on ${distributed.numWorkers} worker${distributed.numWorkers === 1 ? '' : 's'}` +
+          (distributed.numNodes > 1 ? ` on node ${distributed.nodeRank} of ${distributed.numNodes}` : '') +
+          ` (${ranks} rank${ranks === 1 ? '' : 's'})`,
+      );
+    }
+    const result = await launchWorkers(workerJob(config, distributed), distributed, {
+      signal: controller.signal,
+      onProgress: reporter.report,
+      onWorkerFailure: (failure, restarting) => {
+        if (!json || restarting) {
+          process.stderr.write(
+            `\nrank ${failure.rank} ${failure.how}${failure.message ? `: ${failure.message}` : ''}${restarting ? '; restarting every worker from the last checkpoint' : ''}\n`,
+          );
+        }
+      },
+    });
+    reporter.finish();
+    // Another node's launcher reports nothing of its own: node 0's rank 0 has the run's record.
+    if (distributed.nodeRank === 0) printResult(config, config.model.modelName, result, json);
+  } finally {
+    process.removeListener('SIGINT', interrupt);
   }
 }
 

@@ -1,6 +1,12 @@
 // The public configuration surface; src/index.ts re-exports from here.
 export { ConfigError, type ConfigIssue } from '../errors.js';
 export {
+  type DistributedConfig,
+  type DistributedConfigInput,
+  DistributedConfigSchema,
+  parseDistributedConfig,
+} from '../schemas/distributed-config.js';
+export {
   type Device,
   type ModelConfig,
   type ModelConfigInput,

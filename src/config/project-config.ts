@@ -10,6 +10,7 @@ import { z } from 'zod';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 import { check, describe, isMapping, keysOf, objectOptions, type Spelling, selectedOption, unknownKeyMessage, unwrap } from '../schemas/common.js';
 import { type DatasetConfig, DatasetConfigSchema, resolveDatasetPaths } from '../schemas/dataset-config.js';
+import { DistributedConfigSchema } from '../schemas/distributed-config.js';
 import { ModelConfigSchema } from '../schemas/model-config.js';
 import { TrainingConfigSchema } from '../schemas/training-config.js';
 
@@ -27,6 +28,8 @@ const ProjectConfigSchema = z.strictObject({
   // Every training field has a default, so a file for inference alone needs no training block.
   training: TrainingConfigSchema.prefault({}),
   data: DatasetConfigSchema.optional(),
+  // Data-parallel training (DistributedTrainer's options); `visiontorch train --nproc-per-node` overrides.
+  distributed: DistributedConfigSchema.optional(),
 });
 
 export type ProjectConfig = z.output<typeof ProjectConfigSchema> & {
@@ -119,6 +122,7 @@ export function parseProjectConfig(obj: unknown, source?: string): ProjectConfig
     model: { ...model, modelName },
     training: data ? { ...training, dataset: data } : training,
     ...(data && { data }),
+    ...(r.value.distributed && { distributed: r.value.distributed }),
     path,
   };
 }

@@ -85,6 +85,8 @@ export const TrainingConfigSchema = z
     gradientCheckpointing: bool().optional(),
     /** Data-loading threads (not processes: see DistributedTrainer for those). */
     numWorkers: nonNegativeInt().default(2),
+    /** Drop an epoch's last, incomplete batch (data-parallel: also the samples that do not fill every rank, rather than repeating some). */
+    dropLast: bool().default(false),
     dataset: DatasetConfigSchema.optional(),
   })
   .superRefine(

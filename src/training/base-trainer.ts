@@ -4,7 +4,7 @@
  * and keeps the run's record (metrics.jsonl and a chart in the output directory).
  */
 import { join } from 'node:path';
-import type { NativeForwardInputs, NativeTrainer, NativeTrainingOptions } from '../../binding.js';
+import type { NativeDistributedOptions, NativeForwardInputs, NativeTrainer, NativeTrainingOptions } from '../../binding.js';
 import { ErrorCode, invalidArgument, withCode } from '../errors.js';
 import type { Labels, VisionModel } from '../models/vision-model.js';
 import { native } from '../native.js';
@@ -59,6 +59,15 @@ export interface TrainResult {
   checkpoint: string;
 }
 
+/** A data-parallel rank's result: its rank, a digest of its parameters and buffers, DDP's timing of a step. */
+export type RankResult = TrainResult & {
+  rank?: number;
+  worldSize?: number;
+  stateDigest?: string;
+  /** Averages over the steps, in seconds: forward, backward, all-reduce, and the all-reduce during backward. */
+  communication?: Record<string, number>;
+};
+
 export interface TrainOptions {
   signal?: AbortSignal;
   onProgress?: (event: TrainerEvent) => void;
@@ -93,10 +102,32 @@ export class BaseTrainer {
 
   /** Trains on `config.dataset`; resolves with the run's summary (also when stopped by `signal`). */
   async train(config: TrainingConfig | TrainingConfigInput, options: TrainOptions = {}): Promise<TrainResult> {
+    return (await this.trainRank(config, undefined, options)) as TrainResult;
+  }
+
+  /**
+   * @internal train() as one rank of a data-parallel group (DistributedTrainer's workers,
+   * torchrun's): the native run joins the group; rank 0 alone reports events and keeps the
+   * record (metrics.jsonl, the chart).
+   */
+  async trainRank(
+    config: TrainingConfig | TrainingConfigInput,
+    distributed: NativeDistributedOptions | undefined,
+    options: TrainOptions = {},
+  ): Promise<RankResult> {
     const parsed = parseTrainingConfig(config);
     if (!parsed.dataset) throw invalidArgument(TypeError, 'train: the configuration has no dataset (training.dataset, or data: in the YAML file)');
     if (options.signal?.aborted) {
       throw withCode(new Error('train: the signal was aborted before the run started', { cause: options.signal.reason }), ErrorCode.ABORTED);
+    }
+    if (distributed && distributed.rank !== 0) {
+      const stop = (): void => this.#native.stop();
+      options.signal?.addEventListener('abort', stop, { once: true });
+      try {
+        return (await this.#native.train({ ...this.nativeOptions(parsed), distributed })) as TrainResult;
+      } finally {
+        options.signal?.removeEventListener('abort', stop);
+      }
     }
     const log = new MetricsLog(parsed.outputDir);
     // A resumed run continues the record (and the chart) of the run it resumes.
@@ -117,7 +148,10 @@ export class BaseTrainer {
     const stop = (): void => this.#native.stop();
     options.signal?.addEventListener('abort', stop, { once: true });
     try {
-      const result = await this.#native.train(this.nativeOptions(parsed), onEvent as (event: unknown) => void);
+      const result = await this.#native.train(
+        { ...this.nativeOptions(parsed), ...(distributed && { distributed }) },
+        onEvent as (event: unknown) => void,
+      );
       this.model.refresh(); // training names the classes after the dataset's
       await pending;
       if (history.some((e) => e.kind === 'step')) await writeTrainingChart(chartPath, history).catch(chartFailed);

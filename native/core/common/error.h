@@ -23,6 +23,7 @@ enum class ErrorCode {
   OutOfMemory,      // an allocation failed
   Io,               // reading or writing a file failed
   Torch,            // libtorch refused an operation
+  Distributed,      // a data-parallel group: rendezvous, a rank that died or hung, ranks that disagree
 };
 
 // "ERR_VISIONTORCH_CHECKPOINT" and so on.
@@ -39,6 +40,7 @@ inline const char* error_code_name(ErrorCode code) {
     case ErrorCode::OutOfMemory: return "ERR_VISIONTORCH_OUT_OF_MEMORY";
     case ErrorCode::Io: return "ERR_VISIONTORCH_IO";
     case ErrorCode::Torch: return "ERR_VISIONTORCH_TORCH";
+    case ErrorCode::Distributed: return "ERR_VISIONTORCH_DISTRIBUTED";
   }
   return "ERR_VISIONTORCH_INVALID_ARGUMENT";
 }

@@ -187,6 +187,10 @@ MeanIoU::MeanIoU(int64_t num_labels, int64_t ignore_index) : num_labels_(num_lab
   label_area_.assign(static_cast<size_t>(num_labels), 0.0);
 }
 
+void MeanIoU::sum_over(ReplicaGroup& replicas) {
+  for (auto* areas : {&intersection_, &union_, &label_area_}) replicas.sum(*areas);
+}
+
 void MeanIoU::add(const torch::Tensor& predicted, const torch::Tensor& labels) {
   VT_CHECK(predicted.defined() && labels.defined(), "MeanIoU: predictions and labels are required");
   VT_CHECK(predicted.sizes() == labels.sizes(), "MeanIoU: predictions ", predicted.sizes(), " and labels ", labels.sizes(),

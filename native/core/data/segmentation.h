@@ -13,6 +13,7 @@
 
 #include <torch/torch.h>
 
+#include "common/replica_group.h"
 #include "data/dataset.h"
 #include "data/image_processor.h"
 #include "io/image.h"
@@ -45,6 +46,8 @@ class MeanIoU {
   void add(const torch::Tensor& predicted, const torch::Tensor& labels);
   // mean_iou, mean_accuracy, overall_accuracy, and iou_<class> / accuracy_<class> per class name.
   std::map<std::string, double> compute(const std::vector<std::string>& class_names) const;
+  // Adds up the areas of every rank's images (data-parallel evaluation), on every rank.
+  void sum_over(ReplicaGroup& replicas);
 
  private:
   int64_t num_labels_, ignore_index_;

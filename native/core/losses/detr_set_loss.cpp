@@ -1,6 +1,7 @@
 #include "losses/detr_set_loss.h"
 
 #include "common/error.h"
+#include "common/replica_group.h"
 #include "losses/hungarian.h"
 
 namespace vt::losses {
@@ -135,7 +136,8 @@ SetLoss detr_set_loss(const SetLossConfig& config, int64_t num_labels, const tor
   validate_targets(targets, logits.size(0), num_labels);
   double num_boxes = 0;
   for (const auto& target : targets) num_boxes += static_cast<double>(target.class_labels.size(0));
-  num_boxes = std::max(num_boxes, 1.0);
+  // Data-parallel: the mean count per rank, as transformers' DetrLoss under accelerate.
+  num_boxes = std::max(average_over_replicas(num_boxes), 1.0);
   SetLoss result;
   result.parts = set_losses(config, num_labels, logits, boxes, targets, num_boxes);
   for (size_t i = 0; i < aux_logits.size(); ++i) {

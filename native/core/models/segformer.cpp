@@ -216,7 +216,7 @@ ModelOutputs SegformerForSemanticSegmentation::forward(const ModelInputs& inputs
                   grid, torch::nn::functional::InterpolateFuncOptions().size(target_size).mode(torch::kBilinear).align_corners(false)));
   }
   std::reverse(projected.begin(), projected.end());
-  auto hidden = torch::relu(batch_norm(layers::conv2d(linear_fuse, torch::cat(projected, 1))));
+  auto hidden = torch::relu(layers::batch_norm(batch_norm, layers::conv2d(linear_fuse, torch::cat(projected, 1))));
   hidden = torch::dropout(hidden, config.classifier_dropout_prob, is_training());
   auto logits = layers::conv2d(classifier, hidden);
   ModelOutputs outputs;

@@ -6,8 +6,10 @@
 #include <torch/version.h>
 
 #include "common/error.h"
+#include "common/replica_group.h"
 #include "kernels/dnnl_linear.h"
 #include "kernels/threaded.h"
+#include "nn/sync_batch_norm.h"
 
 namespace vt::layers {
 
@@ -217,7 +219,13 @@ BatchNorm2dSlot::BatchNorm2dSlot(torch::nn::Module& parent, const std::string& n
   }
 }
 
-torch::Tensor BatchNorm2dSlot::operator()(const torch::Tensor& input) { return frozen ? frozen(input) : trainable(input); }
+torch::Tensor batch_norm(torch::nn::BatchNorm2d& norm, const torch::Tensor& input) {
+  ReplicaGroup* group = ReplicaScope::batch_norm_group();
+  if (group != nullptr && norm->is_training()) return synchronized_batch_norm(*norm, input, *group);
+  return norm(input);
+}
+
+torch::Tensor BatchNorm2dSlot::operator()(const torch::Tensor& input) { return frozen ? frozen(input) : batch_norm(trainable, input); }
 
 namespace {
 

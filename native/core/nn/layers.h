@@ -97,6 +97,10 @@ class FrozenBatchNorm2dImpl : public torch::nn::Module {
 };
 TORCH_MODULE(FrozenBatchNorm2d);
 
+// norm(input), with batch statistics over every data-parallel rank when the trainer asks for
+// them (syncBatchNorm: common/replica_group.h's ReplicaScope) and the layer is in training mode.
+torch::Tensor batch_norm(torch::nn::BatchNorm2d& norm, const torch::Tensor& input);
+
 // A BatchNorm2d registered under `name`, trainable or frozen, so convolutional backbones serve
 // both classification (statistics that train) and detection (frozen, as DETR's backbone).
 struct BatchNorm2dSlot {

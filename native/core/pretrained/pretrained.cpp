@@ -379,4 +379,15 @@ void PretrainedModel::load_state(const TensorMap& state, const std::string& sour
            ")");
 }
 
+void PretrainedModel::load_saved(const std::string& directory) {
+  ErrorScope errors(ErrorCode::Checkpoint);
+  const auto config_path = (std::filesystem::path(directory) / "config.json").string();
+  const HeadConfig head = HeadConfig::from_json(read_json_file(config_path), config_path);
+  std::vector<std::string> labels;
+  for (const auto& [index, label] : head.id2label) labels.push_back(label);
+  if (labels.size() == labels_.size()) set_labels(labels);
+  const auto weights_path = (std::filesystem::path(directory) / "model.safetensors").string();
+  load_state(load_safetensors(weights_path), weights_path);
+}
+
 }  // namespace vt

@@ -83,6 +83,9 @@ class PretrainedModel {
   // Replaces every parameter and buffer with `state` (a checkpoint of this same model); errors
   // name missing or mis-shaped keys.
   void load_state(const TensorMap& state, const std::string& source);
+  // What save() wrote in `directory` from this same model (a data-parallel run's rank 0): its
+  // weights and class names, into this model.
+  void load_saved(const std::string& directory);
 
  private:
   PretrainedModel() = default;

@@ -28,8 +28,8 @@ void sync_directory(const fs::path& directory) {
 
 }  // namespace
 
-void save_checkpoint(const std::string& directory, PretrainedModel& model, const Optimizer& optimizer,
-                     const nlohmann::json& trainer_state) {
+void save_checkpoint(const std::string& directory, PretrainedModel& model, const Optimizer& optimizer, const nlohmann::json& trainer_state,
+                     const std::vector<torch::Tensor>& generator_states) {
   ErrorScope errors(ErrorCode::Io);
   const fs::path target = fs::absolute(directory);
   const fs::path parent = target.parent_path();
@@ -40,13 +40,16 @@ void save_checkpoint(const std::string& directory, PretrainedModel& model, const
   try {
     model.save(temp.string());
     save_safetensors((temp / "optimizer.safetensors").string(), optimizer.state(), {{"steps", std::to_string(optimizer.steps())}});
-    auto generator = at::detail::getDefaultCPUGenerator();
-    torch::Tensor rng;
-    {
+    TensorMap generators;
+    if (generator_states.empty()) {
+      auto generator = at::detail::getDefaultCPUGenerator();
       std::lock_guard<std::mutex> lock(generator.mutex());
-      rng = generator.get_state();
+      generators["cpu"] = generator.get_state();
+    } else {
+      generators["cpu"] = generator_states[0];
+      for (size_t rank = 1; rank < generator_states.size(); ++rank) generators["cpu." + std::to_string(rank)] = generator_states[rank];
     }
-    save_safetensors((temp / "rng_state.safetensors").string(), {{"cpu", rng}});
+    save_safetensors((temp / "rng_state.safetensors").string(), generators);
     // The state file last: a directory without it is not a checkpoint.
     write_json_file((temp / kStateFile).string(), trainer_state);
   } catch (...) {
@@ -86,6 +89,10 @@ CheckpointContents load_checkpoint(const std::string& directory) {
   auto rng = load_safetensors((dir / "rng_state.safetensors").string());
   VT_CHECK(rng.count("cpu"), directory, "/rng_state.safetensors: no \"cpu\" generator state");
   contents.rng_state = rng.at("cpu").clone();
+  contents.rank_rng_states.push_back(contents.rng_state);
+  for (size_t rank = 1; rng.count("cpu." + std::to_string(rank)); ++rank) {
+    contents.rank_rng_states.push_back(rng.at("cpu." + std::to_string(rank)).clone());
+  }
   return contents;
 }
 

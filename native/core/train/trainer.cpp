@@ -9,6 +9,7 @@
 #include <set>
 
 #include "common/error.h"
+#include "common/replica_group.h"
 #include "losses/classification.h"
 #include "runtime/threads.h"
 #include "train/checkpoint.h"
@@ -83,6 +84,7 @@ void validate_options(const TrainingOptions& options) {
   VT_CHECK(options.mixed_precision == "no" || options.mixed_precision == "bf16" || options.mixed_precision == "fp16",
            "mixed_precision must be no, bf16 or fp16");
   VT_CHECK(!options.max_steps || *options.max_steps > 0, "max_steps must be a positive integer");
+  if (options.distributed) distributed::validate(options.distributed->group);
 }
 
 // The per-metric improvement rule of early stopping and best-checkpoint tracking.
@@ -166,6 +168,9 @@ Trainer::MicroStep Trainer::forward_and_loss(const ModelInputs& micro_batch, con
   ModelInputs inputs = move_inputs(micro_batch, model_->device(), model_->dtype(), model_->memory_format());
   MicroStep step;
   {
+    // Data-parallel: losses normalised over the global batch, and synchronised BatchNorm, reach
+    // the group through this scope.
+    ReplicaScope replicas(parallel_ ? &parallel_->group() : nullptr, parallel_ && parallel_->options().sync_batch_norm);
     AutocastScope autocast(options.mixed_precision, model_->device());
     if (options.label_smoothing > 0 && inputs.labels.defined() && model_->task()->labels == LabelsFormat::ClassIndices) {
       // transformers' Trainer smooths the labels itself, from the logits.
@@ -190,8 +195,9 @@ void Trainer::backward(const MicroStep& step, double share, const TrainingOption
 }
 
 void Trainer::synchronize_gradients(const NamedParameters&) {
-  // One process holds every gradient already. Data-parallel training averages them over the
-  // ranks here, once per optimizer step (not on the accumulation micro-steps before it).
+  // One process holds every gradient already. Data-parallel training has averaged them over the
+  // ranks by now: DDP's reducer all-reduces buckets while the last micro-batch's backward runs
+  // and waits for the last of them as that backward ends.
 }
 
 double Trainer::scheduled_learning_rate(const TrainingOptions& options, const ScheduleConfig& schedule) const {
@@ -207,9 +213,18 @@ StepOutcome Trainer::optimizer_step(const std::vector<ModelInputs>& micro_batche
   const HeadConfig head = HeadConfig::from_json(model_->config(), "config.json");
   StepOutcome outcome;
   const double share = 1.0 / static_cast<double>(micro_batches.size());
-  for (const auto& micro_batch : micro_batches) {
-    MicroStep step = forward_and_loss(micro_batch, options, head);
-    backward(step, share, options);
+  for (size_t i = 0; i < micro_batches.size(); ++i) {
+    // Data-parallel: gradients are averaged over the ranks in the last micro-batch's backward
+    // only (DDP's no_sync before it).
+    const bool synchronize = i + 1 == micro_batches.size();
+    if (parallel_) parallel_->before_forward(synchronize);
+    MicroStep step = forward_and_loss(micro_batches[i], options, head);
+    if (parallel_) {
+      parallel_->after_forward(synchronize);
+      parallel_->backward([&] { backward(step, share, options); });
+    } else {
+      backward(step, share, options);
+    }
     outcome.loss += step.loss.item<double>() * share;
     for (const auto& [name, value] : step.outputs) {
       if (name.rfind("loss_dict.", 0) == 0) outcome.loss_dict[name.substr(10)] += value.item<double>() * share;
@@ -263,6 +278,7 @@ DataOptions Trainer::data_options(const TrainingOptions& options) const {
   data.batch_size = static_cast<size_t>(options.batch_size);
   data.seed = options.seed;
   data.num_workers = options.num_workers;
+  data.drop_last = options.drop_last;
   return data;
 }
 
@@ -283,9 +299,11 @@ Metrics Trainer::evaluate(const DatasetSpec& spec, int64_t batch_size) {
 
 // The loop's position and bookkeeping (saved in checkpoints), and what its phases share.
 struct Trainer::Run {
-  Run(const TrainingOptions& options, const EventSink& emit) : options(options), emit(emit) {}
+  Run(const TrainingOptions& options, const EventSink& sink) : options(options), sink(sink) {}
   const TrainingOptions& options;
-  const EventSink& emit;
+  const EventSink& sink;
+  // Data-parallel: this rank's group; rank 0 alone reports events and writes files.
+  std::unique_ptr<distributed::DataParallel> parallel;
   std::unique_ptr<TrainingData> data;
   ScheduleConfig schedule;
   int64_t batches_per_epoch = 0, steps_per_epoch = 0, total_steps = 0;
@@ -298,10 +316,16 @@ struct Trainer::Run {
   std::string last_checkpoint;
   int64_t last_saved_step = -1;
   bool stopped_early = false, aborted = false;
+  bool stop_everywhere = false;  // data-parallel: a rank was asked to stop (all stop at this step)
   std::chrono::steady_clock::time_point started;
   int64_t first_step = 0, images = 0;
 
   bool running() const { return global_step < total_steps && !stopped_early && !aborted; }
+  bool writer() const { return !parallel || parallel->is_writer(); }
+  int world_size() const { return parallel ? parallel->group().size() : 1; }
+  void emit(const nlohmann::json& event) const {
+    if (writer()) sink(event);
+  }
   double fractional_epoch() const {
     return static_cast<double>(epoch) + static_cast<double>(batch_in_epoch) / static_cast<double>(batches_per_epoch);
   }
@@ -320,6 +344,7 @@ struct Trainer::Run {
                           {"options",
                            {{"seed", options.seed},
                             {"batch_size", options.batch_size},
+                            {"world_size", world_size()},
                             {"gradient_accumulation_steps", options.gradient_accumulation_steps},
                             {"learning_rate", options.learning_rate},
                             {"lr_scheduler", options.lr_scheduler},
@@ -342,7 +367,15 @@ void Trainer::start_run(Run& run) {
   }
   stop_requested_ = false;
 
-  run.data = open_training_data(model_->task(), *options.dataset, data_options(options), model_->shared_processor(), model_->labels());
+  if (options.distributed) {
+    // init_process_group: every rank waits here for the others (within the timeout).
+    run.parallel = std::make_unique<distributed::DataParallel>(distributed::ProcessGroup::create(options.distributed->group),
+                                                               options.distributed->parallel);
+    parallel_ = run.parallel.get();
+  }
+  DataOptions data = data_options(options);
+  if (run.parallel) data.replicas = &run.parallel->group();
+  run.data = open_training_data(model_->task(), *options.dataset, data, model_->shared_processor(), model_->labels());
   if (run.data->class_names().size() != model_->labels().size()) {
     fail_with(ErrorCode::Dataset, dataset_hint(model_->labels().size(), run.data->class_names().size()));
   }
@@ -358,8 +391,10 @@ void Trainer::start_run(Run& run) {
   if (!options.resume_from.empty()) {
     resume(run, optimizer);
   } else {
+    // Every rank alike, as transformers' Trainer seeds each process.
     torch::manual_seed(options.seed);
   }
+  if (run.parallel) run.parallel->start(*model_->module(), optimizer.parameters(), job_description(run));
   completed_steps_ = run.global_step;
   run.started = std::chrono::steady_clock::now();
   run.first_step = run.global_step;
@@ -371,18 +406,27 @@ void Trainer::resume(Run& run, Optimizer& optimizer) {
   VT_CHECK(found.has_value(), "resume_from: no checkpoint in ", options.resume_from);
   CheckpointContents checkpoint = load_checkpoint(*found);
   const auto& state = checkpoint.trainer_state;
+  const int64_t world = run.world_size();
+  int64_t saved_world = 1;
   try {
-    // The data order and the step boundaries depend on these: a resumed run must share them.
-    const std::pair<const char*, nlohmann::json> must_match[] = {
-        {"seed", options.seed}, {"batch_size", options.batch_size}, {"gradient_accumulation_steps", options.gradient_accumulation_steps}};
+    // The data order and the step boundaries depend on these: a resumed run must share them. The
+    // global batch (per rank x ranks) must match; the number of ranks may differ.
+    const std::pair<const char*, nlohmann::json> must_match[] = {{"seed", options.seed},
+                                                                 {"gradient_accumulation_steps", options.gradient_accumulation_steps}};
     for (const auto& [key, now] : must_match) {
       const auto& saved = state.at("options").at(key);
       VT_CHECK(saved == now, "resume_from: ", *found, " was trained with ", key, " ", saved.dump(), ", this run has ", now.dump(),
                "; resuming needs the same");
     }
+    saved_world = state.at("options").value("world_size", int64_t{1});
+    const int64_t saved_batch = state.at("options").at("batch_size").get<int64_t>();
+    VT_CHECK(saved_batch * saved_world == options.batch_size * world, "resume_from: ", *found, " was trained with a global batch of ",
+             saved_batch * saved_world, " (", saved_batch, " per rank x ", saved_world, " ranks), this run has ",
+             options.batch_size * world, " (", options.batch_size, " x ", world, "); resuming needs the same global batch");
     run.global_step = state.at("global_step").get<int64_t>();
     run.epoch = state.at("epoch").get<int64_t>();
-    run.batch_in_epoch = state.at("batch_in_epoch").get<int64_t>();
+    // The position in the epoch: the same samples consumed, whatever the number of ranks.
+    run.batch_in_epoch = state.at("batch_in_epoch").get<int64_t>() * saved_batch * saved_world / (options.batch_size * world);
     run.evals_without_improvement = state.at("evals_without_improvement").get<int64_t>();
     run.train_loss_sum = state.at("train_loss_sum").get<double>();
     if (!state.at("best_metric").is_null()) run.best_metric = state.at("best_metric").get<double>();
@@ -391,9 +435,12 @@ void Trainer::resume(Run& run, Optimizer& optimizer) {
   }
   model_->load_state(checkpoint.model, *found + "/model.safetensors");
   optimizer.load_state(checkpoint.optimizer, checkpoint.optimizer_steps);
+  // Each rank its own generator where the checkpoint has it (the same number of ranks), else rank 0's.
+  const size_t rank = run.parallel ? static_cast<size_t>(run.parallel->group().rank()) : 0;
+  const bool same_ranks = saved_world == world && rank < checkpoint.rank_rng_states.size();
   auto generator = at::detail::getDefaultCPUGenerator();
   std::lock_guard<std::mutex> lock(generator.mutex());
-  generator.set_state(checkpoint.rng_state);
+  generator.set_state(same_ranks ? checkpoint.rank_rng_states[rank] : checkpoint.rng_state);
 }
 
 std::optional<bool> Trainer::next_batches(Run& run, std::vector<ModelInputs>& micro_batches) {
@@ -423,13 +470,56 @@ void Trainer::emit_step(Run& run, const StepOutcome& outcome) {
             {"loss", outcome.loss},
             {"learning_rate", outcome.learning_rate},
             {"grad_norm", outcome.grad_norm},
-            {"images_per_second", static_cast<double>(run.images) / std::max(elapsed, 1e-9)},
+            {"images_per_second", static_cast<double>(run.images * run.world_size()) / std::max(elapsed, 1e-9)},
             {"eta_seconds", elapsed / steps_done * static_cast<double>(run.total_steps - run.global_step)},
             {"elapsed_seconds", elapsed}});
 }
 
+void Trainer::reduce_step(Run& run, StepOutcome& outcome) {
+  if (!run.parallel) return;
+  // One all-reduce: the loss, its parts (the same keys on every rank), and the stop requests.
+  std::vector<double> values{outcome.loss};
+  for (const auto& [name, value] : outcome.loss_dict) values.push_back(value);
+  values.push_back(stop_requested_ ? 1.0 : 0.0);
+  run.parallel->group().sum(values);
+  const double ranks = static_cast<double>(run.world_size());
+  outcome.loss = values[0] / ranks;
+  size_t i = 1;
+  for (auto& [name, value] : outcome.loss_dict) value = values[i++] / ranks;
+  run.stop_everywhere = values.back() > 0;
+}
+
+nlohmann::json Trainer::job_description(const Run& run) const {
+  const TrainingOptions& options = run.options;
+  return {{"model", {{"architecture", model_->architecture()}, {"config", model_->config()}, {"labels", model_->labels()}}},
+          {"training",
+           {{"seed", options.seed},
+            {"batch_size", options.batch_size},
+            {"gradient_accumulation_steps", options.gradient_accumulation_steps},
+            {"learning_rate", options.learning_rate},
+            {"lr_scheduler", options.lr_scheduler},
+            {"warmup_steps", run.schedule.warmup_steps},
+            {"total_steps", run.total_steps},
+            {"optimizer", options.optimizer.name},
+            {"weight_decay", options.optimizer.weight_decay},
+            {"max_grad_norm", options.max_grad_norm},
+            {"mixed_precision", options.mixed_precision},
+            {"label_smoothing", options.label_smoothing},
+            {"eval_every", options.eval_every},
+            {"save_every", options.save_every},
+            {"decay_bias_and_norm", options.decay_bias_and_norm},
+            {"freeze_batch_norm", options.freeze_batch_norm},
+            {"gradient_checkpointing", options.gradient_checkpointing},
+            {"drop_last", options.drop_last},
+            {"sync_batch_norm", options.distributed->parallel.sync_batch_norm},
+            {"resumed_at_step", run.global_step}}},
+          {"data", {{"batches_per_epoch", run.batches_per_epoch}, {"classes", run.data->class_names()}}}};
+}
+
 void Trainer::run_evaluation(Run& run, const EvaluationForward& forward) {
   if (!run.data->has_validation()) return;
+  // Every rank evaluates rank 0's model: its buffers (BatchNorm statistics) may have drifted.
+  if (run.parallel) run.parallel->broadcast_buffers();
   const std::string& metric = run.options.early_stopping_metric;
   run.last_metrics = run.data->evaluate(forward);
   run.emit({{"kind", "eval"}, {"step", run.global_step}, {"epoch", run.fractional_epoch()}, {"metrics", run.last_metrics}});
@@ -446,7 +536,9 @@ void Trainer::run_evaluation(Run& run, const EvaluationForward& forward) {
 
 void Trainer::save_run_checkpoint(Run& run) {
   run.last_checkpoint = (fs::path(run.options.output_dir) / ("checkpoint-" + std::to_string(run.global_step))).string();
-  save_checkpoint(run.last_checkpoint, *model_, *optimizer_, run.trainer_state());
+  // Data-parallel: every rank's generator state, written by rank 0 alone.
+  const std::vector<torch::Tensor> generators = run.parallel ? run.parallel->gather_generator_states() : std::vector<torch::Tensor>{};
+  if (run.writer()) save_checkpoint(run.last_checkpoint, *model_, *optimizer_, run.trainer_state(), generators);
   run.last_saved_step = run.global_step;
   run.emit({{"kind", "save"}, {"step", run.global_step}, {"path", run.last_checkpoint}});
 }
@@ -463,7 +555,8 @@ void Trainer::end_step(Run& run, const StepOutcome& outcome, bool epoch_done, co
   const bool evaluate_now = options.eval_every > 0 ? run.global_step % options.eval_every == 0 : epoch_done;
   if (evaluate_now) run_evaluation(run, forward);
   if (options.save_every > 0 && run.global_step % options.save_every == 0) save_run_checkpoint(run);
-  if (stop_requested_) run.aborted = true;
+  // Data-parallel ranks stop together, at the step where any of them was asked to.
+  if (run.parallel ? run.stop_everywhere : stop_requested_.load()) run.aborted = true;
 }
 
 nlohmann::json Trainer::finish_run(Run& run, const EvaluationForward& forward) {
@@ -471,7 +564,9 @@ nlohmann::json Trainer::finish_run(Run& run, const EvaluationForward& forward) {
   // A run that ends between evaluations (maxSteps, an abort) still reports where it stands.
   if (run.last_metrics.empty() && !run.aborted) run_evaluation(run, forward);
   if (run.last_saved_step != run.global_step) save_run_checkpoint(run);
-  if (!run.aborted) {
+  // Every rank ends holding the model rank 0 saves (per-rank BatchNorm statistics included).
+  if (run.parallel) run.parallel->broadcast_buffers();
+  if (!run.aborted && run.writer()) {
     model_->save(options.output_dir);
     run.emit({{"kind", "save"}, {"step", run.global_step}, {"path", fs::absolute(options.output_dir).string()}});
   }
@@ -480,19 +575,30 @@ nlohmann::json Trainer::finish_run(Run& run, const EvaluationForward& forward) {
                         {"epoch", run.fractional_epoch()},
                         {"train_loss", run.global_step > 0 ? run.train_loss_sum / static_cast<double>(run.global_step) : 0.0},
                         {"train_runtime", runtime},
-                        {"train_samples_per_second", static_cast<double>(run.images) / std::max(runtime, 1e-9)},
+                        {"train_samples_per_second", static_cast<double>(run.images * run.world_size()) / std::max(runtime, 1e-9)},
                         {"metrics", run.last_metrics},
                         {"stopped_early", run.stopped_early},
                         {"aborted", run.aborted},
                         {"output_dir", fs::absolute(options.output_dir).string()},
                         {"checkpoint", fs::absolute(run.last_checkpoint).string()}};
   if (run.best_metric) result["best_metric"] = *run.best_metric;
+  if (run.parallel) {
+    result["rank"] = run.parallel->group().rank();
+    result["world_size"] = run.world_size();
+    result["state_digest"] = distributed::DataParallel::state_digest(*model_->module());
+    result["communication"] = run.parallel->communication_statistics();
+  }
   return result;
 }
 
 nlohmann::json Trainer::train(const TrainingOptions& options, const EventSink& emit) {
   std::lock_guard<std::mutex> run_lock(run_mutex_);
   Run run(options, emit);
+  // The group lives as long as the run; training_step and evaluate never use it.
+  struct ClearGroup {
+    distributed::DataParallel*& parallel;
+    ~ClearGroup() { parallel = nullptr; }
+  } clear_group{parallel_};
   start_run(run);
   const EvaluationForward forward = evaluation_forward(options);
   while (run.running()) {
@@ -502,6 +608,7 @@ nlohmann::json Trainer::train(const TrainingOptions& options, const EventSink& e
       const std::optional<bool> epoch_done = next_batches(run, micro_batches);
       if (!epoch_done) break;  // the epoch had no batch left
       StepOutcome outcome = optimizer_step(micro_batches, false, options, run.schedule);
+      reduce_step(run, outcome);
       end_step(run, outcome, *epoch_done, forward);
       if (*epoch_done) break;
     }

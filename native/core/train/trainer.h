@@ -15,12 +15,19 @@
 #include <nlohmann/json.hpp>
 
 #include "data/dataset.h"
+#include "distributed/data_parallel.h"
 #include "pretrained/pretrained.h"
 #include "train/optimizer.h"
 #include "train/scheduler.h"
 #include "train/training_data.h"
 
 namespace vt {
+
+// Data-parallel training: this process is one rank of the group, as DistributedDataParallel.
+struct DistributedOptions {
+  distributed::GroupOptions group;
+  distributed::DataParallelOptions parallel;
+};
 
 // A run's options under their C++ names. The addon fills every field from the TypeScript schema,
 // which holds the defaults JavaScript callers get; these initial values (transformers'
@@ -52,7 +59,11 @@ struct TrainingOptions {
   bool freeze_batch_norm = false;
   bool gradient_checkpointing = false;
   int num_workers = 2;
+  // Drop the last batch of an epoch when incomplete (data-parallel: also the samples that do
+  // not fill every rank, instead of repeating some).
+  bool drop_last = false;
   std::optional<DatasetSpec> dataset;
+  std::optional<DistributedOptions> distributed;
 };
 
 struct StepOutcome {
@@ -96,6 +107,10 @@ class Trainer {
   std::optional<bool> next_batches(Run& run, std::vector<ModelInputs>& micro_batches);
   void end_step(Run& run, const StepOutcome& outcome, bool epoch_done, const EvaluationForward& forward);
   void emit_step(Run& run, const StepOutcome& outcome);
+  // Data-parallel: the step's loss as the mean over the ranks, and whether any rank was asked to stop.
+  void reduce_step(Run& run, StepOutcome& outcome);
+  // What every rank of a data-parallel run must agree on.
+  nlohmann::json job_description(const Run& run) const;
   void run_evaluation(Run& run, const EvaluationForward& forward);  // and early stopping's bookkeeping
   void save_run_checkpoint(Run& run);
   nlohmann::json finish_run(Run& run, const EvaluationForward& forward);
@@ -126,6 +141,8 @@ class Trainer {
   double loss_scale_ = 65536.0;  // fp16 dynamic loss scale, as GradScaler's initial scale
   int64_t clean_steps_ = 0;
   std::atomic<bool> stop_requested_{false};
+  // The running train()'s data-parallel group, if any (null for training_step and evaluate).
+  distributed::DataParallel* parallel_ = nullptr;
   // One training_step / train / evaluate at a time: they share the optimizer and the step count.
   std::mutex run_mutex_;
 };

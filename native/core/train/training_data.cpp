@@ -4,6 +4,8 @@
 #include <cmath>
 #include <numeric>
 
+#include <nlohmann/json.hpp>
+
 #include "common/error.h"
 #include "data/augment.h"
 #include "data/detection.h"
@@ -44,16 +46,31 @@ class LoadedData : public TrainingData {
     loader.num_workers = options_.num_workers;
     return loader;
   }
-  // Training batches: `indices` in a fresh order each epoch.
+  // Training batches: `indices` in a fresh order each epoch (this rank's shard of it).
   void load_training(std::vector<size_t> indices, BatchBuilder build) {
-    loader_ =
-        std::make_unique<BatchLoader>(Sampler(std::move(indices), /*shuffle=*/true, options_.seed), std::move(build), loader_options());
+    Sampler sampler(std::move(indices), /*shuffle=*/true, options_.seed);
+    if (options_.replicas) sampler = sampler.shard(options_.replicas->rank(), options_.replicas->size(), options_.drop_last);
+    LoaderOptions loader = loader_options();
+    loader.drop_last = options_.drop_last;
+    loader_ = std::make_unique<BatchLoader>(std::move(sampler), std::move(build), loader);
   }
-  // An evaluation pass over `indices` in order, each batch given to `visit`.
+  // An evaluation pass over `indices` in order (data-parallel: this rank's share, every sample
+  // once over all ranks), each batch given to `visit`.
   void for_each_batch(std::vector<size_t> indices, BatchBuilder build, const std::function<void(const Batch&)>& visit) const {
+    if (options_.replicas) {
+      std::vector<size_t> share;
+      for (size_t i = static_cast<size_t>(options_.replicas->rank()); i < indices.size();
+           i += static_cast<size_t>(options_.replicas->size()))
+        share.push_back(indices[i]);
+      indices = std::move(share);
+    }
     BatchLoader loader(Sampler(std::move(indices), /*shuffle=*/false, options_.seed), std::move(build), loader_options());
     loader.start_epoch(0);
     while (auto batch = loader.next()) visit(*batch);
+  }
+  // Sums of per-rank counts over all ranks (alone: as they are).
+  void sum_over_ranks(std::vector<double>& values) const {
+    if (options_.replicas) options_.replicas->sum(values);
   }
 
   DataOptions options_;
@@ -95,10 +112,12 @@ class ClassificationData : public LoadedData {
                        correct_top5 += std::get<1>(logits.topk(5, -1)).eq(labels.unsqueeze(1)).any(1).sum().item<int64_t>();
                      samples += count;
                    });
-    VT_CHECK(samples > 0, "evaluation: the dataset is empty");
-    const double n = static_cast<double>(samples);
-    Metrics metrics{{"eval_loss", loss_sum / n}, {"eval_accuracy", static_cast<double>(correct) / n}};
-    if (num_labels >= 5) metrics["eval_top5_accuracy"] = static_cast<double>(correct_top5) / n;
+    std::vector<double> totals{loss_sum, static_cast<double>(samples), static_cast<double>(correct), static_cast<double>(correct_top5)};
+    sum_over_ranks(totals);
+    const double n = totals[1];
+    VT_CHECK(n > 0, "evaluation: the dataset is empty");
+    Metrics metrics{{"eval_loss", totals[0] / n}, {"eval_accuracy", totals[2] / n}};
+    if (num_labels >= 5) metrics["eval_top5_accuracy"] = totals[3] / n;
     add_throughput(metrics, n, seconds_since(started));
     return metrics;
   }
@@ -122,6 +141,41 @@ BatchBuilder detection_batches(std::shared_ptr<const CocoDetectionDataset> datas
     batch.original_sizes = std::move(loaded.original_sizes);
     return batch;
   };
+}
+
+// Every rank's images, boxes and detections, on every rank, in image order (COCO evaluation
+// then scores the whole split, as one process would).
+void gather_over_ranks(ReplicaGroup& replicas, double& loss_sum, std::vector<int64_t>& image_ids, std::vector<GroundTruthBox>& ground_truth,
+                       std::vector<DetectionBox>& detections) {
+  nlohmann::json mine{{"loss_sum", loss_sum}, {"image_ids", image_ids}};
+  auto& truths = mine["ground_truth"] = nlohmann::json::array();
+  for (const auto& g : ground_truth)
+    truths.push_back({g.image_id, g.category_id, g.box.x, g.box.y, g.box.width, g.box.height, g.area, g.iscrowd});
+  auto& found = mine["detections"] = nlohmann::json::array();
+  for (const auto& d : detections) found.push_back({d.image_id, d.category_id, d.box.x, d.box.y, d.box.width, d.box.height, d.score});
+  loss_sum = 0;
+  image_ids.clear();
+  ground_truth.clear();
+  detections.clear();
+  for (const auto& bytes : replicas.gather_bytes(mine.dump())) {
+    const auto rank = nlohmann::json::parse(bytes);
+    loss_sum += rank.at("loss_sum").get<double>();
+    for (const auto& id : rank.at("image_ids")) image_ids.push_back(id.get<int64_t>());
+    for (const auto& g : rank.at("ground_truth"))
+      ground_truth.push_back({g[0].get<int64_t>(),
+                              g[1].get<int64_t>(),
+                              {g[2].get<double>(), g[3].get<double>(), g[4].get<double>(), g[5].get<double>()},
+                              g[6].get<double>(),
+                              g[7].get<bool>()});
+    for (const auto& d : rank.at("detections"))
+      detections.push_back({d[0].get<int64_t>(),
+                            d[1].get<int64_t>(),
+                            {d[2].get<double>(), d[3].get<double>(), d[4].get<double>(), d[5].get<double>()},
+                            d[6].get<double>()});
+  }
+  std::stable_sort(image_ids.begin(), image_ids.end());
+  std::stable_sort(ground_truth.begin(), ground_truth.end(), [](const auto& a, const auto& b) { return a.image_id < b.image_id; });
+  std::stable_sort(detections.begin(), detections.end(), [](const auto& a, const auto& b) { return a.image_id < b.image_id; });
 }
 
 class DetectionData : public LoadedData {
@@ -193,6 +247,7 @@ class DetectionData : public LoadedData {
         }
       }
     });
+    if (options_.replicas) gather_over_ranks(*options_.replicas, loss_sum, image_ids, ground_truth, detections);
     VT_CHECK(!image_ids.empty(), "evaluation: the dataset is empty");
     Metrics metrics{{"eval_loss", loss_sum / static_cast<double>(image_ids.size())}};
     for (const auto& [name, value] : coco_evaluate(image_ids, ground_truth, detections).as_map()) metrics["eval_" + name] = value;
@@ -273,7 +328,10 @@ class SegmentationData : public LoadedData {
                        predicted.push_back(post_process_semantic_segmentation(logits[i], label_size));
                      iou.add(torch::stack(predicted), batch.labels);
                    });
-    Metrics metrics{{"eval_loss", loss_sum / static_cast<double>(dataset->size())}};
+    std::vector<double> totals{loss_sum};
+    sum_over_ranks(totals);
+    if (options_.replicas) iou.sum_over(*options_.replicas);
+    Metrics metrics{{"eval_loss", totals[0] / static_cast<double>(dataset->size())}};
     for (const auto& [name, value] : iou.compute(class_names_)) metrics["eval_" + name] = value;
     add_throughput(metrics, static_cast<double>(dataset->size()), seconds_since(started));
     return metrics;

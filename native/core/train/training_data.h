@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "common/replica_group.h"
 #include "data/dataset.h"
 #include "data/image_processor.h"
 #include "data/loader.h"
@@ -26,6 +27,10 @@ struct DataOptions {
   size_t batch_size = 8;
   uint64_t seed = 0;  // the run's (TrainingOptions::seed): the order and augmentation follow it
   int num_workers = 2;
+  bool drop_last = false;  // drop the last, incomplete batch (data-parallel: the samples that do not fill every rank)
+  // Data-parallel training: each rank trains on its shard (DistributedSampler's rules) and
+  // evaluates its share of the validation split; the metrics are reduced over all ranks.
+  ReplicaGroup* replicas = nullptr;
 };
 
 class TrainingData {
@@ -38,7 +43,8 @@ class TrainingData {
   virtual std::optional<Batch> next() = 0;
   virtual bool has_validation() const = 0;
   // Metrics on the validation split ("eval_..."); `whole`: on the training split instead, for
-  // evaluate() on a dataset without one.
+  // evaluate() on a dataset without one. Data-parallel, every rank calls it and gets the
+  // metrics of the whole split.
   virtual Metrics evaluate(const EvaluationForward& forward, bool whole = false) = 0;
 };
 
