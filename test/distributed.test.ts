@@ -22,7 +22,7 @@ import {
   type VisionModel,
 } from '../src/index.js';
 import { encodePng } from '../src/render/canvas.js';
-import { expectClose, expectError, FIXTURE_OPTIMIZER, fixture, reference, repoRoot, tempDir } from './helpers.js';
+import { expectClose, expectError, FIXTURE_OPTIMIZER, fashionDataset, fixture, reference, repoRoot, tempDir } from './helpers.js';
 
 const models: VisionModel[] = [];
 afterAll(() => {
@@ -41,16 +41,7 @@ async function load(config: Partial<ModelConfig> & { modelName: string; modelTyp
   return { model, modelConfig };
 }
 
-const FASHION = '/usr/share/datasets/fashion-mnist';
-const fashion = (limit: number) => ({
-  format: 'idx' as const,
-  images: join(FASHION, 'train-images-idx3-ubyte.gz'),
-  labels: join(FASHION, 'train-labels-idx1-ubyte.gz'),
-  validationImages: join(FASHION, 't10k-images-idx3-ubyte.gz'),
-  validationLabels: join(FASHION, 't10k-labels-idx1-ubyte.gz'),
-  classNames: ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot'],
-  limit,
-});
+const fashion = fashionDataset;
 const smallVit = join(repoRoot, 'config', 'models', 'vit-fashion-mnist');
 
 // Sixteen 320x240 crops of the COCO photo: one size (no padding differences between batches),
@@ -464,6 +455,22 @@ describe('faults', () => {
     expect(survivor.stderr).toMatch(/rank 1 \(process \d+\) exited/);
     expect(stepsLogged(outputDir)).toBeLessThan(2000);
     for (const r of ranks) expect(alive(r.child.pid!)).toBe(false);
+  });
+
+  it('a rank that hangs (SIGSTOP) is named by the others once the timeout passes', async () => {
+    const outputDir = join(tempDir(), 'run');
+    const port = await freePort();
+    const config = job(2000, outputDir, 'distributed:\n  num_workers: 1\n  timeout_seconds: 3\n');
+    const ranks = [0, 1].map((rank) =>
+      start(process.execPath, [CLI, 'train', config], { RANK: String(rank), WORLD_SIZE: '2', MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port) }),
+    );
+    await until(() => stepsLogged(outputDir) >= 2, 'two steps are logged');
+    ranks[1]!.child.kill('SIGSTOP');
+    const survivor = await ranks[0]!.done;
+    ranks[1]!.child.kill('SIGKILL');
+    await ranks[1]!.done;
+    expect(survivor.code).toBe(1);
+    expect(survivor.stderr).toContain('rank 1 stopped responding');
   });
 
   it('maxRestarts: 1 restarts the group from its last checkpoint, and the weights equal an uninterrupted run bit for bit', async () => {

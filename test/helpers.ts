@@ -20,6 +20,18 @@ export const FIXTURE_OPTIMIZER = {
 } as const;
 export const fixture = (...parts: string[]): string => join(fixturesDir, ...parts);
 
+/** Fashion-MNIST (Debian's dataset-fashion-mnist) as an IDX dataset of `limit` samples per split. */
+const FASHION_MNIST = '/usr/share/datasets/fashion-mnist';
+export const fashionDataset = (limit: number) => ({
+  format: 'idx' as const,
+  images: join(FASHION_MNIST, 'train-images-idx3-ubyte.gz'),
+  labels: join(FASHION_MNIST, 'train-labels-idx1-ubyte.gz'),
+  validationImages: join(FASHION_MNIST, 't10k-images-idx3-ubyte.gz'),
+  validationLabels: join(FASHION_MNIST, 't10k-labels-idx1-ubyte.gz'),
+  classNames: ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot'],
+  limit,
+});
+
 export function tempDir(prefix = 'visiontorch-test-'): string {
   return mkdtempSync(join(tmpdir(), prefix));
 }

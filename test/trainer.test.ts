@@ -3,7 +3,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BaseTrainer, ErrorCode, HuggingFaceModelLoader, type ModelConfig, type Tensor, type TrainerEvent, type VisionModel } from '../src/index.js';
-import { expectClose, expectError, FIXTURE_OPTIMIZER, fixture, reference, repoRoot, tempDir } from './helpers.js';
+import { expectClose, expectError, FIXTURE_OPTIMIZER, fashionDataset, fixture, reference, repoRoot, tempDir } from './helpers.js';
 
 const models: VisionModel[] = [];
 afterAll(() => {
@@ -18,16 +18,7 @@ async function load(config: Partial<ModelConfig> & { modelName: string }): Promi
   return { model, modelConfig };
 }
 
-const FASHION = '/usr/share/datasets/fashion-mnist';
-const fashionDataset = (limit: number) => ({
-  format: 'idx' as const,
-  images: join(FASHION, 'train-images-idx3-ubyte.gz'),
-  labels: join(FASHION, 'train-labels-idx1-ubyte.gz'),
-  validationImages: join(FASHION, 't10k-images-idx3-ubyte.gz'),
-  validationLabels: join(FASHION, 't10k-labels-idx1-ubyte.gz'),
-  classNames: ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot'],
-  limit,
-});
+const FASHION = fashionDataset(0).images;
 const smallVit = { modelName: join(repoRoot, 'config', 'models', 'vit-fashion-mnist'), pretrained: false, numClasses: 10 };
 
 describe('BaseTrainer.trainingStep parity with transformers (vit-tiny-random)', () => {

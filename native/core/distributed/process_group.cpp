@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <thread>
 
 #include "common/error.h"
@@ -99,6 +100,16 @@ constexpr const char* kHealthPrefix = "visiontorch/health";
 
 std::vector<uint8_t> bytes_of(const std::string& text) { return std::vector<uint8_t>(text.begin(), text.end()); }
 std::string text_of(const std::vector<uint8_t>& bytes) { return std::string(bytes.begin(), bytes.end()); }
+
+// A process that has exited: gone, or a zombie its parent has not yet reaped.
+bool process_exited(pid_t pid) {
+  if (kill(pid, 0) != 0) return errno == ESRCH;
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return false;
+  const auto close = line.rfind(')');  // the command name may hold spaces and parentheses
+  return close != std::string::npos && close + 2 < line.size() && (line[close + 2] == 'Z' || line[close + 2] == 'X');
+}
 
 std::string host_name() {
   char name[256] = {};
@@ -211,15 +222,6 @@ std::shared_ptr<ProcessGroup> ProcessGroup::create(const GroupOptions& options) 
   return std::shared_ptr<ProcessGroup>(new ProcessGroup(std::move(impl)));
 }
 
-ProcessGroup::ProcessGroup(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-ProcessGroup::~ProcessGroup() = default;
-
-int ProcessGroup::rank() const { return impl_->options.rank; }
-int ProcessGroup::size() const { return impl_->options.world_size; }
-const GroupOptions& ProcessGroup::options() const { return impl_->options; }
-std::string ProcessGroup::backend_name() const { return impl_->options.backend; }
-torch::Device ProcessGroup::device() const { return torch::kCPU; }
-
 void ProcessGroup::all_reduce_sum(torch::Tensor& tensor) {
   std::vector<torch::Tensor> tensors{tensor};
   impl_->wait(impl_->group->allreduce(tensors), "allreduce", *this);
@@ -262,7 +264,7 @@ std::string ProcessGroup::diagnose_failure(const std::string& what) {
         const auto space = process.rfind(' ');
         const std::string host = process.substr(0, space);
         const pid_t pid = static_cast<pid_t>(std::atoi(process.substr(space + 1).c_str()));
-        if (host == here && pid > 0 && kill(pid, 0) != 0 && errno == ESRCH) {
+        if (host == here && pid > 0 && process_exited(pid)) {
           gone.push_back(str_cat("rank ", r, " (process ", pid, ") exited"));
           continue;
         }
@@ -332,13 +334,6 @@ std::shared_ptr<ProcessGroup> ProcessGroup::create(const GroupOptions& options) 
   validate(options);
   fail_with(ErrorCode::Unsupported, "distributed: this build of visiontorch has no torch.distributed backend (it was built without Gloo)");
 }
-ProcessGroup::ProcessGroup(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-ProcessGroup::~ProcessGroup() = default;
-int ProcessGroup::rank() const { return impl_->options.rank; }
-int ProcessGroup::size() const { return impl_->options.world_size; }
-const GroupOptions& ProcessGroup::options() const { return impl_->options; }
-std::string ProcessGroup::backend_name() const { return impl_->options.backend; }
-torch::Device ProcessGroup::device() const { return torch::kCPU; }
 void ProcessGroup::all_reduce_sum(torch::Tensor&) {}
 std::vector<torch::Tensor> ProcessGroup::all_gather(const torch::Tensor& tensor) { return {tensor}; }
 void ProcessGroup::broadcast(torch::Tensor&, int) {}
@@ -356,6 +351,14 @@ void StoreServer::set(const std::string&, const std::string&) {}
 std::optional<std::string> StoreServer::get(const std::string&) { return std::nullopt; }
 
 #endif
+
+ProcessGroup::ProcessGroup(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ProcessGroup::~ProcessGroup() = default;
+int ProcessGroup::rank() const { return impl_->options.rank; }
+int ProcessGroup::size() const { return impl_->options.world_size; }
+const GroupOptions& ProcessGroup::options() const { return impl_->options; }
+std::string ProcessGroup::backend_name() const { return impl_->options.backend; }
+torch::Device ProcessGroup::device() const { return torch::kCPU; }
 
 int free_port(const std::string& host) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
