@@ -231,6 +231,39 @@ describe('DistributedTrainer: 2 workers with half the batch each equal one proce
     ]);
   });
 
+  it('a checkpoint of 2 workers resumes in one process with the same global batch, and continues their losses', async () => {
+    const dataset = await classificationCrops();
+    const training = { ...FIXTURE_OPTIMIZER, seed: 0, maxSteps: 10, saveEvery: 5, dataset };
+    const { model, modelConfig } = await load({ modelName: fixture('vit-tiny-random') });
+    const outputDir = join(tempDir(), 'run');
+    const parallel: number[] = [];
+    setNumThreads(1);
+    try {
+      await new DistributedTrainer(new BaseTrainer({ model, modelConfig }), { numWorkers: 2, threadsPerWorker: 1 }).train(
+        { ...training, batchSize: 4, outputDir },
+        { onProgress: (e) => e.kind === 'step' && parallel.push(e.loss) },
+      );
+      const resumed = await load({ modelName: fixture('vit-tiny-random') });
+      const alone: number[] = [];
+      const trainer = new BaseTrainer(resumed);
+      const checkpoint = join(outputDir, 'checkpoint-5');
+      await trainer.train(
+        { ...training, batchSize: 8, outputDir: join(tempDir(), 'run'), resumeFrom: checkpoint },
+        { onProgress: (e) => e.kind === 'step' && alone.push(e.loss) },
+      );
+      expect(alone).toHaveLength(5);
+      alone.forEach((loss, i) => expect(Math.abs(loss - parallel[i + 5]!)).toBeLessThanOrEqual(1e-5 * Math.abs(parallel[i + 5]!)));
+      // Another global batch would visit other samples at other steps: refused, naming both.
+      await expectError(
+        trainer.train({ ...training, batchSize: 4, outputDir: join(tempDir(), 'run'), resumeFrom: checkpoint }),
+        ErrorCode.INVALID_ARGUMENT,
+        'global batch of 8 (4 per rank x 2 ranks), this run has 4',
+      );
+    } finally {
+      setNumThreads(0);
+    }
+  });
+
   it('per-worker BatchNorm statistics by default, broadcast from rank 0: every rank ends with the same state', async () => {
     const { model, modelConfig } = await load({ modelName: fixture('resnet-tiny-random'), numClasses: 10, ignoreMismatchedSizes: true });
     const outputDir = join(tempDir(), 'run');
