@@ -252,7 +252,7 @@ describe('DistributedTrainer: 2 workers with half the batch each equal one proce
         { onProgress: (e) => e.kind === 'step' && alone.push(e.loss) },
       );
       expect(alone).toHaveLength(5);
-      alone.forEach((loss, i) => expect(Math.abs(loss - parallel[i + 5]!)).toBeLessThanOrEqual(1e-5 * Math.abs(parallel[i + 5]!)));
+      for (const [i, loss] of alone.entries()) expect(Math.abs(loss - parallel[i + 5]!)).toBeLessThanOrEqual(1e-5 * Math.abs(parallel[i + 5]!));
       // Another global batch would visit other samples at other steps: refused, naming both.
       await expectError(
         trainer.train({ ...training, batchSize: 4, outputDir: join(tempDir(), 'run'), resumeFrom: checkpoint }),
