@@ -253,35 +253,46 @@ std::string ProcessGroup::diagnose_failure(const std::string& what) {
   try {
     auto& store = *impl_->health_store;
     store.set(str_cat("alive/", options.rank), bytes_of("1"));
-    // Ranks on this machine are looked up by process id: one that exited is certainly gone.
-    std::vector<int> unknown;
+    // Ranks on this machine are looked up by process id: one that exited is certainly gone. A
+    // process killed a moment ago resets its sockets before it becomes a zombie, so local ranks
+    // are looked at again until the grace period ends.
+    struct Peer {
+      int rank;
+      pid_t local_pid;  // 0 when the rank runs on another machine or never said
+    };
+    std::vector<Peer> unknown;
     const std::string here = host_name();
     for (int r = 0; r < options.world_size; ++r) {
       if (r == options.rank) continue;
+      pid_t local_pid = 0;
       const std::string key = str_cat("process/", r);
       if (store.check({key})) {
         const std::string process = text_of(store.get(key));
         const auto space = process.rfind(' ');
-        const std::string host = process.substr(0, space);
         const pid_t pid = static_cast<pid_t>(std::atoi(process.substr(space + 1).c_str()));
-        if (host == here && pid > 0 && process_exited(pid)) {
-          gone.push_back(str_cat("rank ", r, " (process ", pid, ") exited"));
-          continue;
-        }
+        if (process.substr(0, space) == here && pid > 0) local_pid = pid;
       }
-      unknown.push_back(r);
+      unknown.push_back({r, local_pid});
     }
     // The others: ranks that are alive reach this point too and say so; those that do not
     // within a short grace period are dead elsewhere or hung.
     const auto grace = std::min<std::chrono::milliseconds>(options.timeout, std::chrono::seconds(5));
     const auto started = std::chrono::steady_clock::now();
-    while (!unknown.empty() && std::chrono::steady_clock::now() - started < grace) {
-      unknown.erase(std::remove_if(unknown.begin(), unknown.end(), [&](int r) { return store.check({str_cat("alive/", r)}); }),
+    while (!unknown.empty()) {
+      unknown.erase(std::remove_if(unknown.begin(), unknown.end(),
+                                   [&](const Peer& peer) {
+                                     if (peer.local_pid > 0 && process_exited(peer.local_pid)) {
+                                       gone.push_back(str_cat("rank ", peer.rank, " (process ", peer.local_pid, ") exited"));
+                                       return true;
+                                     }
+                                     return store.check({str_cat("alive/", peer.rank)});
+                                   }),
                     unknown.end());
-      if (!unknown.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      if (unknown.empty() || std::chrono::steady_clock::now() - started >= grace) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     if (gone.empty()) {
-      for (int r : unknown) gone.push_back(str_cat("rank ", r, " stopped responding (exited, hung or unreachable)"));
+      for (const Peer& peer : unknown) gone.push_back(str_cat("rank ", peer.rank, " stopped responding (exited, hung or unreachable)"));
     }
   } catch (const std::exception&) {
     // The store is gone with its host.
