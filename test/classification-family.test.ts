@@ -19,6 +19,7 @@ async function load(config: Partial<ModelConfig> & { modelName: string }, seed?:
 describe.each([
   ['resnet-tiny-random', 'ResNetForImageClassification'],
   ['convnext-tiny-random', 'ConvNextForImageClassification'],
+  ['swin-tiny-random', 'SwinForImageClassification'],
 ])('%s: parity with transformers', (name, architecture) => {
   it('logits and the preprocessing of both photos', async () => {
     const ref = await reference(name);
@@ -90,6 +91,25 @@ describe('configurations beyond the fixtures', () => {
         layer_norm_eps: 1e-6,
       },
     ],
+    [
+      'swin-tiny-random',
+      'patch 3 (32 pixels padded to 33), window 5 (11 tokens padded to 15), 3 stages of odd sizes, maps smaller than the window, no qkv bias',
+      {
+        patch_size: 3,
+        window_size: 5,
+        embed_dim: 8,
+        depths: [1, 2, 2],
+        num_heads: [1, 2, 2],
+        mlp_ratio: 3,
+        qkv_bias: false,
+        drop_path_rate: 0.2,
+        hidden_act: 'gelu_new',
+        layer_norm_eps: 1e-6,
+        stage_names: ['stem', 'stage1', 'stage2', 'stage3'],
+        out_features: ['stage3'],
+        out_indices: [3],
+      },
+    ],
   ];
   it.each(variants)('%s: %s — random init, forward, a training step, save and reload', async (name, _, overrides) => {
     const dir = tempDir();
@@ -125,10 +145,50 @@ describe('configurations beyond the fixtures', () => {
   });
 });
 
+describe('Swin', () => {
+  it('SwinModel takes images of any size (padded to the patch and the window) and gives the last stage tokens', async () => {
+    const dir = tempDir();
+    const base = JSON.parse(readFileSync(fixture('swin-tiny-random', 'config.json'), 'utf8'));
+    writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...base, architectures: ['SwinModel'] }));
+    const { model } = await load({ modelName: dir, pretrained: false }, 3);
+    expect(model.architecture).toBe('SwinModel');
+    const data = new Float32Array(3 * 37 * 45).map((_, i) => Math.sin(i));
+    const outputs = await model.forward({ pixelValues: { dtype: 'float32', shape: [1, 3, 37, 45], data } });
+    // 37 x 45 pixels -> 10 x 12 patches of 4 -> 5 x 6 tokens after one patch merging, 32 channels
+    expect(outputs.lastHiddenState!.shape).toEqual([1, 30, 32]);
+    expect(outputs.poolerOutput!.shape).toEqual([1, 32]);
+    expect(Array.from(outputs.lastHiddenState!.data as Float32Array).every(Number.isFinite)).toBe(true);
+  });
+
+  it('a configuration it cannot run names the fields', async () => {
+    const dir = tempDir();
+    const base = JSON.parse(readFileSync(fixture('swin-tiny-random', 'config.json'), 'utf8'));
+    writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...base, num_heads: [2] }));
+    await expectError(load({ modelName: dir, pretrained: false }), ErrorCode.CONFIG, 'num_heads', 'depths');
+    writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...base, num_heads: [3, 4] }));
+    await expectError(load({ modelName: dir, pretrained: false }), ErrorCode.CONFIG, 'num_heads[0]', '16 channels');
+    writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...base, use_absolute_embeddings: true }));
+    await expectError(load({ modelName: dir, pretrained: false }), ErrorCode.CONFIG, 'use_absolute_embeddings');
+    writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...base, out_features: ['stage9'] }));
+    await expectError(load({ modelName: dir, pretrained: false }), ErrorCode.CONFIG, 'out_features', 'stage9');
+  });
+});
+
 describe('getAvailableModels', () => {
-  it('lists ResNet and ConvNeXt with their hub checkpoints', () => {
+  it('lists ResNet, ConvNeXt and Swin with their hub checkpoints', () => {
     const names = HuggingFaceModelLoader.getAvailableModels('classification').map((m) => m.architecture);
-    expect(names).toEqual(expect.arrayContaining(['ResNetForImageClassification', 'ConvNextForImageClassification', 'ResNetModel', 'ConvNextModel']));
+    expect(names).toEqual(
+      expect.arrayContaining([
+        'ResNetForImageClassification',
+        'ConvNextForImageClassification',
+        'SwinForImageClassification',
+        'ResNetModel',
+        'ConvNextModel',
+        'SwinModel',
+      ]),
+    );
+    const swin = HuggingFaceModelLoader.getAvailableModels().find((m) => m.architecture === 'SwinForImageClassification');
+    expect(swin?.checkpoints).toContain('microsoft/swin-tiny-patch4-window7-224');
     const resnet = HuggingFaceModelLoader.getAvailableModels().find((m) => m.architecture === 'ResNetForImageClassification');
     expect(resnet?.checkpoints).toContain('microsoft/resnet-50');
   });

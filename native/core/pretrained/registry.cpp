@@ -5,6 +5,7 @@
 #include "models/detr.h"
 #include "models/resnet.h"
 #include "models/segformer.h"
+#include "models/swin.h"
 #include "models/vit.h"
 
 namespace vt {
@@ -52,6 +53,21 @@ const std::vector<Architecture>& architectures() {
        {"facebook/convnext-tiny-224"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<convnext::ConvNextModel>(convnext::ConvNextConfig::from_json(config, source));
+       }},
+      {"SwinForImageClassification",
+       "swin",
+       find_task("classification"),
+       {"microsoft/swin-tiny-patch4-window7-224", "microsoft/swin-small-patch4-window7-224", "microsoft/swin-base-patch4-window7-224",
+        "microsoft/swin-large-patch4-window7-224"},
+       [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
+         return std::make_shared<swin::SwinForImageClassification>(swin::SwinConfig::from_json(config, source));
+       }},
+      {"SwinModel",
+       "swin",
+       nullptr,
+       {"microsoft/swin-tiny-patch4-window7-224"},
+       [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
+         return std::make_shared<swin::SwinModel>(swin::SwinConfig::from_json(config, source));
        }},
       {"DetrForObjectDetection",
        "detr",
