@@ -51,7 +51,7 @@ TEST(ImageProcessorParity, MatchesTransformersOnFixturePhotos) {
   // Tolerance of the fixtures' README is 1e-4; the arithmetic is the same, so we expect ~0.
   const char* fixtures[] = {"vit-tiny-random",        "resnet-tiny-random", "convnext-tiny-random",
                             "segformer-tiny-random",  "detr-tiny-random",   "table-transformer-tiny-random",
-                            "mask2former-tiny-random"};
+                            "mask2former-tiny-random", "swin-tiny-random"};
   double overall = 0.0;
   for (const char* fixture : fixtures) {
     const vt::TensorMap reference = vt::load_safetensors(vt_image_test::fixture_path(std::string(fixture) + "/reference.safetensors"));
@@ -242,7 +242,7 @@ TEST(ImageProcessorConfig, RoundTripsEveryFixtureConfig) {
                            "segformer-tiny-random",   "detr-tiny-random",          "table-transformer-tiny-random",
                            "mask2former-tiny-random", "vit-tiny-random-pt",        "configs/vit-base-patch16-224",
                            "configs/resnet-50",       "configs/convnext-tiny-224", "configs/segformer-b0-512",
-                           "configs/detr-resnet-50"};
+                           "configs/detr-resnet-50",  "swin-tiny-random",          "configs/swin-tiny-patch4-window7-224"};
   for (const char* name : configs) {
     SCOPED_TRACE(name);
     const json original = vt_image_test::read_json(vt_image_test::fixture_path(std::string(name) + "/preprocessor_config.json"));
