@@ -3,7 +3,7 @@
 // run (visiontorch, onnxruntime, PyTorch, visiontorch, ...) so that a busy machine slows all three
 // alike. Prepare the peers first with `bash bench/setup-peers.sh`.
 //
-//   node bench/inference.mjs [--model vit|resnet50|segformer|detr|all (or a comma list)]
+//   node bench/inference.mjs [--model vit|resnet50|swin|segformer|detr|all (or a comma list)]
 //                            [--batch 1,8] [--dtype float32,bfloat16,int8] [--rounds 3] [--warmup 1]
 //                            [--json results.json] [--png chart.png]
 //
@@ -40,7 +40,7 @@ function fail(message) {
 // ---------------------------------------------------------------------------------------------
 // Options
 
-const USAGE = `usage: node bench/inference.mjs [--model vit|resnet50|segformer|detr|all (or a comma list)]
+const USAGE = `usage: node bench/inference.mjs [--model vit|resnet50|swin|segformer|detr|all (or a comma list)]
          [--batch 1,8] [--dtype float32,bfloat16,int8] [--rounds 3] [--warmup 1] [--json file] [--png file]`;
 
 function parseOptions(argv) {

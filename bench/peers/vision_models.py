@@ -9,6 +9,9 @@ installed on the benchmark machine, hence these re-implementations; weights are 
   segformer  SegformerForSemanticSegmentation   (following transformers' modeling_segformer.py)
   detr       DetrForObjectDetection             (torchvision's resnet50 trunk as the timm backbone,
                                                  following transformers' modeling_detr.py)
+  swin       SwinForImageClassification         (following transformers' modeling_swin.py, with its
+                                                 state_dict keys; the shifted-window masks are
+                                                 buffers made once for config.json's image_size)
 """
 import json
 import math
@@ -265,6 +268,257 @@ class Detr(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
+# Swin (patch embedding, shifted-window attention with relative position bias, patch merging)
+
+
+def window_partition(x, window):
+    """[B, H, W, C] -> [B * H/w * W/w, w * w, C], the windows of each image in row-major order."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // window, window, w // window, window, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, c)
+
+
+def window_reverse(windows, window, height, width):
+    c = windows.shape[-1]
+    x = windows.view(-1, height // window, width // window, window, window, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, c)
+
+
+def relative_position_index(window):
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0).contiguous()
+    relative[:, :, 0] += window - 1
+    relative[:, :, 1] += window - 1
+    relative[:, :, 0] *= 2 * window - 1
+    return relative.sum(-1)
+
+
+def shifted_window_mask(height, width, window, shift):
+    """[windows, w*w, w*w]: -100 between tokens the cyclic shift brought together from different
+    regions of the (padded) map, 0 elsewhere, as SwinLayer.get_attn_mask."""
+    regions = torch.zeros(1, height, width, 1)
+    bands = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+    count = 0
+    for rows in bands:
+        for cols in bands:
+            regions[:, rows, cols, :] = count
+            count += 1
+    windows = window_partition(regions, window).squeeze(-1)
+    difference = windows.unsqueeze(1) - windows.unsqueeze(2)
+    return difference.masked_fill(difference != 0, -100.0).masked_fill(difference == 0, 0.0)
+
+
+class SwinSelfAttention(nn.Module):
+    def __init__(self, dim, heads, window, qkv_bias):
+        super().__init__()
+        self.heads = heads
+        self.window = window
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
+        self.register_buffer("relative_position_index", relative_position_index(window))
+        self.query = nn.Linear(dim, dim, bias=qkv_bias)
+        self.key = nn.Linear(dim, dim, bias=qkv_bias)
+        self.value = nn.Linear(dim, dim, bias=qkv_bias)
+
+    def forward(self, x, mask=None):
+        b, t, c = x.shape
+        d = c // self.heads
+        q = self.query(x).view(b, t, self.heads, d).transpose(1, 2)
+        k = self.key(x).view(b, t, self.heads, d).transpose(1, 2)
+        v = self.value(x).view(b, t, self.heads, d).transpose(1, 2)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(d)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(t, t, -1)
+        scores = scores + bias.permute(2, 0, 1).unsqueeze(0)
+        if mask is not None:
+            # [B * windows, heads, T, T] + [windows, 1, T, T], by image (-1 keeps the batch dynamic)
+            windows = mask.shape[0]
+            scores = (scores.view(-1, windows, self.heads, t, t) + mask.unsqueeze(1).unsqueeze(0)).view(-1, self.heads, t, t)
+        context = torch.matmul(scores.softmax(-1), v).transpose(1, 2).reshape(b, t, c)
+        return context
+
+
+class SwinSelfOutput(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+
+
+class SwinAttention(nn.Module):
+    def __init__(self, dim, heads, window, qkv_bias):
+        super().__init__()
+        self.self = SwinSelfAttention(dim, heads, window, qkv_bias)
+        self.output = SwinSelfOutput(dim)
+
+    def forward(self, x, mask=None):
+        return self.output.dense(self.self(x, mask))
+
+
+class SwinDense(nn.Module):
+    """`intermediate` and `output` of a SwinLayer: one `dense` each (the keys' names)."""
+
+    def __init__(self, inputs, outputs):
+        super().__init__()
+        self.dense = nn.Linear(inputs, outputs)
+
+
+class SwinLayer(nn.Module):
+    def __init__(self, c, dim, heads, shift, resolution):
+        super().__init__()
+        self.config_window = c["window_size"]
+        self.config_shift = shift
+        eps = c.get("layer_norm_eps", 1e-5)
+        self.layernorm_before = nn.LayerNorm(dim, eps=eps)
+        self.attention = SwinAttention(dim, heads, c["window_size"], c.get("qkv_bias", True))
+        self.layernorm_after = nn.LayerNorm(dim, eps=eps)
+        self.intermediate = SwinDense(dim, int(c.get("mlp_ratio", 4.0) * dim))
+        self.output = SwinDense(int(c.get("mlp_ratio", 4.0) * dim), dim)
+        self.act = ACT[c.get("hidden_act", "gelu")]
+        # The shifted-window mask for config.json's image size, made once (transformers makes it on
+        # each forward pass, and so does the peer for other sizes).
+        self.mask_size = self.padded(*resolution)
+        self.register_buffer("attn_mask", self.mask_for(*self.mask_size), persistent=False)
+
+    def window_and_shift(self, height, width):
+        # SwinLayer.set_shift_and_window_size: a map no larger than the window is one unshifted window.
+        if min(height, width) <= self.config_window:
+            return min(height, width), 0
+        return self.config_window, self.config_shift
+
+    def padded(self, height, width):
+        window, _ = self.window_and_shift(height, width)
+        return height + (window - height % window) % window, width + (window - width % window) % window
+
+    def mask_for(self, height, width):
+        window, shift = self.window_and_shift(height, width)
+        return shifted_window_mask(height, width, window, shift) if shift > 0 else None
+
+    def forward(self, x, height, width):
+        b, _, c = x.shape
+        window, shift = self.window_and_shift(height, width)
+        if window != self.config_window:
+            raise ValueError(f"the Swin peer does not implement windows shrunk below window_size (a {height}x{width} map)")
+        shortcut = x
+        x = self.layernorm_before(x).view(b, height, width, c)
+        padded_height, padded_width = self.padded(height, width)
+        if padded_height != height or padded_width != width:
+            x = F.pad(x, (0, 0, 0, padded_width - width, 0, padded_height - height))
+        if shift > 0:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+        mask = None
+        if shift > 0:
+            mask = self.attn_mask if (padded_height, padded_width) == self.mask_size else self.mask_for(padded_height, padded_width).to(x)
+        x = self.attention(window_partition(x, window), mask)
+        x = window_reverse(x, window, padded_height, padded_width)
+        if shift > 0:
+            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+        if padded_height != height or padded_width != width:
+            x = x[:, :height, :width, :].contiguous()
+        x = shortcut + x.reshape(b, height * width, c)
+        return x + self.output.dense(self.act(self.intermediate.dense(self.layernorm_after(x))))
+
+
+class SwinPatchMerging(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim)
+
+    def forward(self, x, height, width):
+        b, _, c = x.shape
+        x = x.view(b, height, width, c)
+        if height % 2 == 1 or width % 2 == 1:
+            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+        x = torch.cat([x[:, 0::2, 0::2, :], x[:, 1::2, 0::2, :], x[:, 0::2, 1::2, :], x[:, 1::2, 1::2, :]], -1)
+        return self.reduction(self.norm(x.view(b, -1, 4 * c)))
+
+
+class SwinStage(nn.Module):
+    def __init__(self, c, i, resolution):
+        super().__init__()
+        dim = c["embed_dim"] * 2**i
+        window = c["window_size"]
+        self.blocks = nn.ModuleList(
+            SwinLayer(c, dim, c["num_heads"][i], 0 if j % 2 == 0 else window // 2, resolution) for j in range(c["depths"][i])
+        )
+        self.downsample = SwinPatchMerging(dim) if i < len(c["depths"]) - 1 else None
+
+    def forward(self, x, height, width):
+        for block in self.blocks:
+            x = block(x, height, width)
+        if self.downsample is not None:
+            x = self.downsample(x, height, width)
+            height, width = (height + 1) // 2, (width + 1) // 2
+        return x, height, width
+
+
+class SwinPatchEmbeddings(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.patch = c["patch_size"]
+        self.projection = nn.Conv2d(c.get("num_channels", 3), c["embed_dim"], kernel_size=self.patch, stride=self.patch)
+
+    def forward(self, pixel_values):
+        height, width = pixel_values.shape[2:]
+        pad_right, pad_bottom = (self.patch - width % self.patch) % self.patch, (self.patch - height % self.patch) % self.patch
+        if pad_right or pad_bottom:
+            pixel_values = F.pad(pixel_values, (0, pad_right, 0, pad_bottom))
+        return self.projection(pixel_values)
+
+
+class SwinEmbeddings(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        if c.get("use_absolute_embeddings", False):
+            raise ValueError("the Swin peer does not implement use_absolute_embeddings")
+        self.patch_embeddings = SwinPatchEmbeddings(c)
+        # transformers builds this LayerNorm with torch's default eps.
+        self.norm = nn.LayerNorm(c["embed_dim"])
+
+    def forward(self, pixel_values):
+        x = self.patch_embeddings(pixel_values)
+        height, width = x.shape[2:]
+        return self.norm(x.flatten(2).transpose(1, 2)), height, width
+
+
+class SwinEncoder(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        grid = math.ceil(c.get("image_size", 224) / c["patch_size"])
+        resolutions = []
+        for _ in c["depths"]:
+            resolutions.append((grid, grid))
+            grid = (grid + 1) // 2
+        self.layers = nn.ModuleList(SwinStage(c, i, resolutions[i]) for i in range(len(c["depths"])))
+
+
+class SwinBase(nn.Module):
+    """SwinModel: embeddings, encoder, final LayerNorm (the `swin` of the classifier's keys)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.embeddings = SwinEmbeddings(c)
+        self.encoder = SwinEncoder(c)
+        self.layernorm = nn.LayerNorm(c["embed_dim"] * 2 ** (len(c["depths"]) - 1), eps=c.get("layer_norm_eps", 1e-5))
+
+    def forward(self, pixel_values):
+        x, height, width = self.embeddings(pixel_values)
+        for stage in self.encoder.layers:
+            x, height, width = stage(x, height, width)
+        return self.layernorm(x)
+
+
+class Swin(nn.Module):
+    """SwinForImageClassification: the mean of the last stage's tokens, then the classifier."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.swin = SwinBase(c)
+        self.classifier = nn.Linear(c["embed_dim"] * 2 ** (len(c["depths"]) - 1), num_labels(c))
+
+    def forward(self, pixel_values):
+        return self.classifier(self.swin(pixel_values).mean(1))
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def build_model(name, config_path):
@@ -279,8 +533,10 @@ def build_model(name, config_path):
         model = Segformer(config)
     elif name == "detr":
         model = Detr(config)
+    elif name == "swin":
+        model = Swin(config)
     else:
-        raise ValueError(f"no PyTorch peer for model {name!r} (expected vit, resnet50, segformer or detr)")
+        raise ValueError(f"no PyTorch peer for model {name!r} (expected vit, resnet50, segformer, detr or swin)")
     return model.eval()
 
 
