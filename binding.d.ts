@@ -89,6 +89,16 @@ export interface NativeSegmentation {
   segments: { label: string; index: number; pixels: number }[];
 }
 
+/** Instance or panoptic segmentation (Mask2Former, predict's `task: 'instance' | 'panoptic'`). */
+export interface NativeSegmentSegmentation {
+  width: number;
+  height: number;
+  /** The segment id of every pixel, row-major, at the original size; -1 where no segment. */
+  segmentation: Int32Array;
+  /** One entry per segment id: its class, score (class probability times mask confidence) and pixel count. */
+  segments: { id: number; label: string; index: number; score: number; pixels: number; isThing: boolean }[];
+}
+
 /**
  * The tasks of native/core/tasks/, each with what predict() gives per image: the one place the
  * TypeScript types of a task come from (ModelType, Prediction).
@@ -96,7 +106,7 @@ export interface NativeSegmentation {
 export interface NativeTaskPredictions {
   classification: NativeClassScore[];
   object_detection: NativeDetection[];
-  segmentation: NativeSegmentation;
+  segmentation: NativeSegmentation | NativeSegmentSegmentation;
 }
 export type NativeTask = keyof NativeTaskPredictions;
 
@@ -104,8 +114,19 @@ export type NativeTask = keyof NativeTaskPredictions;
 export interface NativePredictOptions {
   /** Classification: how many labels per image, best first (default 5). */
   topK?: number;
-  /** Object detection: the lowest score kept (default 0.5), as post_process_object_detection. */
+  /**
+   * Object detection, instance and panoptic segmentation: the lowest score kept (default 0.5), as
+   * post_process_object_detection / post_process_{instance,panoptic}_segmentation.
+   */
   threshold?: number;
+  /** Segmentation with Mask2Former: 'semantic' (default, a label map), 'instance' or 'panoptic' (segments). */
+  task?: 'semantic' | 'instance' | 'panoptic';
+  /** Instance and panoptic: the mask probability a pixel needs to belong to a segment (default 0.5). */
+  maskThreshold?: number;
+  /** Instance and panoptic: the share of a mask that must survive overlaps for its segment to be kept (default 0.8). */
+  overlapMaskAreaThreshold?: number;
+  /** Panoptic: classes whose segments merge into one per image ("stuff"; default none). */
+  labelIdsToFuse?: number[];
 }
 
 export interface NativeModel {

@@ -21,9 +21,10 @@ export {
   type Prediction,
   type PredictOptions,
   type SegmentationPrediction,
+  type SegmentPrediction,
   VisionModel,
 } from './models/vision-model.js';
-export { type BoxAnnotation, drawDetections, drawSegmentation } from './render/annotate.js';
+export { type BoxAnnotation, drawDetections, drawSegmentation, drawSegments, type SegmentAnnotation } from './render/annotate.js';
 export { decodeImage, loadSafetensors, runtimeInfo, saveSafetensors, setNumThreads } from './runtime.js';
 export { type DType, numel, type Tensor, tensor, toFloat32 } from './tensor.js';
 export {

@@ -42,7 +42,7 @@ const allowed: Record<string, string[]> = {
   models: ['common', 'nn', 'losses', 'io'],
   tasks: ['common', 'nn', 'data'],
   data: ['common', 'io', 'nn', 'runtime'],
-  eval: ['common'],
+  eval: ['common', 'io'],
   pretrained: ['common', 'io', 'nn', 'kernels', 'models', 'losses', 'tasks', 'data', 'runtime'],
   distributed: ['common'],
   train: ['common', 'io', 'nn', 'losses', 'tasks', 'data', 'eval', 'pretrained', 'runtime', 'distributed'],

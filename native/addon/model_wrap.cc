@@ -64,7 +64,7 @@ Napi::Value ModelWrap::info(const Napi::CallbackInfo& info) {
   Napi::Object result = Napi::Object::New(env);
   result.Set("architecture", model->architecture());
   result.Set("modelType", model->task()->name);
-  result.Set("padsBatches", model->task()->pads_batches);
+  result.Set("padsBatches", model->pads_batches());
   result.Set("labels", strings_to_js(env, model->labels()));
   result.Set("device", model->device_name());
   result.Set("dtype", dtype_name(model->dtype()));
@@ -125,6 +125,19 @@ Napi::Value ModelWrap::predict(const Napi::CallbackInfo& info) {
     Napi::Object object = info[1].As<Napi::Object>();
     options.top_k = optional_int(object, "topK");
     options.threshold = optional_number(object, "threshold");
+    options.segmentation_task = optional_string(object, "task");
+    options.mask_threshold = optional_number(object, "maskThreshold");
+    options.overlap_mask_area_threshold = optional_number(object, "overlapMaskAreaThreshold");
+    Napi::Value fuse = object.Get("labelIdsToFuse");
+    if (!fuse.IsUndefined() && !fuse.IsNull()) {
+      if (!fuse.IsArray()) throw Napi::TypeError::New(info.Env(), "labelIdsToFuse: expected an array of class indices");
+      Napi::Array ids = fuse.As<Napi::Array>();
+      for (uint32_t i = 0; i < ids.Length(); ++i) {
+        Napi::Value id = ids.Get(i);
+        if (!id.IsNumber()) throw Napi::TypeError::New(info.Env(), "labelIdsToFuse[" + std::to_string(i) + "]: expected a class index");
+        options.label_ids_to_fuse.push_back(id.As<Napi::Number>().Int64Value());
+      }
+    }
   }
   using Predictions = std::vector<Prediction>;
   return run_async<Predictions>(

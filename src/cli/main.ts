@@ -2,7 +2,7 @@
 /**
  * The `visiontorch` command:
  *   visiontorch train [config.yaml] [--nproc-per-node N] [--nnodes M --node-rank R --master-addr A --master-port P]
- *   visiontorch predict --model <id|dir> [--type T] <image...> [--json]
+ *   visiontorch predict --model <id|dir> [--type T] [--task semantic|instance|panoptic] <image...> [--json]
  *   visiontorch models [--type T] [--json]
  *   visiontorch bench --model <id|dir> [--batch N] [--dtype D] [--json]
  */
@@ -13,7 +13,7 @@ import { loadConfig, type ProjectConfig } from '../config/project-config.js';
 import { ConfigError } from '../errors.js';
 import { HuggingFaceModelLoader, type LoadModelOptions } from '../models/loader.js';
 import type { DetectionPrediction, Prediction, VisionModel } from '../models/vision-model.js';
-import { drawDetections, drawSegmentation } from '../render/annotate.js';
+import { drawDetections, drawSegmentation, drawSegments } from '../render/annotate.js';
 import { type DistributedConfig, parseDistributedConfig } from '../schemas/distributed-config.js';
 import { ModelType } from '../schemas/model-config.js';
 import { tensor } from '../tensor.js';
@@ -27,7 +27,8 @@ const USAGE = `usage:
       [--nproc-per-node N] [--nnodes M --node-rank R --master-addr A --master-port P]
                                                       data-parallel on N worker processes (per node), as torchrun; run under
                                                       torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set) it is one rank
-  visiontorch predict --model <id|dir> [--type T] [--top-k K] [--threshold S] [--draw out.png] <image...> [--json]
+  visiontorch predict --model <id|dir> [--type T] [--task semantic|instance|panoptic] [--top-k K] [--threshold S]
+                      [--mask-threshold M] [--draw out.png] <image...> [--json]
   visiontorch models [--type T] [--json]              architectures this build implements
   visiontorch bench --model <id|dir> [--type T] [--batch N] [--dtype D] [--iterations N] [--random-weights] [--json]
 model types: ${Object.values(ModelType).join(', ')}`;
@@ -80,23 +81,38 @@ async function predict(args: string[]): Promise<void> {
       type: { type: 'string' },
       'top-k': { type: 'string' },
       threshold: { type: 'string' },
+      task: { type: 'string' },
+      'mask-threshold': { type: 'string' },
       draw: { type: 'string' },
       json: { type: 'boolean' },
     },
   });
   if (!values.model) throw new UsageError('predict needs --model <hub id or directory>');
   if (positionals.length === 0) throw new UsageError('predict needs at least one image file');
-  const threshold = values.threshold === undefined ? undefined : Number(values.threshold);
-  if (threshold !== undefined && !(threshold >= 0 && threshold <= 1))
-    throw new UsageError(`--threshold must be a number from 0 to 1, got "${values.threshold}"`);
+  const fraction = (name: string, text: string | undefined): number | undefined => {
+    if (text === undefined) return undefined;
+    const value = Number(text);
+    if (!(text.trim() !== '' && value >= 0 && value <= 1)) throw new UsageError(`--${name} must be a number from 0 to 1, got "${text}"`);
+    return value;
+  };
+  const threshold = fraction('threshold', values.threshold);
+  const maskThreshold = fraction('mask-threshold', values['mask-threshold']);
+  const task = values.task;
+  if (task !== undefined && task !== 'semantic' && task !== 'instance' && task !== 'panoptic')
+    throw new UsageError(`--task must be semantic, instance or panoptic, got "${task}"`);
   const model = await loadModel({ modelName: values.model, modelType: modelType(values.type) }, values.json);
   try {
     const topK = positiveInt('top-k', values['top-k'], 5);
-    const predictions = await model.predict(positionals, { topK, threshold });
+    const predictions = await model.predict(positionals, { topK, threshold, task, maskThreshold });
     const drawn = values.draw === undefined ? [] : await drawPredictions(model, positionals, predictions, values.draw);
     if (values.json) {
       // A label map goes out as a plain array: JSON has no typed arrays.
-      const plain = (p: Prediction | undefined) => (p && 'labelMap' in p ? { ...p, labelMap: Array.from(p.labelMap) } : p);
+      const plain = (p: Prediction | undefined) =>
+        p && 'labelMap' in p
+          ? { ...p, labelMap: Array.from(p.labelMap) }
+          : p && 'segmentation' in p
+            ? { ...p, segmentation: Array.from(p.segmentation) }
+            : p;
       console.log(
         JSON.stringify(positionals.map((image, i) => ({ image, predictions: plain(predictions[i]), ...(drawn[i] && { drawn: drawn[i] }) }))),
       );
@@ -108,6 +124,12 @@ async function predict(args: string[]): Promise<void> {
       if ('labelMap' in prediction) {
         const total = prediction.width * prediction.height;
         for (const s of prediction.segments) console.log(`  ${((100 * s.pixels) / total).toFixed(1).padStart(5)}%  ${s.label}`);
+      } else if ('segmentation' in prediction) {
+        const total = prediction.width * prediction.height;
+        for (const s of prediction.segments)
+          console.log(
+            `  #${s.id}  ${s.score.toFixed(4)}  ${((100 * s.pixels) / total).toFixed(1).padStart(5)}%  ${s.label}${s.isThing ? '' : ' (stuff)'}`,
+          );
       } else {
         for (const p of prediction) {
           const box = 'box' in p ? `  [${[p.box.xmin, p.box.ymin, p.box.xmax, p.box.ymax].map((v) => v.toFixed(1)).join(', ')}]` : '';
@@ -130,6 +152,7 @@ async function drawPredictions(model: VisionModel, images: string[], predictions
   for (const [i, image] of images.entries()) {
     const prediction = predictions[i]!;
     if ('labelMap' in prediction) await drawSegmentation(image, prediction.labelMap, model.labels, paths[i]!);
+    else if ('segmentation' in prediction) await drawSegments(image, prediction.segmentation, prediction.segments, paths[i]!);
     else await drawDetections(image, prediction as DetectionPrediction[], paths[i]!);
   }
   return paths;

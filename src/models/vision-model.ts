@@ -11,6 +11,7 @@ import type {
   NativeModelInfo,
   NativePredictOptions,
   NativeSegmentation,
+  NativeSegmentSegmentation,
   NativeTaskPredictions,
 } from '../../binding.js';
 import { ErrorCode, invalidArgument, withCode } from '../errors.js';
@@ -39,6 +40,8 @@ export interface ForwardInputs {
 export type ClassificationPrediction = NativeClassScore;
 export type DetectionPrediction = NativeDetection;
 export type SegmentationPrediction = NativeSegmentation;
+/** Mask2Former's instance and panoptic predictions: segment ids per pixel and the segments. */
+export type SegmentPrediction = NativeSegmentSegmentation;
 export type PredictOptions = NativePredictOptions;
 
 /** Per image, what the model's task gives: classification its top-K labels, best first; detection its objects; segmentation its label map. */
@@ -175,14 +178,20 @@ export class VisionModel {
   /** `key` is the same for calls that may share a native call; the native task checks the options. */
   #predictor(options: PredictOptions): { key: string; run: BatchRunner<NativeImage, Prediction> } {
     if (options === null || typeof options !== 'object') throw invalidArgument(TypeError, 'predict: options must be an object');
-    const { topK, threshold } = options;
+    const { topK, threshold, task, maskThreshold, overlapMaskAreaThreshold, labelIdsToFuse } = options;
     // Checked here too, so the message names the option as the caller spelled it.
     if (topK !== undefined && !(Number.isInteger(topK) && topK > 0))
       throw invalidArgument(RangeError, `predict: topK must be a positive integer, got ${topK}`);
-    if (threshold !== undefined && !(threshold >= 0 && threshold <= 1)) {
-      throw invalidArgument(RangeError, `predict: threshold must be between 0 and 1, got ${threshold}`);
+    for (const [name, value] of Object.entries({ threshold, maskThreshold, overlapMaskAreaThreshold })) {
+      if (value !== undefined && !(typeof value === 'number' && value >= 0 && value <= 1))
+        throw invalidArgument(RangeError, `predict: ${name} must be between 0 and 1, got ${value}`);
     }
-    return { key: JSON.stringify({ topK, threshold }), run: async (list) => this.handle().predict(list, { topK, threshold }) };
+    if (task !== undefined && task !== 'semantic' && task !== 'instance' && task !== 'panoptic')
+      throw invalidArgument(RangeError, `predict: task must be 'semantic', 'instance' or 'panoptic', got ${JSON.stringify(task)}`);
+    if (labelIdsToFuse !== undefined && !(Array.isArray(labelIdsToFuse) && labelIdsToFuse.every((id) => Number.isInteger(id) && id >= 0)))
+      throw invalidArgument(TypeError, `predict: labelIdsToFuse must be an array of class indices, got ${JSON.stringify(labelIdsToFuse)}`);
+    const native = { topK, threshold, task, maskThreshold, overlapMaskAreaThreshold, labelIdsToFuse };
+    return { key: JSON.stringify(native), run: async (list) => this.handle().predict(list, native) };
   }
 
   /** Writes config.json, model.safetensors and preprocessor_config.json (each atomically). */

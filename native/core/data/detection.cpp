@@ -22,6 +22,7 @@
 #include "common/error.h"
 #include "common/json_config.h"
 #include "data/augment.h"
+#include "data/coco_json.h"
 #include "data/random.h"
 
 namespace vt {
@@ -29,6 +30,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using coco_json::int_field;
+using coco_json::list_field;
+using coco_json::optional_size;
+using coco_json::string_field;
 using nlohmann::json;
 
 // An image after the processor's geometric steps, and the size its annotations are given in.
@@ -130,38 +135,6 @@ void check_boxes_can_follow(const ImageProcessor& processor) {
   const bool convnext_crop = c.processor_type == "ConvNextImageProcessor" && c.do_resize && c.shortest_edge && *c.shortest_edge < 384;
   VT_CHECK(!c.do_center_crop && !convnext_crop, "detection preprocessing: the image processor (", c.processor_type,
            ") crops, which annotation boxes cannot follow");
-}
-
-// ---------------------------------------------------------------------------------------------
-// COCO JSON parsing helpers: every error names the file and the entry.
-
-const json& list_field(const json& root, const std::string& file, const char* key) {
-  VT_CHECK(root.contains(key) && root.at(key).is_array(), file, ": ", key, " must be a list");
-  return root.at(key);
-}
-
-int64_t int_field(const json& entry, const std::string& file, const std::string& where, const char* key) {
-  VT_CHECK(entry.contains(key), file, ": ", where, ".", key, " is missing");
-  const json& v = entry.at(key);
-  VT_CHECK(v.is_number_integer(), file, ": ", where, ".", key, " must be an integer, got ", v.dump());
-  VT_CHECK(!v.is_number_unsigned() || v.get<uint64_t>() <= static_cast<uint64_t>(INT64_MAX), file, ": ", where, ".", key,
-           " is out of range: ", v.dump());
-  return v.get<int64_t>();
-}
-
-std::string string_field(const json& entry, const std::string& file, const std::string& where, const char* key) {
-  VT_CHECK(entry.contains(key), file, ": ", where, ".", key, " is missing");
-  const json& v = entry.at(key);
-  VT_CHECK(v.is_string() && !v.get<std::string>().empty(), file, ": ", where, ".", key, " must be a non-empty string, got ", v.dump());
-  return v.get<std::string>();
-}
-
-std::optional<int> optional_size(const json& entry, const std::string& file, const std::string& where, const char* key) {
-  if (!entry.contains(key) || entry.at(key).is_null()) return std::nullopt;
-  const json& v = entry.at(key);
-  VT_CHECK(v.is_number_integer() && v.get<int64_t>() > 0 && v.get<int64_t>() <= (int64_t{1} << 30), file, ": ", where, ".", key,
-           " must be a positive integer, got ", v.dump());
-  return static_cast<int>(v.get<int64_t>());
 }
 
 }  // namespace
@@ -333,6 +306,7 @@ CocoDetectionDataset::CocoDetectionDataset(const std::string& annotations_file, 
       VT_CHECK(ok, file, ": ", where, ".iscrowd must be 0 or 1, got ", v.dump());
       a.iscrowd = v.is_boolean() ? v.get<bool>() : v.get<int64_t>() == 1;
     }
+    if (an.contains("segmentation")) a.segmentation = an.at("segmentation");
     entries_[image->second].annotations.push_back(a);
   }
 }

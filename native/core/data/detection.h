@@ -12,6 +12,7 @@
 #include <vector>
 
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "data/image_processor.h"
 #include "io/image.h"
@@ -24,6 +25,7 @@ struct CocoAnnotation {
   double x = 0, y = 0, width = 0, height = 0;  // bbox
   double area = -1;
   bool iscrowd = false;
+  nlohmann::json segmentation;  // as the file holds it (polygons or RLE; null when absent), decoded by data/coco_masks.h
 };
 
 // DETR's per-image target: class_labels [n] int64, boxes [n, 4] float32 (cx, cy, w, h)

@@ -491,6 +491,8 @@ Plan make_plan(const ImageProcessorConfig& c, int height, int width) {
 
 }  // namespace
 
+bool ImageProcessor::pads_batches() const { return is_detr_family(config_.processor_type) || is_maskformer_family(config_.processor_type); }
+
 std::pair<int, int> ImageProcessor::output_size(int height, int width) const {
   const Plan p = make_plan(config_, height, width);
   if (p.crop) return {p.crop_h, p.crop_w};

@@ -50,6 +50,9 @@ class ImageProcessor {
 
   const ImageProcessorConfig& config() const { return config_; }
   int channels() const { return channels_; }
+  // Whether a batch is padded to its largest image with a pixel_mask (DETR's and the MaskFormer
+  // family's processors, whose resizing keeps each image's aspect ratio).
+  bool pads_batches() const;
 
   // The (height, width) that process() produces for an input of the given size.
   std::pair<int, int> output_size(int height, int width) const;

@@ -29,6 +29,7 @@ namespace vt {
 struct Batch : ModelInputs {
   std::vector<size_t> indices;                      // dataset indices, in batch order
   std::vector<std::pair<int, int>> original_sizes;  // (height, width) before preprocessing, where post-processing needs them
+  std::vector<std::pair<int, int>> resized_sizes;   // (height, width) after resizing, before padding (padded batches)
 };
 
 // Builds the batch of these dataset indices for `epoch` (decode, augment, preprocess), on a loader

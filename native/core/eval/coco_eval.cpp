@@ -1,9 +1,9 @@
-// A port of pycocotools' COCOeval for iouType 'bbox' (evaluate, evaluateImg, accumulate,
-// summarize) and of maskApi.c's bbIou. The aim is pycocotools' numbers to the last bit, so the
-// arithmetic keeps its operation order: np.linspace's thresholds, the IoU expression, the
-// eps in the precision, and numpy's summation order in the final means. This file is compiled
-// without floating-point contraction (see CMakeLists.txt) because a fused multiply-add rounds
-// differently.
+// A port of pycocotools' COCOeval (evaluate, evaluateImg, accumulate, summarize) for any region
+// shape through an IoU callback, and of maskApi.c's bbIou for iouType 'bbox'. The aim is
+// pycocotools' numbers to the last bit, so the arithmetic keeps its operation order: np.linspace's
+// thresholds, the IoU expression, the eps in the precision, and numpy's summation order in the
+// final means. This file is compiled without floating-point contraction (see CMakeLists.txt)
+// because a fused multiply-add rounds differently.
 #include "eval/coco_eval.h"
 
 #include <algorithm>
@@ -107,9 +107,11 @@ struct ImageResult {
 
 class Evaluator {
  public:
-  Evaluator(const std::vector<GroundTruthBox>& ground_truth, const std::vector<DetectionBox>& detections, int64_t max_detections)
+  Evaluator(const std::vector<CocoRegion>& ground_truth, const std::vector<CocoRegion>& detections, const CocoIouFunction& iou,
+            int64_t max_detections)
       : ground_truth_(ground_truth),
         detections_(detections),
+        iou_(iou),
         iou_thresholds_(linspace(.5, 0.95, 10)),
         recall_thresholds_(linspace(.0, 1.00, 101)),
         max_dets_{1, 10, max_detections} {}
@@ -202,14 +204,11 @@ class Evaluator {
     std::vector<double> ious(detections.size() * ground_truth.size());
     for (size_t d = 0; d < detections.size(); ++d) {
       for (size_t g = 0; g < ground_truth.size(); ++g) {
-        const GroundTruthBox& truth = ground_truth_[ground_truth[g]];
-        ious[d * ground_truth.size() + g] = box_iou(detections_[detections[d]].box, truth.box, truth.iscrowd);
+        ious[d * ground_truth.size() + g] = iou_(detections[d], ground_truth[g]);
       }
     }
     return ious;
   }
-
-  double ground_truth_area(const GroundTruthBox& truth) const { return truth.area < 0 ? truth.box.width * truth.box.height : truth.area; }
 
   ImageResult evaluate_image(const std::vector<size_t>& ground_truth, const std::vector<size_t>& detections,
                              const std::vector<double>& ious, int area) const {
@@ -223,8 +222,8 @@ class Evaluator {
     // Ground truth ignored here (crowd or outside the area range) goes last, order kept otherwise.
     std::vector<char> ignore_of(G);
     for (size_t g = 0; g < G; ++g) {
-      const GroundTruthBox& truth = ground_truth_[ground_truth[g]];
-      ignore_of[g] = truth.iscrowd || outside(ground_truth_area(truth), area);
+      const CocoRegion& truth = ground_truth_[ground_truth[g]];
+      ignore_of[g] = truth.iscrowd || outside(truth.area, area);
       if (!ignore_of[g]) ++result.counted_ground_truth;
     }
     std::vector<size_t> order(G);
@@ -258,8 +257,7 @@ class Evaluator {
     }
     // Unmatched detections outside the area range are not false positives of this range.
     for (size_t d = 0; d < D; ++d) {
-      const CocoBox& box = detections_[detections[d]].box;
-      if (!outside(box.width * box.height, area)) continue;
+      if (!outside(detections_[detections[d]].area, area)) continue;
       for (size_t t = 0; t < thresholds; ++t) {
         if (!result.matched[t * D + d]) result.ignored[t * D + d] = 1;
       }
@@ -267,8 +265,9 @@ class Evaluator {
     return result;
   }
 
-  const std::vector<GroundTruthBox>& ground_truth_;
-  const std::vector<DetectionBox>& detections_;
+  const std::vector<CocoRegion>& ground_truth_;
+  const std::vector<CocoRegion>& detections_;
+  const CocoIouFunction& iou_;
   std::vector<double> iou_thresholds_;
   std::vector<double> recall_thresholds_;
   int64_t max_dets_[kMaxDetCount];
@@ -300,35 +299,55 @@ std::map<std::string, double> CocoMetrics::as_map() const {
 
 CocoMetrics coco_evaluate(const std::vector<int64_t>& image_ids, const std::vector<GroundTruthBox>& ground_truth,
                           const std::vector<DetectionBox>& detections, int64_t max_detections) {
+  // COCOeval 'bbox': a ground truth's area is its COCO "area" (the box's when absent), a
+  // detection's its box's (loadRes sets it so).
+  std::vector<CocoRegion> truth_regions(ground_truth.size()), detection_regions(detections.size());
+  for (size_t i = 0; i < ground_truth.size(); ++i) {
+    const GroundTruthBox& truth = ground_truth[i];
+    check_box(truth.box, "ground_truth", i);
+    truth_regions[i] = {truth.image_id, truth.category_id, truth.area < 0 ? truth.box.width * truth.box.height : truth.area, truth.iscrowd,
+                        0};
+  }
+  for (size_t i = 0; i < detections.size(); ++i) {
+    const DetectionBox& detection = detections[i];
+    check_box(detection.box, "detections", i);
+    detection_regions[i] = {detection.image_id, detection.category_id, detection.box.width * detection.box.height, false, detection.score};
+  }
+  const CocoIouFunction iou = [&](size_t d, size_t g) { return box_iou(detections[d].box, ground_truth[g].box, ground_truth[g].iscrowd); };
+  return coco_evaluate_regions(image_ids, truth_regions, detection_regions, iou, max_detections, "coco_evaluate");
+}
+
+CocoMetrics coco_evaluate_regions(const std::vector<int64_t>& image_ids, const std::vector<CocoRegion>& ground_truth,
+                                  const std::vector<CocoRegion>& detections, const CocoIouFunction& iou, int64_t max_detections,
+                                  const std::string& caller) {
   // The 1- and 10-detection recalls need at least that many; pycocotools' own maxDets sorting
   // would otherwise reorder the settings behind mar_10 and map.
-  VT_CHECK(max_detections >= 10, "coco_evaluate: max_detections must be at least 10, got ", max_detections);
+  VT_CHECK(max_detections >= 10, caller, ": max_detections must be at least 10, got ", max_detections);
   const std::set<int64_t> images(image_ids.begin(), image_ids.end());
 
   // Categories as pycocotools indexes them, by id; each holds its images by id (the order of
   // accumulate's concatenation).
   std::map<int64_t, std::map<int64_t, Group>> categories;
   for (size_t i = 0; i < ground_truth.size(); ++i) {
-    const GroundTruthBox& truth = ground_truth[i];
-    VT_CHECK(images.count(truth.image_id) != 0, "coco_evaluate: ground_truth[", i, "] has image_id ", truth.image_id,
+    const CocoRegion& truth = ground_truth[i];
+    VT_CHECK(images.count(truth.image_id) != 0, caller, ": ground_truth[", i, "] has image_id ", truth.image_id,
              ", which is not among image_ids");
-    check_box(truth.box, "ground_truth", i);
-    VT_CHECK(!std::isnan(truth.area), "coco_evaluate: ground_truth[", i, "] has area NaN");
+    VT_CHECK(!std::isnan(truth.area), caller, ": ground_truth[", i, "] has area NaN");
     categories[truth.category_id][truth.image_id].ground_truth.push_back(i);
   }
   for (size_t i = 0; i < detections.size(); ++i) {
-    const DetectionBox& detection = detections[i];
-    VT_CHECK(images.count(detection.image_id) != 0, "coco_evaluate: detections[", i, "] has image_id ", detection.image_id,
+    const CocoRegion& detection = detections[i];
+    VT_CHECK(images.count(detection.image_id) != 0, caller, ": detections[", i, "] has image_id ", detection.image_id,
              ", which is not among image_ids");
-    check_box(detection.box, "detections", i);
-    VT_CHECK(std::isfinite(detection.score), "coco_evaluate: detections[", i, "] has a non-finite score ", detection.score);
+    VT_CHECK(!std::isnan(detection.area), caller, ": detections[", i, "] has area NaN");
+    VT_CHECK(std::isfinite(detection.score), caller, ": detections[", i, "] has a non-finite score ", detection.score);
     // A category without ground truth only ever yields -1 (no counted ground truth), which every
     // mean skips, so its detections can be left out as pycocotools' results come out the same.
     const auto category = categories.find(detection.category_id);
     if (category != categories.end()) category->second[detection.image_id].detections.push_back(i);
   }
 
-  Evaluator evaluator(ground_truth, detections, max_detections);
+  Evaluator evaluator(ground_truth, detections, iou, max_detections);
   const size_t T = evaluator.iou_thresholds().size(), R = evaluator.recall_points(), K = categories.size();
   const size_t A = kAreaCount, M = kMaxDetCount;
   // pycocotools' layouts: precision [T, R, K, A, M], recall [T, K, A, M]; -1 = no ground truth.

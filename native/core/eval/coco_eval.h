@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -50,5 +51,27 @@ struct CocoMetrics {
 // boxes and non-finite scores.
 CocoMetrics coco_evaluate(const std::vector<int64_t>& image_ids, const std::vector<GroundTruthBox>& ground_truth,
                           const std::vector<DetectionBox>& detections, int64_t max_detections = 100);
+
+// What COCOeval's matching needs of one ground truth or detection, whatever its shape (a box for
+// iouType 'bbox', a mask for 'segm').
+struct CocoRegion {
+  int64_t image_id = 0;
+  int64_t category_id = 0;
+  double area = 0;       // decides the area ranges: ground truth's COCO "area", a detection's own area
+  bool iscrowd = false;  // ground truth only
+  double score = 0;      // detections only
+};
+
+// The IoU of detections[detection] with ground_truth[ground_truth] (indices into the vectors given
+// to coco_evaluate_regions), with maskApi's crowd rule where the ground truth is a crowd.
+using CocoIouFunction = std::function<double(size_t detection, size_t ground_truth)>;
+
+// coco_evaluate's evaluation, accumulation and summary for regions of any shape: COCOeval with the
+// IoU that `iou` gives (maskApi's bbIou for boxes, rleIou for masks). Same rules and checks as
+// coco_evaluate (image ids, max_detections >= 10, finite scores, no NaN area); error messages
+// begin with `caller`.
+CocoMetrics coco_evaluate_regions(const std::vector<int64_t>& image_ids, const std::vector<CocoRegion>& ground_truth,
+                                  const std::vector<CocoRegion>& detections, const CocoIouFunction& iou, int64_t max_detections = 100,
+                                  const std::string& caller = "coco_evaluate");
 
 }  // namespace vt

@@ -1,10 +1,25 @@
 #include "losses/detr_set_loss.h"
 
 #include "common/error.h"
+#include "common/json_config.h"
 #include "common/replica_group.h"
 #include "losses/hungarian.h"
 
 namespace vt::losses {
+
+SetLossConfig SetLossConfig::from_json(const nlohmann::json& json, const std::string& source) {
+  JsonConfig fields(json, source);
+  SetLossConfig config;
+  config.class_cost = fields.get_number("class_cost", 1);
+  config.bbox_cost = fields.get_number("bbox_cost", 5);
+  config.giou_cost = fields.get_number("giou_cost", 2);
+  VT_CHECK(config.class_cost != 0 || config.bbox_cost != 0 || config.giou_cost != 0, source,
+           ": class_cost, bbox_cost and giou_cost cannot all be 0");
+  config.bbox_loss_coefficient = fields.get_number("bbox_loss_coefficient", 5);
+  config.giou_loss_coefficient = fields.get_number("giou_loss_coefficient", 2);
+  config.eos_coefficient = fields.get_number("eos_coefficient", 0.1);
+  return config;
+}
 
 torch::Tensor center_to_corners(const torch::Tensor& boxes) {
   auto cx = boxes.select(-1, 0), cy = boxes.select(-1, 1), w = boxes.select(-1, 2), h = boxes.select(-1, 3);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "nn/module.h"
 
@@ -18,6 +19,8 @@ namespace vt::losses {
 struct SetLossConfig {
   double class_cost = 1, bbox_cost = 5, giou_cost = 2;
   double bbox_loss_coefficient = 5, giou_loss_coefficient = 2, eos_coefficient = 0.1;
+  // DetrConfig's fields of the same names (errors name the file and the field).
+  static SetLossConfig from_json(const nlohmann::json& json, const std::string& source);
 };
 
 struct SetLoss {

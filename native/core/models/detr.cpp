@@ -54,14 +54,7 @@ DetrConfig DetrConfig::from_json(const nlohmann::json& json, const std::string& 
     fields.fail_field("position_embedding_type", "\"sine\" or \"learned\"");
   }
   config.auxiliary_loss = fields.get_bool("auxiliary_loss", false);
-  config.set_loss.class_cost = fields.get_number("class_cost", 1);
-  config.set_loss.bbox_cost = fields.get_number("bbox_cost", 5);
-  config.set_loss.giou_cost = fields.get_number("giou_cost", 2);
-  VT_CHECK(config.set_loss.class_cost != 0 || config.set_loss.bbox_cost != 0 || config.set_loss.giou_cost != 0, source,
-           ": class_cost, bbox_cost and giou_cost cannot all be 0");
-  config.set_loss.bbox_loss_coefficient = fields.get_number("bbox_loss_coefficient", 5);
-  config.set_loss.giou_loss_coefficient = fields.get_number("giou_loss_coefficient", 2);
-  config.set_loss.eos_coefficient = fields.get_number("eos_coefficient", 0.1);
+  config.set_loss = losses::SetLossConfig::from_json(json, source);
   config.init_std = fields.get_number("init_std", 0.02);
   config.num_channels = fields.get_positive_int("num_channels", 3);
   config.use_timm_backbone = fields.get_bool("use_timm_backbone", true);

@@ -89,8 +89,4 @@ class SegformerForSemanticSegmentation : public SegformerModuleBase {
   torch::nn::BatchNorm2d batch_norm{nullptr};
 };
 
-// transformers' semantic segmentation loss: logits upsampled (bilinear) to the labels' size,
-// cross-entropy ignoring `ignore_index`; with one label, a masked binary cross-entropy.
-torch::Tensor semantic_segmentation_loss(const torch::Tensor& logits, const torch::Tensor& labels, int64_t ignore_index);
-
 }  // namespace vt::segformer

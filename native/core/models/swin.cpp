@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <mutex>
 
 #include "common/error.h"
 #include "common/json_config.h"
@@ -52,8 +54,8 @@ SwinConfig SwinConfig::from_json(const nlohmann::json& json, const std::string& 
   VT_CHECK(c.depths.size() < 16, source, ": depths has ", c.depths.size(), " stages; at most 15 are supported");
   for (size_t i = 0; i < c.depths.size(); ++i) {
     const int64_t dim = c.embed_dim << i;
-    VT_CHECK(dim % c.num_heads[i] == 0, source, ": stage ", i + 1, " has ", dim, " channels, not a multiple of num_heads[", i,
-             "] (", c.num_heads[i], ")");
+    VT_CHECK(dim % c.num_heads[i] == 0, source, ": stage ", i + 1, " has ", dim, " channels, not a multiple of num_heads[", i, "] (",
+             c.num_heads[i], ")");
   }
   // BackboneMixin's alignment of out_features and out_indices; neither given means the last stage.
   const auto names = c.stage_names();
@@ -98,7 +100,7 @@ torch::Tensor window_reverse(const torch::Tensor& windows, int64_t window, int64
 // `table_window` window (the layer's own, or larger for a map smaller than the window).
 torch::Tensor relative_position_index_for(int64_t window, int64_t table_window) {
   auto coords = torch::stack(torch::meshgrid({torch::arange(window), torch::arange(window)}, "ij")).flatten(1);  // [2, w*w]
-  auto relative = (coords.unsqueeze(2) - coords.unsqueeze(1)).permute({1, 2, 0}).contiguous();          // [w*w, w*w, 2]
+  auto relative = (coords.unsqueeze(2) - coords.unsqueeze(1)).permute({1, 2, 0}).contiguous();                   // [w*w, w*w, 2]
   auto rows = (relative.select(2, 0) + (table_window - 1)) * (2 * table_window - 1);
   auto cols = relative.select(2, 1) + (table_window - 1);
   return rows + cols;
@@ -106,7 +108,7 @@ torch::Tensor relative_position_index_for(int64_t window, int64_t table_window) 
 
 // The shifted-window attention mask: tokens that the cyclic shift brought together from different
 // regions of the padded map may not attend to each other (-100 before the softmax).
-torch::Tensor shifted_window_mask(int64_t height, int64_t width, int64_t window, int64_t shift, const torch::TensorOptions& options) {
+torch::Tensor make_shifted_window_mask(int64_t height, int64_t width, int64_t window, int64_t shift, const torch::TensorOptions& options) {
   auto regions = torch::zeros({1, height, width, 1}, options);
   const std::pair<int64_t, int64_t> bands[3] = {{0, -window}, {-window, -shift}, {-shift, 0}};
   auto end_of = [](int64_t end, int64_t size) { return end <= 0 ? size + end : end; };
@@ -125,10 +127,32 @@ torch::Tensor shifted_window_mask(int64_t height, int64_t width, int64_t window,
   return torch::zeros_like(difference).masked_fill(difference.ne(0), -100.0);
 }
 
+// The mask depends only on the map's size: made once per size, dtype and device (a model sees few).
+torch::Tensor shifted_window_mask(int64_t height, int64_t width, int64_t window, int64_t shift, const torch::TensorOptions& options) {
+  static std::mutex mutex;
+  static std::map<std::string, torch::Tensor> masks;
+  const std::string key = str_cat(height, "x", width, "/", window, "/", shift, "/", options.dtype().name(), "/", options.device().str());
+  std::lock_guard<std::mutex> lock(mutex);
+  auto found = masks.find(key);
+  if (found == masks.end()) {
+    if (masks.size() >= 64) masks.clear();  // bounded: images of ever new sizes
+    // A normal tensor even when first made in inference mode, so that training may use it too.
+    c10::InferenceMode normal_tensors(false);
+    torch::NoGradGuard no_grad;
+    found = masks.emplace(key, make_shifted_window_mask(height, width, window, shift, options)).first;
+  }
+  return found->second;
+}
+
 }  // namespace
 
 SwinLayerImpl::SwinLayerImpl(const SwinConfig& config, int64_t dim, int64_t num_heads, int64_t shift_size, double drop_path)
-    : config(config), dim(dim), num_heads(num_heads), shift_size(shift_size), drop_path(drop_path), act(layers::activation(config.hidden_act)) {
+    : config(config),
+      dim(dim),
+      num_heads(num_heads),
+      shift_size(shift_size),
+      drop_path(drop_path),
+      act(layers::activation(config.hidden_act)) {
   layernorm_before = register_module("layernorm_before", layers::LayerNorm(dim, config.layer_norm_eps));
   auto attention = layers::add_container(*this, "attention");
   auto self = layers::add_container(*attention, "self");
@@ -174,14 +198,22 @@ torch::Tensor SwinLayerImpl::forward(const torch::Tensor& tokens, int64_t height
                   .permute({2, 0, 1})
                   .unsqueeze(0);  // [1, heads, T, T]
   torch::Tensor additive = bias.to(windows.scalar_type());
-  if (shift > 0) {
-    auto mask = shifted_window_mask(padded_height, padded_width, window, shift, windows.options());  // [nW, T, T]
-    additive = (additive + mask.unsqueeze(1)).repeat({batch, 1, 1, 1});                             // [B * nW, heads, T, T]
-  }
   auto split = [&](const torch::Tensor& x) { return x.view({x.size(0), tokens_per_window, num_heads, head_dim}).transpose(1, 2); };
-  auto context = layers::scaled_dot_product_attention(split(query(windows)), split(key(windows)), split(value(windows)), additive,
-                                                      config.attention_probs_dropout_prob, training);
-  context = context.transpose(1, 2).reshape({-1, tokens_per_window, channels});
+  auto query_heads = split(query(windows)), key_heads = split(key(windows)), value_heads = split(value(windows));
+  if (shift > 0) {
+    // Windows of one image side by side as heads, [B, nW * heads, T, d], so that one
+    // [1, nW * heads, T, T] bias-and-mask serves every image of the batch.
+    const int64_t windows_per_image = windows.size(0) / batch;
+    auto mask = shifted_window_mask(padded_height, padded_width, window, shift, windows.options());  // [nW, T, T]
+    additive = (additive + mask.unsqueeze(1)).reshape({1, windows_per_image * num_heads, tokens_per_window, tokens_per_window});
+    auto as_image = [&](const torch::Tensor& x) { return x.reshape({batch, windows_per_image * num_heads, tokens_per_window, head_dim}); };
+    query_heads = as_image(query_heads);
+    key_heads = as_image(key_heads);
+    value_heads = as_image(value_heads);
+  }
+  auto context =
+      layers::scaled_dot_product_attention(query_heads, key_heads, value_heads, additive, config.attention_probs_dropout_prob, training);
+  context = context.reshape({-1, num_heads, tokens_per_window, head_dim}).transpose(1, 2).reshape({-1, tokens_per_window, channels});
   // SwinSelfOutput's dropout uses the attention probability, as transformers' does.
   auto attended = torch::dropout(attention_output(context), config.attention_probs_dropout_prob, training);
   auto merged = window_reverse(attended.view({-1, window, window, channels}), window, padded_height, padded_width);
@@ -197,10 +229,12 @@ torch::Tensor SwinLayerImpl::forward(const torch::Tensor& tokens, int64_t height
 
 SwinBody::SwinBody(const SwinConfig& config, torch::nn::Module& owner) : config(config) {
   auto embeddings = layers::add_container(owner, "embeddings");
-  patch_projection = layers::add_container(*embeddings, "patch_embeddings")
-                         ->register_module("projection", torch::nn::Conv2d(torch::nn::Conv2dOptions(config.num_channels, config.embed_dim,
-                                                                                                    config.patch_size)
-                                                                                   .stride(config.patch_size)));
+  patch_projection =
+      layers::add_container(*embeddings, "patch_embeddings")
+          ->register_module(
+              "projection",
+              torch::nn::Conv2d(
+                  torch::nn::Conv2dOptions(config.num_channels, config.embed_dim, config.patch_size).stride(config.patch_size)));
   embeddings_norm = embeddings->register_module("norm", layers::LayerNorm(config.embed_dim, 1e-5));
   auto stages = layers::add_container(*layers::add_container(owner, "encoder"), "layers");
   int64_t total_depth = 0;
@@ -215,7 +249,8 @@ SwinBody::SwinBody(const SwinConfig& config, torch::nn::Module& owner) : config(
       // torch.linspace(0, drop_path_rate, sum(depths))
       const double rate = total_depth > 1 ? config.drop_path_rate * static_cast<double>(index) / static_cast<double>(total_depth - 1) : 0.0;
       const int64_t shift = j % 2 == 0 ? 0 : config.window_size / 2;
-      stage_blocks.push_back(block_list->register_module(std::to_string(j), SwinLayer(this->config, dim, config.num_heads[i], shift, rate)));
+      stage_blocks.push_back(
+          block_list->register_module(std::to_string(j), SwinLayer(this->config, dim, config.num_heads[i], shift, rate)));
     }
     blocks.push_back(std::move(stage_blocks));
     if (i + 1 < config.depths.size()) {
@@ -226,7 +261,8 @@ SwinBody::SwinBody(const SwinConfig& config, torch::nn::Module& owner) : config(
   }
 }
 
-std::vector<SwinBody::StageOutput> SwinBody::forward(const torch::Tensor& pixel_values, bool always_partition, bool gradient_checkpointing) {
+std::vector<SwinBody::StageOutput> SwinBody::forward(const torch::Tensor& pixel_values, bool always_partition,
+                                                     bool gradient_checkpointing) {
   check_pixel_values(pixel_values, config.num_channels);
   auto pixels = pixel_values.to(patch_projection->weight.scalar_type());
   // Padded on the right and bottom to a multiple of the patch size.
@@ -283,7 +319,8 @@ std::vector<torch::Tensor> SwinBackbone::forward(const torch::Tensor& pixel_valu
   std::vector<torch::Tensor> maps;
   size_t norm = 0;
   for (size_t i = 0; i < stages.size(); ++i) {
-    if (std::find(body->config.out_features.begin(), body->config.out_features.end(), names[i]) == body->config.out_features.end()) continue;
+    if (std::find(body->config.out_features.begin(), body->config.out_features.end(), names[i]) == body->config.out_features.end())
+      continue;
     const auto& stage = stages[i];
     auto normed = hidden_states_norms[norm++](stage.tokens);
     maps.push_back(normed.view({normed.size(0), stage.height, stage.width, normed.size(2)}).permute({0, 3, 1, 2}).contiguous());
@@ -318,7 +355,8 @@ SwinForImageClassification::SwinForImageClassification(const SwinConfig& config)
   auto container = layers::add_container(*this, "swin");
   swin = std::make_unique<SwinBody>(config, *container);
   layernorm = container->register_module("layernorm", layers::LayerNorm(config.num_features(), config.layer_norm_eps));
-  if (config.head.num_labels() > 0) classifier = register_module("classifier", layers::Linear(config.num_features(), config.head.num_labels()));
+  if (config.head.num_labels() > 0)
+    classifier = register_module("classifier", layers::Linear(config.num_features(), config.head.num_labels()));
 }
 
 ModelOutputs SwinForImageClassification::forward(const ModelInputs& inputs) {

@@ -37,7 +37,7 @@ struct SwinConfig {
   HeadConfig head;
 
   std::vector<std::string> stage_names() const;  // "stem", "stage1", ..., "stage<len(depths)>"
-  int64_t num_features() const;                   // channels of the last stage: embed_dim * 2^(stages-1)
+  int64_t num_features() const;                  // channels of the last stage: embed_dim * 2^(stages-1)
   int64_t channels_of(const std::string& stage) const;
   static SwinConfig from_json(const nlohmann::json& json, const std::string& source = "config.json");
 };
@@ -71,12 +71,12 @@ struct SwinBody {
   // With `gradient_checkpointing` (training), each block's activations are recomputed in backward.
   std::vector<StageOutput> forward(const torch::Tensor& pixel_values, bool always_partition, bool gradient_checkpointing = false);
   SwinConfig config;
-  torch::nn::Conv2d patch_projection{nullptr};  // embeddings.patch_embeddings.projection
-  layers::LayerNorm embeddings_norm{nullptr};   // embeddings.norm
-  torch::Tensor position_embeddings;            // embeddings.position_embeddings, with use_absolute_embeddings
-  std::vector<std::vector<SwinLayer>> blocks;   // encoder.layers.i.blocks.j
-  std::vector<layers::LayerNorm> merge_norms;   // encoder.layers.i.downsample.norm
-  std::vector<layers::Linear> merge_reductions; // encoder.layers.i.downsample.reduction
+  torch::nn::Conv2d patch_projection{nullptr};   // embeddings.patch_embeddings.projection
+  layers::LayerNorm embeddings_norm{nullptr};    // embeddings.norm
+  torch::Tensor position_embeddings;             // embeddings.position_embeddings, with use_absolute_embeddings
+  std::vector<std::vector<SwinLayer>> blocks;    // encoder.layers.i.blocks.j
+  std::vector<layers::LayerNorm> merge_norms;    // encoder.layers.i.downsample.norm
+  std::vector<layers::Linear> merge_reductions;  // encoder.layers.i.downsample.reduction
 };
 
 // transformers' SwinBackbone, registered into `owner`: feature maps [B, C, H, W] of
@@ -84,7 +84,7 @@ struct SwinBody {
 struct SwinBackbone {
   SwinBackbone(const SwinConfig& config, torch::nn::Module& owner);
   std::vector<torch::Tensor> forward(const torch::Tensor& pixel_values, bool gradient_checkpointing = false);
-  std::vector<int64_t> channels() const;  // of each feature map
+  std::vector<int64_t> channels() const;              // of each feature map
   void init_module(torch::nn::Module& module) const;  // SwinPreTrainedModel._init_weights
   std::unique_ptr<SwinBody> body;
   std::vector<layers::LayerNorm> hidden_states_norms;

@@ -76,6 +76,10 @@ class VisionModule : public torch::nn::Module {
   // inputs are laid out that way when this says so (measured in bench/channels-last.mjs).
   virtual bool prefers_channels_last() const { return false; }
 
+  // The model learns from per-image masks and their classes (ModelInputs::targets with
+  // mask_labels: Mask2Former), whatever its task's usual labels.
+  virtual bool takes_mask_targets() const { return false; }
+
   // Trade compute for memory in training: recompute each transformer layer in the backward pass.
   void set_gradient_checkpointing(bool enabled) { gradient_checkpointing_ = enabled; }
   bool gradient_checkpointing() const { return gradient_checkpointing_; }

@@ -145,7 +145,8 @@ ImageProcessorConfig processor_config_for(const std::string& directory, const nl
 namespace {
 
 // The TorchScript archive to load, when `options` names one: a .pt file itself, or a directory
-// whose config.json says TorchScriptModule (or that holds model.pt and no config.json).
+// holding model.pt whose config.json says TorchScriptModule, names no architecture or model type
+// (only labels, loss settings), or is absent.
 std::optional<fs::path> torchscript_file(const LoadOptions& options) {
   const fs::path path(options.directory);
   if (fs::is_regular_file(path)) return path;
@@ -154,8 +155,10 @@ std::optional<fs::path> torchscript_file(const LoadOptions& options) {
   if (!fs::is_regular_file(archive)) return std::nullopt;
   if (!fs::is_regular_file(config)) return archive;
   const auto json = read_json_file(config.string());
-  const bool scripted = json.is_object() && json.contains("architectures") && json["architectures"].is_array() &&
-                        !json["architectures"].empty() && json["architectures"][0] == torchscript::kArchitecture;
+  if (!json.is_object()) return std::nullopt;  // loading it as an architecture names the problem
+  const bool declares_nothing = !json.contains("architectures") && !json.contains("model_type");
+  const bool scripted = declares_nothing || (json.contains("architectures") && json["architectures"].is_array() &&
+                                             !json["architectures"].empty() && json["architectures"][0] == torchscript::kArchitecture);
   return scripted ? std::optional<fs::path>(archive) : std::nullopt;
 }
 
@@ -272,7 +275,7 @@ void PretrainedModel::load_torchscript(const LoadOptions& options, const fs::pat
   std::shared_ptr<torchscript::TorchScriptModule> scripted;
   {
     ErrorScope checkpoint_errors(ErrorCode::Checkpoint);
-    scripted = std::make_shared<torchscript::TorchScriptModule>(archive.string(), config_.value("problem_type", ""));
+    scripted = std::make_shared<torchscript::TorchScriptModule>(archive.string(), task_->name, config_, source);
   }
   module_ = scripted;
   report_.source = archive.string();
@@ -285,9 +288,11 @@ void PretrainedModel::load_torchscript(const LoadOptions& options, const fs::pat
     ModelInputs probe;
     probe.pixel_values = torch::zeros({1, fields.get_positive_int("num_channels", 3), height, width});
     auto logits = find_output(scripted->forward(probe), "logits");
-    VT_CHECK(logits.dim() == 2, archive.string(), ": forward returned logits of shape ", logits.sizes(),
-             "; a classification model returns [batch, num_labels]");
-    config_["num_labels"] = logits.size(1);
+    // Classes per task: [batch, num_labels], [batch, queries, num_labels + "no object"], [batch, num_labels, h, w].
+    const int64_t class_dim = task_->labels == LabelsFormat::BoxesPerImage ? 2 : 1;
+    VT_CHECK(task_->labels != LabelsFormat::ClassIndices || logits.dim() == 2, archive.string(), ": forward returned logits of shape ",
+             logits.sizes(), "; a classification model returns [batch, num_labels]");
+    config_["num_labels"] = logits.size(class_dim) - (class_dim == 2 ? 1 : 0);
   }
   for (const auto& [index, label] : HeadConfig::from_json(config_, source).id2label) labels_.push_back(label);
 }
@@ -318,7 +323,7 @@ TensorMap PretrainedModel::state_dict() {
 
 PretrainedModel::Preprocessed PretrainedModel::preprocess(const std::vector<Image>& images) const {
   VT_CHECK(!images.empty(), "preprocess: no images given");
-  if (task_->pads_batches) {
+  if (pads_batches()) {
     DetectionBatch batch = preprocess_detection(images, *processor_);
     return {batch.pixel_values, batch.pixel_mask};
   }

@@ -48,6 +48,8 @@ class PretrainedModel {
 
   const std::string& architecture() const { return architecture_; }
   Task task() const { return task_; }
+  // Batches are padded to their largest image, with a pixel_mask: predictions depend on the batch.
+  bool pads_batches() const { return task_->pads_batches || processor_->pads_batches(); }
   const std::vector<std::string>& labels() const { return labels_; }
   std::string device_name() const;
   torch::ScalarType dtype() const { return dtype_; }

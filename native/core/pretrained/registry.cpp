@@ -3,6 +3,7 @@
 #include "common/error.h"
 #include "models/convnext.h"
 #include "models/detr.h"
+#include "models/mask2former.h"
 #include "models/resnet.h"
 #include "models/segformer.h"
 #include "models/swin.h"
@@ -104,6 +105,23 @@ const std::vector<Architecture>& architectures() {
         "nvidia/segformer-b0-finetuned-cityscapes-1024-1024"},
        [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
          return std::make_shared<segformer::SegformerForSemanticSegmentation>(segformer::SegformerConfig::from_json(config, source));
+       }},
+      {"Mask2FormerForUniversalSegmentation",
+       "mask2former",
+       find_task("segmentation"),
+       {"facebook/mask2former-swin-tiny-coco-instance", "facebook/mask2former-swin-tiny-coco-panoptic",
+        "facebook/mask2former-swin-tiny-ade-semantic", "facebook/mask2former-swin-small-coco-instance",
+        "facebook/mask2former-swin-base-coco-panoptic", "facebook/mask2former-swin-large-cityscapes-semantic"},
+       [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
+         return std::make_shared<mask2former::Mask2FormerForUniversalSegmentation>(
+             mask2former::Mask2FormerConfig::from_json(config, source));
+       }},
+      {"Mask2FormerModel",
+       "mask2former",
+       nullptr,
+       {"facebook/mask2former-swin-tiny-coco-instance"},
+       [](const nlohmann::json& config, const std::string& source) -> std::shared_ptr<VisionModule> {
+         return std::make_shared<mask2former::Mask2FormerModel>(mask2former::Mask2FormerConfig::from_json(config, source));
        }},
       {"SegformerModel",
        "segformer",

@@ -34,7 +34,12 @@ enum class DatasetKind {
 // predict()'s options; each task reads those it knows and leaves the others alone.
 struct PredictOptions {
   std::optional<int64_t> top_k;     // classification: labels per image, best first
-  std::optional<double> threshold;  // object detection: the lowest score kept
+  std::optional<double> threshold;  // object detection, instance and panoptic segmentation: the lowest score kept
+  // Segmentation by mask queries (Mask2Former): "semantic" (a label map), "instance" or "panoptic" (segments).
+  std::optional<std::string> segmentation_task;
+  std::optional<double> mask_threshold;               // instance, panoptic: a pixel's mask probability to belong
+  std::optional<double> overlap_mask_area_threshold;  // instance, panoptic: the share of a mask that must survive overlaps
+  std::vector<int64_t> label_ids_to_fuse;             // panoptic: classes merged into one segment per image
 };
 
 // One image's prediction as predict() returns it: a JSON value and the int32 maps that go with it

@@ -49,8 +49,8 @@ json vit_json() {
 
 TEST(ImageProcessorParity, MatchesTransformersOnFixturePhotos) {
   // Tolerance of the fixtures' README is 1e-4; the arithmetic is the same, so we expect ~0.
-  const char* fixtures[] = {"vit-tiny-random",        "resnet-tiny-random", "convnext-tiny-random",
-                            "segformer-tiny-random",  "detr-tiny-random",   "table-transformer-tiny-random",
+  const char* fixtures[] = {"vit-tiny-random",         "resnet-tiny-random", "convnext-tiny-random",
+                            "segformer-tiny-random",   "detr-tiny-random",   "table-transformer-tiny-random",
                             "mask2former-tiny-random", "swin-tiny-random"};
   double overall = 0.0;
   for (const char* fixture : fixtures) {

@@ -57,8 +57,20 @@ TEST(TaskTable, OptionsAreCheckedByTheirTask) {
   bad.threshold = 1.5;
   EXPECT_THROW(vt::find_task("classification")->check_options(bad), vt::Error);
   EXPECT_THROW(vt::find_task("object_detection")->check_options(bad), vt::Error);
+  // Segmentation reads the threshold too (instance and panoptic segments), and its own options.
+  EXPECT_THROW(vt::find_task("segmentation")->check_options(bad), vt::Error);
+  vt::PredictOptions segmentation;
+  segmentation.segmentation_task = "boxes";
+  EXPECT_THROW(vt::find_task("segmentation")->check_options(segmentation), vt::Error);
+  segmentation.segmentation_task = "panoptic";
+  segmentation.label_ids_to_fuse = {0, 2};
+  segmentation.mask_threshold = 0.3;
+  EXPECT_NO_THROW(vt::find_task("segmentation")->check_options(segmentation));
   // Options of other tasks are left alone.
-  EXPECT_NO_THROW(vt::find_task("segmentation")->check_options(bad));
+  vt::PredictOptions top_k_only;
+  top_k_only.top_k = 0;
+  EXPECT_NO_THROW(vt::find_task("segmentation")->check_options(top_k_only));
+  EXPECT_NO_THROW(vt::find_task("object_detection")->check_options(top_k_only));
 }
 
 TEST(TaskTable, ClassificationRanksTheLabels) {

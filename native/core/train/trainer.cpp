@@ -104,6 +104,9 @@ bool metric_improves(const std::string& metric, double candidate, double best) {
 
 Trainer::Trainer(std::shared_ptr<PretrainedModel> model, TrainingOptions options) : model_(std::move(model)), options_(std::move(options)) {
   validate_options(options_);
+  // As transformers' Trainer calls set_seed when created: the random draws of the steps that
+  // follow (dropout, Mask2Former's sampled points) come from the seeded generator.
+  torch::manual_seed(options_.seed);
   VT_CHECK(model_->quantization() == "none", "a model loaded with ", model_->quantization(),
            " quantization is for inference only: load it without quantization to train it");
 }
@@ -279,6 +282,7 @@ DataOptions Trainer::data_options(const TrainingOptions& options) const {
   data.seed = options.seed;
   data.num_workers = options.num_workers;
   data.drop_last = options.drop_last;
+  data.mask_targets = model_->module()->takes_mask_targets();
   return data;
 }
 

@@ -3,16 +3,21 @@
 #include <chrono>
 #include <cmath>
 #include <numeric>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "data/augment.h"
+#include "data/coco_panoptic.h"
 #include "data/detection.h"
 #include "data/loader.h"
+#include "data/mask_targets.h"
 #include "data/random.h"
 #include "data/segmentation.h"
 #include "eval/coco_eval.h"
+#include "eval/mask_eval.h"
+#include "tasks/universal_segmentation_post.h"
 
 namespace vt {
 
@@ -178,37 +183,53 @@ void gather_over_ranks(ReplicaGroup& replicas, double& loss_sum, std::vector<int
   std::stable_sort(detections.begin(), detections.end(), [](const auto& a, const auto& b) { return a.image_id < b.image_id; });
 }
 
+// A COCO instances file's images for training and validation: validation_annotations when
+// given, else a seeded split of the images, as the classification datasets do.
+struct CocoSplit {
+  std::shared_ptr<CocoDetectionDataset> train, validation;  // validation may be train itself, or null
+  std::vector<size_t> train_indices, validation_indices;
+};
+
+CocoSplit open_coco_split(const DatasetSpec& spec, uint64_t seed) {
+  VT_CHECK(!spec.annotations.empty() && !spec.images.empty(),
+           "dataset: format coco needs annotations (the instances JSON) and images (its directory)");
+  CocoSplit split;
+  split.train = std::make_shared<CocoDetectionDataset>(spec.annotations, spec.images);
+  std::vector<size_t> all = all_indices(split.train->size());
+  if (!spec.validation_annotations.empty()) {
+    VT_CHECK(!spec.validation_images.empty(), "dataset: validation_annotations needs validation_images (its directory)");
+    split.validation = std::make_shared<CocoDetectionDataset>(spec.validation_annotations, spec.validation_images);
+    VT_CHECK(split.validation->class_names() == split.train->class_names(), spec.validation_annotations,
+             ": its categories differ from those of ", spec.annotations);
+    split.train_indices = all;
+    split.validation_indices = all_indices(split.validation->size());
+  } else {
+    const double fraction = spec.validation_split.value_or(0.1);
+    std::mt19937_64 rng(mix_seed(seed, 0x5eed));
+    seeded_shuffle(all, rng);
+    const auto held_out = static_cast<size_t>(std::ceil(fraction * static_cast<double>(all.size())));
+    split.validation_indices.assign(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(std::min(held_out, all.size())));
+    split.train_indices.assign(all.begin() + static_cast<std::ptrdiff_t>(split.validation_indices.size()), all.end());
+    if (!split.validation_indices.empty()) split.validation = split.train;
+  }
+  if (spec.limit) {
+    const auto limit = static_cast<size_t>(*spec.limit);
+    if (split.train_indices.size() > limit) split.train_indices.resize(limit);
+    if (split.validation_indices.size() > limit) split.validation_indices.resize(limit);
+  }
+  VT_CHECK(!split.train_indices.empty(), spec.annotations, ": no images to train on");
+  return split;
+}
+
 class DetectionData : public LoadedData {
  public:
   DetectionData(const DatasetSpec& spec, const DataOptions& options, std::shared_ptr<const ImageProcessor> processor)
       : LoadedData(options), processor_(std::move(processor)) {
-    VT_CHECK(!spec.annotations.empty() && !spec.images.empty(),
-             "dataset: format coco needs annotations (the instances JSON) and images (its directory)");
-    train_ = std::make_shared<CocoDetectionDataset>(spec.annotations, spec.images);
-    std::vector<size_t> all = all_indices(train_->size());
-    if (!spec.validation_annotations.empty()) {
-      VT_CHECK(!spec.validation_images.empty(), "dataset: validation_annotations needs validation_images (its directory)");
-      validation_ = std::make_shared<CocoDetectionDataset>(spec.validation_annotations, spec.validation_images);
-      VT_CHECK(validation_->class_names() == train_->class_names(), spec.validation_annotations, ": its categories differ from those of ",
-               spec.annotations);
-      train_indices_ = all;
-      validation_indices_ = all_indices(validation_->size());
-    } else {
-      // A seeded split of the images, as the classification datasets do.
-      const double fraction = spec.validation_split.value_or(0.1);
-      std::mt19937_64 rng(mix_seed(options.seed, 0x5eed));
-      seeded_shuffle(all, rng);
-      const auto held_out = static_cast<size_t>(std::ceil(fraction * static_cast<double>(all.size())));
-      validation_indices_.assign(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(std::min(held_out, all.size())));
-      train_indices_.assign(all.begin() + static_cast<std::ptrdiff_t>(validation_indices_.size()), all.end());
-      if (!validation_indices_.empty()) validation_ = train_;
-    }
-    if (spec.limit) {
-      const auto limit = static_cast<size_t>(*spec.limit);
-      if (train_indices_.size() > limit) train_indices_.resize(limit);
-      if (validation_indices_.size() > limit) validation_indices_.resize(limit);
-    }
-    VT_CHECK(!train_indices_.empty(), spec.annotations, ": no images to train on");
+    CocoSplit split = open_coco_split(spec, options.seed);
+    train_ = std::move(split.train);
+    validation_ = std::move(split.validation);
+    train_indices_ = std::move(split.train_indices);
+    validation_indices_ = std::move(split.validation_indices);
     augment_.horizontal_flip = spec.augment.horizontal_flip;
     augment_.shortest_edges = spec.augment.scales;
     const bool apply_augment = augment_.horizontal_flip || !augment_.shortest_edges.empty();
@@ -276,29 +297,35 @@ BatchBuilder segmentation_batches(std::shared_ptr<const SegmentationDataset> dat
   };
 }
 
+// Image and mask pairs: two folders matched by file name, or a manifest with a mask column.
+SegmentationSpec segmentation_spec(const DatasetSpec& spec) {
+  SegmentationSpec segmentation;
+  if (spec.format == "masks") {
+    segmentation.images = spec.images;
+    segmentation.masks = spec.masks;
+    segmentation.validation_images = spec.validation_images;
+    segmentation.validation_masks = spec.validation_masks;
+  } else {
+    VT_CHECK(spec.format == "csv" || spec.format == "jsonl",
+             "dataset: a segmentation model trains on format masks, or a csv/jsonl manifest with a mask column, not ", spec.format);
+    segmentation.manifest = spec.path;
+    segmentation.validation_manifest = spec.validation_path;
+    segmentation.root = spec.root;
+    segmentation.image_column = spec.image_column;
+    segmentation.mask_column = spec.mask_column;
+  }
+  segmentation.validation_split = spec.validation_split;
+  segmentation.limit = spec.limit;
+  segmentation.augment = spec.augment;
+  return segmentation;
+}
+
 class SegmentationData : public LoadedData {
  public:
   SegmentationData(const DatasetSpec& spec, const DataOptions& options, std::shared_ptr<const ImageProcessor> processor,
                    std::vector<std::string> class_names)
       : LoadedData(options), processor_(std::move(processor)), class_names_(std::move(class_names)), augment_(spec.augment) {
-    SegmentationSpec segmentation;
-    if (spec.format == "masks") {
-      segmentation.images = spec.images;
-      segmentation.masks = spec.masks;
-      segmentation.validation_images = spec.validation_images;
-      segmentation.validation_masks = spec.validation_masks;
-    } else {
-      VT_CHECK(spec.format == "csv" || spec.format == "jsonl",
-               "dataset: a segmentation model trains on format masks, or a csv/jsonl manifest with a mask column, not ", spec.format);
-      segmentation.manifest = spec.path;
-      segmentation.validation_manifest = spec.validation_path;
-      segmentation.root = spec.root;
-      segmentation.image_column = spec.image_column;
-      segmentation.mask_column = spec.mask_column;
-    }
-    segmentation.validation_split = spec.validation_split;
-    segmentation.limit = spec.limit;
-    segmentation.augment = spec.augment;
+    SegmentationSpec segmentation = segmentation_spec(spec);
     std::tie(train_, validation_) = SegmentationDataset::open(segmentation, options.seed);
     const auto& extra = processor_->config().extra;
     reduce_labels_ = extra.value("do_reduce_labels", extra.value("reduce_labels", false));
@@ -345,6 +372,258 @@ class SegmentationData : public LoadedData {
   std::shared_ptr<SegmentationDataset> train_, validation_;
 };
 
+// Per-image masks and their classes (universal segmentation: Mask2Former), padded batches.
+BatchBuilder mask_target_batches(std::shared_ptr<const MaskedImageSource> source, std::shared_ptr<const ImageProcessor> processor,
+                                 AugmentSpec augment, bool apply_augment, uint64_t seed) {
+  return [source = std::move(source), processor = std::move(processor), augment, apply_augment, seed](
+             const std::vector<size_t>& indices, int64_t epoch, const std::atomic<bool>&) -> std::optional<Batch> {
+    MaskTargetsBatch loaded = load_mask_targets_batch(*source, indices, *processor, augment, apply_augment, seed, epoch);
+    Batch batch;
+    batch.pixel_values = loaded.pixel_values;
+    batch.pixel_mask = loaded.pixel_mask;
+    batch.targets = std::move(loaded.targets);
+    batch.indices = indices;
+    batch.original_sizes = std::move(loaded.original_sizes);
+    batch.resized_sizes = std::move(loaded.resized_sizes);
+    return batch;
+  };
+}
+
+// Image `i`'s queries, their mask logits cut to the image's unpadded region (at the mask logits'
+// scale), so that post-processing to its size does not stretch the batch's padding over it.
+std::pair<torch::Tensor, torch::Tensor> unpadded_queries(const ModelOutputs& outputs, const Batch& batch, size_t i) {
+  auto classes = find_output(outputs, "class_queries_logits").to(torch::kCPU, torch::kFloat32);
+  auto masks = find_output(outputs, "masks_queries_logits").to(torch::kCPU, torch::kFloat32);
+  VT_CHECK(classes.defined() && masks.defined(), "evaluation: the model gives no class_queries_logits and masks_queries_logits");
+  const auto index = static_cast<int64_t>(i);
+  const auto [height, width] = batch.resized_sizes[i];
+  const int64_t padded_height = batch.pixel_values.size(2), padded_width = batch.pixel_values.size(3);
+  const int64_t rows = (height * masks.size(2) + padded_height - 1) / padded_height;
+  const int64_t cols = (width * masks.size(3) + padded_width - 1) / padded_width;
+  return {classes.slice(0, index, index + 1), masks.slice(0, index, index + 1).slice(2, 0, rows).slice(3, 0, cols)};
+}
+
+class MaskTargetsData : public LoadedData {
+ public:
+  MaskTargetsData(const DatasetSpec& spec, const DataOptions& options, std::shared_ptr<const ImageProcessor> processor,
+                  const std::vector<std::string>& class_names)
+      : LoadedData(options), processor_(std::move(processor)), augment_(spec.augment) {
+    VT_CHECK(spec.augment.scales.empty(), "dataset: augment.scales (multi-scale resizing) applies to detection; a segmentation model ",
+             "takes random_resized_crop and horizontal_flip");
+    if (spec.format == "coco") {
+      CocoSplit split = open_coco_split(spec, options.seed);
+      train_ = coco_instance_masks(split.train);
+      if (split.validation) validation_ = split.validation == split.train ? train_ : coco_instance_masks(split.validation);
+      train_indices_ = std::move(split.train_indices);
+      validation_indices_ = std::move(split.validation_indices);
+    } else if (spec.format == "coco_panoptic") {
+      VT_CHECK(!spec.annotations.empty() && !spec.images.empty() && !spec.masks.empty(), "dataset: format coco_panoptic needs ",
+               "annotations (the panoptic JSON), images (its directory) and masks (the directory of its PNGs)");
+      train_ = std::make_shared<CocoPanopticDataset>(spec.annotations, spec.images, spec.masks);
+      if (!spec.validation_annotations.empty()) {
+        VT_CHECK(!spec.validation_images.empty() && !spec.validation_masks.empty(),
+                 "dataset: validation_annotations needs validation_images and validation_masks");
+        validation_ = std::make_shared<CocoPanopticDataset>(spec.validation_annotations, spec.validation_images, spec.validation_masks);
+        VT_CHECK(validation_->class_names() == train_->class_names(), spec.validation_annotations, ": its categories differ from those of ",
+                 spec.annotations);
+        train_indices_ = all_indices(train_->size());
+        validation_indices_ = all_indices(validation_->size());
+      } else {
+        // A seeded split of the images, as the other datasets do.
+        SplitIndices split = seeded_split(train_->size(), spec.validation_split.value_or(0.1), mix_seed(options.seed, 0x5eed));
+        train_indices_ = std::move(split.train);
+        validation_indices_ = std::move(split.validation);
+        if (!validation_indices_.empty()) validation_ = train_;
+      }
+      if (spec.limit) {
+        const auto limit = static_cast<size_t>(*spec.limit);
+        if (train_indices_.size() > limit) train_indices_.resize(limit);
+        if (validation_indices_.size() > limit) validation_indices_.resize(limit);
+      }
+      VT_CHECK(!train_indices_.empty(), spec.annotations, ": no images to train on");
+    } else {
+      auto [train, validation] = SegmentationDataset::open(segmentation_spec(spec), options.seed);
+      const auto& extra = processor_->config().extra;
+      const bool reduce_labels = extra.value("do_reduce_labels", extra.value("reduce_labels", false));
+      train_ = semantic_class_masks(train, class_names, reduce_labels);
+      train_indices_ = all_indices(train->size());
+      if (validation && validation->size() > 0) {
+        validation_ = semantic_class_masks(validation, class_names, reduce_labels);
+        validation_indices_ = all_indices(validation->size());
+      }
+    }
+    if (augment_.any()) check_augment(augment_);
+    load_training(train_indices_, mask_target_batches(train_, processor_, augment_, augment_.any(), options.seed));
+  }
+
+  const std::vector<std::string>& class_names() const override { return train_->class_names(); }
+  bool has_validation() const override { return validation_ != nullptr && !validation_indices_.empty(); }
+
+  // Loss, and mean IoU of the semantic maps (instances painted largest first, unlabelled pixels
+  // ignored); for instances also mask mAP (pycocotools' segm) and the mean IoU of each annotated
+  // instance with the best mask of a query predicting its class ("mask_iou"); for panoptic
+  // segments PQ, SQ and RQ (panopticapi's).
+  Metrics evaluate(const EvaluationForward& forward, bool whole) override {
+    const auto& source = whole || !has_validation() ? train_ : validation_;
+    const auto& indices = whole || !has_validation() ? train_indices_ : validation_indices_;
+    VT_CHECK(!indices.empty(), "evaluation: the dataset is empty");
+    const auto started = std::chrono::steady_clock::now();
+    const auto& names = source->class_names();
+    MeanIoU iou(static_cast<int64_t>(names.size()));
+    double loss_sum = 0.0, instance_iou_sum = 0.0, instances = 0.0;
+    std::vector<int64_t> image_ids;
+    std::vector<GroundTruthMask> truths;
+    std::vector<DetectionMask> detections;
+    const std::vector<bool> things = source->things();
+    std::vector<PanopticCategory> categories;
+    UniversalPanopticOptions panoptic;
+    for (size_t c = 0; c < things.size(); ++c) {
+      categories.push_back({static_cast<int64_t>(c), things[c]});
+      if (!things[c]) panoptic.label_ids_to_fuse.insert(static_cast<int64_t>(c));
+    }
+    PanopticQualityAccumulator quality(categories);
+    for_each_batch(indices, mask_target_batches(source, processor_, augment_, false, options_.seed), [&](const Batch& batch) {
+      ModelOutputs outputs = forward(batch);
+      loss_sum += find_output(outputs, "loss").to(torch::kFloat32).item<double>() * static_cast<double>(batch.indices.size());
+      for (size_t i = 0; i < batch.indices.size(); ++i) {
+        const MaskedImage truth = source->sample(batch.indices[i]);
+        const auto [height, width] = batch.original_sizes[i];
+        const auto [classes, masks] = unpadded_queries(outputs, batch, i);
+        const TargetSizes size{{height, width}};
+        iou.add(post_process_universal_semantic(classes, masks, size).front(), semantic_map(truth));
+        if (source->kind() == MaskedImageSource::Kind::Panoptic) {
+          quality.add(panoptic_annotation(truth),
+                      predicted_panoptic(post_process_universal_panoptic(classes, masks, panoptic, size).front()));
+          continue;
+        }
+        if (source->kind() != MaskedImageSource::Kind::Instances) continue;
+        const auto image_id = static_cast<int64_t>(batch.indices[i]);
+        image_ids.push_back(image_id);
+        UniversalInstanceOptions all_segments;
+        all_segments.threshold = 0.0;
+        const SegmentationResult found = post_process_universal_instance(classes, masks, all_segments, size).front();
+        for (const auto& segment : found.segments) {
+          detections.push_back({image_id, segment.label_id, rle_encode(found.segmentation.eq(segment.id)), segment.score});
+        }
+        // Each query's own mask (probability > 0.5 at the image's size) and its most likely class:
+        // how close the masks come to the annotated ones, before segments compete for pixels.
+        const auto query_classes = std::get<1>(classes[0].softmax(-1).slice(-1, 0, classes.size(2) - 1).max(-1));
+        const auto query_masks = torch::nn::functional::interpolate(masks, torch::nn::functional::InterpolateFuncOptions()
+                                                                               .size(std::vector<int64_t>{height, width})
+                                                                               .mode(torch::kBilinear)
+                                                                               .align_corners(false))[0]
+                                     .sigmoid()
+                                     .gt(0.5);
+        std::vector<std::pair<int64_t, torch::Tensor>> predicted;  // (class, mask)
+        for (int64_t q = 0; q < query_masks.size(0); ++q) predicted.emplace_back(query_classes[q].item<int64_t>(), query_masks[q]);
+        for (int64_t t = 0; t < truth.masks.size(0); ++t) {
+          const auto label = truth.class_labels[static_cast<size_t>(t)];
+          const bool crowd = truth.crowd[static_cast<size_t>(t)];
+          auto mask = truth.masks[t].to(torch::kBool);
+          truths.push_back({image_id, label, rle_encode(mask), -1.0, crowd});
+          if (crowd) continue;
+          double best = 0.0;
+          for (const auto& [predicted_label, predicted_mask] : predicted) {
+            if (predicted_label != label) continue;
+            const double intersection = predicted_mask.logical_and(mask).sum().item<double>();
+            const double united = predicted_mask.logical_or(mask).sum().item<double>();
+            if (united > 0) best = std::max(best, intersection / united);
+          }
+          instance_iou_sum += best;
+          instances += 1;
+        }
+      }
+    });
+    std::vector<double> totals{loss_sum, instance_iou_sum, instances};
+    sum_over_ranks(totals);
+    if (options_.replicas) iou.sum_over(*options_.replicas);
+    const auto evaluated = static_cast<double>(indices.size());
+    Metrics metrics{{"eval_loss", totals[0] / evaluated}};
+    for (const auto& [name, value] : iou.compute(names)) metrics["eval_" + name] = value;
+    if (source->kind() == MaskedImageSource::Kind::Panoptic) {
+      VT_CHECK(!options_.replicas, "evaluation: panoptic quality over several ranks is not supported yet; evaluate in one process");
+      for (const auto& [name, value] : quality.compute().as_map()) metrics["eval_" + name] = value;
+    }
+    if (source->kind() == MaskedImageSource::Kind::Instances) {
+      if (options_.replicas) gather_masks_over_ranks(*options_.replicas, image_ids, truths, detections);
+      for (const auto& [name, value] : coco_evaluate_masks(image_ids, truths, detections).as_map()) metrics["eval_" + name] = value;
+      metrics["eval_mask_iou"] = totals[2] > 0 ? totals[1] / totals[2] : 0.0;
+    }
+    add_throughput(metrics, evaluated, seconds_since(started));
+    return metrics;
+  }
+
+ private:
+  // The label map of a sample's segments: larger ones painted first, so smaller ones lie on top;
+  // pixels of no segment (and crowds) are ignored.
+  static torch::Tensor semantic_map(const MaskedImage& sample) {
+    auto map = torch::full({sample.image.height, sample.image.width}, kIgnoreLabel, torch::kInt64);
+    std::vector<int64_t> order(static_cast<size_t>(sample.masks.size(0)));
+    std::iota(order.begin(), order.end(), 0);
+    auto areas = sample.masks.flatten(1).sum(1);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return areas[a].item<int64_t>() > areas[b].item<int64_t>(); });
+    for (const int64_t i : order) {
+      map.masked_fill_(sample.masks[i].to(torch::kBool),
+                       sample.crowd[static_cast<size_t>(i)] ? kIgnoreLabel : sample.class_labels[static_cast<size_t>(i)]);
+    }
+    return map;
+  }
+
+  // A sample's segments as panopticapi reads a ground truth PNG: segment k has id k + 1.
+  static PanopticAnnotation panoptic_annotation(const MaskedImage& sample) {
+    PanopticAnnotation annotation;
+    annotation.segment_ids = torch::zeros({sample.image.height, sample.image.width}, torch::kInt64);
+    for (int64_t k = 0; k < sample.masks.size(0); ++k) {
+      annotation.segment_ids.masked_fill_(sample.masks[k].to(torch::kBool), k + 1);
+      annotation.segments.push_back(
+          {k + 1, sample.class_labels[static_cast<size_t>(k)], static_cast<bool>(sample.crowd[static_cast<size_t>(k)])});
+    }
+    return annotation;
+  }
+
+  static PanopticAnnotation predicted_panoptic(const SegmentationResult& result) {
+    PanopticAnnotation annotation;
+    annotation.segment_ids = result.segmentation;
+    // Fused stuff classes list their id once per query that joined it: panopticapi takes it once.
+    std::set<int64_t> seen;
+    for (const auto& segment : result.segments) {
+      if (seen.insert(segment.id).second) annotation.segments.push_back({segment.id, segment.label_id, false});
+    }
+    return annotation;
+  }
+
+  // Every rank's masks on every rank, in image order (mask mAP then scores the whole split).
+  static void gather_masks_over_ranks(ReplicaGroup& replicas, std::vector<int64_t>& image_ids, std::vector<GroundTruthMask>& truths,
+                                      std::vector<DetectionMask>& detections) {
+    auto rle_json = [](const RleMask& rle) { return nlohmann::json{rle.height, rle.width, rle_to_string(rle)}; };
+    auto rle_of = [](const nlohmann::json& j) {
+      return rle_from_string(j[2].get<std::string>(), j[0].get<int64_t>(), j[1].get<int64_t>());
+    };
+    nlohmann::json mine{{"image_ids", image_ids}, {"truths", nlohmann::json::array()}, {"detections", nlohmann::json::array()}};
+    for (const auto& t : truths) mine["truths"].push_back({t.image_id, t.category_id, rle_json(t.mask), t.area, t.iscrowd});
+    for (const auto& d : detections) mine["detections"].push_back({d.image_id, d.category_id, rle_json(d.mask), d.score});
+    image_ids.clear();
+    truths.clear();
+    detections.clear();
+    for (const auto& bytes : replicas.gather_bytes(mine.dump())) {
+      const auto rank = nlohmann::json::parse(bytes);
+      for (const auto& id : rank.at("image_ids")) image_ids.push_back(id.get<int64_t>());
+      for (const auto& t : rank.at("truths"))
+        truths.push_back({t[0].get<int64_t>(), t[1].get<int64_t>(), rle_of(t[2]), t[3].get<double>(), t[4].get<bool>()});
+      for (const auto& d : rank.at("detections"))
+        detections.push_back({d[0].get<int64_t>(), d[1].get<int64_t>(), rle_of(d[2]), d[3].get<double>()});
+    }
+    std::stable_sort(image_ids.begin(), image_ids.end());
+    std::stable_sort(truths.begin(), truths.end(), [](const auto& a, const auto& b) { return a.image_id < b.image_id; });
+    std::stable_sort(detections.begin(), detections.end(), [](const auto& a, const auto& b) { return a.image_id < b.image_id; });
+  }
+
+  std::shared_ptr<const ImageProcessor> processor_;
+  AugmentSpec augment_;
+  std::shared_ptr<MaskedImageSource> train_, validation_;
+  std::vector<size_t> train_indices_, validation_indices_;
+};
+
 }  // namespace
 
 std::unique_ptr<TrainingData> open_training_data(Task task, const DatasetSpec& spec, const DataOptions& options,
@@ -357,6 +636,9 @@ std::unique_ptr<TrainingData> open_training_data(Task task, const DatasetSpec& s
   }
   if (task->dataset == DatasetKind::SegmentationMasks) {
     VT_CHECK(!class_names.empty(), "dataset: a segmentation model needs its classes (num_classes or id2label)");
+    if (options.mask_targets) return std::make_unique<MaskTargetsData>(spec, options, std::move(processor), class_names);
+    VT_CHECK(spec.format != "coco", "dataset: format coco (instance masks) trains models that segment by mask queries (Mask2Former); ",
+             "this segmentation model trains on label maps (format masks, csv or jsonl)");
     return std::make_unique<SegmentationData>(spec, options, std::move(processor), class_names);
   }
   VT_CHECK(spec.format != "coco",

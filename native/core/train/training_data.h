@@ -28,6 +28,8 @@ struct DataOptions {
   uint64_t seed = 0;  // the run's (TrainingOptions::seed): the order and augmentation follow it
   int num_workers = 2;
   bool drop_last = false;  // drop the last, incomplete batch (data-parallel: the samples that do not fill every rank)
+  // The model trains on per-image masks and their classes (Mask2Former), not on label maps.
+  bool mask_targets = false;
   // Data-parallel training: each rank trains on its shard (DistributedSampler's rules) and
   // evaluates its share of the validation split; the metrics are reduced over all ranks.
   ReplicaGroup* replicas = nullptr;
