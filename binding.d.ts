@@ -242,7 +242,7 @@ export interface NativeStoreServer {
 
 /** The camelCase DatasetConfig (src/schemas/dataset-config.ts), defaults applied; each format reads its own fields. */
 export interface NativeDatasetSpec {
-  format: 'imagefolder' | 'csv' | 'jsonl' | 'idx' | 'coco' | 'masks';
+  format: 'imagefolder' | 'csv' | 'jsonl' | 'idx' | 'coco' | 'coco_panoptic' | 'masks';
   root?: string;
   validationRoot?: string;
   path?: string;

@@ -1,8 +1,9 @@
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
   BaseTrainer,
+  decodeImage,
   ErrorCode,
   HuggingFaceModelLoader,
   type ModelConfig,
@@ -11,6 +12,7 @@ import {
   type Tensor,
   type VisionModel,
 } from '../src/index.js';
+import { encodePng } from '../src/render/canvas.js';
 import { expectClose, expectError, FIXTURE_OPTIMIZER, fixture, reference, tempDir } from './helpers.js';
 
 const models: VisionModel[] = [];
@@ -173,6 +175,74 @@ describe('Mask2Former fine-tuning on a real COCO photo (instance masks from its 
     expect(after.eval_mask_iou).toBeGreaterThan(before.eval_mask_iou! + 0.2);
     expect(after.eval_mask_iou).toBeGreaterThan(0.3);
     expect(after.eval_map).toBeGreaterThan(before.eval_map!);
+  });
+});
+
+describe('Mask2Former on COCO panoptic segments and on label maps', () => {
+  const COCO = fixture('coco-sample');
+  // The photo's semantic mask (COCO category ids per pixel) read as panoptic segments, one per category.
+  const CATEGORIES = [
+    { id: 17, name: 'cat', isthing: 1 },
+    { id: 63, name: 'couch', isthing: 0 },
+    { id: 65, name: 'bed', isthing: 0 },
+    { id: 75, name: 'remote', isthing: 1 },
+  ];
+
+  async function train(dataset: Record<string, unknown>) {
+    const { model, modelConfig } = await load({ modelName: fixture(NAME), numClasses: 4, ignoreMismatchedSizes: true });
+    const trainer = new BaseTrainer({ model, modelConfig });
+    const before = await trainer.evaluate(dataset as never);
+    const options = { maxSteps: 120, batchSize: 1, learningRate: 1e-3, lrScheduler: 'constant' as const, seed: 0 };
+    await trainer.train({ ...options, outputDir: join(tempDir(), 'run'), dataset: dataset as never });
+    return { before, after: await trainer.evaluate(dataset as never), model };
+  }
+
+  it('panoptic: PQ, SQ and RQ for things and stuff rise from 0', async () => {
+    const dir = tempDir();
+    const mask = await decodeImage(join(COCO, '000000039769_mask.png'));
+    const rgb = new Uint8Array(mask.width * mask.height * 3);
+    const present = new Set<number>();
+    for (let i = 0; i < mask.width * mask.height; i++) {
+      const id = mask.data[i * mask.channels]!;
+      rgb[i * 3] = id; // segment id = R + 256 G + 256^2 B
+      if (id !== 0) present.add(id);
+    }
+    mkdirSync(join(dir, 'panoptic'));
+    writeFileSync(join(dir, 'panoptic', '000000039769.png'), encodePng(mask.width, mask.height, rgb));
+    const segments = [...present].map((id) => ({ id, category_id: id, iscrowd: 0 }));
+    writeFileSync(
+      join(dir, 'panoptic.json'),
+      JSON.stringify({
+        images: [{ id: 1, file_name: '000000039769.jpg', width: 640, height: 480 }],
+        annotations: [{ image_id: 1, file_name: '000000039769.png', segments_info: segments }],
+        categories: CATEGORIES,
+      }),
+    );
+    const dataset = {
+      format: 'coco_panoptic',
+      annotations: join(dir, 'panoptic.json'),
+      images: COCO,
+      masks: join(dir, 'panoptic'),
+      validationSplit: 0,
+    };
+    const { before, after, model } = await train(dataset);
+    expect(model.labels).toEqual(['cat', 'couch', 'bed', 'remote']);
+    expect(before.eval_pq).toBe(0);
+    for (const key of ['eval_pq', 'eval_sq', 'eval_rq', 'eval_pq_th', 'eval_pq_st']) expect(after[key], key).toBeGreaterThan(0.2);
+    expect(after.eval_loss).toBeLessThan(before.eval_loss! * 0.6);
+  });
+
+  it('label maps (format masks): one mask per class present, mean IoU rises', async () => {
+    const dir = tempDir();
+    mkdirSync(join(dir, 'images'));
+    mkdirSync(join(dir, 'masks'));
+    copyFileSync(join(COCO, '000000039769.jpg'), join(dir, 'images', 'photo.jpg'));
+    const mask = await decodeImage(join(COCO, '000000039769_mask.png'));
+    const classOf = new Map(CATEGORIES.map((c, index) => [c.id, index]));
+    const labels = new Uint8Array(mask.width * mask.height).map((_, i) => classOf.get(mask.data[i * mask.channels]!) ?? 255);
+    writeFileSync(join(dir, 'masks', 'photo.png'), encodePng(mask.width, mask.height, labels, 1));
+    const { before, after } = await train({ format: 'masks', images: join(dir, 'images'), masks: join(dir, 'masks'), validationSplit: 0 });
+    expect(after.eval_mean_iou).toBeGreaterThan(before.eval_mean_iou! + 0.2);
   });
 });
 

@@ -162,22 +162,25 @@ function chunk(type: string, data: Uint8Array): Buffer {
   return out;
 }
 
-/** Encodes 8-bit RGB pixels (row-major, 3 bytes each) as a PNG. */
-export function encodePng(width: number, height: number, rgb: Uint8Array): Buffer {
-  if (rgb.length !== width * height * 3) throw invalidArgument(RangeError, `expected ${width * height * 3} bytes of RGB, got ${rgb.length}`);
-  const stride = width * 3;
+/** Encodes 8-bit RGB pixels (row-major, 3 bytes each), or grayscale ones with `channels` 1, as a PNG. */
+export function encodePng(width: number, height: number, pixels: Uint8Array, channels: 1 | 3 = 3): Buffer {
+  const what = channels === 1 ? 'grayscale' : 'RGB';
+  if (pixels.length !== width * height * channels)
+    throw invalidArgument(RangeError, `expected ${width * height * channels} bytes of ${what}, got ${pixels.length}`);
+  const stride = width * channels;
   // Filter 1 (Sub) on every row: a chart is mostly flat colour, which Sub turns into runs of zeros.
   const filtered = Buffer.alloc((stride + 1) * height);
   for (let y = 0; y < height; y++) {
     const row = y * stride;
     const out = y * (stride + 1);
     filtered[out] = 1;
-    for (let i = 0; i < stride; i++) filtered[out + 1 + i] = (rgb[row + i]! - (i >= 3 ? rgb[row + i - 3]! : 0)) & 0xff;
+    for (let i = 0; i < stride; i++) filtered[out + 1 + i] = (pixels[row + i]! - (i >= channels ? pixels[row + i - channels]! : 0)) & 0xff;
   }
   const header = Buffer.alloc(13);
   header.writeUInt32BE(width, 0);
   header.writeUInt32BE(height, 4);
-  header.set([8, 2, 0, 0, 0], 8); // bit depth 8, colour type 2 (RGB), deflate, adaptive filters, no interlace
+  // bit depth 8, colour type 0 (grayscale) or 2 (RGB), deflate, adaptive filters, no interlace
+  header.set([8, channels === 1 ? 0 : 2, 0, 0, 0], 8);
   return Buffer.concat([
     Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
     chunk('IHDR', header),

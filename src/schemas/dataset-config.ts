@@ -77,6 +77,22 @@ const CocoSchema = z.strictObject({
   ...common,
 });
 
+/**
+ * COCO panoptic segmentation (Mask2Former): the panoptic JSON (images, annotations with
+ * segments_info, categories with isthing), the directory of its images, and `masks`, the directory
+ * of its PNGs (segment ids as R + 256 G + 256^2 B).
+ */
+const CocoPanopticSchema = z.strictObject({
+  format: z.literal('coco_panoptic'),
+  annotations: nonEmptyString(),
+  images: nonEmptyString(),
+  masks: nonEmptyString(),
+  validationAnnotations: nonEmptyString().optional(),
+  validationImages: nonEmptyString().optional(),
+  validationMasks: nonEmptyString().optional(),
+  ...common,
+});
+
 /** Semantic segmentation: images and their label maps (PNGs of class indices, 255 = ignore), paired by file name. */
 const MasksSchema = z.strictObject({
   format: z.literal('masks'),
@@ -87,7 +103,15 @@ const MasksSchema = z.strictObject({
   ...common,
 });
 
-type Parsed = z.output<typeof ImageFolderSchema | typeof CsvSchema | typeof JsonlSchema | typeof IdxSchema | typeof CocoSchema | typeof MasksSchema>;
+type Parsed = z.output<
+  | typeof ImageFolderSchema
+  | typeof CsvSchema
+  | typeof JsonlSchema
+  | typeof IdxSchema
+  | typeof CocoSchema
+  | typeof CocoPanopticSchema
+  | typeof MasksSchema
+>;
 
 /** The field naming a separate validation set, if one is given. */
 function validationField(d: Parsed): string | undefined {
@@ -100,6 +124,7 @@ function validationField(d: Parsed): string | undefined {
     case 'idx':
       return d.validationImages !== undefined ? 'validationImages' : undefined;
     case 'coco':
+    case 'coco_panoptic':
       return d.validationAnnotations !== undefined ? 'validationAnnotations' : undefined;
     case 'masks':
       return d.validationImages !== undefined ? 'validationImages' : undefined;
@@ -107,7 +132,7 @@ function validationField(d: Parsed): string | undefined {
 }
 
 export const DatasetConfigSchema = z
-  .discriminatedUnion('format', [ImageFolderSchema, CsvSchema, JsonlSchema, IdxSchema, CocoSchema, MasksSchema])
+  .discriminatedUnion('format', [ImageFolderSchema, CsvSchema, JsonlSchema, IdxSchema, CocoSchema, CocoPanopticSchema, MasksSchema])
   .superRefine(
     (d, ctx) => {
       const v = validationField(d);
@@ -122,6 +147,13 @@ export const DatasetConfigSchema = z
       if (d.format === 'masks' && (d.validationImages === undefined) !== (d.validationMasks === undefined)) {
         const [given, missing] = d.validationImages === undefined ? ['validationMasks', 'validationImages'] : ['validationImages', 'validationMasks'];
         ctx.addIssue({ code: 'custom', path: [missing], message: `required when {${given}} is given` });
+      }
+      if (d.format === 'coco_panoptic') {
+        const given = (['validationAnnotations', 'validationImages', 'validationMasks'] as const).filter((k) => d[k] !== undefined);
+        if (given.length > 0 && given.length < 3) {
+          for (const missing of (['validationAnnotations', 'validationImages', 'validationMasks'] as const).filter((k) => d[k] === undefined))
+            ctx.addIssue({ code: 'custom', path: [missing], message: `required when {${given.join(', ')}} is given` });
+        }
       }
       if (d.format === 'coco' && (d.validationImages === undefined) !== (d.validationAnnotations === undefined)) {
         const [given, missing] =
@@ -155,6 +187,7 @@ export const DATASET_PATH_FIELDS: { [F in DatasetFormat]: (keyof Extract<Dataset
   jsonl: ['path', 'root', 'validationPath'],
   idx: ['images', 'labels', 'validationImages', 'validationLabels'],
   coco: ['annotations', 'images', 'validationAnnotations', 'validationImages'],
+  coco_panoptic: ['annotations', 'images', 'masks', 'validationAnnotations', 'validationImages', 'validationMasks'],
   masks: ['images', 'masks', 'validationImages', 'validationMasks'],
 };
 
