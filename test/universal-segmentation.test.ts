@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -13,7 +14,7 @@ import {
   type VisionModel,
 } from '../src/index.js';
 import { encodePng } from '../src/render/canvas.js';
-import { expectClose, expectError, FIXTURE_OPTIMIZER, fixture, reference, tempDir } from './helpers.js';
+import { expectClose, expectError, FIXTURE_OPTIMIZER, fixture, reference, repoRoot, tempDir } from './helpers.js';
 
 const models: VisionModel[] = [];
 afterAll(() => {
@@ -175,6 +176,22 @@ describe('Mask2Former fine-tuning on a real COCO photo (instance masks from its 
     expect(after.eval_mask_iou).toBeGreaterThan(before.eval_mask_iou! + 0.2);
     expect(after.eval_mask_iou).toBeGreaterThan(0.3);
     expect(after.eval_map).toBeGreaterThan(before.eval_map!);
+
+    // The CLI: instance segments as JSON, and drawn on the photo.
+    const saved = join(tempDir(), 'model');
+    await model.save(saved);
+    const drawnPath = join(tempDir(), 'segments.png');
+    const photo = join(COCO, '000000039769.jpg');
+    const cli = [join(repoRoot, 'dist', 'cli', 'main.js'), 'predict', '--model', saved, '--type', 'segmentation', '--task', 'instance'];
+    const out = execFileSync(process.execPath, [...cli, '--threshold', '0.3', '--draw', drawnPath, '--json', photo], { encoding: 'utf8' });
+    const [result] = JSON.parse(out);
+    expect(result.predictions.segmentation).toHaveLength(640 * 480);
+    expect(result.predictions.segments.length).toBeGreaterThan(0);
+    for (const segment of result.predictions.segments) expect(['cat', 'couch', 'bed', 'remote']).toContain(segment.label);
+    const [drawn, original] = [await decodeImage(drawnPath), await decodeImage(photo)];
+    expect([drawn.width, drawn.height]).toEqual([640, 480]);
+    expect(Buffer.compare(Buffer.from(drawn.data), Buffer.from(original.data))).not.toBe(0);
+    expect(execFileSync(process.execPath, [...cli, photo], { encoding: 'utf8' })).toMatch(/#\d+ {2}\d\.\d{4} .*% {2}(cat|couch|bed|remote)/);
   });
 });
 
@@ -243,6 +260,78 @@ describe('Mask2Former on COCO panoptic segments and on label maps', () => {
     writeFileSync(join(dir, 'masks', 'photo.png'), encodePng(mask.width, mask.height, labels, 1));
     const { before, after } = await train({ format: 'masks', images: join(dir, 'images'), masks: join(dir, 'masks'), validationSplit: 0 });
     expect(after.eval_mean_iou).toBeGreaterThan(before.eval_mean_iou! + 0.2);
+  });
+});
+
+describe('Mask2Former configurations beyond the fixture', () => {
+  it('pre-norm decoder, GELU, 4 queries, 3 decoder layers, no auxiliary loss, other point sampling and backbone: random init, training, save and reload', async () => {
+    const ref = await reference(NAME);
+    const dir = tempDir();
+    const base = JSON.parse(readFileSync(fixture(NAME, 'config.json'), 'utf8'));
+    const config = {
+      ...base,
+      num_queries: 4,
+      decoder_layers: 3,
+      num_attention_heads: 4,
+      mask_feature_size: 16,
+      dim_feedforward: 24,
+      encoder_layers: 2,
+      encoder_feedforward_dim: 16,
+      pre_norm: true,
+      activation_function: 'gelu',
+      use_auxiliary_loss: false,
+      train_num_points: 32,
+      oversample_ratio: 2,
+      importance_sample_ratio: 0.5,
+      class_weight: 1,
+      mask_weight: 3,
+      dice_weight: 2,
+      no_object_weight: 0.2,
+      id2label: { 0: 'a', 1: 'b', 2: 'c', 3: 'd', 4: 'e' },
+      backbone_config: { ...base.backbone_config, embed_dim: 16, window_size: 3, depths: [1, 2, 1, 1], num_heads: [1, 2, 2, 4] },
+    };
+    delete config.label2id;
+    writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
+    writeFileSync(join(dir, 'preprocessor_config.json'), readFileSync(fixture(NAME, 'preprocessor_config.json')));
+    const { model, modelConfig } = await load({ modelName: dir, pretrained: false });
+    const inputs = { pixelValues: ref.tensors.pixel_values!, pixelMask: ref.tensors.pixel_mask! };
+    const out = await model.forward(inputs);
+    expect(out.classQueriesLogits!.shape).toEqual([2, 4, 6]);
+    expect(out.masksQueriesLogits!.shape).toEqual([2, 4, 16, 16]);
+    const labels = [0, 1].map((i) => ({
+      classLabels: { ...ref.tensors[`class_labels_${i}`]!, data: (ref.tensors[`class_labels_${i}`]!.data as BigInt64Array).map((c) => c + 2n) },
+      maskLabels: ref.tensors[`mask_labels_${i}`]!,
+    }));
+    const trainer = new BaseTrainer({ model, modelConfig, ...FIXTURE_OPTIMIZER, seed: 1 });
+    const losses: number[] = [];
+    let parts: Record<string, number> = {};
+    for (let i = 0; i < 8; i++) {
+      const step = await trainer.trainingStep({ ...inputs, labels });
+      losses.push(step.loss);
+      parts = step.lossDict!;
+    }
+    // No auxiliary terms without use_auxiliary_loss.
+    expect(Object.keys(parts).sort()).toEqual(['loss_cross_entropy', 'loss_dice', 'loss_mask']);
+    expect(losses[7]).toBeLessThan(losses[0]!);
+    const saved = join(dir, 'saved');
+    await model.save(saved);
+    const { model: reloaded } = await load({ modelName: saved });
+    const again = await reloaded.forward(inputs);
+    expect(again.masksQueriesLogits!.data).toEqual((await model.forward(inputs)).masksQueriesLogits!.data);
+  });
+
+  it('a configuration it cannot run names the field', async () => {
+    const dir = tempDir();
+    const base = JSON.parse(readFileSync(fixture(NAME, 'config.json'), 'utf8'));
+    for (const [field, value, named] of [
+      ['num_attention_heads', 3, 'num_attention_heads'],
+      ['feature_strides', [4, 8, 16], 'feature_strides'],
+      ['backbone_config', { ...base.backbone_config, model_type: 'resnet' }, 'resnet'],
+      ['train_num_points', 0, 'train_num_points'],
+    ] as const) {
+      writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...base, [field]: value }));
+      await expectError(load({ modelName: dir, pretrained: false }), ErrorCode.CONFIG, named);
+    }
   });
 });
 
