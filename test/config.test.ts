@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -217,7 +217,9 @@ describe('parseTrainingConfig', () => {
 
     it('lists the formats and rejects keys of another format', async () => {
       const bad = await configError(() => parseTrainingConfig({ dataset: { format: 'tfrecord' } }));
-      expect(messages(bad)).toEqual(['dataset.format: expected one of "imagefolder", "csv", "jsonl", "idx", "coco", "masks", got "tfrecord"']);
+      expect(messages(bad)).toEqual([
+        'dataset.format: expected one of "imagefolder", "csv", "jsonl", "idx", "coco", "coco_panoptic", "masks", got "tfrecord"',
+      ]);
       const other = await configError(() => parseTrainingConfig({ dataset: { format: 'imagefolder', root: 'r', images: 'i' } }));
       expect(messages(other)).toEqual(['dataset.images: unknown key for format "imagefolder"']);
     });
@@ -266,6 +268,28 @@ describe('loadConfig (YAML, snake_case)', () => {
       validationLabels,
     });
     expect(files(example.data as Record<string, unknown>)).toEqual(files(main.data as Record<string, unknown>));
+  });
+
+  it('accepts config/examples/mask2former-coco-instances.yaml, whose data paths exist', async () => {
+    const example = await loadConfig(repoFile('config/examples/mask2former-coco-instances.yaml'));
+    expect(example.model).toMatchObject({ modelType: 'segmentation', numClasses: 4, ignoreMismatchedSizes: true });
+    const data = example.data as { format: string; annotations: string; images: string };
+    expect(data.format).toBe('coco');
+    expect(existsSync(data.annotations) && existsSync(data.images)).toBe(true);
+  });
+
+  it('reads a coco_panoptic dataset and names a missing validation part', async () => {
+    const cfg = await loadYaml(`
+model: {name: ./m, type: segmentation}
+data: {format: coco_panoptic, annotations: p.json, images: img, masks: png, validation_annotations: v.json, validation_images: vimg, validation_masks: vpng}
+`);
+    expect(cfg.data).toMatchObject({ format: 'coco_panoptic', validationMasks: expect.stringMatching(/vpng$/), validationSplit: 0 });
+    await expect(
+      loadYaml(`
+model: {name: ./m, type: segmentation}
+data: {format: coco_panoptic, annotations: p.json, images: img, masks: png, validation_annotations: v.json}
+`),
+    ).rejects.toThrow(/validation_masks/);
   });
 
   it('maps every snake_case field to camelCase', async () => {
