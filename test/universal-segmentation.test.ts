@@ -80,6 +80,19 @@ describe('Mask2Former: parity with transformers', () => {
   });
 });
 
+describe('Mask2Former with gradient checkpointing', () => {
+  it("recomputes the Swin backbone's blocks in backward: the seeded loss and every gradient stay transformers'", async () => {
+    const ref = await reference(NAME);
+    const { model, modelConfig } = await load({ modelName: fixture(NAME), gradientCheckpointing: true });
+    const batch = { pixelValues: ref.tensors.pixel_values!, pixelMask: ref.tensors.pixel_mask!, labels: labelsOf(ref.tensors) };
+    const trainer = new BaseTrainer({ model, modelConfig, ...FIXTURE_OPTIMIZER, seed: 7892 });
+    const step = await trainer.trainingStep(batch, { returnGradients: true });
+    expect(Math.abs(step.loss - scalar(ref.tensors.loss))).toBeLessThan(1e-5 + 1e-4 * Math.abs(scalar(ref.tensors.loss)));
+    for (const key of Object.keys(ref.tensors).filter((k) => k.startsWith('grad.')))
+      expectClose(step.gradients![key.slice(5)], ref.tensors[key], ref.tolerance('grad'), key);
+  });
+});
+
 describe('Mask2Former predictions', () => {
   const PHOTOS = [fixture('images', 'chelsea.png'), fixture('images', 'rocket.jpg')];
 

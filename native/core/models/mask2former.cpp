@@ -470,9 +470,9 @@ Mask2FormerBody::Mask2FormerBody(const Mask2FormerConfig& config, torch::nn::Mod
   transformer_module = owner.register_module("transformer_module", TransformerModule(config));
 }
 
-Mask2FormerOutputs Mask2FormerBody::forward(const torch::Tensor& pixel_values, bool training) {
+Mask2FormerOutputs Mask2FormerBody::forward(const torch::Tensor& pixel_values, bool training, bool gradient_checkpointing) {
   check_pixel_values(pixel_values, config.backbone_config.num_channels);
-  auto feature_maps = backbone->forward(pixel_values);
+  auto feature_maps = backbone->forward(pixel_values, gradient_checkpointing);
   VT_CHECK(feature_maps.size() == config.feature_strides.size(), "Mask2Former: the backbone gave ", feature_maps.size(),
            " feature maps, feature_strides has ", config.feature_strides.size());
   PixelDecoderOutput pixel = pixel_decoder(feature_maps);
@@ -531,7 +531,7 @@ Mask2FormerModel::Mask2FormerModel(const Mask2FormerConfig& config) : Mask2Forme
 
 Mask2FormerOutputs Mask2FormerModel::run(const torch::Tensor& pixel_values) {
   const auto dtype = body_->pixel_decoder->level_embed.scalar_type();
-  return body_->forward(pixel_values.to(dtype), is_training());
+  return body_->forward(pixel_values.to(dtype), is_training(), gradient_checkpointing());
 }
 
 ModelOutputs Mask2FormerModel::forward(const ModelInputs& inputs) {
@@ -562,7 +562,7 @@ bool Mask2FormerForUniversalSegmentation::is_head_key(const std::string& key) co
 SegmentationOutputs Mask2FormerForUniversalSegmentation::run(const torch::Tensor& pixel_values) {
   const auto dtype = class_predictor->weight.scalar_type();
   SegmentationOutputs outputs;
-  outputs.model = body_->forward(pixel_values.to(dtype), is_training());
+  outputs.model = body_->forward(pixel_values.to(dtype), is_training(), gradient_checkpointing());
   for (const auto& hidden : outputs.model.decoder.intermediate_hidden_states) {
     outputs.class_queries_logits.push_back(class_predictor(hidden));
   }

@@ -196,7 +196,8 @@ struct Mask2FormerOutputs {
 // (Mask2FormerModel itself, or the "model" container of the segmentation model).
 struct Mask2FormerBody {
   Mask2FormerBody(const Mask2FormerConfig& config, torch::nn::Module& owner);
-  Mask2FormerOutputs forward(const torch::Tensor& pixel_values, bool training);
+  // With `gradient_checkpointing` (training), the Swin backbone's blocks are recomputed in backward.
+  Mask2FormerOutputs forward(const torch::Tensor& pixel_values, bool training, bool gradient_checkpointing = false);
   Mask2FormerConfig config;
   std::unique_ptr<swin::SwinBackbone> backbone;  // pixel_level_module.encoder
   PixelDecoder pixel_decoder{nullptr};           // pixel_level_module.decoder
