@@ -121,7 +121,10 @@ async function detectionCrops(): Promise<{ format: 'coco'; annotations: string; 
         const x0 = Math.max(x, box.x);
         const y0 = Math.max(y, box.y);
         const bbox = [x0 - box.x, y0 - box.y, Math.min(x + w, box.x + box.width) - x0, Math.min(y + h, box.y + box.height) - y0];
-        return { category_id: a.category_id, bbox, area: Math.max(0, bbox[2]!) * Math.max(0, bbox[3]!) };
+        const [bx, by, bw, bh] = bbox as [number, number, number, number];
+        // The clipped box as a polygon too: instance masks for Mask2Former.
+        const segmentation = [[bx, by, bx + bw, by, bx + bw, by + bh, bx, by + bh]];
+        return { category_id: a.category_id, bbox, segmentation, area: Math.max(0, bw) * Math.max(0, bh) };
       })
       .sort((a, b) => b.area - a.area)
       .slice(0, 3);
@@ -207,6 +210,38 @@ describe('DistributedTrainer: 2 workers with half the batch each equal one proce
     const dataset = await detectionCrops();
     const model = { modelName: fixture('detr-tiny-random'), modelType: 'object_detection' as const, numClasses: 4, ignoreMismatchedSizes: true };
     await expectEquivalent('detr-tiny-random', await oneAndTwo(model, { maxSteps: 20, batchSize: 4, dataset }), 20, ['eval_loss', 'eval_map']);
+  });
+
+  it('Mask2Former: 2 workers train on instance masks; mask mAP, mask IoU and mean IoU over both ranks equal one process evaluating the final model', async () => {
+    const dataset = await detectionCrops();
+    const modelConfig = {
+      modelName: fixture('mask2former-tiny-random'),
+      modelType: 'segmentation' as const,
+      numClasses: 4,
+      ignoreMismatchedSizes: true,
+    };
+    const { model, modelConfig: config } = await load(modelConfig);
+    const outputDir = join(tempDir(), 'run');
+    const losses: number[] = [];
+    const trainer = new BaseTrainer({ model, modelConfig: config });
+    const result = await new DistributedTrainer(trainer, { numWorkers: 2, threadsPerWorker: 1 }).train(
+      // Evaluated at step 8, the last: the metrics are those of the final model.
+      { ...FIXTURE_OPTIMIZER, seed: 0, maxSteps: 8, evalEvery: 4, batchSize: 2, outputDir, dataset },
+      { onProgress: (e) => e.kind === 'step' && losses.push(e.loss) },
+    );
+    expect(losses).toHaveLength(8);
+    expect(losses.every(Number.isFinite)).toBe(true);
+    // Rank 0's final model, evaluated by one process on the whole validation split. The loss
+    // samples random points (each rank its own), so only the metrics of the predictions compare.
+    const { model: trained, modelConfig: trainedConfig } = await load({ ...modelConfig, modelName: outputDir, numClasses: undefined });
+    setNumThreads(1);
+    const alone = await new BaseTrainer({ model: trained, modelConfig: trainedConfig, seed: 0, batchSize: 1 })
+      .evaluate(dataset)
+      .finally(() => setNumThreads(0));
+    for (const name of ['eval_map', 'eval_map_50', 'eval_mask_iou', 'eval_mean_iou']) {
+      expect(result.metrics[name], name).toBeDefined();
+      expect(Math.abs(result.metrics[name]! - alone[name]!), name).toBeLessThanOrEqual(1e-6);
+    }
   });
 
   it('ResNet and SegFormer with syncBatchNorm: statistics over the whole batch', async () => {
