@@ -93,9 +93,10 @@ describe('configurations beyond the fixtures', () => {
     ],
     [
       'swin-tiny-random',
-      'patch 3 (32 pixels padded to 33), window 5 (11 tokens padded to 15), 3 stages of odd sizes, maps smaller than the window, no qkv bias',
+      'patch [3, 2] (32 rows padded to 33), window 5 (11 x 16 tokens padded to 15 x 20), 3 stages of odd sizes, maps smaller than the window, no qkv bias',
       {
-        patch_size: 3,
+        patch_size: [3, 2],
+        image_size: [32, 32],
         window_size: 5,
         embed_dim: 8,
         depths: [1, 2, 2],

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <map>
 #include <mutex>
+#include <tuple>
 
 #include "common/error.h"
 #include "common/json_config.h"
@@ -30,8 +31,8 @@ int64_t SwinConfig::channels_of(const std::string& stage) const {
 SwinConfig SwinConfig::from_json(const nlohmann::json& json, const std::string& source) {
   JsonConfig fields(json, source);
   SwinConfig c;
-  c.image_size = fields.get_positive_int("image_size", c.image_size);
-  c.patch_size = fields.get_positive_int("patch_size", c.patch_size);
+  std::tie(c.image_height, c.image_width) = fields.get_size_pair("image_size", 224);
+  std::tie(c.patch_height, c.patch_width) = fields.get_size_pair("patch_size", 4);
   c.num_channels = fields.get_positive_int("num_channels", c.num_channels);
   c.embed_dim = fields.get_positive_int("embed_dim", c.embed_dim);
   c.depths = fields.get_positive_ints("depths", c.depths);
@@ -231,10 +232,9 @@ SwinBody::SwinBody(const SwinConfig& config, torch::nn::Module& owner) : config(
   auto embeddings = layers::add_container(owner, "embeddings");
   patch_projection =
       layers::add_container(*embeddings, "patch_embeddings")
-          ->register_module(
-              "projection",
-              torch::nn::Conv2d(
-                  torch::nn::Conv2dOptions(config.num_channels, config.embed_dim, config.patch_size).stride(config.patch_size)));
+          ->register_module("projection", torch::nn::Conv2d(torch::nn::Conv2dOptions(config.num_channels, config.embed_dim,
+                                                                                     {config.patch_height, config.patch_width})
+                                                                .stride({config.patch_height, config.patch_width})));
   embeddings_norm = embeddings->register_module("norm", layers::LayerNorm(config.embed_dim, 1e-5));
   auto stages = layers::add_container(*layers::add_container(owner, "encoder"), "layers");
   int64_t total_depth = 0;
@@ -266,8 +266,8 @@ std::vector<SwinBody::StageOutput> SwinBody::forward(const torch::Tensor& pixel_
   check_pixel_values(pixel_values, config.num_channels);
   auto pixels = pixel_values.to(patch_projection->weight.scalar_type());
   // Padded on the right and bottom to a multiple of the patch size.
-  const int64_t patch = config.patch_size;
-  const int64_t pad_right = (patch - pixels.size(3) % patch) % patch, pad_bottom = (patch - pixels.size(2) % patch) % patch;
+  const int64_t pad_right = (config.patch_width - pixels.size(3) % config.patch_width) % config.patch_width;
+  const int64_t pad_bottom = (config.patch_height - pixels.size(2) % config.patch_height) % config.patch_height;
   if (pad_right > 0 || pad_bottom > 0) pixels = torch::constant_pad_nd(pixels, {0, pad_right, 0, pad_bottom});
   auto projected = layers::conv2d(patch_projection, pixels);
   int64_t height = projected.size(2), width = projected.size(3);

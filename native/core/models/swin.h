@@ -18,8 +18,9 @@
 namespace vt::swin {
 
 struct SwinConfig {
-  int64_t image_size = 224;
-  int64_t patch_size = 4;
+  // image_size and patch_size: an integer or [height, width], as transformers' SwinPatchEmbeddings takes them.
+  int64_t image_height = 224, image_width = 224;
+  int64_t patch_height = 4, patch_width = 4;
   int64_t num_channels = 3;
   int64_t embed_dim = 96;
   std::vector<int64_t> depths{2, 2, 6, 2};
