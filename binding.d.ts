@@ -65,6 +65,7 @@ export interface NativeForwardInputs {
   pixelValues: NativeTensor;
   pixelMask?: NativeTensor;
   labels?: NativeTensor | { classLabels: NativeTensor; boxes?: NativeTensor; maskLabels?: NativeTensor }[];
+  allowNonFinite?: boolean;
 }
 
 export interface NativeClassScore {
@@ -274,6 +275,8 @@ export interface NativeStepResult {
   gradNorm: number;
   learningRate: number;
   gradients?: Record<string, NativeTensor>;
+  /** The loss or the gradients were not finite: the step left the weights as they were. */
+  skipped: boolean;
 }
 
 /** A trainer event: {kind: 'step' | 'eval' | 'save', ...} (src/training/events.ts). */

@@ -59,8 +59,8 @@ Napi::Object object_argument(const Napi::CallbackInfo& info, size_t index, const
 }
 
 std::string string_argument(const Napi::CallbackInfo& info, size_t index, const char* what) {
-  if (info.Length() <= index || !info[index].IsString()) throw Napi::TypeError::New(info.Env(), std::string(what) + ": expected a string");
-  return info[index].As<Napi::String>();
+  if (info.Length() <= index) throw Napi::TypeError::New(info.Env(), std::string(what) + ": expected a string");
+  return string_value(info[index], what);
 }
 
 LoadOptions load_options_from_js(const Napi::Object& object) {

@@ -149,7 +149,7 @@ std::vector<ImageSource> images_from_js(const Napi::Value& value, const std::str
       source.bytes.assign(data, data + array.ByteLength());
     };
     if (item.IsString()) {
-      source.path = item.As<Napi::String>();
+      source.path = string_value(item, source.name);
       if (source.path.empty()) type_error(env, source.name + ": empty file path");
       source.name = source.path;
     } else if (item.IsTypedArray() && item.As<Napi::TypedArray>().TypedArrayType() == napi_uint8_array) {
@@ -192,6 +192,7 @@ ModelInputs model_inputs_from_js(const Napi::Value& value) {
   inputs.pixel_values = tensor_from_js(object.Get("pixelValues"), "pixelValues");
   Napi::Value mask = object.Get("pixelMask");
   if (!mask.IsUndefined() && !mask.IsNull()) inputs.pixel_mask = tensor_from_js(mask, "pixelMask");
+  inputs.allow_non_finite = optional_bool(object, "allowNonFinite").value_or(false);
   Napi::Value labels = object.Get("labels");
   if (labels.IsArray()) {
     Napi::Array targets = labels.As<Napi::Array>();
@@ -214,11 +215,17 @@ ModelInputs model_inputs_from_js(const Napi::Value& value) {
   return inputs;
 }
 
+std::string string_value(const Napi::Value& value, const std::string& what) {
+  if (!value.IsString()) type_error(value.Env(), what + ": expected a string");
+  std::string text = value.As<Napi::String>();
+  if (text.find('\0') != std::string::npos) type_error(value.Env(), what + ": contains a NUL character");
+  return text;
+}
+
 std::optional<std::string> optional_string(const Napi::Object& object, const char* key) {
   Napi::Value value = object.Get(key);
   if (value.IsUndefined() || value.IsNull()) return std::nullopt;
-  if (!value.IsString()) type_error(object.Env(), std::string(key) + ": expected a string");
-  return value.As<Napi::String>().Utf8Value();
+  return string_value(value, key);
 }
 
 std::optional<bool> optional_bool(const Napi::Object& object, const char* key) {

@@ -33,6 +33,10 @@ std::vector<Image> load_images(const std::vector<ImageSource>& sources);
 
 ModelInputs model_inputs_from_js(const Napi::Value& value);
 
+// A JavaScript string as C++ text; one holding a NUL character is refused, naming `what` (a path
+// with a NUL would otherwise be cut at it and name another file).
+std::string string_value(const Napi::Value& value, const std::string& what);
+
 // Option readers: absent or undefined gives nullopt; a wrong type throws naming the option.
 std::optional<std::string> optional_string(const Napi::Object& object, const char* key);
 std::optional<bool> optional_bool(const Napi::Object& object, const char* key);

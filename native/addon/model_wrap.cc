@@ -160,7 +160,7 @@ Napi::Value ModelWrap::save(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsString() || info[0].As<Napi::String>().Utf8Value().empty()) {
     throw Napi::TypeError::New(info.Env(), "save: expected a directory path");
   }
-  std::string directory = info[0].As<Napi::String>();
+  std::string directory = string_value(info[0], "save: directory");
   return run_async<bool>(
       info.Env(),
       [model, directory] {
@@ -175,7 +175,7 @@ Napi::Value ModelWrap::load_saved(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsString() || info[0].As<Napi::String>().Utf8Value().empty()) {
     throw Napi::TypeError::New(info.Env(), "loadSaved: expected a directory path");
   }
-  std::string directory = info[0].As<Napi::String>();
+  std::string directory = string_value(info[0], "loadSaved: directory");
   return run_async<bool>(
       info.Env(),
       [model, directory] {

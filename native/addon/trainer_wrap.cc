@@ -130,6 +130,7 @@ Napi::Object step_outcome_to_js(Napi::Env env, StepOutcome& outcome, bool with_g
   Napi::Object result = Napi::Object::New(env);
   result.Set("loss", outcome.loss);
   result.Set("gradNorm", outcome.grad_norm);
+  result.Set("skipped", outcome.skipped);
   result.Set("learningRate", outcome.learning_rate);
   if (!outcome.loss_dict.empty()) {
     Napi::Object dict = Napi::Object::New(env);

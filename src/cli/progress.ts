@@ -163,6 +163,7 @@ export function formatStepLine(e: ProgressEvent): string {
     `loss ${formatLoss(e.loss)}`,
     `lr ${formatLr(e.learningRate)}`,
     ...(e.gradNorm === undefined ? [] : [`grad_norm ${e.gradNorm.toFixed(3)}`]),
+    ...(e.skipped ? ['skipped (not finite)'] : []),
     `${Math.round(e.imagesPerSecond)} img/s`,
     `elapsed ${formatDuration(e.elapsedSeconds)}`,
     `ETA ${formatDuration(e.etaSeconds)}`,

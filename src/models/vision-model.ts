@@ -35,6 +35,8 @@ export interface ForwardInputs {
   pixelValues: Tensor;
   pixelMask?: Tensor;
   labels?: Labels;
+  /** Let NaN or infinite pixel values through (refused by default: they give NaN outputs silently). */
+  allowNonFinite?: boolean;
 }
 
 export type ClassificationPrediction = NativeClassScore;

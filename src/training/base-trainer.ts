@@ -39,6 +39,8 @@ export interface TrainingStepResult {
   learningRate: number;
   /** With returnGradients: every trainable parameter's gradient from the backward pass, before clipping. */
   gradients?: Record<string, Tensor>;
+  /** The loss or the gradients were not finite: the step left the weights as they were. */
+  skipped: boolean;
 }
 
 export interface TrainResult {
@@ -97,6 +99,7 @@ export class BaseTrainer {
     if (batch === null || typeof batch !== 'object' || !batch.pixelValues || batch.labels === undefined) {
       throw invalidArgument(TypeError, 'trainingStep: expected { pixelValues, pixelMask?, labels }');
     }
+    this.model.handle(); // a disposed model refuses, though the native trainer still holds it
     return (await this.#native.trainingStep(batch as NativeForwardInputs, options.returnGradients === true)) as TrainingStepResult;
   }
 
@@ -115,6 +118,7 @@ export class BaseTrainer {
     distributed: NativeDistributedOptions | undefined,
     options: TrainOptions = {},
   ): Promise<RankResult> {
+    this.model.handle(); // a disposed model refuses
     const parsed = parseTrainingConfig(config);
     if (!parsed.dataset) throw invalidArgument(TypeError, 'train: the configuration has no dataset (training.dataset, or data: in the YAML file)');
     if (options.signal?.aborted) {
@@ -164,6 +168,7 @@ export class BaseTrainer {
 
   /** Loss, accuracy and top-5 accuracy on the dataset's validation split (all of it when it has none). */
   async evaluate(dataset: DatasetConfigInput): Promise<Metrics> {
+    this.model.handle(); // a disposed model refuses
     const parsed = parseOrThrow(DatasetConfigSchema, dataset, 'Invalid dataset configuration');
     return this.#native.evaluate(parsed, this.config.batchSize);
   }

@@ -18,6 +18,8 @@ export interface ProgressEvent {
   learningRate: number;
   /** Gradient norm before clipping, where the trainer computes it. */
   gradNorm?: number;
+  /** The loss or the gradients were not finite: the optimizer skipped the step, the weights did not move. */
+  skipped?: boolean;
   imagesPerSecond: number;
   /** NaN or Infinity while unknown (first steps). */
   etaSeconds: number;

@@ -1,6 +1,7 @@
 #include "common/atomic_file.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -76,6 +77,26 @@ void write_file_atomically(const std::string& path, const std::string& bytes) {
   AtomicFile file(path);
   file.write(bytes.data(), bytes.size());
   file.commit();
+}
+
+size_t remove_stale_temporaries(const std::string& directory) {
+  namespace fs = std::filesystem;
+  std::error_code error;
+  fs::directory_iterator entries(directory, error);
+  if (error) return 0;
+  size_t removed = 0;
+  for (const auto& entry : entries) {
+    const std::string name = entry.path().filename().string();
+    const auto marker = name.rfind(".tmp-");
+    if (name.empty() || name[0] != '.' || marker == std::string::npos) continue;
+    const std::string owner = name.substr(marker + 5, name.find('-', marker + 5) - (marker + 5));
+    if (owner.empty() || owner.find_first_not_of("0123456789") != std::string::npos || owner.size() > 9) continue;
+    const auto pid = static_cast<pid_t>(std::stol(owner));
+    // Alive (or another user's): its writer may still be at work.
+    if (pid <= 0 || ::kill(pid, 0) == 0 || errno != ESRCH) continue;
+    if (fs::remove_all(entry.path(), error) > 0 && !error) ++removed;
+  }
+  return removed;
 }
 
 }  // namespace vt

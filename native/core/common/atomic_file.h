@@ -27,4 +27,9 @@ class AtomicFile {
 
 void write_file_atomically(const std::string& path, const std::string& bytes);
 
+// Removes from `directory` the temporaries that writers killed midway left behind
+// (".<name>.tmp-<pid>..." files and folders whose process is gone). Returns how many it removed;
+// a directory that does not exist or cannot be listed has none.
+size_t remove_stale_temporaries(const std::string& directory);
+
 }  // namespace vt

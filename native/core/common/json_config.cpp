@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "common/atomic_file.h"
@@ -146,17 +147,35 @@ std::pair<int64_t, int64_t> JsonConfig::get_size_pair(const std::string& key, in
   return {size, size};
 }
 
+nlohmann::json parse_json(const std::string& text, const std::string& source, bool unique_keys) {
+  using Event = nlohmann::json::parse_event_t;
+  std::vector<std::set<std::string>> keys;  // of each object being read, innermost last
+  auto check = [&](int depth, Event event, nlohmann::json& parsed) {
+    if (event == Event::object_start || event == Event::array_start) {
+      VT_CHECK(depth < kMaxJsonDepth, source, ": JSON nested deeper than ", kMaxJsonDepth, " levels");
+      if (event == Event::object_start && unique_keys) keys.emplace_back();
+    } else if (event == Event::object_end && unique_keys) {
+      keys.pop_back();
+    } else if (event == Event::key && unique_keys) {
+      const std::string key = parsed.get<std::string>();
+      VT_CHECK(keys.back().insert(key).second, source, ": key \"", key, "\" appears twice in one object");
+    }
+    return true;
+  };
+  try {
+    return nlohmann::json::parse(text, check);
+  } catch (const nlohmann::json::parse_error& error) {
+    fail(source, ": invalid JSON at byte ", error.byte, ": ", error.what());
+  }
+}
+
 nlohmann::json read_json_file(const std::string& path) {
   ErrorScope errors(ErrorCode::Config);
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, ": cannot open (", std::strerror(errno), ")");
   std::stringstream buffer;
   buffer << in.rdbuf();
-  try {
-    return nlohmann::json::parse(buffer.str());
-  } catch (const nlohmann::json::parse_error& error) {
-    fail(path, ": invalid JSON at byte ", error.byte, ": ", error.what());
-  }
+  return parse_json(buffer.str(), path);
 }
 
 void write_json_file(const std::string& path, const nlohmann::json& json) { write_file_atomically(path, json.dump(2) + "\n"); }

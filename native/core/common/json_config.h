@@ -42,8 +42,16 @@ class JsonConfig {
   std::string source_;
 };
 
+// JSON nested deeper than this is refused: copying, printing and destroying a value recurse
+// once per level, so a file could otherwise exhaust the stack.
+constexpr int kMaxJsonDepth = 128;
+
+// Parses JSON text; errors name `source` (invalid JSON with the byte position, nesting deeper
+// than kMaxJsonDepth, and with `unique_keys` an object that repeats a key).
+nlohmann::json parse_json(const std::string& text, const std::string& source, bool unique_keys = false);
+
 // Reads and parses a JSON file; errors name the file (missing, unreadable, invalid JSON with
-// the byte position).
+// the byte position, nesting deeper than kMaxJsonDepth).
 nlohmann::json read_json_file(const std::string& path);
 // Writes JSON (2-space indent, sorted keys, trailing newline) atomically.
 void write_json_file(const std::string& path, const nlohmann::json& json);

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/json_config.h"
 
 namespace vt {
 namespace {
@@ -126,7 +127,11 @@ void for_each_jsonl_object(const std::string& path, const std::function<void(siz
     if (content.find_first_not_of(" \t\r") == std::string::npos) continue;
     nlohmann::json object;
     try {
-      object = nlohmann::json::parse(content);
+      object = nlohmann::json::parse(content, [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json&) {
+        const bool opens = event == nlohmann::json::parse_event_t::object_start || event == nlohmann::json::parse_event_t::array_start;
+        VT_CHECK(!opens || depth < kMaxJsonDepth, path, ":", line, ": JSON nested deeper than ", kMaxJsonDepth, " levels");
+        return true;
+      });
     } catch (const nlohmann::json::parse_error& e) {
       // e.what() is "[json.exception.parse_error.101] parse error at line 1, column 7: ...".
       std::string detail = e.what();

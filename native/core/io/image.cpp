@@ -411,6 +411,9 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& source, 
 
 namespace {
 
+// Far beyond any photograph (a JPEG or PNG of 512 MiB): a device or pipe that never ends stops here.
+constexpr size_t kMaxImageFileBytes = size_t{1} << 29;
+
 std::vector<uint8_t> read_file_bytes(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -424,11 +427,22 @@ std::vector<uint8_t> read_file_bytes(const std::string& path) {
     ::close(fd);
     fail("cannot read image file '", path, "': ", errno_text(code));
   }
+  if (static_cast<uint64_t>(st.st_size) > kMaxImageFileBytes) {
+    ::close(fd);
+    fail("image file '", path, "' is ", static_cast<uint64_t>(st.st_size) >> 20, " MiB, more than the ", kMaxImageFileBytes >> 20,
+         " MiB any image this library reads can take");
+  }
   if (st.st_size > 0) bytes.reserve(static_cast<size_t>(st.st_size));
   uint8_t buffer[1 << 16];
   while (true) {
     const ssize_t n = ::read(fd, buffer, sizeof(buffer));
     if (n == 0) break;
+    // A device or pipe (/dev/zero) never ends: no image file is larger than this.
+    if (n > 0 && bytes.size() + static_cast<size_t>(n) > kMaxImageFileBytes) {
+      ::close(fd);
+      fail("image file '", path, "' holds more than ", kMaxImageFileBytes >> 20, " MiB",
+           S_ISREG(st.st_mode) ? "" : " (it is not a regular file)", "; not an image this library reads");
+    }
     if (n < 0) {
       if (errno == EINTR) continue;
       const int code = errno;

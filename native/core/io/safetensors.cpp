@@ -18,6 +18,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/json_config.h"
 
 // Tensor bytes are little-endian in the file and are handed to torch as they are.
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors I/O assumes a little-endian host");
@@ -201,12 +202,10 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   VT_CHECK(header_size <= file_size - 8, path, ": header length ", header_size, " exceeds the ", file_size - 8,
            " bytes after the length field (truncated file?)");
 
-  json header;
-  try {
-    header = json::parse(bytes + 8, bytes + 8 + header_size);
-  } catch (const json::exception& e) {
-    fail(path, ": header is not valid JSON: ", e.what());
-  }
+  // As the reference reader: the header is one JSON object, each name once.
+  VT_CHECK(bytes[8] == '{', path, ": the header does not start with '{' (not a safetensors file?)");
+  const json header =
+      parse_json(std::string(reinterpret_cast<const char*>(bytes + 8), header_size), path + ": header", /*unique_keys=*/true);
   VT_CHECK(header.is_object(), path, ": header is a JSON ", header.type_name(), ", expected an object");
 
   const uint64_t data_size = file_size - 8 - header_size;
@@ -218,16 +217,26 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
     impl->entries.push_back(parse_entry(path, name, value, data_size));
   }
 
-  // In offset order, each span must start at or after the end of the previous one. Ties sort
-  // by end so that a zero-length span at another span's start is not taken for an overlap.
+  // As the reference reader: in offset order the tensors cover the data section exactly, each
+  // starting where the previous one ended (no overlap, no gap) and the last ending at the file's
+  // end. A header length off by a byte would otherwise read every tensor shifted. Ties sort by
+  // end so that a zero-length span at another span's start comes first.
   std::sort(impl->entries.begin(), impl->entries.end(),
             [](const auto& a, const auto& b) { return a.begin != b.begin ? a.begin < b.begin : a.end < b.end; });
-  for (size_t i = 1; i < impl->entries.size(); ++i) {
-    const SafetensorsEntry& previous = impl->entries[i - 1];
-    const SafetensorsEntry& current = impl->entries[i];
-    VT_CHECK(current.begin >= previous.end, path, ": tensor \"", current.name, "\": data_offsets [", current.begin, ", ", current.end,
-             "] overlap tensor \"", previous.name, "\" [", previous.begin, ", ", previous.end, "]");
+  uint64_t covered = 0;
+  const SafetensorsEntry* previous = nullptr;
+  for (const SafetensorsEntry& current : impl->entries) {
+    if (current.begin < covered) {
+      fail(path, ": tensor \"", current.name, "\": data_offsets [", current.begin, ", ", current.end, "] overlap tensor \"", previous->name,
+           "\" [", previous->begin, ", ", previous->end, "]");
+    }
+    VT_CHECK(current.begin == covered, path, ": tensor \"", current.name, "\": data_offsets [", current.begin, ", ", current.end,
+             "] leave bytes ", covered, " to ", current.begin, " of the data section unused (a gap)");
+    covered = current.end;
+    previous = &current;
   }
+  VT_CHECK(covered == data_size, path, ": the data section has ", data_size - covered, " byte(s) after the last tensor (", data_size,
+           " bytes, tensors cover ", covered, "): a wrong header length or trailing bytes");
   for (size_t i = 0; i < impl->entries.size(); ++i) impl->index.emplace(impl->entries[i].name, i);
 
   impl->data = bytes + 8 + header_size;
@@ -376,12 +385,9 @@ TensorMap load_sharded_safetensors(const std::string& index_path) {
   ErrorScope errors(ErrorCode::Checkpoint);
   std::ifstream in(index_path, std::ios::binary);
   VT_CHECK(in, index_path, ": cannot open: ", errno_text(errno));
-  nlohmann::json index;
-  try {
-    index = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    fail(index_path, ": not valid JSON: ", e.what());
-  }
+  std::stringstream text;
+  text << in.rdbuf();
+  const nlohmann::json index = parse_json(text.str(), index_path, /*unique_keys=*/true);
   VT_CHECK(index.is_object(), index_path, ": is a JSON ", index.type_name(), ", expected an object");
   auto weight_map = index.find("weight_map");
   VT_CHECK(weight_map != index.end(), index_path, ": missing \"weight_map\"");

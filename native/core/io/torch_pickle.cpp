@@ -10,6 +10,7 @@
 
 #include <caffe2/serialize/inline_container.h>
 #include <torch/torch.h>
+#include <zlib.h>
 
 #include "common/error.h"
 
@@ -528,12 +529,86 @@ Value* Unpickler::call(Value* callable, Value* args) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The archive's CRC-32s. libtorch's zip reader is built without checking them, so a flipped byte
+// in a record would load as a wrong weight; the central directory's values are checked here.
+
+uint32_t read_le32(const uint8_t* p) { return p[0] | (p[1] << 8) | (p[2] << 16) | (static_cast<uint32_t>(p[3]) << 24); }
+uint64_t read_le64(const uint8_t* p) { return read_le32(p) | (static_cast<uint64_t>(read_le32(p + 4)) << 32); }
+uint16_t read_le16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
+
+// Record name (without the archive's top folder, as PyTorchStreamReader names records) -> CRC-32.
+std::unordered_map<std::string, uint32_t> zip_crcs(const std::string& path) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  VT_CHECK(in, path, ": cannot open: ", std::strerror(errno));
+  const auto file_size = static_cast<uint64_t>(in.tellg());
+  auto read_at = [&](uint64_t offset, uint64_t size) {
+    VT_CHECK(offset + size <= file_size && size <= (uint64_t{1} << 31), path, ": zip central directory outside the file (corrupt archive)");
+    std::vector<uint8_t> bytes(size);
+    in.seekg(static_cast<std::streamoff>(offset));
+    in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size));
+    VT_CHECK(in, path, ": cannot read the zip central directory");
+    return bytes;
+  };
+  // The end-of-central-directory record: in the last 64 KiB + 22 bytes (its comment may precede).
+  const uint64_t tail_size = std::min<uint64_t>(file_size, 65536 + 22);
+  const auto tail = read_at(file_size - tail_size, tail_size);
+  int64_t end = -1;
+  for (int64_t i = static_cast<int64_t>(tail_size) - 22; i >= 0; --i) {
+    if (read_le32(tail.data() + i) == 0x06054b50) {
+      end = i;
+      break;
+    }
+  }
+  VT_CHECK(end >= 0, path, ": no zip end-of-central-directory record (truncated or not a zip archive)");
+  uint64_t entries = read_le16(tail.data() + end + 10), directory_size = read_le32(tail.data() + end + 12),
+           directory_offset = read_le32(tail.data() + end + 16);
+  if (directory_offset == 0xffffffffu || entries == 0xffffu) {
+    // Zip64: the locator just before points at the zip64 end record.
+    VT_CHECK(end >= 20 && read_le32(tail.data() + end - 20) == 0x07064b50, path, ": zip64 archive without its locator (corrupt archive)");
+    const auto record = read_at(read_le64(tail.data() + end - 20 + 8), 56);
+    VT_CHECK(read_le32(record.data()) == 0x06064b50, path, ": zip64 end record not found (corrupt archive)");
+    entries = read_le64(record.data() + 32);
+    directory_size = read_le64(record.data() + 40);
+    directory_offset = read_le64(record.data() + 48);
+  }
+  const auto directory = read_at(directory_offset, directory_size);
+  std::unordered_map<std::string, uint32_t> crcs;
+  uint64_t at = 0;
+  for (uint64_t i = 0; i < entries; ++i) {
+    VT_CHECK(at + 46 <= directory.size() && read_le32(directory.data() + at) == 0x02014b50, path, ": zip central directory entry ", i,
+             " is malformed (corrupt archive)");
+    const uint8_t* entry = directory.data() + at;
+    const uint64_t name_size = read_le16(entry + 28), extra_size = read_le16(entry + 30), comment_size = read_le16(entry + 32);
+    VT_CHECK(at + 46 + name_size <= directory.size(), path, ": zip central directory entry ", i, " is malformed (corrupt archive)");
+    std::string name(reinterpret_cast<const char*>(entry + 46), name_size);
+    const auto slash = name.find('/');
+    crcs[slash == std::string::npos ? name : name.substr(slash + 1)] = read_le32(entry + 16);
+    at += 46 + name_size + extra_size + comment_size;
+  }
+  return crcs;
+}
+
+void check_crc(const std::string& path, const std::unordered_map<std::string, uint32_t>& crcs, const std::string& record, const void* data,
+               size_t size) {
+  const auto expected = crcs.find(record);
+  VT_CHECK(expected != crcs.end(), path, ": record ", record, " is not in the zip central directory (corrupt archive)");
+  uLong crc = crc32(0L, Z_NULL, 0);
+  for (size_t done = 0; done < size;) {
+    const auto chunk = static_cast<uInt>(std::min<size_t>(size - done, 1u << 30));
+    crc = crc32(crc, static_cast<const Bytef*>(data) + done, chunk);
+    done += chunk;
+  }
+  VT_CHECK(static_cast<uint32_t>(crc) == expected->second, path, ": record ", record, " fails its CRC-32 check (corrupt archive)");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Turning the unpickled state dict into tensors
 
 // Reads each storage record once; tensors that share a storage share its bytes.
 class StorageLoader {
  public:
-  StorageLoader(std::string path, caffe2::serialize::PyTorchStreamReader& reader) : path_(std::move(path)), reader_(reader) {}
+  StorageLoader(std::string path, caffe2::serialize::PyTorchStreamReader& reader, const std::unordered_map<std::string, uint32_t>& crcs)
+      : path_(std::move(path)), reader_(reader), crcs_(crcs) {}
 
   torch::Tensor load(const Storage& storage, const std::string& tensor_name) {
     const std::string where = str_cat(path_, ": tensor \"", tensor_name, "\": storage \"", storage.key, "\"");
@@ -559,6 +634,7 @@ class StorageLoader {
       fail(where, ": record ", record, " has ", record_size, " bytes but ", storage.numel, " elements of ", c10::toString(storage.dtype),
            " need ", expected);
     }
+    check_crc(path_, crcs_, record, bytes.get(), record_size);
     torch::Tensor tensor = torch::empty({storage.numel}, torch::TensorOptions().dtype(storage.dtype));
     if (record_size > 0) std::memcpy(tensor.data_ptr(), bytes.get(), record_size);
     cache_.emplace(storage.key, tensor);
@@ -568,6 +644,7 @@ class StorageLoader {
  private:
   std::string path_;
   caffe2::serialize::PyTorchStreamReader& reader_;
+  const std::unordered_map<std::string, uint32_t>& crcs_;
   std::unordered_map<std::string, torch::Tensor> cache_;
 };
 
@@ -643,11 +720,13 @@ TensorMap load_torch_checkpoint(const std::string& path) {
     fail(path, ": not a readable torch.save zip archive (truncated or corrupt?): ", e.what_without_backtrace());
   }
 
+  const auto crcs = zip_crcs(path);
+  check_crc(path, crcs, "data.pkl", pickle.get(), pickle_size);
   Unpickler unpickler(path, static_cast<const uint8_t*>(pickle.get()), pickle_size);
   const Value* root = unpickler.run();
   VT_CHECK(root->kind == Value::Kind::Dict, path, ": top-level object is a ", kind_name(root), ", expected a state dict");
 
-  StorageLoader storages(path, *reader);
+  StorageLoader storages(path, *reader, crcs);
   TensorMap out;
   for (const auto& [key, value] : root->entries) {
     VT_CHECK(key->kind == Value::Kind::Str, path, ": state dict key is a ", kind_name(key), ", expected a str");

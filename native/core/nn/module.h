@@ -27,6 +27,8 @@ struct ModelInputs {
   torch::Tensor pixel_mask;     // [B, H, W], undefined when absent
   torch::Tensor labels;         // classification [B]; segmentation [B, H, W]; undefined when absent
   std::vector<Target> targets;  // detection / Mask2Former, one per image
+  // Pixel values that are NaN or infinite give NaN outputs silently: refused unless allowed.
+  bool allow_non_finite = false;
   bool has_labels() const { return labels.defined() || !targets.empty(); }
 };
 

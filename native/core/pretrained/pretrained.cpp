@@ -4,6 +4,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/json_config.h"
 #include "data/detection.h"
@@ -173,6 +174,7 @@ std::shared_ptr<PretrainedModel> PretrainedModel::load(const LoadOptions& option
   } else {
     model->load_architecture(options);
   }
+  remove_stale_temporaries(model->directory_);  // of saves into this directory that were killed
   const std::string source = (fs::path(model->directory_) / "config.json").string();
   {
     ErrorScope config_errors(ErrorCode::Config);
@@ -300,6 +302,16 @@ void PretrainedModel::load_torchscript(const LoadOptions& options, const fs::pat
 std::string PretrainedModel::device_name() const { return device_.str(); }
 
 ModelOutputs PretrainedModel::forward(const ModelInputs& raw_inputs) {
+  if (!raw_inputs.allow_non_finite && raw_inputs.pixel_values.defined() && raw_inputs.pixel_values.is_floating_point()) {
+    ErrorScope errors(ErrorCode::InvalidArgument);
+    const auto finite = torch::isfinite(raw_inputs.pixel_values);
+    if (!finite.all().item<bool>()) {
+      const auto count = finite.numel() - finite.sum().item<int64_t>();
+      fail("pixelValues: ", count, " value(s) are NaN or infinite (allowNonFinite: true lets them through)");
+    }
+  }
+  VT_CHECK(!raw_inputs.pixel_values.defined() || raw_inputs.pixel_values.dim() == 0 || raw_inputs.pixel_values.size(0) > 0,
+           "pixelValues: the batch is empty (shape ", raw_inputs.pixel_values.sizes(), ")");
   std::lock_guard<std::mutex> lock(mutex_);
   apply_compute_threads();
   c10::InferenceMode inference;
@@ -345,6 +357,7 @@ std::vector<Prediction> PretrainedModel::predict(const std::vector<Image>& image
 
 void PretrainedModel::save(const std::string& directory) {
   fs::create_directories(directory);
+  remove_stale_temporaries(directory);
   nlohmann::json config = config_;
   config["torch_dtype"] = dtype_name(dtype_);
   TensorMap state = state_dict();

@@ -172,6 +172,10 @@ const Architecture& select_architecture(const nlohmann::json& config, Task task,
   if (!architecture && !declared.empty() && model_type.empty()) {
     fail(source, ": architecture ", declared, " is not supported (supported: ", supported_names(), ")");
   }
+  // A class of another family than model_type says would build a model the file does not describe.
+  VT_CHECK(!architecture || model_type.empty() || architecture->model_type == model_type, source, ": architectures names ", declared,
+           " (model_type \"", architecture ? architecture->model_type : std::string(), "\") but model_type is \"", model_type,
+           "\"; the two must agree");
   if (architecture) model_type = architecture->model_type;
   if (model_type.empty()) fail(source, ": neither \"architectures\" nor \"model_type\" says what model this is");
 

@@ -283,6 +283,20 @@ TEST(TorchCheckpoint, TruncatedArchiveNamesTheFile) {
   expect_error([&] { vt::load_torch_checkpoint(path); }, {"pytorch_model.bin", "zip archive"});
 }
 
+TEST(TorchCheckpoint, FlippedByteInAStorageFailsItsCrc) {
+  TempDir dir;
+  std::string bytes = read_bytes(fixture("vit-tiny-random-pt/pytorch_model.bin"));
+  size_t offset = 0;
+  {
+    caffe2::serialize::PyTorchStreamReader reader(fixture("vit-tiny-random-pt/pytorch_model.bin"));
+    offset = reader.getRecordOffset("data/0");
+  }
+  bytes[offset + 1] = static_cast<char>(bytes[offset + 1] ^ 0x40);  // a weight that would load wrong
+  const std::string path = dir.file("pytorch_model.bin");
+  write_bytes(path, bytes);
+  expect_error([&] { vt::load_torch_checkpoint(path); }, {"pytorch_model.bin", "record data/0", "CRC-32"});
+}
+
 TEST(TorchCheckpoint, LegacyFormatIsRefusedWithAdvice) {
   TempDir dir;
   const std::string path = dir.file("legacy.bin");

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <regex>
 
+#include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/json_config.h"
 #include "io/safetensors.h"
@@ -34,6 +35,7 @@ void save_checkpoint(const std::string& directory, PretrainedModel& model, const
   const fs::path target = fs::absolute(directory);
   const fs::path parent = target.parent_path();
   fs::create_directories(parent);
+  remove_stale_temporaries(parent.string());  // folders of checkpoints whose writer was killed
   const fs::path temp = parent / ("." + target.filename().string() + ".tmp-" + std::to_string(::getpid()));
   fs::remove_all(temp);
   fs::create_directories(temp);

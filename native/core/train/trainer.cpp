@@ -250,6 +250,15 @@ StepOutcome Trainer::optimizer_step(const std::vector<ModelInputs>& micro_batche
     }
   }
   outcome.learning_rate = scheduled_learning_rate(options, schedule);
+  // A diverging step must not poison the weights: one whose gradients (or, in one process, whose
+  // loss) are not finite is skipped and reported. Data-parallel ranks decide on the averaged
+  // gradients, so they all skip alike.
+  if (!std::isfinite(outcome.grad_norm) || (!parallel_ && !std::isfinite(outcome.loss))) {
+    optimizer.zero_grad();
+    outcome.skipped = true;
+    ++completed_steps_;
+    return outcome;
+  }
   optimizer.step(outcome.learning_rate, clipping_scale(options.max_grad_norm, outcome.grad_norm));
   optimizer.zero_grad();
   ++completed_steps_;
@@ -476,7 +485,8 @@ void Trainer::emit_step(Run& run, const StepOutcome& outcome) {
             {"grad_norm", outcome.grad_norm},
             {"images_per_second", static_cast<double>(run.images * run.world_size()) / std::max(elapsed, 1e-9)},
             {"eta_seconds", elapsed / steps_done * static_cast<double>(run.total_steps - run.global_step)},
-            {"elapsed_seconds", elapsed}});
+            {"elapsed_seconds", elapsed},
+            {"skipped", outcome.skipped}});
 }
 
 void Trainer::reduce_step(Run& run, StepOutcome& outcome) {

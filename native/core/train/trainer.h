@@ -72,6 +72,7 @@ struct StepOutcome {
   double grad_norm = 0.0;      // before clipping
   double learning_rate = 0.0;  // the rate this step used
   TensorMap gradients;         // with return_gradients: the backward's gradients, before clipping
+  bool skipped = false;        // the loss or the gradients were not finite: the weights did not move
 };
 
 // Receives {"kind": "step" | "eval" | "save", ...} events from the training thread (snake_case keys).

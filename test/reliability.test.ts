@@ -1,0 +1,167 @@
+// Bad inputs and misuse through the public API: each is refused with an error that names it and
+// its code, and the process goes on.
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { BaseTrainer, ErrorCode, HuggingFaceModelLoader, type ModelConfig, type Tensor, type VisionModel } from '../src/index.js';
+import { expectError, FIXTURE_OPTIMIZER, fixture, reference, tempDir } from './helpers.js';
+
+const models: VisionModel[] = [];
+afterAll(() => {
+  for (const m of models) m.dispose();
+});
+
+async function load(config: Partial<ModelConfig> & { modelName: string }): Promise<{ model: VisionModel; modelConfig: ModelConfig }> {
+  const modelConfig = { modelType: 'classification', ...config } as ModelConfig;
+  const model = await HuggingFaceModelLoader.loadModel(modelConfig);
+  models.push(model);
+  return { model, modelConfig };
+}
+
+/** A copy of the ViT fixture whose files `edit` may change. */
+function vitCopy(edit: (dir: string) => void = () => {}): string {
+  const dir = tempDir();
+  for (const file of ['config.json', 'preprocessor_config.json', 'model.safetensors'])
+    copyFileSync(fixture('vit-tiny-random', file), join(dir, file));
+  edit(dir);
+  return dir;
+}
+
+const deeplyNested = (depth: number) => `${'['.repeat(depth)}${']'.repeat(depth)}`;
+
+describe('files that would crash or mislead', () => {
+  it('a config.json or preprocessor_config.json with a field nested 60,000 deep is refused, not a stack overflow', async () => {
+    for (const file of ['config.json', 'preprocessor_config.json']) {
+      const dir = vitCopy((d) => {
+        const text = readFileSync(join(d, file), 'utf8').trimEnd();
+        writeFileSync(join(d, file), `${text.slice(0, -1)}, "unused": ${deeplyNested(60000)}}`);
+      });
+      await expectError(load({ modelName: dir }), ErrorCode.CONFIG, file, 'nested deeper than');
+    }
+  });
+
+  it('a safetensors header one byte short, trailing bytes, and a key given twice are refused', async () => {
+    const original = readFileSync(fixture('vit-tiny-random', 'model.safetensors'));
+    const length = Number(original.readBigUInt64LE(0));
+    const header = original.subarray(8, 8 + length).toString('utf8');
+    const data = original.subarray(8 + length);
+    const assemble = (text: string, bytes: Buffer, declared = Buffer.byteLength(text)) => {
+      const size = Buffer.alloc(8);
+      size.writeBigUInt64LE(BigInt(declared));
+      return Buffer.concat([size, Buffer.from(text), bytes]);
+    };
+    const cases: [string, Buffer, string][] = [
+      // The padding makes the shorter header valid JSON: every tensor would read one byte early.
+      ['one byte short', assemble(`${header}  `, data, Buffer.byteLength(header) + 1), 'after the last tensor'],
+      ['trailing bytes', Buffer.concat([original, Buffer.alloc(5)]), '5 byte(s) after the last tensor'],
+      ['a key twice', assemble(header.replace('{', '{"__metadata__":{"format":"pt"},'), data), 'appears twice'],
+    ];
+    for (const [what, bytes, named] of cases) {
+      const dir = vitCopy((d) => writeFileSync(join(d, 'model.safetensors'), bytes));
+      await expectError(load({ modelName: dir }), ErrorCode.CHECKPOINT, 'model.safetensors', named).catch((error) => {
+        throw new Error(`${what}: ${error}`);
+      });
+    }
+  });
+
+  it('architectures that contradict model_type are refused rather than building the other model', async () => {
+    const dir = vitCopy((d) => {
+      const config = JSON.parse(readFileSync(join(d, 'config.json'), 'utf8'));
+      writeFileSync(join(d, 'config.json'), JSON.stringify({ ...config, architectures: ['ResNetForImageClassification'] }));
+    });
+    await expectError(load({ modelName: dir }), ErrorCode.CONFIG, 'ResNetForImageClassification', '"vit"', 'must agree');
+  });
+
+  it('a path with a NUL character is refused, not cut at the NUL', async () => {
+    const { model } = await load({ modelName: fixture('vit-tiny-random') });
+    const photo = fixture('images', 'rocket.jpg');
+    await expectError(model.predict(`${photo}\0.txt`), ErrorCode.INVALID_ARGUMENT, 'NUL');
+    await expectError(model.save(`${tempDir()}/saved\0/x`), ErrorCode.INVALID_ARGUMENT, 'NUL');
+    await expect(load({ modelName: `${fixture('vit-tiny-random')}\0/other` })).rejects.toThrow(/NUL|null bytes|\\u0000/);
+  });
+});
+
+describe('misuse', () => {
+  it('after dispose(), trainingStep, evaluate and train reject as forward does', async () => {
+    const ref = await reference('vit-tiny-random');
+    const { model, modelConfig } = await load({ modelName: fixture('vit-tiny-random') });
+    const trainer = new BaseTrainer({ model, modelConfig, ...FIXTURE_OPTIMIZER });
+    model.dispose();
+    const batch = { pixelValues: ref.tensors.pixel_values!, labels: ref.tensors.labels! };
+    await expectError(model.forward(batch), ErrorCode.DISPOSED, 'disposed');
+    await expectError(trainer.trainingStep(batch), ErrorCode.DISPOSED, 'disposed');
+    await expectError(trainer.evaluate({ format: 'imagefolder', root: tempDir() }), ErrorCode.DISPOSED, 'disposed');
+    await expectError(trainer.train({ maxSteps: 1, dataset: { format: 'imagefolder', root: tempDir() } }), ErrorCode.DISPOSED, 'disposed');
+  });
+});
+
+describe('inputs without images', () => {
+  it('an empty batch is named, and a device that never ends (/dev/zero) is not read until memory runs out', async () => {
+    const { model } = await load({ modelName: fixture('vit-tiny-random') });
+    const empty = { dtype: 'float32' as const, shape: [0, 3, 32, 32], data: new Float32Array(0) };
+    await expectError(model.forward({ pixelValues: empty }), ErrorCode.INVALID_ARGUMENT, 'pixelValues', 'batch is empty');
+    await expectError(model.predict('/dev/zero'), ErrorCode.IMAGE, '/dev/zero', 'not a regular file');
+  });
+});
+
+describe('non-finite numbers', () => {
+  const withNaN = (t: Tensor): Tensor => {
+    const data = Float32Array.from(t.data as Float32Array);
+    data[7] = Number.NaN;
+    data[11] = Number.POSITIVE_INFINITY;
+    return { ...t, data };
+  };
+
+  it('NaN or infinite pixel values are refused by forward unless allowed', async () => {
+    const ref = await reference('vit-tiny-random');
+    const { model } = await load({ modelName: fixture('vit-tiny-random') });
+    const pixelValues = withNaN(ref.tensors.pixel_values!);
+    await expectError(model.forward({ pixelValues }), ErrorCode.INVALID_ARGUMENT, 'pixelValues', '2 value(s)', 'allowNonFinite');
+    const { logits } = await model.forward({ pixelValues, allowNonFinite: true });
+    expect(Number.isNaN((logits!.data as Float32Array)[0])).toBe(true);
+  });
+
+  it('a training step whose loss is not finite is skipped and reported: the weights stay as they were', async () => {
+    const ref = await reference('vit-tiny-random');
+    const { model, modelConfig } = await load({ modelName: fixture('vit-tiny-random') });
+    const trainer = new BaseTrainer({ model, modelConfig, ...FIXTURE_OPTIMIZER });
+    const before = await model.stateDict();
+    const step = await trainer.trainingStep({ pixelValues: withNaN(ref.tensors.pixel_values!), labels: ref.tensors.labels! });
+    expect(step.skipped).toBe(true);
+    expect(Number.isFinite(step.loss)).toBe(false);
+    const after = await model.stateDict();
+    for (const [key, value] of Object.entries(before)) expect(after[key]!.data, key).toEqual(value.data);
+    const next = await trainer.trainingStep({ pixelValues: ref.tensors.pixel_values!, labels: ref.tensors.labels! });
+    expect(next.skipped).toBe(false);
+    expect(Math.abs(next.loss - Number((ref.tensors.loss!.data as Float32Array)[0]))).toBeLessThan(1e-5);
+  });
+});
+
+describe('files left by killed writers', () => {
+  it('the next save or load of a directory removes the temporaries of killed writers, not those of live ones', async () => {
+    const { model } = await load({ modelName: fixture('vit-tiny-random') });
+    const dir = join(tempDir(), 'saved');
+    await model.save(dir);
+    // A process id no process has (above Linux's largest), and this process's own.
+    const dead = 99999999;
+    const stale = [`.model.safetensors.tmp-${dead}-12345`, `.config.json.tmp-${dead}-7`];
+    for (const name of stale) writeFileSync(join(dir, name), 'partial');
+    mkdirSync(join(dir, `.checkpoint-3.tmp-${dead}`));
+    writeFileSync(join(dir, `.checkpoint-3.tmp-${dead}`, 'model.safetensors'), 'partial');
+    const live = `.model.safetensors.tmp-${process.pid}-1`;
+    writeFileSync(join(dir, live), 'being written');
+    await load({ modelName: dir });
+    expect(
+      readdirSync(dir)
+        .filter((name) => name.startsWith('.'))
+        .sort(),
+    ).toEqual([live]);
+    writeFileSync(join(dir, stale[0]!), 'partial');
+    await model.save(dir);
+    expect(
+      readdirSync(dir)
+        .filter((name) => name.startsWith('.'))
+        .sort(),
+    ).toEqual([live]);
+  });
+});
