@@ -2,8 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <map>
-#include <mutex>
 #include <tuple>
 
 #include "common/error.h"
@@ -109,7 +107,7 @@ torch::Tensor relative_position_index_for(int64_t window, int64_t table_window) 
 
 // The shifted-window attention mask: tokens that the cyclic shift brought together from different
 // regions of the padded map may not attend to each other (-100 before the softmax).
-torch::Tensor make_shifted_window_mask(int64_t height, int64_t width, int64_t window, int64_t shift, const torch::TensorOptions& options) {
+torch::Tensor shifted_window_mask(int64_t height, int64_t width, int64_t window, int64_t shift, const torch::TensorOptions& options) {
   auto regions = torch::zeros({1, height, width, 1}, options);
   const std::pair<int64_t, int64_t> bands[3] = {{0, -window}, {-window, -shift}, {-shift, 0}};
   auto end_of = [](int64_t end, int64_t size) { return end <= 0 ? size + end : end; };
@@ -126,23 +124,6 @@ torch::Tensor make_shifted_window_mask(int64_t height, int64_t width, int64_t wi
   auto windows = window_partition(regions, window).squeeze(-1);  // [nW, w*w]
   auto difference = windows.unsqueeze(1) - windows.unsqueeze(2);
   return torch::zeros_like(difference).masked_fill(difference.ne(0), -100.0);
-}
-
-// The mask depends only on the map's size: made once per size, dtype and device (a model sees few).
-torch::Tensor shifted_window_mask(int64_t height, int64_t width, int64_t window, int64_t shift, const torch::TensorOptions& options) {
-  static std::mutex mutex;
-  static std::map<std::string, torch::Tensor> masks;
-  const std::string key = str_cat(height, "x", width, "/", window, "/", shift, "/", options.dtype().name(), "/", options.device().str());
-  std::lock_guard<std::mutex> lock(mutex);
-  auto found = masks.find(key);
-  if (found == masks.end()) {
-    if (masks.size() >= 64) masks.clear();  // bounded: images of ever new sizes
-    // A normal tensor even when first made in inference mode, so that training may use it too.
-    c10::InferenceMode normal_tensors(false);
-    torch::NoGradGuard no_grad;
-    found = masks.emplace(key, make_shifted_window_mask(height, width, window, shift, options)).first;
-  }
-  return found->second;
 }
 
 }  // namespace
@@ -202,15 +183,8 @@ torch::Tensor SwinLayerImpl::forward(const torch::Tensor& tokens, int64_t height
   auto split = [&](const torch::Tensor& x) { return x.view({x.size(0), tokens_per_window, num_heads, head_dim}).transpose(1, 2); };
   auto query_heads = split(query(windows)), key_heads = split(key(windows)), value_heads = split(value(windows));
   if (shift > 0) {
-    // Windows of one image side by side as heads, [B, nW * heads, T, d], so that one
-    // [1, nW * heads, T, T] bias-and-mask serves every image of the batch.
-    const int64_t windows_per_image = windows.size(0) / batch;
     auto mask = shifted_window_mask(padded_height, padded_width, window, shift, windows.options());  // [nW, T, T]
-    additive = (additive + mask.unsqueeze(1)).reshape({1, windows_per_image * num_heads, tokens_per_window, tokens_per_window});
-    auto as_image = [&](const torch::Tensor& x) { return x.reshape({batch, windows_per_image * num_heads, tokens_per_window, head_dim}); };
-    query_heads = as_image(query_heads);
-    key_heads = as_image(key_heads);
-    value_heads = as_image(value_heads);
+    additive = (additive + mask.unsqueeze(1)).repeat({batch, 1, 1, 1});                              // [B * nW, heads, T, T]
   }
   auto context =
       layers::scaled_dot_product_attention(query_heads, key_heads, value_heads, additive, config.attention_probs_dropout_prob, training);
