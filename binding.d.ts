@@ -319,6 +319,8 @@ export interface Binding {
   architectures(): NativeArchitecture[];
   /** 0 restores the default (the machine's physical cores). */
   setNumThreads(threads: number): void;
+  /** The process exits: drops queued native work and waits for the running job (main thread's 'exit' event). */
+  prepareExit(): void;
   runtimeInfo(): NativeRuntimeInfo;
   NativeProcessGroup: new () => NativeProcessGroup;
   NativeStoreServer: new (host: string, port: number, timeoutSeconds: number) => NativeStoreServer;

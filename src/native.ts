@@ -5,6 +5,7 @@
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { isMainThread } from 'node:worker_threads';
 import type { Binding } from '../binding.js';
 import { ErrorCode, withCode } from './errors.js';
 
@@ -19,6 +20,13 @@ export function native(): Binding {
     const load = require('node-gyp-build') as (dir: string) => Binding;
     try {
       binding = load(packageRoot);
+      // exit() destroys libtorch's and oneDNN's static objects: the native job still running must
+      // end first (process.exit() with calls in flight would otherwise crash). Worker threads
+      // leave the shared compute thread to the others.
+      if (isMainThread) {
+        const loaded = binding;
+        process.once('exit', () => loaded.prepareExit());
+      }
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);
       throw withCode(

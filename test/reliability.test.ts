@@ -1,10 +1,11 @@
 // Bad inputs and misuse through the public API: each is refused with an error that names it and
 // its code, and the process goes on.
+import { spawnSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BaseTrainer, ErrorCode, HuggingFaceModelLoader, type ModelConfig, type Tensor, type VisionModel } from '../src/index.js';
-import { expectError, FIXTURE_OPTIMIZER, fixture, reference, tempDir } from './helpers.js';
+import { expectError, FIXTURE_OPTIMIZER, fixture, reference, repoRoot, tempDir } from './helpers.js';
 
 const models: VisionModel[] = [];
 afterAll(() => {
@@ -163,5 +164,57 @@ describe('files left by killed writers', () => {
         .filter((name) => name.startsWith('.'))
         .sort(),
     ).toEqual([live]);
+  });
+});
+
+describe('teardown with calls in flight (each in a child process)', () => {
+  const DIST = join(repoRoot, 'dist', 'index.js');
+  const MODEL = `{ modelName: ${JSON.stringify(fixture('segformer-tiny-random'))}, modelType: 'segmentation' }`;
+  const PHOTO = JSON.stringify(fixture('images', 'rocket.jpg'));
+  const runChild = (source: string) => {
+    const file = join(tempDir(), 'child.mjs');
+    writeFileSync(file, source);
+    return spawnSync(process.execPath, [file], { encoding: 'utf8', timeout: 120_000 });
+  };
+
+  it('worker.terminate() while its predicts run, 6 times: the process lives and the main thread still predicts', () => {
+    const dir = tempDir();
+    const worker = join(dir, 'worker.mjs');
+    writeFileSync(
+      worker,
+      `import { HuggingFaceModelLoader } from ${JSON.stringify(DIST)};
+import { parentPort } from 'node:worker_threads';
+const model = await HuggingFaceModelLoader.loadModel(${MODEL});
+parentPort.postMessage('loaded');
+for (;;) await Promise.all(Array.from({ length: 8 }, () => model.predict(${PHOTO})));
+`,
+    );
+    const child = runChild(`import { Worker } from 'node:worker_threads';
+import { HuggingFaceModelLoader } from ${JSON.stringify(DIST)};
+for (let i = 0; i < 6; i++) {
+  const w = new Worker(${JSON.stringify(worker)});
+  await new Promise((resolve) => w.once('message', resolve));
+  await new Promise((resolve) => setTimeout(resolve, 30 + 40 * i));
+  await w.terminate();
+}
+const model = await HuggingFaceModelLoader.loadModel(${MODEL});
+const [prediction] = await model.predict(${PHOTO});
+console.log('predicted', prediction.width, prediction.height);
+`);
+    expect(child.signal, child.stderr).toBeNull();
+    expect(child.status, child.stderr).toBe(0);
+    expect(child.stdout).toContain('predicted 640 427');
+  });
+
+  it('process.exit() with predicts in flight exits with its code, 6 times out of 6', () => {
+    for (let i = 0; i < 6; i++) {
+      const child = runChild(`import { HuggingFaceModelLoader } from ${JSON.stringify(DIST)};
+const model = await HuggingFaceModelLoader.loadModel(${MODEL});
+for (let i = 0; i < 16; i++) model.predict(${PHOTO}).catch(() => {});
+setTimeout(() => process.exit(3), ${10 + 25 * i});
+`);
+      expect(child.signal, `run ${i}: ${child.stderr}`).toBeNull();
+      expect(child.status, `run ${i}: ${child.stderr}`).toBe(3);
+    }
   });
 });

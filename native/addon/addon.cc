@@ -14,6 +14,7 @@
 #include "pretrained/pretrained.h"
 #include "pretrained/registry.h"
 #include "runtime/caching_allocator.h"
+#include "runtime/executor.h"
 #include "runtime/threads.h"
 #include "trainer_wrap.h"
 
@@ -212,6 +213,12 @@ Napi::Value set_num_threads_js(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// Called on the main thread's process 'exit' event, before exit() destroys static objects.
+Napi::Value prepare_exit_js(const Napi::CallbackInfo& info) {
+  vt::ComputeExecutor::instance().finish_for_exit();
+  return info.Env().Undefined();
+}
+
 Napi::Value runtime_info_js(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object result = Napi::Object::New(env);
@@ -226,7 +233,7 @@ Napi::Value runtime_info_js(const Napi::CallbackInfo& info) {
 
 Napi::Object init(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData();
-  data->completions = std::make_unique<CompletionPort>(env);
+  data->completions = std::make_shared<CompletionPort>(env);
   data->model_constructor = Napi::Persistent(ModelWrap::define(env));
   Napi::Function trainer_class = TrainerWrap::define(env);
   data->trainer_constructor = Napi::Persistent(trainer_class);
@@ -239,6 +246,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("decodeImage", Napi::Function::New<guarded<decode_image_js>>(env, "decodeImage"));
   exports.Set("architectures", Napi::Function::New<guarded<architectures_js>>(env, "architectures"));
   exports.Set("setNumThreads", Napi::Function::New<guarded<set_num_threads_js>>(env, "setNumThreads"));
+  exports.Set("prepareExit", Napi::Function::New<guarded<prepare_exit_js>>(env, "prepareExit"));
   exports.Set("NativeTrainer", trainer_class);
   exports.Set("runtimeInfo", Napi::Function::New<guarded<runtime_info_js>>(env, "runtimeInfo"));
   exports.Set("NativeProcessGroup", ProcessGroupWrap::define(env));

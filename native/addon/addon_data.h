@@ -12,9 +12,9 @@ namespace vt::addon {
 struct AddonData {
   Napi::FunctionReference model_constructor;
   Napi::FunctionReference trainer_constructor;
-  std::unique_ptr<CompletionPort> completions;
+  std::shared_ptr<CompletionPort> completions;  // jobs in flight share it: it outlives the environment
   ~AddonData() {
-    if (completions) completions->release();
+    if (completions) completions->close();
   }
 };
 

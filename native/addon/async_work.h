@@ -4,6 +4,7 @@
 
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 
@@ -57,22 +58,26 @@ class Completion {
 
 // Carries completions from the compute thread back to one JavaScript environment, and keeps
 // its event loop alive while any is pending (an awaited forward() at the top level of a script
-// must not let Node exit).
+// must not let Node exit). Jobs hold it by shared pointer: a worker thread terminated with calls
+// in flight closes it, and their completions are then dropped, never delivered to the dead
+// environment.
 class CompletionPort {
  public:
   explicit CompletionPort(Napi::Env env);
   void begin(Napi::Env env);             // JS thread: one more job in flight
   void deliver(Completion* completion);  // any thread
-  void release();                        // environment teardown
+  void close();                          // environment teardown
 
  private:
   static void call_js(Napi::Env env, Napi::Function, CompletionPort* port, Completion* completion);
   using Channel = Napi::TypedThreadSafeFunction<CompletionPort, Completion, &CompletionPort::call_js>;
   Channel channel_;
   size_t in_flight_ = 0;
+  std::mutex mutex_;  // orders deliveries against close()
+  bool closed_ = false;
 };
 
-CompletionPort& completion_port(Napi::Env env);
+std::shared_ptr<CompletionPort> completion_port(Napi::Env env);
 
 // Runs `work` on the compute thread (vt::ComputeExecutor) and settles the returned Promise on
 // the JS thread with `to_js(result)`, or rejects it with the message of whatever `work` threw.
@@ -105,16 +110,16 @@ Napi::Promise run_async(Napi::Env env, std::function<Result()> work, std::functi
   };
   auto* job = new Job(env, std::move(work), std::move(to_js));
   Napi::Promise promise = job->deferred.Promise();
-  CompletionPort& port = completion_port(env);
-  port.begin(env);
-  vt::ComputeExecutor::instance().post([job, &port] {
+  std::shared_ptr<CompletionPort> port = completion_port(env);
+  port->begin(env);
+  vt::ComputeExecutor::instance().post([job, port] {
     try {
       job->result = std::make_unique<Result>(job->work());
     } catch (...) {
       job->error = describe_current_exception();
     }
     job->work = nullptr;  // drop captured inputs (tensors, the model) on this thread
-    port.deliver(job);
+    port->deliver(job);
   });
   return promise;
 }

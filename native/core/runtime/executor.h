@@ -17,13 +17,17 @@ class ComputeExecutor {
   // Queues `task` (run in submission order). Tasks must not throw: they report their own errors.
   void post(std::function<void()> task);
 
+  // The process is exiting: drops the queued tasks, refuses new ones and waits (up to a minute)
+  // for the running one, so that exit does not destroy what it computes with under it.
+  void finish_for_exit();
+
   ComputeExecutor(const ComputeExecutor&) = delete;
   ComputeExecutor& operator=(const ComputeExecutor&) = delete;
+  struct Impl;
 
  private:
   ComputeExecutor();
   ~ComputeExecutor();
-  struct Impl;
   Impl* impl_;
 };
 
