@@ -1,6 +1,6 @@
 // Bad inputs and misuse through the public API: each is refused with an error that names it and
 // its code, and the process goes on.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -165,6 +165,64 @@ describe('files left by killed writers', () => {
         .sort(),
     ).toEqual([live]);
   });
+});
+
+describe('save() killed at random points (each in a child process)', () => {
+  it("30 kills leave the old model or the new one, whole and loadable, with the folder's other entries kept and nothing left after the next save", async () => {
+    const DIST = join(repoRoot, 'dist', 'index.js');
+    const root = tempDir();
+    const [first, second, target] = ['first', 'second', 'saved'].map((name) => join(root, name)) as [string, string, string];
+    // Two models whose every file differs (weights, labels, head size): a mix of them is caught.
+    const child = join(root, 'child.mjs');
+    writeFileSync(
+      child,
+      `import { HuggingFaceModelLoader } from ${JSON.stringify(DIST)};
+const [target, ...references] = process.argv.slice(2);
+const vit = ${JSON.stringify(fixture('vit-tiny-random'))};
+if (references.length) {
+  // The two versions, once: the second's new head is random, so later runs load it from here.
+  await (await HuggingFaceModelLoader.loadModel({ modelName: vit, modelType: 'classification' })).save(references[0]);
+  const other = await HuggingFaceModelLoader.loadModel({ modelName: vit, modelType: 'classification', numClasses: 7, ignoreMismatchedSizes: true });
+  await other.save(references[1]);
+  process.exit(0);
+}
+const models = await Promise.all([${JSON.stringify(first)}, ${JSON.stringify(second)}].map((modelName) => HuggingFaceModelLoader.loadModel({ modelName, modelType: 'classification' })));
+process.stdout.write('saving\\n');
+for (let i = 0; ; i++) await models[i % 2].save(target);
+`,
+    );
+    expect(spawnSync(process.execPath, [child, target, first, second], { encoding: 'utf8' }).status).toBe(0);
+    const files = ['config.json', 'model.safetensors', 'preprocessor_config.json'];
+    const contents = (dir: string) => files.map((file) => readFileSync(join(dir, file)).toString('base64'));
+    const versions = [contents(first), contents(second)];
+    // The folder is also a trainer's output: a checkpoint and a note that every save must keep.
+    await (await load({ modelName: first })).model.save(target);
+    mkdirSync(join(target, 'checkpoint-1'));
+    writeFileSync(join(target, 'checkpoint-1', 'trainer_state.json'), '{"global_step": 1}');
+    writeFileSync(join(target, 'NOTES.md'), 'kept');
+    const hidden = () => [...readdirSync(root), ...readdirSync(target)].filter((name) => name.startsWith('.'));
+
+    const { model: survivor } = await load({ modelName: second });
+    for (let kill = 0; kill < 30; kill++) {
+      const running = spawn(process.execPath, [child, target], { stdio: ['ignore', 'pipe', 'inherit'] });
+      await new Promise<void>((resolve) => running.stdout!.once('data', () => resolve()));
+      await new Promise((resolve) => setTimeout(resolve, 5 + Math.random() * 250));
+      running.kill('SIGKILL');
+      await new Promise((resolve) => running.once('exit', resolve));
+      const found = contents(target);
+      expect(
+        versions.some((version) => version.every((bytes, i) => bytes === found[i])),
+        `kill ${kill}: the folder holds neither model whole`,
+      ).toBe(true);
+      const { model } = await load({ modelName: target });
+      expect((await model.predict(fixture('images', 'rocket.jpg')))[0]).toBeDefined();
+      expect(readFileSync(join(target, 'checkpoint-1', 'trainer_state.json'), 'utf8')).toBe('{"global_step": 1}');
+      expect(readFileSync(join(target, 'NOTES.md'), 'utf8')).toBe('kept');
+      await survivor.save(target);
+      expect(hidden(), `kill ${kill}: left behind`).toEqual([]);
+      model.dispose();
+    }
+  }, 180_000);
 });
 
 describe('teardown with calls in flight (each in a child process)', () => {

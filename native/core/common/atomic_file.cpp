@@ -79,6 +79,11 @@ void write_file_atomically(const std::string& path, const std::string& bytes) {
   file.commit();
 }
 
+bool process_has_exited(long pid) {
+  // Alive, or another user's (EPERM): not known to be gone.
+  return pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+}
+
 size_t remove_stale_temporaries(const std::string& directory) {
   namespace fs = std::filesystem;
   std::error_code error;
@@ -91,9 +96,7 @@ size_t remove_stale_temporaries(const std::string& directory) {
     if (name.empty() || name[0] != '.' || marker == std::string::npos) continue;
     const std::string owner = name.substr(marker + 5, name.find('-', marker + 5) - (marker + 5));
     if (owner.empty() || owner.find_first_not_of("0123456789") != std::string::npos || owner.size() > 9) continue;
-    const auto pid = static_cast<pid_t>(std::stol(owner));
-    // Alive (or another user's): its writer may still be at work.
-    if (pid <= 0 || ::kill(pid, 0) == 0 || errno != ESRCH) continue;
+    if (!process_has_exited(std::stol(owner))) continue;  // its writer may still be at work
     if (fs::remove_all(entry.path(), error) > 0 && !error) ++removed;
   }
   return removed;

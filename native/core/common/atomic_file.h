@@ -32,4 +32,7 @@ void write_file_atomically(const std::string& path, const std::string& bytes);
 // a directory that does not exist or cannot be listed has none.
 size_t remove_stale_temporaries(const std::string& directory);
 
+// Whether process `pid` is known to have ended: what makes a writer's leftovers stale.
+bool process_has_exited(long pid);
+
 }  // namespace vt

@@ -5,6 +5,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "common/atomic_file.h"
+#include "common/directory_transaction.h"
 #include "common/error.h"
 #include "common/json_config.h"
 #include "data/detection.h"
@@ -167,6 +168,7 @@ std::optional<fs::path> torchscript_file(const LoadOptions& options) {
 
 std::shared_ptr<PretrainedModel> PretrainedModel::load(const LoadOptions& options) {
   apply_compute_threads();
+  recover_directory(options.directory, saved_files());  // a save into it that was killed midway
   std::shared_ptr<PretrainedModel> model(new PretrainedModel());
   model->task_ = options.task;
   if (auto archive = torchscript_file(options)) {
@@ -174,7 +176,7 @@ std::shared_ptr<PretrainedModel> PretrainedModel::load(const LoadOptions& option
   } else {
     model->load_architecture(options);
   }
-  remove_stale_temporaries(model->directory_);  // of saves into this directory that were killed
+  remove_stale_temporaries(model->directory_);  // of writers into this directory that were killed
   const std::string source = (fs::path(model->directory_) / "config.json").string();
   {
     ErrorScope config_errors(ErrorCode::Config);
@@ -355,9 +357,19 @@ std::vector<Prediction> PretrainedModel::predict(const std::vector<Image>& image
   return task_->post_process(outputs, context, options);
 }
 
+const DirectoryContents& PretrainedModel::saved_files() {
+  static const DirectoryContents files{{"model.safetensors", torchscript::kModelFile, "preprocessor_config.json", "config.json"}, true};
+  return files;
+}
+
 void PretrainedModel::save(const std::string& directory) {
-  fs::create_directories(directory);
+  DirectoryTransaction transaction(directory, saved_files());
   remove_stale_temporaries(directory);
+  write_files(transaction.staging());
+  transaction.commit();
+}
+
+void PretrainedModel::write_files(const std::string& directory) {
   nlohmann::json config = config_;
   config["torch_dtype"] = dtype_name(dtype_);
   TensorMap state = state_dict();
@@ -367,7 +379,7 @@ void PretrainedModel::save(const std::string& directory) {
     std::lock_guard<std::mutex> lock(mutex_);
     scripted->save((fs::path(directory) / torchscript::kModelFile).string());
   }
-  // config.json last: a directory with a config.json is a complete model.
+  // config.json last: a folder with a config.json is a complete model.
   write_json_file((fs::path(directory) / "config.json").string(), config);
 }
 

@@ -24,6 +24,8 @@
 
 namespace vt {
 
+struct DirectoryContents;
+
 struct LoadOptions {
   // Holds config.json, and the weights when pretrained; or a TorchScript archive (a .pt file, or
   // a directory with model.pt whose config.json, if any, says TorchScriptModule).
@@ -76,8 +78,14 @@ class PretrainedModel {
   Preprocessed preprocess(const std::vector<Image>& images) const;
   // The task's predictions for these images (its entry's post-processing of one forward pass).
   std::vector<Prediction> predict(const std::vector<Image>& images, const PredictOptions& options);
-  // config.json + model.safetensors + preprocessor_config.json, each written atomically.
+  // config.json + model.safetensors + preprocessor_config.json (+ model.pt for TorchScript),
+  // all or nothing: a kill at any point leaves the old model or the new one in `directory`. Its
+  // other entries (a trainer's checkpoints) are kept.
   void save(const std::string& directory);
+  // The files save() writes, into an existing folder (a checkpoint being assembled).
+  void write_files(const std::string& directory);
+  // The names of those files, config.json (which makes a folder a model) last.
+  static const DirectoryContents& saved_files();
 
   // Names the classes (a dataset's): id2label and label2id of config.json follow. The count must
   // equal the head's.

@@ -1,12 +1,10 @@
 #include "train/checkpoint.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <filesystem>
 #include <regex>
 
 #include "common/atomic_file.h"
+#include "common/directory_transaction.h"
 #include "common/error.h"
 #include "common/json_config.h"
 #include "io/safetensors.h"
@@ -18,14 +16,8 @@ namespace fs = std::filesystem;
 namespace {
 
 const char* kStateFile = "trainer_state.json";
-
-void sync_directory(const fs::path& directory) {
-  int fd = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-}
+// A checkpoint folder is replaced as a whole: nothing of an older one is carried over.
+const DirectoryContents kCheckpointContents{{}, false};
 
 }  // namespace
 
@@ -33,39 +25,26 @@ void save_checkpoint(const std::string& directory, PretrainedModel& model, const
                      const std::vector<torch::Tensor>& generator_states) {
   ErrorScope errors(ErrorCode::Io);
   const fs::path target = fs::absolute(directory);
-  const fs::path parent = target.parent_path();
-  fs::create_directories(parent);
-  remove_stale_temporaries(parent.string());  // folders of checkpoints whose writer was killed
-  const fs::path temp = parent / ("." + target.filename().string() + ".tmp-" + std::to_string(::getpid()));
-  fs::remove_all(temp);
-  fs::create_directories(temp);
-  try {
-    model.save(temp.string());
-    save_safetensors((temp / "optimizer.safetensors").string(), optimizer.state(), {{"steps", std::to_string(optimizer.steps())}});
-    TensorMap generators;
-    if (generator_states.empty()) {
-      auto generator = at::detail::getDefaultCPUGenerator();
-      std::lock_guard<std::mutex> lock(generator.mutex());
-      generators["cpu"] = generator.get_state();
-    } else {
-      generators["cpu"] = generator_states[0];
-      for (size_t rank = 1; rank < generator_states.size(); ++rank) generators["cpu." + std::to_string(rank)] = generator_states[rank];
-    }
-    save_safetensors((temp / "rng_state.safetensors").string(), generators);
-    // The state file last: a directory without it is not a checkpoint.
-    write_json_file((temp / kStateFile).string(), trainer_state);
-  } catch (...) {
-    std::error_code ignored;
-    fs::remove_all(temp, ignored);
-    throw;
+  // Folders of checkpoints whose writer an earlier version of this code saw killed.
+  remove_stale_temporaries(target.parent_path().string());
+  // A checkpoint of the same step is replaced as a whole, and only once the new one is.
+  DirectoryTransaction transaction(target.string(), kCheckpointContents);
+  const fs::path staging(transaction.staging());
+  model.write_files(staging.string());
+  save_safetensors((staging / "optimizer.safetensors").string(), optimizer.state(), {{"steps", std::to_string(optimizer.steps())}});
+  TensorMap generators;
+  if (generator_states.empty()) {
+    auto generator = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    generators["cpu"] = generator.get_state();
+  } else {
+    generators["cpu"] = generator_states[0];
+    for (size_t rank = 1; rank < generator_states.size(); ++rank) generators["cpu." + std::to_string(rank)] = generator_states[rank];
   }
-  // Swap into place; an older checkpoint of the same step is replaced only once the new one is whole.
-  const fs::path old = parent / ("." + target.filename().string() + ".old-" + std::to_string(::getpid()));
-  if (fs::exists(target)) fs::rename(target, old);
-  fs::rename(temp, target);
-  sync_directory(parent);
-  std::error_code ignored;
-  fs::remove_all(old, ignored);
+  save_safetensors((staging / "rng_state.safetensors").string(), generators);
+  // The state file last: a folder without it is not a checkpoint.
+  write_json_file((staging / kStateFile).string(), trainer_state);
+  transaction.commit();
 }
 
 CheckpointContents load_checkpoint(const std::string& directory) {
@@ -103,6 +82,15 @@ std::optional<std::string> find_checkpoint(const std::string& path) {
   const fs::path dir(path);
   if (fs::is_regular_file(dir / kStateFile)) return dir.string();
   if (!fs::is_directory(dir)) return std::nullopt;
+  // Saves of checkpoints that were killed: their folders back as they were before.
+  static const std::regex leftover("\\.(checkpoint-\\d+)\\.(saving|replaced)-.*");
+  std::vector<std::string> interrupted;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    std::smatch match;
+    const std::string name = entry.path().filename().string();
+    if (std::regex_match(name, match, leftover)) interrupted.push_back((dir / match[1].str()).string());
+  }
+  for (const auto& checkpoint : interrupted) recover_directory(checkpoint, kCheckpointContents);
   static const std::regex pattern("checkpoint-(\\d+)");
   std::optional<std::pair<int64_t, std::string>> newest;
   for (const auto& entry : fs::directory_iterator(dir)) {
