@@ -138,6 +138,66 @@ describe('non-finite numbers', () => {
   });
 });
 
+describe('models larger than the memory (in a child under an address-space limit)', () => {
+  it('100,000 layers and ten million classes are refused with the estimate and the size behind it, before their memory is taken', () => {
+    const deep = vitCopy((d) => {
+      const config = JSON.parse(readFileSync(join(d, 'config.json'), 'utf8'));
+      writeFileSync(join(d, 'config.json'), JSON.stringify({ ...config, num_hidden_layers: 100000 }));
+    });
+    const wide = vitCopy((d) => {
+      const config = JSON.parse(readFileSync(join(d, 'config.json'), 'utf8'));
+      writeFileSync(join(d, 'config.json'), JSON.stringify({ ...config, hidden_size: 4096, num_attention_heads: 4 }));
+    });
+    const child = join(tempDir(), 'child.mjs');
+    writeFileSync(
+      child,
+      `import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { HuggingFaceModelLoader } from ${JSON.stringify(join(repoRoot, 'dist', 'index.js'))};
+// 2 GiB more address space than this process has once libtorch is loaded (ulimit -v).
+const size = Number(/VmSize:\\s+(\\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))[1]) * 1024;
+execFileSync('prlimit', ['--pid', String(process.pid), '--as=' + (size + 2 ** 31)]);
+const attempts = {
+  deep: { modelName: ${JSON.stringify(deep)}, pretrained: false },
+  classes: { modelName: ${JSON.stringify(fixture('vit-tiny-random'))}, numClasses: 1e7, ignoreMismatchedSizes: true },
+  head: { modelName: ${JSON.stringify(wide)}, pretrained: false, numClasses: 400000 },
+};
+for (const [name, options] of Object.entries(attempts)) {
+  try {
+    await HuggingFaceModelLoader.loadModel({ modelType: 'classification', ...options });
+    console.log(name, 'loaded');
+  } catch (error) {
+    console.log(name, error.code, error.message);
+  }
+}
+const model = await HuggingFaceModelLoader.loadModel({ modelName: ${JSON.stringify(fixture('vit-tiny-random'))}, modelType: 'classification' });
+console.log('still predicts', (await model.predict(${JSON.stringify(fixture('images', 'rocket.jpg'))})).length === 1);
+`,
+    );
+    // A limit of its own too, so that the deep model's sizing stops after a few thousand layers.
+    const env = { ...process.env, VISIONTORCH_MEMORY_LIMIT: '256M' };
+    const run = spawnSync(process.execPath, [child], { encoding: 'utf8', timeout: 120_000, env });
+    expect(run.signal, run.stderr).toBeNull();
+    expect(run.status, run.stderr).toBe(0);
+    const lines = Object.fromEntries(
+      run.stdout
+        .trim()
+        .split('\n')
+        .map((line) => [line.split(' ')[0], line]),
+    );
+    expect(lines.deep).toMatch(
+      /^deep ERR_VISIONTORCH_OUT_OF_MEMORY ViTForImageClassification as configured in .*config\.json would need (more than|an estimated) [\d.]+ [MG]iB .* memory available \(its largest sizes: num_hidden_layers = 100000/,
+    );
+    expect(lines.classes).toMatch(
+      /^classes ERR_VISIONTORCH_OUT_OF_MEMORY num_classes 10000000: the class names alone .* need about 4\.8 GiB, more than the 256\.0 MiB/,
+    );
+    expect(lines.head).toMatch(
+      /^head ERR_VISIONTORCH_OUT_OF_MEMORY .* would need (more than|an estimated) [\d.]+ GiB .* \(its largest sizes: num_labels = 400000/,
+    );
+    expect(lines.still).toBe('still predicts true');
+  }, 150_000);
+});
+
 describe('files left by killed writers', () => {
   it('the next save or load of a directory removes the temporaries of killed writers, not those of live ones', async () => {
     const { model } = await load({ modelName: fixture('vit-tiny-random') });
@@ -222,7 +282,7 @@ for (let i = 0; ; i++) await models[i % 2].save(target);
       expect(hidden(), `kill ${kill}: left behind`).toEqual([]);
       model.dispose();
     }
-  }, 180_000);
+  }, 400_000);
 });
 
 describe('teardown with calls in flight (each in a child process)', () => {

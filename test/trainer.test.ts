@@ -332,7 +332,7 @@ describe.skipIf(!existsSync(FASHION))('checkpoints under a crash', () => {
     let killedDuringSave = false;
     while (Date.now() < deadline) {
       const entries = existsSync(outputDir) ? readdirSync(outputDir) : [];
-      if (entries.some((e) => /^checkpoint-\d+$/.test(e)) && entries.some((e) => e.includes('.tmp-'))) {
+      if (entries.some((e) => /^checkpoint-\d+$/.test(e)) && entries.some((e) => e.includes('.saving-'))) {
         child.kill('SIGKILL');
         killedDuringSave = true;
         break;

@@ -57,16 +57,21 @@ torch::Tensor tensor_from_js(const Napi::Value& value, const std::string& what) 
   if (!shape_value.IsArray()) type_error(env, what + ".shape: expected an array of non-negative integers");
   Napi::Array shape_array = shape_value.As<Napi::Array>();
   std::vector<int64_t> shape;
-  uint64_t numel = 1;
+  // The product of the non-zero sizes is bounded too: libtorch multiplies them for strides and
+  // storage even when another size is 0.
+  constexpr uint64_t kMaxElements = uint64_t{1} << 40;
+  uint64_t numel = 1, extent = 1;
   for (uint32_t i = 0; i < shape_array.Length(); ++i) {
     Napi::Value dim = shape_array.Get(i);
     double size = dim.IsNumber() ? dim.As<Napi::Number>().DoubleValue() : -1.0;
     if (!(size >= 0) || std::floor(size) != size || size > 9e15) {
       type_error(env, what + ".shape[" + std::to_string(i) + "]: expected a non-negative integer");
     }
-    shape.push_back(static_cast<int64_t>(size));
-    numel *= static_cast<uint64_t>(size);
-    if (numel > (uint64_t{1} << 40)) type_error(env, what + ".shape: too many elements");
+    const auto length = static_cast<uint64_t>(size);
+    shape.push_back(static_cast<int64_t>(length));
+    if (length > 0 && extent > kMaxElements / length) type_error(env, what + ".shape: too many elements");
+    if (length > 0) extent *= length;
+    numel = length == 0 ? 0 : numel * length;
   }
   Napi::Value data_value = object.Get("data");
   if (!data_value.IsTypedArray()) {

@@ -100,9 +100,10 @@ async function predict(args: string[]): Promise<void> {
   const task = values.task;
   if (task !== undefined && task !== 'semantic' && task !== 'instance' && task !== 'panoptic')
     throw new UsageError(`--task must be semantic, instance or panoptic, got "${task}"`);
+  // Checked before the (possibly long) load, as the other options are.
+  const topK = positiveInt('top-k', values['top-k'], 5);
   const model = await loadModel({ modelName: values.model, modelType: modelType(values.type) }, values.json);
   try {
-    const topK = positiveInt('top-k', values['top-k'], 5);
     const predictions = await model.predict(positionals, { topK, threshold, task, maskThreshold });
     const drawn = values.draw === undefined ? [] : await drawPredictions(model, positionals, predictions, values.draw);
     if (values.json) {

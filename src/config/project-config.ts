@@ -127,11 +127,16 @@ export function parseProjectConfig(obj: unknown, source?: string): ProjectConfig
   };
 }
 
+/** `line L, column C: ` where yaml knows the error's place, else ''. */
+function positionOf(err: YAMLError): string {
+  const pos = err.linePos?.[0];
+  return pos ? `line ${pos.line}, column ${pos.col}: ` : '';
+}
+
 function yamlIssue(err: YAMLError): ConfigIssue {
   // yaml appends " at line L, column C:" and a code frame to the first line; keep the gist.
   const gist = (err.message.split('\n')[0] ?? err.message).replace(/ at line \d+, column \d+:?$/, '');
-  const pos = err.linePos?.[0];
-  return { path: '', message: pos ? `line ${pos.line}, column ${pos.col}: ${gist}` : gist };
+  return { path: '', message: `${positionOf(err)}${gist}` };
 }
 
 /** Reads and validates a YAML job file (see config/model_config.yaml). Throws ConfigError. */
@@ -152,7 +157,11 @@ export async function loadConfig(path: string): Promise<ProjectConfig> {
 
   const doc = parseDocument(text);
   if (doc.errors.length > 0) {
-    throw new ConfigError(doc.errors.map(yamlIssue), { source: path, heading: `Invalid YAML in ${path}` });
+    // yaml reports running out of stack (lists or mappings nested thousands deep) as one error
+    // per level it unwinds, in the engine's words: one issue, in the file's terms, says it.
+    const overflow = doc.errors.find((e) => e.message.includes('Maximum call stack size exceeded'));
+    const issues = overflow ? [{ path: '', message: `${positionOf(overflow)}nested too deeply to read` }] : doc.errors.map(yamlIssue);
+    throw new ConfigError(issues, { source: path, heading: `Invalid YAML in ${path}` });
   }
   let obj: unknown;
   try {

@@ -25,7 +25,7 @@ import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
 import { type FileHandle, mkdir, open, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import type { IncomingMessage } from 'node:http';
 import { dirname, join, relative, resolve } from 'node:path';
-import { HubError, invalidArgument, ModelNotFoundError } from '../errors.js';
+import { ErrorCode, HubError, invalidArgument, ModelNotFoundError, withCode } from '../errors.js';
 import { type CacheLookup, COMMIT_HASH, findCachedSnapshot, hfHome, hubCacheDir, isValidRepoId, isValidRevision, repoFolderName } from './cache.js';
 import { HttpError, header, isTransient, type RetryPolicy, sendFollowing, withRetries } from './http.js';
 import { withFileLock } from './lock.js';
@@ -208,7 +208,7 @@ class RepoDownload {
     }
     // Only now: until the new snapshot is whole, the ref keeps naming the last complete one,
     // which offline loads can still use.
-    if (this.revision !== this.commit) await this.writeRef();
+    if (this.revision !== this.commit) await this.writeRef().catch((error: unknown) => Promise.reject(this.failure(error, `refs/${this.revision}`)));
     return this.snapshot;
   }
 
@@ -446,6 +446,13 @@ class RepoDownload {
 
   /** A failed request as the user should read it. */
   private failure(error: unknown, file: string): Error {
+    // The cache cannot be written: not a directory, no permission, no space.
+    if (isSystemError(error)) {
+      return withCode(
+        new Error(`${file} of "${this.repoId}": cannot write to the cache at ${this.repoDir}: ${error.message}`, { cause: error }),
+        ErrorCode.IO,
+      );
+    }
     if (!(error instanceof HttpError)) return error as Error;
     const { status, url } = error;
     const code = header(error.headers, 'x-error-code');
@@ -477,6 +484,15 @@ class RepoDownload {
     if (isTransient(error)) return new HubError(`could not download ${file} of ${repo}: ${error.message}`, url, status);
     return new HubError(`${file} of ${repo}: ${url} answered ${status}${says ? `: ${says}` : ''}`, url, status);
   }
+}
+
+/** An error of the file system (ENOTDIR, EACCES, ENOSPC, ...), as Node raises them. */
+function isSystemError(error: unknown): error is NodeJS.ErrnoException {
+  return (
+    error instanceof Error &&
+    typeof (error as NodeJS.ErrnoException).syscall === 'string' &&
+    /^E[A-Z]+$/.test(String((error as NodeJS.ErrnoException).code))
+  );
 }
 
 /** sha256 of the first `bytes` bytes of a file. */

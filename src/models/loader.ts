@@ -1,5 +1,5 @@
 /** HuggingFaceModelLoader: a ModelConfig in, a VisionModel out, as from_pretrained does it. */
-import { resolve } from 'node:path';
+import { basename, dirname, resolve } from 'node:path';
 import { invalidArgument, ModelNotFoundError } from '../errors.js';
 import { findCachedSnapshot, hubCacheDir, isDirectory, isFile, isValidRepoId } from '../hub/cache.js';
 import { type DownloadProgress, downloadModel } from '../hub/download.js';
@@ -33,9 +33,20 @@ export interface LoadModelOptions {
   batching?: BatchingOptions | boolean;
 }
 
+/** Files that live in a model directory and are never a model by themselves. */
+const HUGGINGFACE_FILE = /\.(json|safetensors|bin|msgpack|h5|txt|md)$/;
+
 /** `modelName` as an existing local directory, or the places it was looked for and whether it can be a hub id. */
 function localDirectory(modelName: string): { directory?: string; searched: string[]; hubId: boolean } {
   const local = resolve(modelName);
+  // One of a model directory's own files (config.json, the weights) named instead of the directory.
+  if (isFile(local) && HUGGINGFACE_FILE.test(basename(local))) {
+    throw new ModelNotFoundError(
+      modelName,
+      [`${local} (a file: modelName names the directory that holds config.json, or a TorchScript archive)`],
+      `Did you mean its directory, ${dirname(local)}?`,
+    );
+  }
   // A directory of HuggingFace files, or a TorchScript archive (a .pt file) of a custom model.
   if (isDirectory(local) || isFile(local)) return { directory: local, searched: [], hubId: false };
   const looksLikePath = modelName.startsWith('.') || modelName.startsWith('/') || modelName.split('/').length > 2;

@@ -45,7 +45,11 @@ export function batchingSettings(value: BatchingOptions | boolean, prefix: strin
   if (value === false) return false;
   if (value === true) return DEFAULT_BATCHING;
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
-    throw invalidArgument(TypeError, `${prefix.replace(/\.$/, '')}: expected true, false or { maxBatchSize?, maxWaitMs? }, got ${describe(value)}`);
+    // The prefix ends as it leads into an option's name (`batching.`, `setBatching: `); here it names the whole value.
+    throw invalidArgument(
+      TypeError,
+      `${prefix.replace(/(\.|: )$/, '')}: expected true, false or { maxBatchSize?, maxWaitMs? }, got ${describe(value)}`,
+    );
   }
   for (const key of Object.keys(value)) {
     if (key !== 'maxBatchSize' && key !== 'maxWaitMs') {

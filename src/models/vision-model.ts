@@ -15,6 +15,7 @@ import type {
   NativeTaskPredictions,
 } from '../../binding.js';
 import { ErrorCode, invalidArgument, withCode } from '../errors.js';
+import { closest, describe } from '../schemas/common.js';
 import type { ModelType } from '../schemas/model-config.js';
 import type { DType, Tensor } from '../tensor.js';
 import { imageDimensions } from './image-dimensions.js';
@@ -101,9 +102,10 @@ export class VisionModel {
     return this.#info.loadReport;
   }
 
-  /** @internal Re-reads what training may change (labels, config). */
+  /** @internal Re-reads what training may change (labels, config); a model disposed meanwhile keeps what it had. */
   refresh(): void {
-    this.#info = this.handle().info();
+    if (!this.#native) return;
+    this.#info = this.#native.info();
     this.#config = JSON.parse(this.#info.config) as Record<string, unknown>;
   }
 
@@ -179,14 +181,28 @@ export class VisionModel {
 
   /** `key` is the same for calls that may share a native call; the native task checks the options. */
   #predictor(options: PredictOptions): { key: string; run: BatchRunner<NativeImage, Prediction> } {
-    if (options === null || typeof options !== 'object') throw invalidArgument(TypeError, 'predict: options must be an object');
+    if (options === null || typeof options !== 'object' || Array.isArray(options))
+      throw invalidArgument(TypeError, `predict: options must be an object, got ${describe(options)}`);
+    // A misspelt option (topk) would otherwise be ignored and the default used without a word.
+    for (const key of Object.keys(options)) {
+      if (!PREDICT_OPTIONS.includes(key as keyof PredictOptions)) {
+        const guess = closest(
+          key,
+          PREDICT_OPTIONS.map((name) => [name, name] as const),
+        );
+        throw invalidArgument(
+          TypeError,
+          `predict: unknown option "${key}"${guess ? `, did you mean "${guess}"?` : ''} (expected ${PREDICT_OPTIONS.join(', ')})`,
+        );
+      }
+    }
     const { topK, threshold, task, maskThreshold, overlapMaskAreaThreshold, labelIdsToFuse } = options;
     // Checked here too, so the message names the option as the caller spelled it.
     if (topK !== undefined && !(Number.isInteger(topK) && topK > 0))
-      throw invalidArgument(RangeError, `predict: topK must be a positive integer, got ${topK}`);
+      throw invalidArgument(RangeError, `predict: topK must be a positive integer, got ${describe(topK)}`);
     for (const [name, value] of Object.entries({ threshold, maskThreshold, overlapMaskAreaThreshold })) {
       if (value !== undefined && !(typeof value === 'number' && value >= 0 && value <= 1))
-        throw invalidArgument(RangeError, `predict: ${name} must be between 0 and 1, got ${value}`);
+        throw invalidArgument(RangeError, `predict: ${name} must be between 0 and 1, got ${describe(value)}`);
     }
     if (task !== undefined && task !== 'semantic' && task !== 'instance' && task !== 'panoptic')
       throw invalidArgument(RangeError, `predict: task must be 'semantic', 'instance' or 'panoptic', got ${JSON.stringify(task)}`);
@@ -220,6 +236,8 @@ export class VisionModel {
     return this.#native;
   }
 }
+
+const PREDICT_OPTIONS: (keyof PredictOptions)[] = ['topK', 'threshold', 'task', 'maskThreshold', 'overlapMaskAreaThreshold', 'labelIdsToFuse'];
 
 function imageList(images: ImageInput[], method: string): NativeImage[] {
   if (!Array.isArray(images) || images.length === 0) throw invalidArgument(TypeError, `${method}: expected one or more images`);

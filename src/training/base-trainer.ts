@@ -77,12 +77,81 @@ export interface TrainOptions {
 
 export type BaseTrainerOptions = { model: VisionModel; modelConfig: ModelConfig; learningRate?: number } & Partial<TrainingConfigInput>;
 
+/**
+ * Checks train()'s second argument: an object with only `allowed` keys, `signal` an AbortSignal
+ * and every callback a function, so that a typo or a wrong value fails at once rather than when
+ * the run first reports (or never).
+ */
+export function checkTrainOptions(options: unknown, allowed: readonly string[] = ['signal', 'onProgress']): void {
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+    throw invalidArgument(TypeError, `train: options must be an object { ${allowed.join(', ')} }, got ${options === null ? 'null' : typeof options}`);
+  }
+  for (const [key, value] of Object.entries(options)) {
+    if (!allowed.includes(key)) throw invalidArgument(TypeError, `train: unknown option "${key}" (expected ${allowed.join(', ')})`);
+    if (value === undefined) continue;
+    if (key === 'signal') {
+      const signal = value as Partial<AbortSignal>;
+      if (typeof signal !== 'object' || typeof signal.aborted !== 'boolean' || typeof signal.addEventListener !== 'function') {
+        throw invalidArgument(TypeError, 'train: options.signal must be an AbortSignal (new AbortController().signal)');
+      }
+    } else if (typeof value !== 'function') {
+      throw invalidArgument(TypeError, `train: options.${key} must be a function, got ${typeof value}`);
+    }
+  }
+}
+
+/**
+ * Relays a run's events to the caller's `onProgress`. A callback that throws must neither be lost
+ * nor reach the native thread that reports events (which cannot stop on it): the first error
+ * stops the run (`stop`, which ends it after the current step with a checkpoint), the callback is
+ * not called again, and `failure(result)` is the error train() rejects with.
+ */
+export class ProgressRelay {
+  #onProgress: ((event: TrainerEvent) => void) | undefined;
+  #stop: () => void;
+  #error: { cause: unknown; step: number } | undefined;
+
+  constructor(onProgress: ((event: TrainerEvent) => void) | undefined, stop: () => void) {
+    this.#onProgress = onProgress;
+    this.#stop = stop;
+  }
+
+  /** Whether the callback has thrown (the run is stopping). */
+  get failed(): boolean {
+    return this.#error !== undefined;
+  }
+
+  report(event: TrainerEvent): void {
+    if (!this.#onProgress || this.#error) return;
+    try {
+      this.#onProgress(event);
+    } catch (cause) {
+      this.#error = { cause, step: event.step };
+      this.#stop();
+    }
+  }
+
+  /** The error for the caller once the run has ended, or undefined when the callback never threw. */
+  failure(result: { aborted: boolean; checkpoint: string }): Error | undefined {
+    if (!this.#error) return undefined;
+    const { cause, step } = this.#error;
+    const reason = cause instanceof Error ? cause.message : String(cause);
+    const ended = result.aborted ? 'the run stopped after it' : 'the run had already ended';
+    return withCode(
+      new Error(`train: the onProgress callback threw at step ${step} (${reason}); ${ended}, last checkpoint ${result.checkpoint}`, { cause }),
+      ErrorCode.ABORTED,
+    );
+  }
+}
+
 export class BaseTrainer {
   readonly model: VisionModel;
   readonly modelConfig: ModelConfig;
   /** The training configuration given at construction, defaults applied (used by trainingStep). */
   readonly config: TrainingConfig;
   #native: NativeTrainer;
+  /** A train() call is running: the trainer's optimizer and schedule belong to it until it ends. */
+  #training = false;
 
   constructor(options: BaseTrainerOptions) {
     const { model, modelConfig, ...training } = options;
@@ -100,10 +169,25 @@ export class BaseTrainer {
       throw invalidArgument(TypeError, 'trainingStep: expected { pixelValues, pixelMask?, labels }');
     }
     this.model.handle(); // a disposed model refuses, though the native trainer still holds it
+    this.#refuseWhileTraining('trainingStep');
     return (await this.#native.trainingStep(batch as NativeForwardInputs, options.returnGradients === true)) as TrainingStepResult;
   }
 
-  /** Trains on `config.dataset`; resolves with the run's summary (also when stopped by `signal`). */
+  #refuseWhileTraining(method: string): void {
+    if (this.#training) {
+      throw withCode(
+        new Error(`${method}: this trainer is running train(); wait for that run to end (or stop it with its AbortSignal) first`),
+        ErrorCode.INVALID_ARGUMENT,
+      );
+    }
+  }
+
+  /**
+   * Trains on `config.dataset`; resolves with the run's summary (also when stopped by `signal`).
+   * A trainer runs one train() at a time: another, or a trainingStep(), meanwhile is refused. An
+   * `onProgress` that throws stops the run after that step (with its checkpoint), and train()
+   * rejects with ERR_VISIONTORCH_ABORTED, the callback's error as its `cause`.
+   */
   async train(config: TrainingConfig | TrainingConfigInput, options: TrainOptions = {}): Promise<TrainResult> {
     return (await this.trainRank(config, undefined, options)) as TrainResult;
   }
@@ -119,11 +203,22 @@ export class BaseTrainer {
     options: TrainOptions = {},
   ): Promise<RankResult> {
     this.model.handle(); // a disposed model refuses
+    checkTrainOptions(options);
     const parsed = parseTrainingConfig(config);
     if (!parsed.dataset) throw invalidArgument(TypeError, 'train: the configuration has no dataset (training.dataset, or data: in the YAML file)');
     if (options.signal?.aborted) {
       throw withCode(new Error('train: the signal was aborted before the run started', { cause: options.signal.reason }), ErrorCode.ABORTED);
     }
+    this.#refuseWhileTraining('train');
+    this.#training = true;
+    try {
+      return await this.#run(parsed, distributed, options);
+    } finally {
+      this.#training = false;
+    }
+  }
+
+  async #run(parsed: TrainingConfig, distributed: NativeDistributedOptions | undefined, options: TrainOptions): Promise<RankResult> {
     if (distributed && distributed.rank !== 0) {
       const stop = (): void => this.#native.stop();
       options.signal?.addEventListener('abort', stop, { once: true });
@@ -142,24 +237,39 @@ export class BaseTrainer {
     const chartFailed = (error: unknown): void => {
       process.emitWarning(`could not write ${chartPath}: ${error instanceof Error ? error.message : String(error)}`);
     };
+    const stop = (): void => this.#native.stop();
+    const relay = new ProgressRelay(options.onProgress, stop);
+    // A run whose record cannot be written stops, as one whose callback throws.
+    let logFailure: Error | undefined;
     const onEvent = (event: TrainerEvent): void => {
       history.push(event);
-      log.append(event);
+      try {
+        log.append(event);
+      } catch (error) {
+        if (!logFailure) stop();
+        logFailure ??= withCode(
+          new Error(`train: cannot append to ${log.path} at step ${event.step}: ${error instanceof Error ? error.message : String(error)}`, {
+            cause: error,
+          }),
+          ErrorCode.IO,
+        );
+      }
       // Charts are drawn off the callback, one at a time, so events never wait for a redraw.
       if (event.kind === 'eval') pending = pending.then(() => writeTrainingChart(chartPath, history)).catch(chartFailed);
-      options.onProgress?.(event);
+      relay.report(event);
     };
-    const stop = (): void => this.#native.stop();
     options.signal?.addEventListener('abort', stop, { once: true });
     try {
-      const result = await this.#native.train(
+      const result = (await this.#native.train(
         { ...this.nativeOptions(parsed), ...(distributed && { distributed }) },
         onEvent as (event: unknown) => void,
-      );
+      )) as TrainResult;
       this.model.refresh(); // training names the classes after the dataset's
       await pending;
       if (history.some((e) => e.kind === 'step')) await writeTrainingChart(chartPath, history).catch(chartFailed);
-      return result as TrainResult;
+      const failure = logFailure ?? relay.failure(result);
+      if (failure) throw failure;
+      return result;
     } finally {
       options.signal?.removeEventListener('abort', stop);
       log.close();

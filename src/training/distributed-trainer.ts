@@ -17,7 +17,7 @@ import { native } from '../native.js';
 import { type DistributedConfig, type DistributedConfigInput, parseDistributedConfig } from '../schemas/distributed-config.js';
 import type { ModelConfig } from '../schemas/model-config.js';
 import { parseTrainingConfig, type TrainingConfig, type TrainingConfigInput } from '../schemas/training-config.js';
-import type { BaseTrainer, RankResult, TrainOptions } from './base-trainer.js';
+import { type BaseTrainer, checkTrainOptions, ProgressRelay, type RankResult, type TrainOptions } from './base-trainer.js';
 import { type FromWorker, hasCheckpoint, type ToWorker, type WorkerJob } from './distributed-worker.js';
 
 /** A worker that failed: which rank, its process, and how it ended. */
@@ -36,6 +36,8 @@ export interface DistributedTrainOptions extends TrainOptions {
   /** A worker failed; `restarting`: the group restarts from its last checkpoint. */
   onWorkerFailure?: (failure: WorkerFailure, restarting: boolean) => void;
 }
+
+const DISTRIBUTED_TRAIN_OPTIONS = ['signal', 'onProgress', 'onWorkerFailure'] as const;
 
 export interface DistributedTrainResult extends RankResult {
   /** Every local rank's result (node 0: rank 0's first), with its state digest. */
@@ -68,6 +70,7 @@ export class DistributedTrainer {
    * model holds the trained weights afterwards, as after BaseTrainer.train.
    */
   async train(config: TrainingConfig | TrainingConfigInput, options: DistributedTrainOptions = {}): Promise<DistributedTrainResult> {
+    checkTrainOptions(options, DISTRIBUTED_TRAIN_OPTIONS);
     const training = parseTrainingConfig(config);
     if (!training.dataset) throw invalidArgument(TypeError, 'train: the configuration has no dataset (training.dataset, or data: in the YAML file)');
     const directory = await mkdtemp(join(tmpdir(), 'visiontorch-workers-'));
@@ -112,6 +115,7 @@ export async function launchWorkers(
   distributed: DistributedConfig,
   options: DistributedTrainOptions = {},
 ): Promise<DistributedTrainResult> {
+  checkTrainOptions(options, DISTRIBUTED_TRAIN_OPTIONS);
   const info = native().runtimeInfo();
   if (distributed.useGpu && (!info.cudaAvailable || info.cudaDevices < distributed.numWorkers)) {
     throw withCode(
@@ -134,6 +138,13 @@ export async function launchWorkers(
   const masterPort = store ? store.port() : requestedPort;
   const runId = `visiontorch-${process.pid}-${Date.now()}`;
   let training = job.training;
+  // The workers stop as one when the caller aborts or when its onProgress throws (which would
+  // otherwise escape from the workers' message handler and end this process).
+  const stopping = new AbortController();
+  const relay = new ProgressRelay(options.onProgress, () => stopping.abort());
+  const abort = (): void => stopping.abort(options.signal?.reason);
+  options.signal?.addEventListener('abort', abort, { once: true });
+  const supervised: DistributedTrainOptions = { ...options, signal: stopping.signal, onProgress: (event) => relay.report(event) };
   try {
     for (let restart = 0; ; restart++) {
       const workers = startWorkers(
@@ -144,22 +155,25 @@ export async function launchWorkers(
           masterPort,
           restart,
           runId,
-          options,
+          options: supervised,
         },
       );
-      const failure = await superviseWorkers(workers, options);
+      const failure = await superviseWorkers(workers, supervised);
       if (!failure) {
         const ranked = workers.filter((w) => w.result !== undefined).sort((a, b) => a.rank - b.rank);
         const first = ranked[0]!.result!;
+        const callbackFailure = relay.failure(first);
+        if (callbackFailure) throw callbackFailure;
         return { ...first, workers: ranked.map((w) => ({ rank: w.rank, stateDigest: w.result?.stateDigest })), restarts: restart };
       }
-      const restarting = restart < distributed.maxRestarts && !options.signal?.aborted;
+      const restarting = restart < distributed.maxRestarts && !stopping.signal.aborted;
       options.onWorkerFailure?.(failure, restarting);
       if (!restarting) throw failureError(failure, restart);
       // The next attempt resumes from the last checkpoint the failed one wrote, if it wrote one.
       if (hasCheckpoint(training.outputDir)) training = { ...training, resumeFrom: training.outputDir };
     }
   } finally {
+    options.signal?.removeEventListener('abort', abort);
     store?.close();
   }
 }

@@ -22,10 +22,18 @@ export class MetricsLog {
   private fd: number | undefined;
 
   constructor(outputDir: string, fileName = 'metrics.jsonl') {
-    mkdirSync(outputDir, { recursive: true });
     this.path = join(outputDir, fileName);
-    // O_APPEND: each write lands at the end even if another process appends too.
-    this.fd = openSync(this.path, 'a');
+    try {
+      mkdirSync(outputDir, { recursive: true });
+      // O_APPEND: each write lands at the end even if another process appends too.
+      this.fd = openSync(this.path, 'a');
+    } catch (error) {
+      // A file where the directory should be, no permission, no space: named before the run starts.
+      throw withCode(
+        new Error(`cannot write the run's record ${this.path} (outputDir ${outputDir}): ${(error as Error).message}`, { cause: error }),
+        ErrorCode.IO,
+      );
+    }
   }
 
   append(event: TrainerEvent): void {

@@ -102,13 +102,24 @@ std::vector<Leftover> find_leftovers(const fs::path& target) {
   return found;
 }
 
-// An owned name, or a writer's temporary of one (".model.safetensors.tmp-..."): part of the new
-// contents, never an entry carried over from the old.
+// An owned name, or a writer's temporary of one (".model.safetensors.tmp-<pid>-..."): part of
+// the new contents, never an entry carried over from the old.
 bool is_owned(const DirectoryContents& contents, const std::string& name) {
   for (const auto& owned : contents.owned_names) {
     if (name == owned || name.rfind("." + owned + ".tmp-", 0) == 0) return true;
   }
   return false;
+}
+
+// What a swap leaves behind of the old folder: its owned files, and temporaries of them whose
+// writer has ended. A live writer's temporary is carried over like any other entry.
+bool is_dropped_by_swap(const DirectoryContents& contents, const std::string& name) {
+  if (!is_owned(contents, name)) return false;
+  const size_t marker = name.rfind(".tmp-");
+  if (name[0] != '.' || marker == std::string::npos) return true;
+  const std::string owner = name.substr(marker + 5, name.find('-', marker + 5) - (marker + 5));
+  const bool numeric = !owner.empty() && owner.size() <= 9 && owner.find_first_not_of("0123456789") == std::string::npos;
+  return !numeric || process_has_exited(std::stol(owner));
 }
 
 // Moves the entries of `from` that `into` lacks and the contents do not own back into `into`.
@@ -221,7 +232,7 @@ void DirectoryTransaction::carry_kept_entries() {
   std::error_code error;
   for (const auto& entry : fs::directory_iterator(target)) {
     const std::string name = entry.path().filename().string();
-    if (is_owned(contents_, name) || fs::exists(fs::symlink_status(staging / name, error))) continue;
+    if (is_dropped_by_swap(contents_, name) || fs::exists(fs::symlink_status(staging / name, error))) continue;
     const fs::path source = entry.path();
     const fs::path destination = staging / name;
     // Files are linked, so the old folder keeps them until the swap; folders, links and the rest

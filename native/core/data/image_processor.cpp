@@ -121,13 +121,21 @@ struct SizeDict {
   std::optional<int> height, width, shortest_edge, longest_edge;
 };
 
+// A side the processor resizes to: a positive integer no larger than 16384 pixels (one image of
+// 16384 x 16384 is already 3 GiB as float pixels; larger would run memory out at preprocess).
+int side_length(const json& v, const std::string& field) {
+  constexpr int64_t kMaxSide = 16384;
+  if (v.is_number_integer() && v.get<int64_t>() > kMaxSide) bad_field(field, "a side of at most 16384 pixels", v);
+  return positive_int(v, field);
+}
+
 // get_size_dict: a dict is taken as is (and must have a valid key set); an int is
 // {height: s, width: s} or {shortest_edge: s} (+ longest_edge from a legacy max_size); a
 // 2-list is (height, width).
 SizeDict read_size(const json& v, const std::string& field, bool int_is_shortest_edge, std::optional<int> legacy_max_size) {
   SizeDict s;
   if (v.is_number_integer()) {
-    const int n = positive_int(v, field);
+    const int n = side_length(v, field);
     if (int_is_shortest_edge) {
       s.shortest_edge = n;
       s.longest_edge = legacy_max_size;
@@ -138,8 +146,8 @@ SizeDict read_size(const json& v, const std::string& field, bool int_is_shortest
   }
   if (v.is_array()) {
     if (v.size() != 2) bad_field(field, "an integer, a [height, width] list or a dict", v);
-    s.height = positive_int(v[0], field + "[0]");
-    s.width = positive_int(v[1], field + "[1]");
+    s.height = side_length(v[0], field + "[0]");
+    s.width = side_length(v[1], field + "[1]");
     return s;
   }
   if (!v.is_object()) bad_field(field, "an integer, a [height, width] list or a dict", v);
@@ -147,7 +155,7 @@ SizeDict read_size(const json& v, const std::string& field, bool int_is_shortest
   for (auto it = v.begin(); it != v.end(); ++it) {
     const std::string& key = it.key();
     if (it.value().is_null()) continue;
-    const int n = positive_int(it.value(), field + "." + key);
+    const int n = side_length(it.value(), field + "." + key);
     if (key == "height")
       s.height = n;
     else if (key == "width")

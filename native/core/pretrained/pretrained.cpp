@@ -1,5 +1,6 @@
 #include "pretrained/pretrained.h"
 
+#include <algorithm>
 #include <filesystem>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -12,6 +13,7 @@
 #include "io/safetensors.h"
 #include "models/torchscript.h"
 #include "nn/layers.h"
+#include "runtime/memory_sizing.h"
 #include "runtime/threads.h"
 
 namespace vt {
@@ -70,6 +72,66 @@ void move_module(torch::nn::Module& module, torch::Device device, torch::ScalarT
   }
 }
 
+// Each class costs a few hundred bytes as names (id2label, label2id and the map behind them);
+// ten million classes would run out of memory before any weight is built.
+void check_labels_fit(int64_t num_classes) {
+  constexpr size_t kBytesPerLabel = 512;
+  const size_t needed = static_cast<size_t>(num_classes) * kBytesPerLabel;
+  const size_t available = available_memory();
+  if (needed > available) {
+    fail_with(ErrorCode::OutOfMemory, "num_classes ", num_classes, ": the class names alone (id2label, label2id) need about ",
+              format_bytes(needed), ", more than the ", format_bytes(available), " of memory available");
+  }
+}
+
+// The largest sizes config.json gives (top-level integers, integer lists by their sum, and
+// id2label as num_labels), largest first: what to look at when a model does not fit.
+std::string largest_sizes(const nlohmann::json& config) {
+  std::vector<std::pair<double, std::string>> sizes;
+  for (const auto& [key, value] : config.items()) {
+    const bool identifier = key.size() > 3 && (key.compare(key.size() - 3, 3, "_id") == 0 || key.compare(key.size() - 4, 4, "_ids") == 0);
+    if (identifier) continue;
+    if (value.is_number_integer() && value.get<double>() > 1) sizes.emplace_back(value.get<double>(), key + " = " + value.dump());
+    if (value.is_array() && !value.empty() &&
+        std::all_of(value.begin(), value.end(), [](const auto& v) { return v.is_number_integer(); })) {
+      double sum = 0;
+      for (const auto& v : value) sum += v.template get<double>();
+      sizes.emplace_back(sum, key + " = " + value.dump());
+    }
+  }
+  if (config.contains("id2label") && config["id2label"].is_object()) {
+    const auto labels = config["id2label"].size();
+    sizes.emplace_back(static_cast<double>(labels), "num_labels = " + std::to_string(labels));
+  }
+  std::sort(sizes.begin(), sizes.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::string named;
+  for (size_t i = 0; i < sizes.size() && i < 3; ++i) named += (i ? ", " : "") + sizes[i].second;
+  return named;
+}
+
+// Builds `architecture` from `config` under a SizingPass: refused, with the estimate and the
+// sizes that make it, when its parameters and buffers would not fit in the memory available.
+void check_model_fits(const Architecture& architecture, const nlohmann::json& config, const std::string& source) {
+  const size_t available = available_memory();
+  // The random draws of the sizing build are given back: seeded initialisation stays as it was.
+  auto generator = at::detail::getDefaultCPUGenerator();
+  const auto random_state = generator.get_state();
+  SizingPass sizing(available);
+  try {
+    layers::DeferredInitialisation deferred;
+    architecture.build(config, source);
+  } catch (const std::exception&) {
+    // Stopped past the limit; or a constructor that needs real values, which the real build
+    // then runs as before.
+  }
+  generator.set_state(random_state);
+  if (!sizing.limit_reached()) return;
+  fail_with(ErrorCode::OutOfMemory, architecture.name, " as configured in ", source, " would need ",
+            sizing.complete() ? "an estimated " : "more than ", format_bytes(sizing.peak_bytes()),
+            " for its parameters and buffers, more than the ", format_bytes(available),
+            " of memory available (its largest sizes: ", largest_sizes(config), ")");
+}
+
 nlohmann::json id2label_json(const std::map<int64_t, std::string>& id2label) {
   nlohmann::json json = nlohmann::json::object();
   for (const auto& [index, label] : id2label) json[std::to_string(index)] = label;
@@ -89,6 +151,7 @@ void apply_overrides(nlohmann::json& config, const LoadOptions& options, const s
       if (existing.num_labels() == *options.num_classes) {
         id2label = existing.id2label;
       } else {
+        check_labels_fit(*options.num_classes);
         for (int64_t i = 0; i < *options.num_classes; ++i) id2label[i] = "LABEL_" + std::to_string(i);
       }
     }
@@ -232,30 +295,47 @@ void PretrainedModel::load_architecture(const LoadOptions& options) {
   const Architecture& architecture = select_architecture(config_, options.task, want_head, source);
   architecture_ = architecture.name;
   config_["architectures"] = nlohmann::json::array({architecture.name});
+  check_model_fits(architecture, config_, source);
 
-  if (options.seed) torch::manual_seed(*options.seed);
-  if (options.pretrained) {
-    std::string weights_source;
-    TensorMap checkpoint = read_checkpoint_directory(options.directory, &weights_source);
-    // Built without the random initialisation the checkpoint overwrites (most of the load time).
-    // Where the checkpoint does not cover every weight (a new head), build again with it, from
-    // the same random state, so that seeded new weights come out as they always have.
-    auto generator = at::detail::getDefaultCPUGenerator();
-    const auto random_state = generator.get_state();
-    {
-      layers::DeferredInitialisation deferred;
-      module_ = architecture.build(config_, source);
-    }
-    report_ = load_weights(*module_, checkpoint, weights_source, options.ignore_mismatched_sizes);
-    if (!report_.initialized.empty() || !report_.mismatched.empty()) {
-      generator.set_state(random_state);
-      module_ = architecture.build(config_, source);
+  // Memory can still run out (other processes took it since the sizing): named, not a bare
+  // allocator message.
+  const auto out_of_memory = [&] {
+    fail_with(ErrorCode::OutOfMemory, architecture.name, " as configured in ", source, ": memory ran out while building it (",
+              format_bytes(available_memory()), " available now; its largest sizes: ", largest_sizes(config_), ")");
+  };
+  try {
+    if (options.seed) torch::manual_seed(*options.seed);
+    if (options.pretrained) {
+      std::string weights_source;
+      TensorMap checkpoint = read_checkpoint_directory(options.directory, &weights_source);
+      // Built without the random initialisation the checkpoint overwrites (most of the load time).
+      // Where the checkpoint does not cover every weight (a new head), build again with it, from
+      // the same random state, so that seeded new weights come out as they always have.
+      auto generator = at::detail::getDefaultCPUGenerator();
+      const auto random_state = generator.get_state();
+      {
+        layers::DeferredInitialisation deferred;
+        module_ = architecture.build(config_, source);
+      }
       report_ = load_weights(*module_, checkpoint, weights_source, options.ignore_mismatched_sizes);
+      if (!report_.initialized.empty() || !report_.mismatched.empty()) {
+        generator.set_state(random_state);
+        module_.reset();  // one copy of the weights at a time
+        module_ = architecture.build(config_, source);
+        report_ = load_weights(*module_, checkpoint, weights_source, options.ignore_mismatched_sizes);
+      }
+    } else {
+      module_ = architecture.build(config_, source);
+      module_->initialize({}, /*all=*/true);
+      report_.source = "random initialisation";
     }
-  } else {
-    module_ = architecture.build(config_, source);
-    module_->initialize({}, /*all=*/true);
-    report_.source = "random initialisation";
+  } catch (const c10::Error& error) {
+    module_.reset();
+    if (std::string(error.what_without_backtrace()).find("can't allocate memory") == std::string::npos) throw;
+    out_of_memory();
+  } catch (const std::bad_alloc&) {
+    module_.reset();
+    out_of_memory();
   }
   if (architecture.task) {
     for (const auto& [index, label] : HeadConfig::from_json(config_, source).id2label) labels_.push_back(label);
@@ -303,7 +383,16 @@ void PretrainedModel::load_torchscript(const LoadOptions& options, const fs::pat
 
 std::string PretrainedModel::device_name() const { return device_.str(); }
 
+void PretrainedModel::check_label_kind(const ModelInputs& inputs) const {
+  if (inputs.targets.empty()) return;
+  ErrorScope errors(ErrorCode::InvalidArgument);
+  const bool takes_targets = task_->name == "object_detection" || module_->takes_mask_targets();
+  VT_CHECK(takes_targets, "labels: ", architecture_, " (", task_->name,
+           ") takes a tensor of class indices or label maps, not one {classLabels, boxes} target per image");
+}
+
 ModelOutputs PretrainedModel::forward(const ModelInputs& raw_inputs) {
+  check_label_kind(raw_inputs);
   if (!raw_inputs.allow_non_finite && raw_inputs.pixel_values.defined() && raw_inputs.pixel_values.is_floating_point()) {
     ErrorScope errors(ErrorCode::InvalidArgument);
     const auto finite = torch::isfinite(raw_inputs.pixel_values);

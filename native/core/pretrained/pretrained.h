@@ -52,6 +52,9 @@ class PretrainedModel {
   Task task() const { return task_; }
   // Batches are padded to their largest image, with a pixel_mask: predictions depend on the batch.
   bool pads_batches() const { return task_->pads_batches || processor_->pads_batches(); }
+  // Labels of the kind this model's task takes: per-image targets only for detection and
+  // Mask2Former (throws naming labels otherwise, rather than ignoring them).
+  void check_label_kind(const ModelInputs& inputs) const;
   const std::vector<std::string>& labels() const { return labels_; }
   std::string device_name() const;
   torch::ScalarType dtype() const { return dtype_; }

@@ -13,6 +13,8 @@
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
 
+#include "runtime/memory_sizing.h"
+
 namespace vt {
 
 namespace {
@@ -31,6 +33,9 @@ size_t cap_for_this_machine() {
 class CachingCpuAllocator final : public c10::Allocator {
  public:
   c10::DataPtr allocate(size_t bytes) const override {
+    bool sized = false;
+    c10::DataPtr counted = detail::sized_allocation(bytes, sized);
+    if (sized) return counted;  // a model being sized: counted, not made
     void* data = allocate_raw(bytes);
     return {data, data, &release, c10::Device(c10::DeviceType::CPU)};
   }
@@ -43,7 +48,7 @@ class CachingCpuAllocator final : public c10::Allocator {
   }
 
   void* allocate_raw(size_t bytes) const {
-    if (bytes < kMinCachedBytes) return c10::alloc_cpu(bytes);
+    if (bytes < kMinCachedBytes || !caching_) return c10::alloc_cpu(bytes);
     const size_t rounded = (bytes + kGranularity - 1) / kGranularity * kGranularity;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -99,13 +104,17 @@ class CachingCpuAllocator final : public c10::Allocator {
   }
 
  private:
-  CachingCpuAllocator() : cap_bytes_(cap_for_this_machine()) {}
+  CachingCpuAllocator() : cap_bytes_(cap_for_this_machine()) {
+    const char* setting = std::getenv("VISIONTORCH_CACHE_CPU_MEMORY");
+    caching_ = setting == nullptr || std::string(setting) != "0";
+  }
 
   mutable std::mutex mutex_;
   mutable std::multimap<size_t, void*> free_;       // by size
   mutable std::unordered_map<void*, size_t> live_;  // cacheable blocks in use, with their size
   mutable size_t cached_bytes_ = 0;
   const size_t cap_bytes_;
+  bool caching_ = true;
   mutable uint64_t reused_ = 0, fresh_ = 0;
 };
 
@@ -114,8 +123,6 @@ class CachingCpuAllocator final : public c10::Allocator {
 void install_caching_cpu_allocator() {
   static std::once_flag installed;
   std::call_once(installed, [] {
-    const char* setting = std::getenv("VISIONTORCH_CACHE_CPU_MEMORY");
-    if (setting != nullptr && std::string(setting) == "0") return;
     // Priority above libtorch's own registration, so a later default registration does not undo it.
     c10::SetCPUAllocator(&CachingCpuAllocator::instance(), /*priority=*/1);
   });

@@ -10,8 +10,9 @@
 
 namespace vt {
 
-// Makes the caching allocator libtorch's CPU allocator (once; later calls do nothing), unless
-// the environment sets VISIONTORCH_CACHE_CPU_MEMORY=0. Tensors allocated before keep their own
+// Makes the caching allocator libtorch's CPU allocator (once; later calls do nothing); with
+// VISIONTORCH_CACHE_CPU_MEMORY=0 in the environment it caches nothing. It is also where a
+// SizingPass counts allocations instead of making them. Tensors allocated before keep their own
 // deleters.
 void install_caching_cpu_allocator();
 

@@ -270,6 +270,7 @@ StepOutcome Trainer::training_step(const ModelInputs& batch, bool return_gradien
   const ScheduleConfig schedule = schedule_for(options_, options_.max_steps.value_or(0));
   VT_CHECK(batch.pixel_values.defined() && batch.pixel_values.dim() >= 1 && batch.pixel_values.size(0) > 0,
            "training_step: the batch is empty");
+  model_->check_label_kind(batch);
   return optimizer_step({batch}, return_gradients, options_, schedule);
 }
 
