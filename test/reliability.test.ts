@@ -65,6 +65,14 @@ describe('files that would crash or mislead', () => {
     }
   });
 
+  it('an image_size whose patch count would wrap around to 0 is refused when loading, not at the first predict', async () => {
+    const dir = vitCopy((d) => {
+      const config = JSON.parse(readFileSync(join(d, 'config.json'), 'utf8'));
+      writeFileSync(join(d, 'config.json'), JSON.stringify({ ...config, image_size: 2 ** 40, patch_size: 16 }));
+    });
+    await expectError(load({ modelName: dir, pretrained: false }), ErrorCode.CONFIG, 'config.json', 'image_size', 'more than 2^31 patches');
+  });
+
   it('architectures that contradict model_type are refused rather than building the other model', async () => {
     const dir = vitCopy((d) => {
       const config = JSON.parse(readFileSync(join(d, 'config.json'), 'utf8'));

@@ -32,6 +32,12 @@ ViTConfig ViTConfig::from_json(const nlohmann::json& json, const std::string& so
     fail(source, ": patch_size (", config.patch_height, "x", config.patch_width, ") is larger than image_size (", config.image_height, "x",
          config.image_width, ")");
   }
+  // The patch count sizes the position embeddings: bounded before it can wrap around.
+  constexpr int64_t kMaxPatches = int64_t{1} << 31;
+  if (config.grid_height() > kMaxPatches / config.grid_width()) {
+    fail(source, ": image_size (", config.image_height, "x", config.image_width, ") makes more than 2^31 patches of ", config.patch_height,
+         "x", config.patch_width);
+  }
   return config;
 }
 
