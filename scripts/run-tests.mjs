@@ -1,7 +1,8 @@
 // Runs every test: the code checks (Biome's lint and format, tsc over the tests and the
-// benchmarks, clang-format over native/), the native
-// core's ctest suite, then vitest. Ends with one line, "N passed, N failed", counting all three
-// (also written to build/test-summary.txt for CI); each code check counts as one test.
+// benchmarks, clang-format over native/), a short fuzzing run of each libFuzzer target, the native
+// core's ctest suite, then vitest. Ends with one line, "N passed, N failed", counting them all
+// (also written to build/test-summary.txt for CI); each code check and each fuzz target counts as
+// one test.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -44,6 +45,37 @@ for (const [name, args, how] of checks) {
     process.stdout.write(`${check.stdout ?? ''}${check.stderr ?? ''}${check.error ? `${check.error.message}\n` : ''}`);
     console.log(`check FAILED: ${name} (${how === 'direct' ? '' : 'npx '}${args.slice(0, 6).join(' ')}${args.length > 6 ? ' ...' : ''})`);
   }
+}
+
+// Fuzzing: a short libFuzzer run of each target in native/core/fuzz (scripts/fuzz.sh builds them
+// with clang into build-fuzz/), two at a time. Each target is one test, passed when its run ends
+// without a crash, leak, timeout or out-of-memory; its log is shown only when it fails.
+const fuzzSeconds = process.env.VISIONTORCH_FUZZ_SECONDS ?? '30';
+const fuzz = spawnSync('bash', ['scripts/fuzz.sh', '--seconds', fuzzSeconds, '--jobs', '2'], { cwd: root, encoding: 'utf8' });
+const fuzzResults = join(root, 'build-fuzz', 'results.tsv');
+const fuzzRows = existsSync(fuzzResults)
+  ? readFileSync(fuzzResults, 'utf8')
+      .split('\n')
+      .filter((line) => line.trim() !== '')
+      .map((line) => line.split('\t'))
+  : [];
+for (const [target, result, seconds, runs, coverage, , crashes, artifacts] of fuzzRows) {
+  if (result === 'ok') {
+    passed++;
+    console.log(`fuzz passed: ${target} (${seconds} s, ${runs} inputs, coverage ${coverage})`);
+  } else {
+    failed++;
+    const log = join(root, 'build-fuzz', `${target}.log`);
+    if (existsSync(log)) process.stdout.write(readFileSync(log, 'utf8').split('\n').slice(-60).join('\n'));
+    const what =
+      crashes === '0' ? 'the run failed, log above' : `${crashes} finding(s): ${artifacts}; replay one with build-fuzz/${target}_fuzzer <file>`;
+    console.log(`fuzz FAILED: ${target} (${what})`);
+  }
+}
+if (fuzzRows.length === 0 || (fuzz.status !== 0 && fuzzRows.every(([, result]) => result === 'ok'))) {
+  failed++; // the build, or the script itself, failed
+  process.stdout.write(`${fuzz.stdout ?? ''}${fuzz.stderr ?? ''}${fuzz.error ? `${fuzz.error.message}\n` : ''}`);
+  console.log('fuzz FAILED: scripts/fuzz.sh did not run the targets (output above)');
 }
 
 // ctest: each GoogleTest case is one ctest test; its JUnit report gives the counts.

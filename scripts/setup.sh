@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
 # Everything visiontorch needs on Debian 12 with Node 20: Debian packages, npm packages, the native
 # build (offline, through node-api-headers) and the TypeScript build. Idempotent: when nothing
-# changed it only checks, in seconds. Run by `npm start` and `npm test`.
+# changed it only checks, in seconds. Run by `npm start`, and by `npm test` with --tests (which
+# adds what only the tests need).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 say() { printf 'visiontorch setup: %s\n' "$*" >&2; }
+
+for_tests=0
+for argument in "$@"; do
+  case $argument in
+    --tests) for_tests=1 ;;
+    *) say "unknown option $argument (the one option is --tests)"; exit 2 ;;
+  esac
+done
 
 # libtorch (CPU, with Gloo) and a threaded OpenBLAS for it; Gloo's headers for torch.distributed's
 # process group; oneDNN's headers for the int8 kernels (its CMake package asks for OpenCL's too);
@@ -20,6 +29,10 @@ DEB_PACKAGES=(
   dataset-fashion-mnist
   python3-torch
 )
+# For the tests only: clang and its sanitizer and libFuzzer runtimes, which build the fuzz targets
+# of native/core/fuzz for their short runs (scripts/fuzz.sh).
+TEST_DEB_PACKAGES=(clang-14 libclang-rt-14-dev)
+if ((for_tests)); then DEB_PACKAGES+=("${TEST_DEB_PACKAGES[@]}"); fi
 
 missing=()
 for package in "${DEB_PACKAGES[@]}"; do

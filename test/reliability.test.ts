@@ -73,6 +73,14 @@ describe('files that would crash or mislead', () => {
     await expectError(load({ modelName: dir, pretrained: false }), ErrorCode.CONFIG, 'config.json', 'image_size', 'more than 2^31 patches');
   });
 
+  it('a num_labels of 10^12 without id2label is refused before its class names are made', async () => {
+    const dir = vitCopy((d) => {
+      const { id2label, label2id, ...config } = JSON.parse(readFileSync(join(d, 'config.json'), 'utf8'));
+      writeFileSync(join(d, 'config.json'), JSON.stringify({ ...config, num_labels: 1e12 }));
+    });
+    await expectError(load({ modelName: dir }), ErrorCode.OUT_OF_MEMORY, 'config.json: num_labels 1000000000000', 'class names alone');
+  });
+
   it('architectures that contradict model_type are refused rather than building the other model', async () => {
     const dir = vitCopy((d) => {
       const config = JSON.parse(readFileSync(join(d, 'config.json'), 'utf8'));

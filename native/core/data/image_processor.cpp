@@ -187,6 +187,14 @@ std::string canonical_type(const std::string& type) {
 // Python's floor division for the center crop offsets.
 int floor_div2(int v) { return v >= 0 ? v / 2 : -((-v + 1) / 2); }
 
+// A resized side, narrowed to int only once bounded: an image of extreme aspect ratio resized by
+// its short side would otherwise overflow.
+int resized_side(int64_t side, int width, int height) {
+  constexpr int64_t kMaxSide = int64_t{1} << 20;
+  VT_CHECK(side <= kMaxSide, "image processor: resizing ", width, "x", height, " gives a side of ", side, " pixels, more than ", kMaxSide);
+  return static_cast<int>(side);
+}
+
 // transformers.image_transforms.get_resize_output_image_size(..., default_to_square=False):
 // the short side becomes `size`, the long side int(size * long / short), capped by max_size.
 std::pair<int, int> shortest_edge_size(int height, int width, int size, std::optional<int> max_size) {
@@ -204,8 +212,8 @@ std::pair<int, int> shortest_edge_size(int height, int width, int size, std::opt
   }
   VT_CHECK(new_short > 0 && new_long > 0, "image processor: resizing ", width, "x", height, " to shortest edge ", size,
            " gives an empty image");
-  return width_short ? std::pair<int, int>(static_cast<int>(new_long), static_cast<int>(new_short))
-                     : std::pair<int, int>(static_cast<int>(new_short), static_cast<int>(new_long));
+  const int resized_long = resized_side(new_long, width, height), resized_short = resized_side(new_short, width, height);
+  return width_short ? std::pair<int, int>(resized_long, resized_short) : std::pair<int, int>(resized_short, resized_long);
 }
 
 // DETR's get_size_with_aspect_ratio (transformers 4.31).
@@ -231,7 +239,7 @@ std::pair<int, int> detr_size(int height, int width, int size, std::optional<int
     ow = static_cast<int64_t>(static_cast<double>(target * width) / height);
   }
   VT_CHECK(oh > 0 && ow > 0, "image processor: resizing ", width, "x", height, " gives an empty image");
-  return {static_cast<int>(oh), static_cast<int>(ow)};
+  return {resized_side(oh, width, height), resized_side(ow, width, height)};
 }
 
 // transformers.image_transforms.center_crop on uint8 pixels: a crop larger than the image pads
@@ -483,8 +491,8 @@ Plan make_plan(const ImageProcessorConfig& c, int height, int width) {
     }
     if (is_maskformer_family(t) && c.size_divisor > 0) {
       const double d = c.size_divisor;
-      p.resize_h = static_cast<int>(std::ceil(p.resize_h / d) * d);
-      p.resize_w = static_cast<int>(std::ceil(p.resize_w / d) * d);
+      p.resize_h = resized_side(static_cast<int64_t>(std::ceil(p.resize_h / d) * d), width, height);
+      p.resize_w = resized_side(static_cast<int64_t>(std::ceil(p.resize_w / d) * d), width, height);
     }
   }
   if (c.do_center_crop) {

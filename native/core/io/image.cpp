@@ -223,6 +223,11 @@ bool png_header_phase(PngDecoder* d) {
   png_set_read_fn(d->png, d, png_read_from_memory);
   // No per-side limit beyond PNG's own 2^31-1: the caller applies the pixel-count limit.
   png_set_user_limits(d->png, 0x7fffffff, 0x7fffffff);
+  // The chunks whose size is theirs to say (text, ICC profile, EXIF, ...) are passed over, not kept: none
+  // changes the pixels, and libpng 1.6 allocates and zeroes whatever length such a chunk claims,
+  // up to 2 GiB, its own length limit being only a warning.
+  static const png_byte kUnusedChunks[] = "tEXt\0zTXt\0iTXt\0iCCP\0eXIf\0sPLT\0pCAL\0sCAL";
+  png_set_keep_unknown_chunks(d->png, PNG_HANDLE_CHUNK_NEVER, kUnusedChunks, 8);
   png_read_info(d->png, d->info);
   png_get_IHDR(d->png, d->info, &d->width, &d->height, &d->bit_depth, &d->color_type, &d->interlace, nullptr, nullptr);
   if (d->label_map) {

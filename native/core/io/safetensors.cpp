@@ -177,7 +177,9 @@ std::map<std::string, std::string> parse_metadata(const std::string& path, const
 
 struct SafetensorsFile::Impl {
   std::string path;
-  std::shared_ptr<Mapping> mapping;
+  std::shared_ptr<void> owner;  // the mapping or the buffer holding the bytes, kept alive by every tensor
+  uint8_t* bytes = nullptr;     // the whole file
+  uint64_t size = 0;
   const uint8_t* data = nullptr;  // start of the data section
   std::vector<SafetensorsEntry> entries;
   std::unordered_map<std::string, size_t> index;
@@ -191,9 +193,28 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   ErrorScope errors(ErrorCode::Checkpoint);
   auto impl = std::make_unique<Impl>();
   impl->path = path;
-  impl->mapping = std::make_shared<Mapping>(path);
-  const uint64_t file_size = impl->mapping->size();
-  const uint8_t* bytes = impl->mapping->data();
+  auto mapping = std::make_shared<Mapping>(path);
+  impl->bytes = mapping->data();
+  impl->size = mapping->size();
+  impl->owner = std::move(mapping);
+  return validate(std::move(impl));
+}
+
+std::shared_ptr<SafetensorsFile> SafetensorsFile::from_bytes(const uint8_t* data, size_t size, const std::string& source) {
+  ErrorScope errors(ErrorCode::Checkpoint);
+  auto impl = std::make_unique<Impl>();
+  impl->path = source;
+  auto buffer = std::make_shared<std::vector<uint8_t>>(data, data + size);
+  impl->bytes = buffer->data();
+  impl->size = buffer->size();
+  impl->owner = std::move(buffer);
+  return validate(std::move(impl));
+}
+
+std::shared_ptr<SafetensorsFile> SafetensorsFile::validate(std::unique_ptr<Impl> impl) {
+  const std::string& path = impl->path;
+  const uint64_t file_size = impl->size;
+  const uint8_t* bytes = impl->bytes;
 
   VT_CHECK(file_size >= 8, path, ": file is ", file_size, " bytes, too short for the 8-byte safetensors header length");
   const uint64_t header_size = read_u64_le(bytes);
@@ -269,7 +290,7 @@ torch::Tensor SafetensorsFile::tensor(const std::string& name) const {
     std::memcpy(copy.data_ptr(), source, bytes);
     return copy;
   }
-  std::shared_ptr<Mapping> keep_alive = impl_->mapping;
+  std::shared_ptr<void> keep_alive = impl_->owner;
   return torch::from_blob(
       source, info.shape, [keep_alive](void*) mutable { keep_alive.reset(); }, options);
 }

@@ -31,6 +31,9 @@ class SafetensorsFile {
   // non-integer shape, shape x dtype size != byte span, offsets outside the data section,
   // overlapping or out-of-order spans.
   static std::shared_ptr<SafetensorsFile> open(const std::string& path);
+  // The same checks on bytes already in memory (a download, an archive member); `source` names
+  // them in errors and is what path() returns. The bytes are copied once; tensors view the copy.
+  static std::shared_ptr<SafetensorsFile> from_bytes(const uint8_t* data, size_t size, const std::string& source);
 
   const std::string& path() const;
   const std::vector<SafetensorsEntry>& entries() const;  // in file (offset) order
@@ -52,6 +55,8 @@ class SafetensorsFile {
  private:
   struct Impl;
   explicit SafetensorsFile(std::unique_ptr<Impl> impl);
+  // Validates the header of the bytes `impl` holds and indexes its tensors.
+  static std::shared_ptr<SafetensorsFile> validate(std::unique_ptr<Impl> impl);
   std::shared_ptr<Impl> impl_;
 };
 

@@ -1,14 +1,17 @@
 #include "io/torch_pickle.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <deque>
 #include <fstream>
+#include <memory>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
-#include <caffe2/serialize/inline_container.h>
+#include <caffe2/serialize/file_adapter.h>
+#include <caffe2/serialize/read_adapter_interface.h>
 #include <torch/torch.h>
 #include <zlib.h>
 
@@ -529,29 +532,75 @@ Value* Unpickler::call(Value* callable, Value* args) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The archive's CRC-32s. libtorch's zip reader is built without checking them, so a flipped byte
-// in a record would load as a wrong weight; the central directory's values are checked here.
+// The zip archive. torch.save stores every record uncompressed under one top folder
+// (archive/data.pkl, archive/data/0, ...), with zip64 fields where sizes or offsets need them.
+// The archive is indexed here from its central directory instead of by libtorch's
+// PyTorchStreamReader, which (in 1.13) leaks its index whenever a malformed archive makes its
+// constructor throw, allocates whatever size a record's header claims before reading it, and is
+// built without checking the CRC-32s (a flipped byte would load as a wrong weight).
 
 uint32_t read_le32(const uint8_t* p) { return p[0] | (p[1] << 8) | (p[2] << 16) | (static_cast<uint32_t>(p[3]) << 24); }
 uint64_t read_le64(const uint8_t* p) { return read_le32(p) | (static_cast<uint64_t>(read_le32(p + 4)) << 32); }
 uint16_t read_le16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
 
-// Record name (without the archive's top folder, as PyTorchStreamReader names records) -> CRC-32.
-std::unordered_map<std::string, uint32_t> zip_crcs(const std::string& path) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  VT_CHECK(in, path, ": cannot open: ", std::strerror(errno));
-  const auto file_size = static_cast<uint64_t>(in.tellg());
-  auto read_at = [&](uint64_t offset, uint64_t size) {
-    VT_CHECK(offset + size <= file_size && size <= (uint64_t{1} << 31), path, ": zip central directory outside the file (corrupt archive)");
-    std::vector<uint8_t> bytes(size);
-    in.seekg(static_cast<std::streamoff>(offset));
-    in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(size));
-    VT_CHECK(in, path, ": cannot read the zip central directory");
-    return bytes;
+// How every structural defect of the archive is reported, before what the defect is.
+constexpr const char* kUnreadable = ": not a readable torch.save zip archive (truncated or corrupt?): ";
+
+class ZipArchive {
+ public:
+  // Reads and checks the central directory; throws vt::Error naming `path` when it is not one
+  // a zip writer could have produced.
+  ZipArchive(std::shared_ptr<caffe2::serialize::ReadAdapterInterface> bytes, std::string path);
+
+  // Records by name without the top folder ("data.pkl", "data/0"), as torch names them.
+  bool has(const std::string& name) const { return records_.count(name) > 0; }
+  uint64_t size(const std::string& name) const { return find(name).size; }
+  // Reads a record's size(name) bytes into `out` and checks them against the record's CRC-32.
+  void read(const std::string& name, void* out) const;
+  std::string read_string(const std::string& name) const {
+    std::string text(size(name), '\0');
+    read(name, text.data());
+    return text;
+  }
+
+ private:
+  struct Record {
+    uint64_t header_offset;  // of the record's local header
+    uint64_t size;
+    uint32_t crc;
   };
-  // The end-of-central-directory record: in the last 64 KiB + 22 bytes (its comment may precede).
-  const uint64_t tail_size = std::min<uint64_t>(file_size, 65536 + 22);
-  const auto tail = read_at(file_size - tail_size, tail_size);
+  const Record& find(const std::string& name) const {
+    auto found = records_.find(name);
+    VT_CHECK(found != records_.end(), path_, ": record ", name, " is missing from the archive");
+    return found->second;
+  }
+  // `size` bytes at `offset`, which must lie inside the archive.
+  std::vector<uint8_t> read_at(uint64_t offset, uint64_t size, const char* what) const;
+
+  std::shared_ptr<caffe2::serialize::ReadAdapterInterface> bytes_;
+  std::string path_;
+  uint64_t archive_size_;
+  std::unordered_map<std::string, Record> records_;
+};
+
+std::vector<uint8_t> ZipArchive::read_at(uint64_t offset, uint64_t size, const char* what) const {
+  VT_CHECK(offset <= archive_size_ && size <= archive_size_ - offset, path_, kUnreadable, "its ", what, " lies outside the file");
+  std::vector<uint8_t> out(size);
+  size_t got = 0;
+  try {
+    got = size == 0 ? 0 : bytes_->read(offset, out.data(), size, what);
+  } catch (const c10::Error& e) {
+    fail(path_, ": cannot read the ", what, ": ", e.what_without_backtrace());
+  }
+  VT_CHECK(got == size, path_, ": cannot read the ", what);
+  return out;
+}
+
+ZipArchive::ZipArchive(std::shared_ptr<caffe2::serialize::ReadAdapterInterface> bytes, std::string path)
+    : bytes_(std::move(bytes)), path_(std::move(path)), archive_size_(bytes_->size()) {
+  // The end-of-central-directory record: in the last 64 KiB + 22 bytes (its comment may follow it).
+  const uint64_t tail_size = std::min<uint64_t>(archive_size_, 65536 + 22);
+  const auto tail = read_at(archive_size_ - tail_size, tail_size, "last bytes");
   int64_t end = -1;
   for (int64_t i = static_cast<int64_t>(tail_size) - 22; i >= 0; --i) {
     if (read_le32(tail.data() + i) == 0x06054b50) {
@@ -559,46 +608,88 @@ std::unordered_map<std::string, uint32_t> zip_crcs(const std::string& path) {
       break;
     }
   }
-  VT_CHECK(end >= 0, path, ": no zip end-of-central-directory record (truncated or not a zip archive)");
+  VT_CHECK(end >= 0, path_, kUnreadable, "no zip end-of-central-directory record");
   uint64_t entries = read_le16(tail.data() + end + 10), directory_size = read_le32(tail.data() + end + 12),
            directory_offset = read_le32(tail.data() + end + 16);
   if (directory_offset == 0xffffffffu || entries == 0xffffu) {
     // Zip64: the locator just before points at the zip64 end record.
-    VT_CHECK(end >= 20 && read_le32(tail.data() + end - 20) == 0x07064b50, path, ": zip64 archive without its locator (corrupt archive)");
-    const auto record = read_at(read_le64(tail.data() + end - 20 + 8), 56);
-    VT_CHECK(read_le32(record.data()) == 0x06064b50, path, ": zip64 end record not found (corrupt archive)");
+    VT_CHECK(end >= 20 && read_le32(tail.data() + end - 20) == 0x07064b50, path_, kUnreadable, "zip64 end record without its locator");
+    const auto record = read_at(read_le64(tail.data() + end - 20 + 8), 56, "zip64 end record");
+    VT_CHECK(read_le32(record.data()) == 0x06064b50, path_, kUnreadable, "zip64 end record not found");
     entries = read_le64(record.data() + 32);
     directory_size = read_le64(record.data() + 40);
     directory_offset = read_le64(record.data() + 48);
   }
-  const auto directory = read_at(directory_offset, directory_size);
-  std::unordered_map<std::string, uint32_t> crcs;
+  VT_CHECK(directory_size <= (uint64_t{1} << 31), path_, kUnreadable, "a central directory of ", directory_size, " bytes");
+  const auto directory = read_at(directory_offset, directory_size, "zip central directory");
+
+  std::string folder;  // the top folder, named by the first record, as PyTorchStreamReader takes it
   uint64_t at = 0;
   for (uint64_t i = 0; i < entries; ++i) {
-    VT_CHECK(at + 46 <= directory.size() && read_le32(directory.data() + at) == 0x02014b50, path, ": zip central directory entry ", i,
-             " is malformed (corrupt archive)");
+    VT_CHECK(at + 46 <= directory.size() && read_le32(directory.data() + at) == 0x02014b50, path_, kUnreadable, "central directory entry ",
+             i, " is malformed");
     const uint8_t* entry = directory.data() + at;
     const uint64_t name_size = read_le16(entry + 28), extra_size = read_le16(entry + 30), comment_size = read_le16(entry + 32);
-    VT_CHECK(at + 46 + name_size <= directory.size(), path, ": zip central directory entry ", i, " is malformed (corrupt archive)");
-    std::string name(reinterpret_cast<const char*>(entry + 46), name_size);
-    const auto slash = name.find('/');
-    crcs[slash == std::string::npos ? name : name.substr(slash + 1)] = read_le32(entry + 16);
+    VT_CHECK(at + 46 + name_size + extra_size + comment_size <= directory.size(), path_, kUnreadable, "central directory entry ", i,
+             " is malformed");
+    const std::string name(reinterpret_cast<const char*>(entry + 46), name_size);
+    const uint16_t method = read_le16(entry + 10);
+    uint64_t compressed = read_le32(entry + 20), size = read_le32(entry + 24), header_offset = read_le32(entry + 42);
+    // Zip64 extra field (id 1): the 64-bit values of the fields that hold 0xffffffff, in this order.
+    const uint8_t* extra = entry + 46 + name_size;
+    for (uint64_t e = 0; e + 4 <= extra_size;) {
+      const uint16_t id = read_le16(extra + e), length = read_le16(extra + e + 2);
+      VT_CHECK(e + 4 + length <= extra_size, path_, kUnreadable, "record ", name, " has a malformed extra field");
+      if (id == 1) {
+        uint64_t used = 0;
+        for (uint64_t* field : {&size, &compressed, &header_offset}) {
+          if (*field != 0xffffffffu) continue;
+          VT_CHECK(used + 8 <= length, path_, kUnreadable, "record ", name, " has a short zip64 field");
+          *field = read_le64(extra + e + 4 + used);
+          used += 8;
+        }
+      }
+      e += 4 + length;
+    }
     at += 46 + name_size + extra_size + comment_size;
+
+    if (i == 0) {
+      const auto slash = name.find('/');
+      VT_CHECK(slash != std::string::npos, path_, kUnreadable, "its records are not inside a folder");
+      folder = name.substr(0, slash + 1);
+    }
+    if (name.compare(0, folder.size(), folder) != 0) continue;  // outside the archive's folder: not a record
+    const std::string record = name.substr(folder.size());
+    VT_CHECK(method == 0 && compressed == size, path_, kUnreadable, "record ", record, " is compressed (method ", method,
+             "); torch.save stores records uncompressed");
+    VT_CHECK(header_offset < archive_size_ && size <= archive_size_, path_, kUnreadable, "record ", record, " lies outside the file");
+    VT_CHECK(records_.emplace(record, Record{header_offset, size, read_le32(entry + 16)}).second, path_, kUnreadable, "record ", record,
+             " appears twice");
   }
-  return crcs;
 }
 
-void check_crc(const std::string& path, const std::unordered_map<std::string, uint32_t>& crcs, const std::string& record, const void* data,
-               size_t size) {
-  const auto expected = crcs.find(record);
-  VT_CHECK(expected != crcs.end(), path, ": record ", record, " is not in the zip central directory (corrupt archive)");
+void ZipArchive::read(const std::string& name, void* out) const {
+  const Record& record = find(name);
+  // The record's bytes follow its local header, whose own name and extra field (torch pads the
+  // data to 64 bytes there) can differ in length from the central directory's.
+  const auto header = read_at(record.header_offset, 30, "local header of a record");
+  VT_CHECK(read_le32(header.data()) == 0x04034b50, path_, kUnreadable, "record ", name, " has no local header");
+  const uint64_t offset = record.header_offset + 30 + read_le16(header.data() + 26) + read_le16(header.data() + 28);
+  VT_CHECK(offset <= archive_size_ && record.size <= archive_size_ - offset, path_, kUnreadable, "record ", name, " lies outside the file");
+  size_t got = 0;
+  try {
+    got = record.size == 0 ? 0 : bytes_->read(offset, out, record.size, "record");
+  } catch (const c10::Error& e) {
+    fail(path_, ": cannot read record ", name, ": ", e.what_without_backtrace());
+  }
+  VT_CHECK(got == record.size, path_, ": cannot read record ", name);
   uLong crc = crc32(0L, Z_NULL, 0);
-  for (size_t done = 0; done < size;) {
-    const auto chunk = static_cast<uInt>(std::min<size_t>(size - done, 1u << 30));
-    crc = crc32(crc, static_cast<const Bytef*>(data) + done, chunk);
+  for (uint64_t done = 0; done < record.size;) {
+    const auto chunk = static_cast<uInt>(std::min<uint64_t>(record.size - done, 1u << 30));
+    crc = crc32(crc, static_cast<const Bytef*>(out) + done, chunk);
     done += chunk;
   }
-  VT_CHECK(static_cast<uint32_t>(crc) == expected->second, path, ": record ", record, " fails its CRC-32 check (corrupt archive)");
+  VT_CHECK(static_cast<uint32_t>(crc) == record.crc, path_, ": record ", name, " fails its CRC-32 check (corrupt archive)");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -607,8 +698,7 @@ void check_crc(const std::string& path, const std::unordered_map<std::string, ui
 // Reads each storage record once; tensors that share a storage share its bytes.
 class StorageLoader {
  public:
-  StorageLoader(std::string path, caffe2::serialize::PyTorchStreamReader& reader, const std::unordered_map<std::string, uint32_t>& crcs)
-      : path_(std::move(path)), reader_(reader), crcs_(crcs) {}
+  StorageLoader(std::string path, const ZipArchive& archive) : path_(std::move(path)), archive_(archive) {}
 
   torch::Tensor load(const Storage& storage, const std::string& tensor_name) {
     const std::string where = str_cat(path_, ": tensor \"", tensor_name, "\": storage \"", storage.key, "\"");
@@ -621,30 +711,23 @@ class StorageLoader {
       return cached->second;
     }
     const std::string record = "data/" + storage.key;
-    at::DataPtr bytes;
-    size_t record_size = 0;
-    try {
-      if (!reader_.hasRecord(record)) fail(where, ": record ", record, " is missing from the archive");
-      std::tie(bytes, record_size) = reader_.getRecord(record);
-    } catch (const c10::Error& e) {
-      fail(where, ": cannot read record ", record, ": ", e.what_without_backtrace());
-    }
+    if (!archive_.has(record)) fail(where, ": record ", record, " is missing from the archive");
+    // Sizes agree before anything is allocated: the record's size is bounded by the file's.
+    const uint64_t record_size = archive_.size(record);
     const uint64_t expected = static_cast<uint64_t>(storage.numel) * c10::elementSize(storage.dtype);
     if (storage.numel > INT64_MAX / static_cast<int64_t>(c10::elementSize(storage.dtype)) || record_size != expected) {
       fail(where, ": record ", record, " has ", record_size, " bytes but ", storage.numel, " elements of ", c10::toString(storage.dtype),
            " need ", expected);
     }
-    check_crc(path_, crcs_, record, bytes.get(), record_size);
     torch::Tensor tensor = torch::empty({storage.numel}, torch::TensorOptions().dtype(storage.dtype));
-    if (record_size > 0) std::memcpy(tensor.data_ptr(), bytes.get(), record_size);
+    archive_.read(record, tensor.data_ptr());
     cache_.emplace(storage.key, tensor);
     return tensor;
   }
 
  private:
   std::string path_;
-  caffe2::serialize::PyTorchStreamReader& reader_;
-  const std::unordered_map<std::string, uint32_t>& crcs_;
+  const ZipArchive& archive_;
   std::unordered_map<std::string, torch::Tensor> cache_;
 };
 
@@ -682,11 +765,62 @@ torch::Tensor materialize(const std::string& path, const std::string& name, cons
 
 // Legacy (pre-1.6) torch.save files are a pickle of the magic number 0x1950a86a20f9469cfc6c:
 // PROTO n, LONG1 of 10 bytes.
-bool is_legacy_torch_save(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
+bool is_legacy_torch_save(const caffe2::serialize::ReadAdapterInterface& archive) {
   unsigned char head[4] = {};
-  in.read(reinterpret_cast<char*>(head), sizeof head);
-  return in.gcount() == 4 && head[0] == 0x80 && head[2] == 0x8a && head[3] == 0x0a;
+  try {
+    if (archive.size() < 4 || archive.read(0, head, sizeof head) != 4) return false;
+  } catch (const c10::Error&) {
+    return false;  // unreadable: the zip reader reports it, naming the file
+  }
+  return head[0] == 0x80 && head[2] == 0x8a && head[3] == 0x0a;
+}
+
+// Bytes in memory, read as FileAdapter reads a file: a read past the end returns what there is.
+// (libtorch 1.13's MemoryReadAdapter copies whatever is asked, past the end included.)
+class MemoryAdapter final : public caffe2::serialize::ReadAdapterInterface {
+ public:
+  MemoryAdapter(const uint8_t* data, size_t size) : data_(data), size_(size) {}
+  size_t size() const override { return size_; }
+  size_t read(uint64_t position, void* buffer, size_t count, const char* what = "") const override {
+    if (position >= size_ || count == 0) return 0;
+    count = std::min<uint64_t>(count, size_ - position);
+    std::memcpy(buffer, data_ + position, count);
+    return count;
+  }
+
+ private:
+  const uint8_t* data_;
+  size_t size_;
+};
+
+TensorMap load_archive(std::shared_ptr<caffe2::serialize::ReadAdapterInterface> bytes, const std::string& path) {
+  VT_CHECK(!is_legacy_torch_save(*bytes), path,
+           ": legacy torch.save format is not supported; re-save with "
+           "torch.save(..., _use_new_zipfile_serialization=True) or convert to safetensors");
+
+  const ZipArchive archive(std::move(bytes), path);
+  VT_CHECK(archive.has("data.pkl"), path, ": the archive has no data.pkl (not a torch.save file?)");
+  // Since torch 2.1 the archive says which byte order its storages use; older ones are
+  // little-endian.
+  if (archive.has("byteorder")) {
+    const std::string byte_order = archive.read_string("byteorder");
+    VT_CHECK(byte_order == "little", path, ": storages are stored with byte order \"", byte_order,
+             "\"; only little-endian checkpoints are supported");
+  }
+  std::vector<uint8_t> pickle(archive.size("data.pkl"));
+  archive.read("data.pkl", pickle.data());
+  Unpickler unpickler(path, pickle.data(), pickle.size());
+  const Value* root = unpickler.run();
+  VT_CHECK(root->kind == Value::Kind::Dict, path, ": top-level object is a ", kind_name(root), ", expected a state dict");
+
+  StorageLoader storages(path, archive);
+  TensorMap out;
+  for (const auto& [key, value] : root->entries) {
+    VT_CHECK(key->kind == Value::Kind::Str, path, ": state dict key is a ", kind_name(key), ", expected a str");
+    VT_CHECK(value->kind == Value::Kind::Tensor, path, ": value of \"", key->text, "\" is a ", kind_name(value), ", expected a tensor");
+    out.emplace(key->text, materialize(path, key->text, value->tensor, storages));
+  }
+  return out;
 }
 
 }  // namespace
@@ -697,43 +831,18 @@ TensorMap load_torch_checkpoint(const std::string& path) {
     std::ifstream probe(path, std::ios::binary);
     VT_CHECK(probe, path, ": cannot open: ", std::strerror(errno));
   }
-  VT_CHECK(!is_legacy_torch_save(path), path,
-           ": legacy torch.save format is not supported; re-save with "
-           "torch.save(..., _use_new_zipfile_serialization=True) or convert to safetensors");
-
-  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader;
-  at::DataPtr pickle;
-  size_t pickle_size = 0;
+  std::shared_ptr<caffe2::serialize::FileAdapter> file;
   try {
-    reader = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
-    VT_CHECK(reader->hasRecord("data.pkl"), path, ": the archive has no data.pkl (not a torch.save file?)");
-    std::tie(pickle, pickle_size) = reader->getRecord("data.pkl");
-    // Since torch 2.1 the archive says which byte order its storages use; older ones are
-    // little-endian.
-    if (reader->hasRecord("byteorder")) {
-      auto [order, order_size] = reader->getRecord("byteorder");
-      std::string byte_order(static_cast<const char*>(order.get()), order_size);
-      VT_CHECK(byte_order == "little", path, ": storages are stored with byte order \"", byte_order,
-               "\"; only little-endian checkpoints are supported");
-    }
+    file = std::make_shared<caffe2::serialize::FileAdapter>(path);
   } catch (const c10::Error& e) {
-    fail(path, ": not a readable torch.save zip archive (truncated or corrupt?): ", e.what_without_backtrace());
+    fail(path, ": cannot open: ", e.what_without_backtrace());
   }
+  return load_archive(std::move(file), path);
+}
 
-  const auto crcs = zip_crcs(path);
-  check_crc(path, crcs, "data.pkl", pickle.get(), pickle_size);
-  Unpickler unpickler(path, static_cast<const uint8_t*>(pickle.get()), pickle_size);
-  const Value* root = unpickler.run();
-  VT_CHECK(root->kind == Value::Kind::Dict, path, ": top-level object is a ", kind_name(root), ", expected a state dict");
-
-  StorageLoader storages(path, *reader, crcs);
-  TensorMap out;
-  for (const auto& [key, value] : root->entries) {
-    VT_CHECK(key->kind == Value::Kind::Str, path, ": state dict key is a ", kind_name(key), ", expected a str");
-    VT_CHECK(value->kind == Value::Kind::Tensor, path, ": value of \"", key->text, "\" is a ", kind_name(value), ", expected a tensor");
-    out.emplace(key->text, materialize(path, key->text, value->tensor, storages));
-  }
-  return out;
+TensorMap load_torch_checkpoint(const uint8_t* data, size_t size, const std::string& source) {
+  ErrorScope errors(ErrorCode::Checkpoint);
+  return load_archive(std::make_shared<MemoryAdapter>(data, size), source);
 }
 
 }  // namespace vt

@@ -74,13 +74,15 @@ void move_module(torch::nn::Module& module, torch::Device device, torch::ScalarT
 
 // Each class costs a few hundred bytes as names (id2label, label2id and the map behind them);
 // ten million classes would run out of memory before any weight is built.
-void check_labels_fit(int64_t num_classes) {
+void check_labels_fit(int64_t num_classes, const std::string& field) {
   constexpr size_t kBytesPerLabel = 512;
-  const size_t needed = static_cast<size_t>(num_classes) * kBytesPerLabel;
+  if (num_classes <= 0) return;  // not a count: reading the config names it
   const size_t available = available_memory();
-  if (needed > available) {
-    fail_with(ErrorCode::OutOfMemory, "num_classes ", num_classes, ": the class names alone (id2label, label2id) need about ",
-              format_bytes(needed), ", more than the ", format_bytes(available), " of memory available");
+  if (static_cast<size_t>(num_classes) > available / kBytesPerLabel) {
+    const double needed = static_cast<double>(num_classes) * kBytesPerLabel;
+    fail_with(ErrorCode::OutOfMemory, field, " ", num_classes, ": the class names alone (id2label, label2id) need about ",
+              needed < 1e19 ? format_bytes(static_cast<size_t>(needed)) : std::string("more than 8 EiB"), ", more than the ",
+              format_bytes(available), " of memory available");
   }
 }
 
@@ -151,7 +153,7 @@ void apply_overrides(nlohmann::json& config, const LoadOptions& options, const s
       if (existing.num_labels() == *options.num_classes) {
         id2label = existing.id2label;
       } else {
-        check_labels_fit(*options.num_classes);
+        check_labels_fit(*options.num_classes, "num_classes");
         for (int64_t i = 0; i < *options.num_classes; ++i) id2label[i] = "LABEL_" + std::to_string(i);
       }
     }
@@ -290,6 +292,10 @@ void PretrainedModel::load_architecture(const LoadOptions& options) {
   config_ = read_json_file(source);
   VT_CHECK(config_.is_object(), source, ": expected a JSON object");
   apply_overrides(config_, options, source);
+  // A num_labels without id2label becomes that many generic class names.
+  if (config_.contains("num_labels") && config_["num_labels"].is_number_integer() && !config_.contains("id2label")) {
+    check_labels_fit(config_["num_labels"].get<int64_t>(), source + ": num_labels");
+  }
 
   const bool want_head = options.num_classes.has_value() || options.id2label.has_value();
   const Architecture& architecture = select_architecture(config_, options.task, want_head, source);

@@ -5,6 +5,7 @@
 // FNV-1a hash of what the decoder must return, of Image.open(f).convert("RGB") and of
 // .convert("L").
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 
 #include <filesystem>
 #include <fstream>
@@ -264,3 +265,25 @@ TEST(PngEncode, RejectsBadImagesAndUnwritablePaths) {
   const std::string path = vt_image_test::make_temp_dir("png-write").string() + "/no/such/dir/x.png";
   expect_error([&] { vt::write_png(bad, path); }, {path, "No such file or directory"});
 }
+
+namespace {
+
+// Found by fuzzing: a 90-byte PNG whose text chunk claims 1.18 GB made libpng allocate (and
+// zero) that much before failing. Chunks that never change the pixels are skipped unread now.
+TEST(ImageDecode, AHugeTextChunkIsSkippedNotAllocated) {
+  const std::vector<uint8_t> bytes =
+      vt_image_test::read_bytes(std::string(VISIONTORCH_SOURCE_DIR) + "/native/core/fuzz/corpus/image/regression-huge-itxt-chunk.png");
+  struct rusage before {};
+  ::getrusage(RUSAGE_SELF, &before);
+  try {
+    vt::decode_image(bytes.data(), bytes.size(), "huge-itxt.png");
+  } catch (const vt::Error& error) {
+    EXPECT_NE(std::string(error.what()).find("huge-itxt.png"), std::string::npos) << error.what();
+  }
+  struct rusage after {};
+  ::getrusage(RUSAGE_SELF, &after);
+  EXPECT_LT(after.ru_maxrss - before.ru_maxrss, 256 * 1024)
+      << "peak resident memory grew by " << (after.ru_maxrss - before.ru_maxrss) << " KiB";
+}
+
+}  // namespace

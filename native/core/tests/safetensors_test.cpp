@@ -466,3 +466,22 @@ TEST(SafetensorsWriter, EmptyTensorMapWritesAValidFile) {
 }
 
 }  // namespace
+
+namespace {
+
+// The fuzzing harness reads safetensors from memory: held to the same checks as a file.
+TEST(SafetensorsFromBytes, MatchesTheFileAndIsCheckedAsStrictly) {
+  const std::string path = vt_test::fixture("vit-tiny-random/model.safetensors");
+  const std::string bytes = vt_test::read_bytes(path);
+  const auto in_memory = vt::SafetensorsFile::from_bytes(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), "in memory");
+  const vt::TensorMap from_file = vt::load_safetensors(path);
+  const vt::TensorMap from_memory = in_memory->tensors();
+  ASSERT_EQ(from_memory.size(), from_file.size());
+  for (const auto& [name, tensor] : from_file) EXPECT_TRUE(torch::equal(from_memory.at(name), tensor)) << name;
+  const std::string trailing = bytes + "junk";
+  vt_test::expect_error(
+      [&] { vt::SafetensorsFile::from_bytes(reinterpret_cast<const uint8_t*>(trailing.data()), trailing.size(), "with trailing bytes"); },
+      {"with trailing bytes"});
+}
+
+}  // namespace

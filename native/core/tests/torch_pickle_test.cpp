@@ -311,3 +311,35 @@ TEST(TorchCheckpoint, MissingFileIsNamed) {
 }
 
 }  // namespace
+
+namespace {
+
+// The fuzzing harness reads checkpoints from memory: the same tensors as from the file.
+TEST(TorchCheckpoint, BytesInMemoryLoadAsTheFileDoes) {
+  const std::string path = fixture("vit-tiny-random-pt/pytorch_model.bin");
+  const std::string bytes = read_bytes(path);
+  const vt::TensorMap from_file = vt::load_torch_checkpoint(path);
+  const vt::TensorMap from_memory = vt::load_torch_checkpoint(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), "in memory");
+  ASSERT_EQ(from_memory.size(), from_file.size());
+  for (const auto& [name, tensor] : from_file) EXPECT_TRUE(torch::equal(from_memory.at(name), tensor)) << name;
+  const std::string half = bytes.substr(0, bytes.size() / 2);
+  expect_error([&] { vt::load_torch_checkpoint(reinterpret_cast<const uint8_t*>(half.data()), half.size(), "half in memory"); },
+               {"half in memory"});
+}
+
+// An archive written with zip64 extra fields (as torch.save writes large ones) reads the same
+// as the ordinary one; a fuzzing regression whose record reads past its data is refused.
+TEST(TorchCheckpoint, Zip64FieldsAndAFuzzingRegression) {
+  const std::string corpus = std::string(VISIONTORCH_SOURCE_DIR) + "/native/core/fuzz/corpus/torch_pickle/";
+  EXPECT_FALSE(vt::load_torch_checkpoint(corpus + "zip64_fields.bin").empty());
+  for (const char* name : {"regression-empty-record-read.bin", "regression-stream-reader-leak.bin"}) {
+    SCOPED_TRACE(name);
+    try {
+      vt::load_torch_checkpoint(corpus + name);
+    } catch (const vt::Error& error) {
+      EXPECT_NE(std::string(error.what()).find(name), std::string::npos) << error.what();
+    }
+  }
+}
+
+}  // namespace
