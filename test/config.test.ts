@@ -96,10 +96,11 @@ describe('parseModelConfig (camelCase, TypeScript side)', () => {
     expect(messages(e)).toEqual(['numClass: unknown key, did you mean "numClasses"?', 'colour: unknown key']);
   });
 
-  it('requires modelName and modelType', async () => {
+  it('requires modelName; modelType may be left to config.json', async () => {
     const e = await configError(() => parseModelConfig({}));
-    expect(e.issues.map((i) => i.path)).toEqual(['modelName', 'modelType']);
+    expect(e.issues.map((i) => i.path)).toEqual(['modelName']);
     expect(e.issues[0]?.message).toMatch(/^missing/);
+    expect(parseModelConfig({ modelName: 'a/b' }).modelType).toBeUndefined();
   });
 
   it('rejects blank names and names with NUL bytes', async () => {
@@ -582,10 +583,10 @@ describe('parseProjectConfig', () => {
   });
 
   it('names the source in its message', async () => {
-    const e = await configError(() => parseProjectConfig({ model: { name: 'a/b' } }, 'jobs/x.yaml'));
+    const e = await configError(() => parseProjectConfig({ model: { name: 'a/b', type: 'detection' } }, 'jobs/x.yaml'));
     expect(e.source).toBe('jobs/x.yaml');
     expect(e.message).toBe(
-      'Invalid configuration in jobs/x.yaml:\n  model.type: missing; expected one of "classification", "object_detection", "segmentation"',
+      'Invalid configuration in jobs/x.yaml:\n  model.type: expected one of "classification", "object_detection", "segmentation", got "detection"',
     );
   });
 });

@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ConfigError, ErrorCode, HuggingFaceModelLoader, ModelNotFoundError, tensor } from '../src/index.js';
@@ -112,6 +112,49 @@ describe('HuggingFaceModelLoader.loadModel resolution', () => {
   });
 });
 
+describe('the task of a model', () => {
+  it("is inferred from config.json when modelType is not given: its architecture's head, or its family for a base model", async () => {
+    const cases: [string, string][] = [
+      ['vit-tiny-random', 'classification'],
+      ['swin-tiny-random', 'classification'],
+      ['detr-tiny-random', 'object_detection'],
+      ['table-transformer-tiny-random', 'object_detection'],
+      ['segformer-tiny-random', 'segmentation'],
+      ['mask2former-tiny-random', 'segmentation'],
+    ];
+    for (const [name, task] of cases) {
+      const model = await HuggingFaceModelLoader.loadModel({ modelName: fixture(name) });
+      expect(model.modelType, name).toBe(task);
+      model.dispose();
+    }
+    // A base model's config.json (DetrModel) serves its family's task; with no architectures,
+    // model_type says the family.
+    const dir = tempDir();
+    for (const file of ['config.json', 'preprocessor_config.json', 'model.safetensors'])
+      copyFileSync(fixture('detr-tiny-random', file), join(dir, file));
+    const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
+    writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...config, architectures: undefined }));
+    const detr = await HuggingFaceModelLoader.loadModel({ modelName: dir });
+    expect(detr.modelType).toBe('object_detection');
+    detr.dispose();
+  });
+
+  it('an explicit modelType that contradicts config.json is refused naming both', async () => {
+    await expectError(
+      HuggingFaceModelLoader.loadModel({ modelName: fixture('detr-tiny-random'), modelType: 'classification' }),
+      ErrorCode.CONFIG,
+      'no classification model',
+      'DetrForObjectDetection',
+    );
+  });
+
+  it('a config.json that names no known architecture needs modelType, and says so', async () => {
+    const dir = tempDir();
+    writeFileSync(join(dir, 'config.json'), JSON.stringify({ hidden_size: 8 }));
+    await expectError(HuggingFaceModelLoader.loadModel({ modelName: dir }), ErrorCode.CONFIG, 'modelType', 'names no architecture');
+  });
+});
+
 describe('getAvailableModels', () => {
   it('lists the ViT classes with hub checkpoints, filtered by type', () => {
     const all = HuggingFaceModelLoader.getAvailableModels();
@@ -181,5 +224,28 @@ describe('the package', () => {
     );
     const [result] = JSON.parse(out);
     expect(result.predictions).toHaveLength(2);
+    // No --type: the detection model's config.json says what it does.
+    const detections = JSON.parse(
+      execFileSync(
+        process.execPath,
+        [cli, 'predict', '--model', fixture('detr-tiny-random'), '--json', '--threshold', '0', fixture('images', 'rocket.jpg')],
+        {
+          encoding: 'utf8',
+        },
+      ),
+    );
+    expect(detections[0].predictions.length).toBeGreaterThan(0);
+    expect(detections[0].predictions[0]).toHaveProperty('box');
+  });
+
+  it('the CLI answers --help for each command and --version', () => {
+    const cli = join(repoRoot, 'dist', 'cli', 'main.js');
+    for (const command of ['train', 'predict', 'models', 'bench']) {
+      const help = execFileSync(process.execPath, [cli, command, '--help'], { encoding: 'utf8' });
+      expect(help, command).toMatch(new RegExp(`^usage:\\n  visiontorch ${command} `));
+      expect(help, command).not.toMatch(new RegExp(`visiontorch (?!${command} )\\w+ `));
+    }
+    const version = JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')).version;
+    expect(execFileSync(process.execPath, [cli, '--version'], { encoding: 'utf8' }).trim()).toBe(version);
   });
 });

@@ -6,6 +6,7 @@
  *   visiontorch models [--type T] [--json]
  *   visiontorch bench --model <id|dir> [--batch N] [--dtype D] [--json]
  */
+import { readFileSync } from 'node:fs';
 import { extname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { NativeGroupOptions } from '../../binding.js';
@@ -31,16 +32,30 @@ const USAGE = `usage:
                       [--mask-threshold M] [--draw out.png] <image...> [--json]
   visiontorch models [--type T] [--json]              architectures this build implements
   visiontorch bench --model <id|dir> [--type T] [--batch N] [--dtype D] [--iterations N] [--random-weights] [--json]
-model types: ${Object.values(ModelType).join(', ')}`;
+model types (--type; default: the task of the architecture config.json names): ${Object.values(ModelType).join(', ')}
+  visiontorch <command> --help                        that command's usage; visiontorch --version: this package's version`;
+
+/** The usage lines of one command: its entry in USAGE and the lines that continue it. */
+function commandUsage(command: string): string {
+  const lines = USAGE.split('\n').slice(1);
+  const start = lines.findIndex((line) => line.startsWith(`  visiontorch ${command} `));
+  const end = lines.findIndex((line, i) => i > start && !line.startsWith('      '));
+  return ['usage:', ...lines.slice(start, end === -1 ? undefined : end)].join('\n');
+}
+
+function packageVersion(): string {
+  return JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')).version;
+}
 
 class UsageError extends Error {}
 
-function modelType(value: string | undefined): ModelType {
-  const type = value ?? ModelType.CLASSIFICATION;
-  if (!(Object.values(ModelType) as string[]).includes(type)) {
-    throw new UsageError(`--type must be one of ${Object.values(ModelType).join(', ')}, got "${type}"`);
+/** --type, checked; absent: the model's config.json says (its architecture's task). */
+function modelType(value: string | undefined): ModelType | undefined {
+  if (value === undefined) return undefined;
+  if (!(Object.values(ModelType) as string[]).includes(value)) {
+    throw new UsageError(`--type must be one of ${Object.values(ModelType).join(', ')}, got "${value}"`);
   }
-  return type as ModelType;
+  return value as ModelType;
 }
 
 function positiveInt(name: string, value: string | undefined, fallback: number): number {
@@ -388,10 +403,18 @@ async function main(argv: string[]): Promise<number> {
     console.log(USAGE);
     return command === undefined ? 1 : 0;
   }
+  if (command === '--version' || command === '-v' || command === 'version') {
+    console.log(packageVersion());
+    return 0;
+  }
   const run = COMMANDS[command];
   if (!run) {
     console.error(`unknown command "${command}"\n${USAGE}`);
     return 1;
+  }
+  if (rest.includes('--help') || rest.includes('-h')) {
+    console.log(commandUsage(command));
+    return 0;
   }
   try {
     await run(rest);

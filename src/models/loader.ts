@@ -1,6 +1,7 @@
 /** HuggingFaceModelLoader: a ModelConfig in, a VisionModel out, as from_pretrained does it. */
-import { basename, dirname, resolve } from 'node:path';
-import { invalidArgument, ModelNotFoundError } from '../errors.js';
+import { readFileSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+import { ConfigError, invalidArgument, ModelNotFoundError } from '../errors.js';
 import { findCachedSnapshot, hubCacheDir, isDirectory, isFile, isValidRepoId } from '../hub/cache.js';
 import { type DownloadProgress, downloadModel } from '../hub/download.js';
 import { native } from '../native.js';
@@ -31,6 +32,32 @@ export interface LoadModelOptions {
    * `true` for the defaults ({ maxBatchSize: 16, maxWaitMs: 5 }), or the settings; default off.
    */
   batching?: BatchingOptions | boolean;
+}
+
+/** The task each architecture class serves: its head's, or for a base model (ViTModel, DetrModel) its family's. */
+function architectureTasks(): Map<string, { task: ModelType; family: string }> {
+  const all = native().architectures();
+  const familyTask = (modelType: string) => all.find((a) => a.modelType === modelType && a.task)?.task ?? ModelType.CLASSIFICATION;
+  return new Map(all.map((a) => [a.architecture, { task: (a.task ?? familyTask(a.modelType)) as ModelType, family: a.modelType }]));
+}
+
+/**
+ * The task `directory`'s config.json names, as AutoModel would pick the class: from
+ * `architectures`, else from `model_type`. Undefined when it names nothing this build knows (a
+ * TorchScript model, a file that does not parse: loading it says what is wrong).
+ */
+function inferredModelType(directory: string): ModelType | undefined {
+  let config: { architectures?: unknown; model_type?: unknown };
+  try {
+    config = JSON.parse(readFileSync(join(directory, 'config.json'), 'utf8'));
+  } catch {
+    return undefined;
+  }
+  if (config === null || typeof config !== 'object') return undefined;
+  const tasks = architectureTasks();
+  const named = Array.isArray(config.architectures) && typeof config.architectures[0] === 'string' ? tasks.get(config.architectures[0]) : undefined;
+  if (named) return named.task;
+  return [...tasks.values()].find((entry) => entry.family === config.model_type)?.task;
 }
 
 /** Files that live in a model directory and are never a model by themselves. */
@@ -107,9 +134,18 @@ export class HuggingFaceModelLoader {
     const batching = batchingSettings(options.batching ?? false, 'loadModel: batching.');
     // Random initialisation needs config.json alone: no weights to download.
     const directory = await fetchModelDirectory(parsed, { onProgress: options.onProgress, token: options.token, weights: parsed.pretrained });
+    const task = parsed.modelType ?? inferredModelType(directory);
+    if (task === undefined) {
+      throw new ConfigError([
+        {
+          path: 'modelType',
+          message: `not given, and ${join(directory, 'config.json')} names no architecture to infer it from (a TorchScript model needs its modelType)`,
+        },
+      ]);
+    }
     const handle = await native().loadModel({
       directory,
-      task: parsed.modelType,
+      task,
       pretrained: parsed.pretrained,
       numClasses: parsed.numClasses,
       id2label: parsed.id2label,
@@ -132,11 +168,10 @@ export class HuggingFaceModelLoader {
     if (type !== undefined && !Object.values(ModelType).includes(type)) {
       throw invalidArgument(RangeError, `getAvailableModels: unknown model type "${String(type)}" (expected ${Object.values(ModelType).join(', ')})`);
     }
-    const all = native().architectures();
-    // A base model (ViTModel, DetrModel) serves its family's task: the task of its head classes.
-    const familyTask = (modelType: string) => all.find((a) => a.modelType === modelType && a.task)?.task ?? ModelType.CLASSIFICATION;
-    return all
-      .map((a) => ({ architecture: a.architecture, modelType: (a.task ?? familyTask(a.modelType)) as ModelType, checkpoints: a.checkpoints }))
+    const tasks = architectureTasks();
+    return native()
+      .architectures()
+      .map((a) => ({ architecture: a.architecture, modelType: tasks.get(a.architecture)!.task, checkpoints: a.checkpoints }))
       .filter((info) => type === undefined || info.modelType === type);
   }
 }

@@ -32,7 +32,8 @@ export const ModelConfigSchema = z
   .strictObject({
     /** A hub id (`org/name`) or a local directory; the loader decides which. */
     modelName: nonEmptyString(),
-    modelType: oneOf(MODEL_TYPES),
+    /** The task; default: the one config.json's architecture serves (its head's, or its family's for a base model). */
+    modelType: oneOf(MODEL_TYPES).optional(),
     pretrained: bool().default(true),
     numClasses: positiveInt().optional(),
     id2label: Id2LabelSchema.optional(),
