@@ -6,12 +6,14 @@ export { type DownloadOptions, type DownloadProgress, downloadModel } from './hu
 export {
   fetchModelDirectory,
   HuggingFaceModelLoader,
+  type LoadableConfig,
   type LoadModelOptions,
   type ModelInfo,
   resolveModelDirectory,
 } from './models/loader.js';
 export type { BatchingOptions, BatchingSettings, BatchingStats } from './models/micro-batcher.js';
 export {
+  type AnyPredictionFor,
   type ClassificationPrediction,
   type DetectionPrediction,
   type ForwardInputs,
@@ -19,9 +21,14 @@ export {
   type Labels,
   type LoadReport,
   type Prediction,
+  type PredictionFor,
   type PredictOptions,
   type SegmentationPrediction,
   type SegmentPrediction,
+  type SegmentPredictOptions,
+  type SegmentTaskPredictions,
+  type SemanticPredictOptions,
+  type TaskPredictions,
   VisionModel,
 } from './models/vision-model.js';
 export { type BoxAnnotation, drawDetections, drawSegmentation, drawSegments, type SegmentAnnotation } from './render/annotate.js';

@@ -102,6 +102,7 @@ describe('HuggingFaceModelLoader.loadModel resolution', () => {
   });
 
   it('validates the config before touching anything', async () => {
+    // @ts-expect-error: a JavaScript caller's mistake (no such task), refused at run time too
     const blank = await expectError(HuggingFaceModelLoader.loadModel({ modelName: '', modelType: 'detection' }), ErrorCode.CONFIG, 'modelName');
     expect(blank).toBeInstanceOf(ConfigError);
     await expectError(

@@ -283,6 +283,7 @@ describe('configuration objects', () => {
 
   it('loadModel given a model name instead of a configuration names what it expected', async () => {
     await expectError(
+      // @ts-expect-error: a JavaScript caller's mistake (a name for a configuration), refused at run time too
       HuggingFaceModelLoader.loadModel('google/vit-base-patch16-224'),
       ErrorCode.CONFIG,
       /expected a mapping, got "google\/vit-base-patch16-224"/,

@@ -79,6 +79,7 @@ describe.each([
 describe('int8 quantization: where it does not apply', () => {
   it('is rejected in the config when unknown', async () => {
     const config = { modelName: fixture('vit-tiny-random'), modelType: 'classification', quantization: 'int4' };
+    // @ts-expect-error: a JavaScript caller's mistake (no such quantization), refused at run time too
     const error = await expectError(HuggingFaceModelLoader.loadModel(config), ErrorCode.CONFIG, 'quantization', '"int4"');
     expect(error).toBeInstanceOf(ConfigError);
   });

@@ -12,7 +12,7 @@ import { parseArgs } from 'node:util';
 import type { NativeGroupOptions } from '../../binding.js';
 import { loadConfig, type ProjectConfig } from '../config/project-config.js';
 import { ConfigError } from '../errors.js';
-import { HuggingFaceModelLoader, type LoadModelOptions } from '../models/loader.js';
+import { HuggingFaceModelLoader, type LoadableConfig, type LoadModelOptions } from '../models/loader.js';
 import type { DetectionPrediction, Prediction, VisionModel } from '../models/vision-model.js';
 import { drawDetections, drawSegmentation, drawSegments } from '../render/annotate.js';
 import { type DistributedConfig, parseDistributedConfig } from '../schemas/distributed-config.js';
@@ -66,7 +66,7 @@ function positiveInt(name: string, value: string | undefined, fallback: number):
 }
 
 /** loadModel, showing on stderr the progress of what it downloads (nothing with --json). */
-async function loadModel(config: unknown, json: boolean | undefined, options: LoadModelOptions = {}) {
+async function loadModel(config: LoadableConfig, json: boolean | undefined, options: LoadModelOptions = {}) {
   const downloads = new DownloadReporter({ json: json === true });
   try {
     return await HuggingFaceModelLoader.loadModel(config, { ...options, onProgress: downloads.report });

@@ -5,7 +5,7 @@ import { ConfigError, invalidArgument, ModelNotFoundError } from '../errors.js';
 import { findCachedSnapshot, hubCacheDir, isDirectory, isFile, isValidRepoId } from '../hub/cache.js';
 import { type DownloadProgress, downloadModel } from '../hub/download.js';
 import { native } from '../native.js';
-import { type ModelConfig, ModelType, parseModelConfig } from '../schemas/model-config.js';
+import { type ModelConfig, type ModelConfigInput, ModelType, parseModelConfig } from '../schemas/model-config.js';
 import { type BatchingOptions, batchingSettings } from './micro-batcher.js';
 import { VisionModel } from './vision-model.js';
 
@@ -15,6 +15,13 @@ export interface ModelInfo {
   /** Known hub checkpoints of this class. */
   checkpoints: string[];
 }
+
+/**
+ * What loadModel takes: ModelConfigSchema's input (defaults not yet applied), or a ModelConfig
+ * already parsed (a ProjectConfig's `model`). Typed so that a misspelt key or a wrong value fails
+ * to compile; the schema still checks at run time, for JavaScript callers.
+ */
+export type LoadableConfig = ModelConfigInput | ModelConfig;
 
 type Location = Pick<ModelConfig, 'modelName' | 'revision' | 'cacheDir' | 'localFilesOnly'>;
 
@@ -125,7 +132,10 @@ export class HuggingFaceModelLoader {
    * initialisation (pretrained: false, new heads) reproducible; `batching` gathers concurrent
    * predict calls into batches.
    */
-  static async loadModel(config: ModelConfig | unknown, options: LoadModelOptions = {}): Promise<VisionModel> {
+  static loadModel<T extends ModelType>(config: LoadableConfig & { modelType: T }, options?: LoadModelOptions): Promise<VisionModel<T>>;
+  /** Without modelType the task comes from config.json at run time: narrow the model with isTask(). */
+  static loadModel(config: LoadableConfig, options?: LoadModelOptions): Promise<VisionModel>;
+  static async loadModel(config: LoadableConfig, options: LoadModelOptions = {}): Promise<VisionModel> {
     const parsed = parseModelConfig(config);
     if (options.seed !== undefined && !(Number.isSafeInteger(options.seed) && options.seed >= 0)) {
       throw invalidArgument(RangeError, `loadModel: seed must be a non-negative integer, got ${options.seed}`);

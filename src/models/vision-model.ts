@@ -50,9 +50,35 @@ export type PredictOptions = NativePredictOptions;
 /** Per image, what the model's task gives: classification its top-K labels, best first; detection its objects; segmentation its label map. */
 export type Prediction = NativeTaskPredictions[ModelType];
 
+/**
+ * Per image, what each task's predict gives with the default options (segmentation: semantic,
+ * a label map). Extending Record<ModelType, unknown> makes a task added without its entry fail to compile.
+ */
+export interface TaskPredictions extends Record<ModelType, unknown> {
+  classification: ClassificationPrediction[];
+  object_detection: DetectionPrediction[];
+  segmentation: SegmentationPrediction;
+}
+/** predict with `task: 'instance' | 'panoptic'`: segmentation gives segments (Mask2Former); other tasks ignore the option. */
+export interface SegmentTaskPredictions extends Omit<TaskPredictions, 'segmentation'> {
+  segmentation: SegmentPrediction;
+}
+/** What predict gives per image for a model of task T (a union of tasks gives the union of their predictions). */
+export type PredictionFor<T extends ModelType = ModelType> = TaskPredictions[T];
+/** predict's result per image for options whose `task` is not known when compiling: any of the two segmentation shapes. */
+export type AnyPredictionFor<T extends ModelType = ModelType> = (TaskPredictions | SegmentTaskPredictions)[T];
+/** Options that ask Mask2Former for instance or panoptic segments. */
+export type SegmentPredictOptions = PredictOptions & { task: 'instance' | 'panoptic' };
+/** Options that keep the default semantic segmentation (or do not concern segmentation). */
+export type SemanticPredictOptions = PredictOptions & { task?: 'semantic' };
+
 export type LoadReport = NativeLoadReport;
 
-export class VisionModel {
+/**
+ * A loaded model. T is its task when the caller named it (loadModel({ modelType })), else the
+ * union of tasks: narrow it with isTask() to get predict's precise result type.
+ */
+export class VisionModel<T extends ModelType = ModelType> {
   #native: NativeModel | undefined;
   #info: NativeModelInfo;
   #config: Record<string, unknown>;
@@ -72,8 +98,14 @@ export class VisionModel {
   get architecture(): string {
     return this.#info.architecture;
   }
-  get modelType(): ModelType {
-    return this.#info.modelType;
+  get modelType(): T {
+    // loadModel gives a VisionModel<T> only for the task it asked the native loader for.
+    return this.#info.modelType as T;
+  }
+
+  /** Whether this model serves `task`; narrows the model's type, so that predict's result type is that task's. */
+  isTask<K extends ModelType>(task: K): this is VisionModel<K> {
+    return this.#info.modelType === task;
   }
   /** Label names by class index (a dataset's class names once trained on it). */
   get labels(): string[] {
@@ -128,10 +160,16 @@ export class VisionModel {
   }
 
   /**
-   * One prediction per image (see Prediction). With batching on (see setBatching), the call may
-   * wait up to maxWaitMs to share a native call with other concurrent calls; its results are the
-   * same as without.
+   * One prediction per image, of the model's task (PredictionFor<T>); `task: 'instance' |
+   * 'panoptic'` gives a segmentation model's segments (SegmentPrediction, Mask2Former). With
+   * batching on (see setBatching), the call may wait up to maxWaitMs to share a native call with
+   * other concurrent calls; its results are the same as without.
    */
+  predict(images: ImageInput | ImageInput[], options: SegmentPredictOptions): Promise<SegmentTaskPredictions[T][]>;
+  /** One prediction per image, of the model's task (PredictionFor<T>; segmentation: semantic, a label map). */
+  predict(images: ImageInput | ImageInput[], options?: SemanticPredictOptions): Promise<PredictionFor<T>[]>;
+  /** One prediction per image; options whose `task` is only known at run time may give either segmentation shape. */
+  predict(images: ImageInput | ImageInput[], options?: PredictOptions): Promise<AnyPredictionFor<T>[]>;
   async predict(images: ImageInput | ImageInput[], options: PredictOptions = {}): Promise<Prediction[]> {
     const list = imageList(Array.isArray(images) ? images : [images], 'predict');
     const { key, run } = this.#predictor(options);
