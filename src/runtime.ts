@@ -1,5 +1,6 @@
 /** Library-wide native functions: safetensors files, image decoding, threads. */
 import type { NativeRuntimeInfo } from '../binding.js';
+import { fetchImageUrl } from './models/image-url.js';
 import type { ImageInput } from './models/vision-model.js';
 import { native } from './native.js';
 import type { Tensor } from './tensor.js';
@@ -14,9 +15,9 @@ export async function saveSafetensors(path: string, tensors: Record<string, Tens
   await native().saveSafetensors(path, tensors, metadata);
 }
 
-/** Decodes a JPEG or PNG (path or bytes) to 8-bit interleaved pixels, as PIL reads it. */
+/** Decodes a JPEG or PNG (path, http(s) URL or bytes) to 8-bit interleaved pixels, as PIL reads it. */
 export async function decodeImage(image: ImageInput): Promise<{ width: number; height: number; channels: number; data: Uint8Array }> {
-  return native().decodeImage(image);
+  return native().decodeImage(await fetchImageUrl(image, 'decodeImage'));
 }
 
 /** Intra-op compute threads for every later native call (0: the machine's physical cores). */

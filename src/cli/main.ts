@@ -12,6 +12,7 @@ import { parseArgs } from 'node:util';
 import type { NativeGroupOptions } from '../../binding.js';
 import { loadConfig, type ProjectConfig } from '../config/project-config.js';
 import { ConfigError } from '../errors.js';
+import { fetchImageUrls } from '../models/image-url.js';
 import { HuggingFaceModelLoader, type LoadableConfig, type LoadModelOptions } from '../models/loader.js';
 import type { DetectionPrediction, Prediction, VisionModel } from '../models/vision-model.js';
 import { drawDetections, drawSegmentation, drawSegments } from '../render/annotate.js';
@@ -103,7 +104,7 @@ async function predict(args: string[]): Promise<void> {
     },
   });
   if (!values.model) throw new UsageError('predict needs --model <hub id or directory>');
-  if (positionals.length === 0) throw new UsageError('predict needs at least one image file');
+  if (positionals.length === 0) throw new UsageError('predict needs at least one image file or http(s) URL');
   const fraction = (name: string, text: string | undefined): number | undefined => {
     if (text === undefined) return undefined;
     const value = Number(text);
@@ -119,8 +120,10 @@ async function predict(args: string[]): Promise<void> {
   const topK = positiveInt('top-k', values['top-k'], 5);
   const model = await loadModel({ modelName: values.model, modelType: modelType(values.type) }, values.json);
   try {
-    const predictions = await model.predict(positionals, { topK, threshold, task, maskThreshold });
-    const drawn = values.draw === undefined ? [] : await drawPredictions(model, positionals, predictions, values.draw);
+    // URLs fetched once, for the prediction and the drawing; the output still names them as given.
+    const images = await fetchImageUrls(positionals, 'predict');
+    const predictions = await model.predict(images, { topK, threshold, task, maskThreshold });
+    const drawn = values.draw === undefined ? [] : await drawPredictions(model, images, predictions, values.draw);
     if (values.json) {
       // A label map goes out as a plain array: JSON has no typed arrays.
       const plain = (p: Prediction | undefined) =>
@@ -160,7 +163,7 @@ async function predict(args: string[]): Promise<void> {
 }
 
 /** `--draw out.png`: each image with its predictions drawn on; several images get out-1.png, out-2.png, ... */
-async function drawPredictions(model: VisionModel, images: string[], predictions: Prediction[], path: string): Promise<string[]> {
+async function drawPredictions(model: VisionModel, images: (string | Uint8Array)[], predictions: Prediction[], path: string): Promise<string[]> {
   if (model.modelType === ModelType.CLASSIFICATION) throw new UsageError('--draw draws detections and segmentations; this is a classification model');
   const ext = extname(path) || '.png';
   const base = path.slice(0, path.length - extname(path).length);

@@ -19,6 +19,7 @@ import { closest, describe } from '../schemas/common.js';
 import type { ModelType } from '../schemas/model-config.js';
 import type { DType, Tensor } from '../tensor.js';
 import { imageDimensions } from './image-dimensions.js';
+import { fetchImageUrls } from './image-url.js';
 import {
   type BatchingOptions,
   type BatchingSettings,
@@ -28,6 +29,11 @@ import {
   MicroBatcher,
 } from './micro-batcher.js';
 
+/**
+ * An image: a file path (or a file:// URL); an http:// or https:// URL, fetched with Node's fetch
+ * (at most VISIONTORCH_MAX_IMAGE_BYTES, default 50 MiB, within VISIONTORCH_IMAGE_FETCH_TIMEOUT
+ * seconds, default 30); encoded image bytes, decoded by their signature; or 8-bit interleaved pixels.
+ */
 export type ImageInput = string | Uint8Array | { data: Uint8Array; width: number; height: number; channels: 1 | 3 | 4 };
 
 export type Labels = Tensor | { classLabels: Tensor; boxes: Tensor }[] | { classLabels: Tensor; maskLabels: Tensor }[];
@@ -156,7 +162,10 @@ export class VisionModel<T extends ModelType = ModelType> {
 
   /** The image processor's pixel values for these images, as transformers computes them. */
   async preprocess(images: ImageInput[]): Promise<{ pixelValues: Tensor; pixelMask?: Tensor }> {
-    return (await this.handle().preprocess(imageList(images, 'preprocess'))) as { pixelValues: Tensor; pixelMask?: Tensor };
+    const given = imageList(images, 'preprocess');
+    this.handle(); // a disposed model refuses before any download
+    const list = await fetchImageUrls(given, 'preprocess');
+    return (await this.handle().preprocess(list)) as { pixelValues: Tensor; pixelMask?: Tensor };
   }
 
   /**
@@ -171,9 +180,11 @@ export class VisionModel<T extends ModelType = ModelType> {
   /** One prediction per image; options whose `task` is only known at run time may give either segmentation shape. */
   predict(images: ImageInput | ImageInput[], options?: PredictOptions): Promise<AnyPredictionFor<T>[]>;
   async predict(images: ImageInput | ImageInput[], options: PredictOptions = {}): Promise<Prediction[]> {
-    const list = imageList(Array.isArray(images) ? images : [images], 'predict');
+    const given = imageList(Array.isArray(images) ? images : [images], 'predict');
     const { key, run } = this.#predictor(options);
     this.handle(); // a disposed model refuses at once
+    // Fetched before batching, which then reads the sizes from the bytes as for any buffer.
+    const list = await fetchImageUrls(given, 'predict');
     if (!this.#batcher || !this.#isBatching()) return run(list);
     const batchKey = this.#info.padsBatches ? await sameSizeBatchKey(key, list) : key;
     // Batching may have been turned off while the headers were read (a disposed model refuses in submit).
