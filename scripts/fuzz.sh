@@ -3,7 +3,7 @@
 # build-fuzz/ and runs each for a given time on a scratch copy of its seed corpus.
 #
 #   scripts/fuzz.sh 600                          every target, 10 minutes each, one at a time
-#   scripts/fuzz.sh --seconds 30 --jobs 2        every target, 30 s each, two at once (CI)
+#   scripts/fuzz.sh --seconds 10 --jobs 2        every target, 10 s each, two at once (CI)
 #   scripts/fuzz.sh --seconds 60 safetensors     some targets
 #   scripts/fuzz.sh --build-only
 #

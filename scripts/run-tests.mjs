@@ -19,6 +19,13 @@ function run(command, args) {
 let passed = 0;
 let failed = 0;
 let skipped = 0;
+// Seconds each phase took, printed at the end (where CI time goes).
+const phaseSeconds = [];
+let phaseStarted = Date.now();
+function endPhase(name) {
+  phaseSeconds.push(`${name} ${Math.round((Date.now() - phaseStarted) / 1000)} s`);
+  phaseStarted = Date.now();
+}
 
 // Code checks: one test each; their output is shown only when they fail.
 const checks = [
@@ -46,11 +53,12 @@ for (const [name, args, how] of checks) {
     console.log(`check FAILED: ${name} (${how === 'direct' ? '' : 'npx '}${args.slice(0, 6).join(' ')}${args.length > 6 ? ' ...' : ''})`);
   }
 }
+endPhase('code checks');
 
 // Fuzzing: a short libFuzzer run of each target in native/core/fuzz (scripts/fuzz.sh builds them
 // with clang into build-fuzz/), two at a time. Each target is one test, passed when its run ends
 // without a crash, leak, timeout or out-of-memory; its log is shown only when it fails.
-const fuzzSeconds = process.env.VISIONTORCH_FUZZ_SECONDS ?? '30';
+const fuzzSeconds = process.env.VISIONTORCH_FUZZ_SECONDS ?? '10';
 const fuzz = spawnSync('bash', ['scripts/fuzz.sh', '--seconds', fuzzSeconds, '--jobs', '2'], { cwd: root, encoding: 'utf8' });
 const fuzzResults = join(root, 'build-fuzz', 'results.tsv');
 const fuzzRows = existsSync(fuzzResults)
@@ -77,6 +85,7 @@ if (fuzzRows.length === 0 || (fuzz.status !== 0 && fuzzRows.every(([, result]) =
   process.stdout.write(`${fuzz.stdout ?? ''}${fuzz.stderr ?? ''}${fuzz.error ? `${fuzz.error.message}\n` : ''}`);
   console.log('fuzz FAILED: scripts/fuzz.sh did not run the targets (output above)');
 }
+endPhase('fuzzing (build and runs)');
 
 // ctest: each GoogleTest case is one ctest test; its JUnit report gives the counts.
 const junit = join(buildDir, 'ctest-results.xml');
@@ -93,6 +102,7 @@ if (existsSync(junit)) {
 } else if (ctestStatus !== 0) {
   failed++; // ctest itself failed to run
 }
+endPhase('ctest');
 
 // vitest: the JSON reporter's totals.
 const vitestJson = join(buildDir, 'vitest-results.json');
@@ -109,9 +119,11 @@ if (existsSync(vitestJson)) {
 } else if (vitestStatus !== 0) {
   failed++;
 }
+endPhase('vitest');
 
 const summary = `${passed} passed, ${failed} failed`;
 writeFileSync(join(buildDir, 'test-summary.txt'), `${summary}\n`);
 if (skipped > 0) console.log(`(${skipped} skipped, not counted as passed)`);
+console.log(`time: ${phaseSeconds.join(', ')}`);
 console.log(summary);
 process.exit(failed > 0 || ctestStatus !== 0 || vitestStatus !== 0 ? 1 : 0);
