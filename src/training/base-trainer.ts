@@ -9,7 +9,7 @@ import { ErrorCode, invalidArgument, withCode } from '../errors.js';
 import type { Labels, VisionModel } from '../models/vision-model.js';
 import { native } from '../native.js';
 import { parseOrThrow } from '../schemas/common.js';
-import type { ModelConfig } from '../schemas/model-config.js';
+import { type ModelConfig, type ModelConfigInput, ModelConfigSchema } from '../schemas/model-config.js';
 import {
   type DatasetConfigInput,
   DatasetConfigSchema,
@@ -75,7 +75,12 @@ export interface TrainOptions {
   onProgress?: (event: TrainerEvent) => void;
 }
 
-export type BaseTrainerOptions = { model: VisionModel; modelConfig: ModelConfig; learningRate?: number } & Partial<TrainingConfigInput>;
+/** `modelConfig`: the configuration the model was loaded with, as given to loadModel or parsed (a ProjectConfig's `model`). */
+export type BaseTrainerOptions = {
+  model: VisionModel;
+  modelConfig: ModelConfig | ModelConfigInput;
+  learningRate?: number;
+} & Partial<TrainingConfigInput>;
 
 /**
  * Checks train()'s second argument: an object with only `allowed` keys, `signal` an AbortSignal
@@ -158,7 +163,10 @@ export class BaseTrainer {
     if (!model || typeof model.handle !== 'function')
       throw invalidArgument(TypeError, 'BaseTrainer: options.model must be a VisionModel from loadModel()');
     this.model = model;
-    this.modelConfig = modelConfig;
+    // Defaults applied, as loadModel saw it. One that does not parse is kept as given: loadModel
+    // has already checked the model's, and the trainer reads only gradientCheckpointing from it.
+    const parsed = ModelConfigSchema.safeParse(modelConfig);
+    this.modelConfig = parsed.success ? parsed.data : (modelConfig as ModelConfig);
     this.config = parseTrainingConfig(training);
     this.#native = new (native().NativeTrainer)(model.handle(), this.nativeOptions(this.config));
   }
