@@ -125,7 +125,7 @@ describe('an image URL', () => {
   });
 
   it('fetches several URLs of one call at most 4 at a time, in order', async () => {
-    server.delayMs = 100;
+    server.delayMs = 250;
     server.mostInFlight = 0;
     const names = ['rocket.jpg', 'chelsea.png', 'chelsea.png', 'rocket.jpg', 'rocket.jpg', 'chelsea.png', 'rocket.jpg', 'chelsea.png'];
     const fromUrls = await model.predict([...names.map((name) => server.url(`/${name}`)), IMAGES['rocket.jpg']]);
