@@ -1,10 +1,10 @@
 // Runs every test: the code checks (Biome's lint and format, tsc over the tests and the
 // benchmarks, clang-format over native/), a short fuzzing run of each libFuzzer target, the native
-// core's ctest suite, then vitest. Ends with one line, "N passed, N failed", counting them all
+// core's GoogleTest suite, then vitest. Ends with one line, "N passed, N failed", counting them all
 // (also written to build/test-summary.txt for CI); each code check and each fuzz target counts as
 // one test.
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -87,22 +87,80 @@ if (fuzzRows.length === 0 || (fuzz.status !== 0 && fuzzRows.every(([, result]) =
 }
 endPhase('fuzzing (build and runs)');
 
-// ctest: each GoogleTest case is one ctest test; its JUnit report gives the counts.
-const junit = join(buildDir, 'ctest-results.xml');
-const ctestStatus = run('ctest', ['--test-dir', buildDir, '--output-on-failure', '--output-junit', junit, '-j', '2']);
-if (existsSync(junit)) {
-  const xml = readFileSync(junit, 'utf8');
-  const cases = xml.match(/<testcase\b[^>]*>/g) ?? [];
-  for (const tag of cases) {
-    const status = /status="(\w+)"/.exec(tag)?.[1];
-    if (status === 'run') passed++;
-    else if (status === 'fail') failed++;
-    else skipped++;
+// The core's GoogleTest suite, in two shards run side by side (GTEST_TOTAL_SHARDS), each one
+// process. ctest runs a process per test (`ctest --test-dir build` still works), and starting
+// libtorch with its hundreds of shared libraries took most of that time: 264 tests took minutes
+// under ctest, 25 s here. Each test case is one test; a shard that crashes or hangs counts as a
+// failure of its own (its remaining cases never ran). A failing case's output is shown.
+const coreTests = join(buildDir, 'native', 'core', 'visiontorch_core_tests');
+const coreShards = 2;
+// The environment and folder ctest gives the tests (native/core/CMakeLists.txt).
+const coreTestDir = join(buildDir, 'native', 'core');
+const coreShardRuns = Array.from({ length: coreShards }, (_, index) => {
+  const xml = join(buildDir, `core-tests-${index}.xml`);
+  const log = join(buildDir, `core-tests-${index}.log`);
+  rmSync(xml, { force: true });
+  return new Promise((resolve) => {
+    const child = spawn(coreTests, [`--gtest_output=xml:${xml}`], {
+      cwd: coreTestDir,
+      env: {
+        ...process.env,
+        GTEST_TOTAL_SHARDS: String(coreShards),
+        GTEST_SHARD_INDEX: String(index),
+        VISIONTORCH_TEST_TMP: join(coreTestDir, 'test-tmp'),
+      },
+      stdio: ['ignore', openSync(log, 'w'), 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (chunk) => {
+      stderr += chunk;
+    });
+    // Far above the suite's time; a hang must not hold CI until its own limit.
+    const timer = setTimeout(() => child.kill('SIGKILL'), 900_000);
+    child.on('error', (error) => {
+      clearTimeout(timer);
+      resolve({ index, xml, log, status: null, signal: null, error, stderr });
+    });
+    child.on('close', (status, signal) => {
+      clearTimeout(timer);
+      resolve({ index, xml, log, status, signal, stderr });
+    });
+  });
+});
+let coreStatus = 0;
+for (const shard of await Promise.all(coreShardRuns)) {
+  const output = existsSync(shard.log) ? readFileSync(shard.log, 'utf8') : '';
+  if (!existsSync(shard.xml)) {
+    failed++;
+    coreStatus = 1;
+    process.stdout.write(`${output.split('\n').slice(-60).join('\n')}${shard.stderr}`);
+    const why = shard.error ? shard.error.message : shard.signal ? `killed by ${shard.signal}` : `exit status ${shard.status}`;
+    console.log(`core tests FAILED: shard ${shard.index + 1} of ${coreShards} did not finish (${why}); output above`);
+    continue;
   }
-} else if (ctestStatus !== 0) {
-  failed++; // ctest itself failed to run
+  for (const [, attributes, body] of readFileSync(shard.xml, 'utf8').matchAll(/<testcase\b([^>]*?)(?:\/>|>([\s\S]*?)<\/testcase>)/g)) {
+    const name = `${/classname="([^"]*)"/.exec(attributes)?.[1]}.${/name="([^"]*)"/.exec(attributes)?.[1]}`;
+    if (/result="skipped"/.test(attributes) || /<skipped/.test(body ?? '')) {
+      skipped++;
+    } else if (/<failure/.test(body ?? '')) {
+      failed++;
+      coreStatus = 1;
+      const started = output.indexOf(`[ RUN      ] ${name}`);
+      const ended = output.indexOf(`[  FAILED  ] ${name}`, started);
+      process.stdout.write(started >= 0 && ended > started ? `${output.slice(started, ended)}\n` : `${body}\n`);
+      console.log(`core test FAILED: ${name}`);
+    } else {
+      passed++;
+    }
+  }
+  if (shard.status !== 0 && coreStatus === 0) {
+    failed++;
+    coreStatus = 1;
+    console.log(`core tests FAILED: shard ${shard.index + 1} exited with status ${shard.status} (${shard.log})`);
+  }
 }
-endPhase('ctest');
+console.log(`core tests: shards of build/native/core/visiontorch_core_tests done (logs in build/core-tests-*.log)`);
+endPhase('core tests');
 
 // vitest: the JSON reporter's totals.
 const vitestJson = join(buildDir, 'vitest-results.json');
@@ -126,4 +184,4 @@ writeFileSync(join(buildDir, 'test-summary.txt'), `${summary}\n`);
 if (skipped > 0) console.log(`(${skipped} skipped, not counted as passed)`);
 console.log(`time: ${phaseSeconds.join(', ')}`);
 console.log(summary);
-process.exit(failed > 0 || ctestStatus !== 0 || vitestStatus !== 0 ? 1 : 0);
+process.exit(failed > 0 || coreStatus !== 0 || vitestStatus !== 0 ? 1 : 0);
