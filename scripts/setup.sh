@@ -18,13 +18,14 @@ done
 
 # libtorch (CPU, with Gloo) and a threaded OpenBLAS for it; Gloo's headers for torch.distributed's
 # process group; oneDNN's headers for the int8 kernels (its CMake package asks for OpenCL's too);
-# codecs; JSON; GoogleTest for the core's ctest suite; clang-format for the C++ format check;
-# Fashion-MNIST for the default fine-tuning job; PyTorch itself (the same libtorch), the peer the
-# distributed tests train beside (torch.distributed, torchrun).
+# the image codecs (JPEG, PNG, WebP, GIF); JSON; GoogleTest for the core's ctest suite;
+# clang-format for the C++ format check; Fashion-MNIST for the default fine-tuning job; PyTorch
+# itself (the same libtorch), the peer the distributed tests train beside (torch.distributed,
+# torchrun).
 DEB_PACKAGES=(
   cmake make g++ pkg-config
   libtorch-dev libgloo-dev libopenblas0-pthread libdnnl-dev ocl-icd-opencl-dev
-  libjpeg62-turbo-dev libpng-dev
+  libjpeg62-turbo-dev libpng-dev libwebp-dev libgif-dev
   nlohmann-json3-dev libgtest-dev clang-format
   dataset-fashion-mnist
   python3-torch
@@ -71,10 +72,12 @@ jobs=$(nproc 2>/dev/null || echo 2)
 if [[ -f build/CMakeCache.txt && ! -f build/build.ninja && ! -f build/Makefile ]]; then
   rm -f build/CMakeCache.txt
 fi
+build_started=$SECONDS
 if ! npx --no-install cmake-js build --parallel "$jobs" --log-level error >build.log 2>&1; then
   cat build.log >&2
   say "the native build failed (log above, also in build.log)"
   exit 1
 fi
+if ((SECONDS - build_started > 10)); then say "native build: $((SECONDS - build_started)) s"; fi
 
 npx --no-install tsc -p tsconfig.json

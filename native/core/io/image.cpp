@@ -1,5 +1,6 @@
 // JPEG (libjpeg-turbo) and PNG (libpng) decoding with the pixel semantics of Pillow's loaders,
-// PIL-compatible mode conversion, and PNG encoding.
+// the dispatch to the WebP and GIF decoders (webp_decode.cpp, gif_decode.cpp), PIL-compatible
+// mode conversion, and PNG encoding.
 //
 // Both libraries report fatal errors by longjmp. Every function that calls into them and arms
 // setjmp ("phase" functions below) holds only trivially destructible locals, and every object
@@ -26,21 +27,25 @@
 #include <png.h>
 
 #include "common/error.h"
+#include "io/image_codecs.h"
 
 namespace vt {
+
+void image_detail::check_dimensions(int64_t width, int64_t height, int64_t max_pixels, const std::string& source, const char* format) {
+  VT_CHECK(width > 0 && height > 0, source, ": ", format, " image has invalid dimensions ", width, "x", height);
+  VT_CHECK(width * height <= max_pixels, source, ": ", format, " image is ", width, "x", height, " = ", width * height,
+           " pixels, over the limit of ", max_pixels, " (possible decompression bomb)");
+}
+
 namespace {
+
+using image_detail::check_dimensions;
 
 constexpr uint8_t kPngSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
 
 bool is_jpeg(const uint8_t* data, size_t size) { return size >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF; }
 
 bool is_png(const uint8_t* data, size_t size) { return size >= 8 && std::memcmp(data, kPngSignature, 8) == 0; }
-
-void check_dimensions(int64_t width, int64_t height, int64_t max_pixels, const std::string& source, const char* format) {
-  VT_CHECK(width > 0 && height > 0, source, ": ", format, " image has invalid dimensions ", width, "x", height);
-  VT_CHECK(width * height <= max_pixels, source, ": ", format, " image is ", width, "x", height, " = ", width * height,
-           " pixels, over the limit of ", max_pixels, " (possible decompression bomb)");
-}
 
 // (a * b) / 255 rounded, Pillow's MULDIV255.
 inline uint8_t muldiv255(unsigned a, unsigned b) {
@@ -411,12 +416,14 @@ Image decode_image(const uint8_t* data, size_t size, const std::string& source, 
   VT_CHECK(data != nullptr && size > 0, source, ": empty input (0 bytes), not an image");
   if (is_jpeg(data, size)) return decode_jpeg(data, size, source, max_pixels);
   if (is_png(data, size)) return decode_png(data, size, source, max_pixels);
-  fail(source, ": not a JPEG or PNG image (unrecognised signature)");
+  if (image_detail::is_webp(data, size)) return image_detail::decode_webp(data, size, source, max_pixels);
+  if (image_detail::is_gif(data, size)) return image_detail::decode_gif(data, size, source, max_pixels, false);
+  fail(source, ": not a JPEG, PNG, WebP or GIF image (unrecognised signature)");
 }
 
 namespace {
 
-// Far beyond any photograph (a JPEG or PNG of 512 MiB): a device or pipe that never ends stops here.
+// Far beyond any photograph (an image file of 512 MiB): a device or pipe that never ends stops here.
 constexpr size_t kMaxImageFileBytes = size_t{1} << 29;
 
 std::vector<uint8_t> read_file_bytes(const std::string& path) {
@@ -472,6 +479,7 @@ Image decode_label_map(const uint8_t* data, size_t size, const std::string& sour
   ErrorScope errors(ErrorCode::Image);
   VT_CHECK(data != nullptr && size > 0, source, ": empty input (0 bytes), not an image");
   if (is_png(data, size)) return label_map_channel(decode_png(data, size, source, max_pixels, true), source);
+  if (image_detail::is_gif(data, size)) return image_detail::decode_gif(data, size, source, max_pixels, true);
   return label_map_channel(decode_image(data, size, source, max_pixels), source);
 }
 

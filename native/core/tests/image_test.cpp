@@ -34,7 +34,7 @@ std::vector<uint8_t> cut(const std::vector<uint8_t>& bytes, size_t keep) {
 TEST(ImageDecode, MatchesPillowOnEveryGoldenImage) {
   const nlohmann::json golden = vt_image_test::read_json(vt_image_test::test_data_path("decode_golden.json"));
   ASSERT_TRUE(golden.contains("images"));
-  ASSERT_GE(golden["images"].size(), 30u);
+  ASSERT_GE(golden["images"].size(), 55u);
   for (auto it = golden["images"].begin(); it != golden["images"].end(); ++it) {
     SCOPED_TRACE(it.key());
     const nlohmann::json& want = it.value();
@@ -48,6 +48,13 @@ TEST(ImageDecode, MatchesPillowOnEveryGoldenImage) {
     EXPECT_EQ(fnv1a64(vt::convert_channels(image, 3).pixels), want["rgb"].get<std::string>())
         << "differs from Image.open(f).convert('RGB')";
     EXPECT_EQ(fnv1a64(vt::convert_channels(image, 1).pixels), want["l"].get<std::string>()) << "differs from Image.open(f).convert('L')";
+    if (want.contains("label_map")) {
+      vt::Image labels;
+      ASSERT_NO_THROW(labels = vt::read_label_map_file(vt_image_test::source_path(it.key())));
+      EXPECT_EQ(labels.channels, 1);
+      EXPECT_EQ(labels.width, image.width);
+      EXPECT_EQ(fnv1a64(labels.pixels), want["label_map"].get<std::string>()) << "differs from np.array(Image.open(f))";
+    }
   }
 }
 
@@ -136,11 +143,16 @@ TEST(ImageDecode, CorruptPngChunkIsRejected) {
 }
 
 TEST(ImageDecode, UnknownEmptyAndZeroSizedInputs) {
-  const std::vector<uint8_t> garbage = {'G', 'I', 'F', '8', '9', 'a', 0, 1, 2, 3, 4, 5};
-  expect_error([&] { vt::decode_image(garbage.data(), garbage.size(), "image 3"); }, {"image 3", "not a JPEG or PNG"});
+  const std::vector<uint8_t> garbage = {'B', 'M', '8', '9', 'a', 0, 1, 2, 3, 4, 5};
+  expect_error([&] { vt::decode_image(garbage.data(), garbage.size(), "image 3"); }, {"image 3", "not a JPEG, PNG, WebP or GIF"});
   expect_error([&] { vt::decode_image(nullptr, 0, "image 4"); }, {"image 4", "empty"});
   const std::vector<uint8_t> jpeg_start = {0xFF, 0xD8};
-  expect_error([&] { vt::decode_image(jpeg_start.data(), jpeg_start.size(), "tiny"); }, {"tiny", "not a JPEG or PNG"});
+  expect_error([&] { vt::decode_image(jpeg_start.data(), jpeg_start.size(), "tiny"); }, {"tiny", "not a JPEG, PNG, WebP or GIF"});
+  // A RIFF file that is not WebP (a WAVE), and a WebP whose first chunk is none of VP8, VP8L, VP8X.
+  const std::string wave = std::string("RIFF\x24\0\0\0WAVEfmt ", 16) + std::string(28, '\0');
+  expect_error([&] { vt::decode_image(reinterpret_cast<const uint8_t*>(wave.data()), wave.size(), "a.wav"); }, {"a.wav", "unrecognised"});
+  const std::string alph = std::string("RIFF\x14\0\0\0WEBPALPH", 16) + std::string(12, '\0');
+  expect_error([&] { vt::decode_image(reinterpret_cast<const uint8_t*>(alph.data()), alph.size(), "b.webp"); }, {"b.webp", "unrecognised"});
 
   // A PNG whose IHDR says 0 x 5 (with a valid CRC).
   std::vector<uint8_t> png = vt_image_test::read_bytes(vt_image_test::test_data_path("images/png_gray8.png"));
@@ -287,3 +299,118 @@ TEST(ImageDecode, AHugeTextChunkIsSkippedNotAllocated) {
 }
 
 }  // namespace
+
+namespace {
+
+std::vector<uint8_t> test_image(const char* name) {
+  return vt_image_test::read_bytes(vt_image_test::test_data_path(std::string("images/") + name));
+}
+
+void put_le16(std::vector<uint8_t>& bytes, size_t at, unsigned value) {
+  bytes[at] = value & 0xFF;
+  bytes[at + 1] = (value >> 8) & 0xFF;
+}
+
+}  // namespace
+
+TEST(ImageDecode, TruncatedWebpIsRejectedNamingTheSourceAndFormat) {
+  for (const char* name : {"webp_lossy_rgb.webp", "webp_lossless_rgba.webp", "webp_animated.webp", "webp_lossy_rgba.webp"}) {
+    const std::vector<uint8_t> bytes = test_image(name);
+    for (size_t keep : {bytes.size() - 1, bytes.size() / 2, size_t{40}, size_t{16}}) {
+      SCOPED_TRACE(std::string(name) + " cut to " + std::to_string(keep));
+      const std::vector<uint8_t> part = cut(bytes, keep);
+      expect_error([&] { vt::decode_image(part.data(), part.size(), "cut.webp"); }, {"cut.webp", "WebP image file is truncated"});
+    }
+  }
+}
+
+TEST(ImageDecode, CorruptWebpIsRejected) {
+  // The lossy bitstream's start code (9d 01 2a) damaged.
+  std::vector<uint8_t> lossy = test_image("webp_lossy_rgb.webp");
+  const std::string text(lossy.begin(), lossy.end());
+  const size_t start_code = text.find("\x9d\x01\x2a");
+  ASSERT_NE(start_code, std::string::npos);
+  lossy[start_code + 1] = 0x77;
+  expect_error([&] { vt::decode_image(lossy.data(), lossy.size(), "bad.webp"); }, {"bad.webp", "WebP image is corrupt"});
+  // Entropy-coded data overwritten, the container intact.
+  std::vector<uint8_t> lossless = test_image("webp_lossless_rgb.webp");
+  for (size_t i = 30; i < lossless.size(); ++i) lossless[i] = 0xFF;
+  expect_error([&] { vt::decode_image(lossless.data(), lossless.size(), "noise.webp"); }, {"noise.webp", "WebP image is corrupt"});
+}
+
+TEST(ImageDecode, WebpOverThePixelLimitIsRejectedBeforeDecoding) {
+  const std::vector<uint8_t> bytes = test_image("webp_lossless_rgb.webp");
+  expect_error([&] { vt::decode_image(bytes.data(), bytes.size(), "bomb.webp", 37 * 23 - 1); },
+               {"bomb.webp", "WebP", "851 pixels", "limit"});
+  EXPECT_NO_THROW(vt::decode_image(bytes.data(), bytes.size(), "ok.webp", 37 * 23));
+  // A 30-byte lossless WebP whose header claims 16384 x 16384: refused from the header alone.
+  std::vector<uint8_t> huge = {'R', 'I', 'F', 'F', 22, 0,    0,    0,    'W',  'E',  'B',  'P', 'V', 'P', '8',
+                               'L', 10,  0,   0,   0,  0x2f, 0xff, 0xff, 0xff, 0x0f, 0x00, 0,   0,   0,   0};
+  expect_error([&] { vt::decode_image(huge.data(), huge.size(), "huge.webp"); }, {"huge.webp", "WebP image is 16384x16384", "limit"});
+}
+
+TEST(ImageDecode, TruncatedGifIsRejectedButLaterFramesAreNotRead) {
+  const std::vector<uint8_t> bytes = test_image("gif_interlaced.gif");
+  for (size_t keep : {bytes.size() - 3, bytes.size() / 2, size_t{800}, size_t{13}, size_t{8}}) {
+    SCOPED_TRACE(keep);
+    const std::vector<uint8_t> part = cut(bytes, keep);
+    expect_error([&] { vt::decode_image(part.data(), part.size(), "cut.gif"); }, {"cut.gif", "GIF image file is truncated"});
+  }
+  // Without its trailer the first frame is complete.
+  const vt::Image full = vt::decode_image(bytes.data(), bytes.size(), "full.gif");
+  const std::vector<uint8_t> no_trailer = cut(bytes, bytes.size() - 1);
+  EXPECT_EQ(vt::decode_image(no_trailer.data(), no_trailer.size(), "x.gif").pixels, full.pixels);
+  // An animation cut inside its second frame still gives its first.
+  const std::vector<uint8_t> animated = test_image("gif_animated_offset.gif");
+  const vt::Image first = vt::decode_image(animated.data(), animated.size(), "anim.gif");
+  const std::vector<uint8_t> cut_animation = cut(animated, animated.size() - 100);
+  EXPECT_EQ(vt::decode_image(cut_animation.data(), cut_animation.size(), "anim.gif").pixels, first.pixels);
+}
+
+TEST(ImageDecode, CorruptGifIsRejected) {
+  // The image separator (',' after the 13-byte header and 16-entry table) replaced.
+  std::vector<uint8_t> bytes = test_image("gif_interlaced.gif");
+  ASSERT_EQ(bytes[13 + 48], ',');
+  bytes[13 + 48] = 'x';
+  expect_error([&] { vt::decode_image(bytes.data(), bytes.size(), "bad.gif"); }, {"bad.gif", "GIF image is corrupt"});
+  // An LZW code size over 8 bits.
+  bytes = test_image("gif_interlaced.gif");
+  bytes[13 + 48 + 10] = 12;
+  expect_error([&] { vt::decode_image(bytes.data(), bytes.size(), "lzw.gif"); }, {"lzw.gif", "GIF"});
+  // A file with no frame at all.
+  std::vector<uint8_t> empty = {'G', 'I', 'F', '8', '9', 'a', 1, 0, 1, 0, 0, 0, 0, ';'};
+  expect_error([&] { vt::decode_image(empty.data(), empty.size(), "empty.gif"); }, {"empty.gif", "GIF", "no image"});
+  // A first frame of zero width.
+  bytes = test_image("gif_offset_frame.gif");
+  ASSERT_EQ(bytes[13 + 48], ',');
+  put_le16(bytes, 13 + 48 + 5, 0);
+  expect_error([&] { vt::decode_image(bytes.data(), bytes.size(), "zero.gif"); }, {"zero.gif", "GIF"});
+  // The old test's garbage: a GIF signature and too little else.
+  const std::vector<uint8_t> garbage = {'G', 'I', 'F', '8', '9', 'a', 0, 1, 2, 3, 4, 5};
+  expect_error([&] { vt::decode_image(garbage.data(), garbage.size(), "image 3"); }, {"image 3", "GIF", "truncated"});
+}
+
+TEST(ImageDecode, GifOverThePixelLimitIsRejectedBeforeAllocating) {
+  std::vector<uint8_t> bytes = test_image("gif_offset_frame.gif");
+  expect_error([&] { vt::decode_image(bytes.data(), bytes.size(), "bomb.gif", 37 * 23 - 1); }, {"bomb.gif", "GIF", "851 pixels", "limit"});
+  // A logical screen of 65535 x 65535 around a small frame.
+  put_le16(bytes, 6, 65535);
+  put_le16(bytes, 8, 65535);
+  expect_error([&] { vt::decode_image(bytes.data(), bytes.size(), "screen.gif"); }, {"screen.gif", "GIF image is 65535x65535", "limit"});
+  // A frame placed far outside a small screen grows the canvas just as much.
+  bytes = test_image("gif_offset_frame.gif");
+  put_le16(bytes, 13 + 48 + 1, 60000);
+  put_le16(bytes, 13 + 48 + 3, 60000);
+  expect_error([&] { vt::decode_label_map(bytes.data(), bytes.size(), "offset.gif"); },
+               {"offset.gif", "GIF image is 60020x60011", "limit"});
+}
+
+TEST(ImageDecode, GifAndWebpLabelMaps) {
+  // A GIF gives its palette indices; a WebP is read through label_map_channel.
+  const std::vector<uint8_t> gif = test_image("gif_transparency.gif");
+  const vt::Image labels = vt::decode_label_map(gif.data(), gif.size(), "mask.gif");
+  EXPECT_EQ(labels.channels, 1);
+  EXPECT_EQ(labels.pixels[0], 5) << "outside the frame: the transparency index";
+  const std::vector<uint8_t> webp = test_image("webp_lossless_rgb.webp");
+  expect_error([&] { vt::decode_label_map(webp.data(), webp.size(), "mask.webp"); }, {"mask.webp", "different colour channels"});
+}

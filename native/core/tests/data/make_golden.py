@@ -14,11 +14,15 @@ Outputs (all under native/core/tests/data/):
                       make_pixels() below, which the C++ test reimplements.
                       "photo_cases": [fixture photo, channels, resample, out_w, out_h, hash]:
                       the photo converted to L / RGB / RGBA (alpha = (3x + y) % 256), resized.
-  images/*            small JPEG/PNG files covering the decoder's cases (PNGs written by the
-                      encoder below: every bit depth, color type, tRNS, Adam7 interlacing).
+  images/*            small JPEG/PNG/WebP/GIF files covering the decoders' cases (PNGs written
+                      by the encoder below: every bit depth, color type, tRNS, Adam7
+                      interlacing; WebP by Pillow's libwebp 1.2.4: lossy, lossless, alpha,
+                      animated; GIFs by Pillow and by the encoder below: offset and oversized
+                      first frames, interlacing, local tables, transparency, gray tables,
+                      indices past the table, animations of which only frame 1 is read).
   decode_golden.json  per file: size, the channel count the decoder must return, and fnv1a64 of
                       what it must return ("native"), of Image.convert("RGB") and of
-                      Image.convert("L").
+                      Image.convert("L"); for GIFs also "label_map", np.array(Image.open(f)).
 Hashes are FNV-1a 64-bit over the interleaved bytes, as 16 hex digits.
 """
 import io
@@ -223,6 +227,73 @@ def content(w, h, spp, maxval, seed):
     return a
 
 
+# ---------------------------------------------------------------------------------------------
+# A small GIF writer: Pillow cannot write offset, interlaced-on-demand or table-less frames.
+
+
+def lzw_encode(indices, min_code_size):
+    """Literal codes only, a clear code before the table could widen the codes: valid LZW that
+    every decoder reads at a fixed width of min_code_size + 1 bits."""
+    clear, end = 1 << min_code_size, (1 << min_code_size) + 1
+    per_clear = (1 << min_code_size) - 3
+    codes = []
+    for i, v in enumerate(indices):
+        if i % per_clear == 0:
+            codes.append(clear)
+        codes.append(int(v))
+    codes.append(end)
+    width, acc, nbits, out = min_code_size + 1, 0, 0, bytearray()
+    for c in codes:
+        acc |= c << nbits
+        nbits += width
+        while nbits >= 8:
+            out.append(acc & 255)
+            acc >>= 8
+            nbits -= 8
+    if nbits:
+        out.append(acc & 255)
+    blocks = bytearray([min_code_size])
+    for i in range(0, len(out), 255):
+        part = out[i:i + 255]
+        blocks += bytes([len(part)]) + part
+    return bytes(blocks + b"\0")
+
+
+def gif_table(colours):
+    bits = max(1, (len(colours) - 1).bit_length())
+    table = bytes(np.asarray(colours, dtype=np.uint8).reshape(-1))
+    return bits, table + bytes(3 * (1 << bits) - len(table))
+
+
+def encode_gif(screen, frames, global_colours=None, version=b"GIF89a"):
+    """frames: dicts with pixels (int array [h, w] of indices), x, y, and optionally colours (a
+    local table), interlace, transparency, min_code_size."""
+    data = version
+    flags = 0
+    table = b""
+    if global_colours is not None:
+        bits, table = gif_table(global_colours)
+        flags = 0x80 | 0x70 | (bits - 1)
+    data += struct.pack("<HHBBB", screen[0], screen[1], flags, 0, 0) + table
+    for f in frames:
+        if f.get("transparency") is not None or len(frames) > 1:
+            t = f.get("transparency")
+            data += b"\x21\xf9\x04" + struct.pack("<BHB", 1 if t is not None else 0, 10, t or 0) + b"\0"
+        pixels = np.asarray(f["pixels"])
+        h, w = pixels.shape
+        flags, table = 0, b""
+        if f.get("colours") is not None:
+            bits, table = gif_table(f["colours"])
+            flags = 0x80 | (bits - 1)
+        rows = list(range(h))
+        if f.get("interlace"):
+            flags |= 0x40
+            rows = list(range(0, h, 8)) + list(range(4, h, 8)) + list(range(2, h, 4)) + list(range(1, h, 2))
+        data += b"\x2c" + struct.pack("<HHHHB", f["x"], f["y"], w, h, flags) + table
+        data += lzw_encode(pixels[rows].reshape(-1), f.get("min_code_size", 8))
+    return data + b"\x3b"
+
+
 def make_images(ycck_helper):
     out = {}
     w, h = 37, 23
@@ -292,6 +363,66 @@ def make_images(ycck_helper):
     png("png_rgba8_interlaced_1x1.png", 8, 6, interlace=True, size=(1, 1))
     png("png_rgb8_interlaced_3x2.png", 8, 2, interlace=True, size=(3, 2))
     png("png_gray8_interlaced_9x1.png", 8, 0, interlace=True, size=(9, 1))
+
+    # WebP through Pillow's libwebp.
+    rgba = rgb.convert("RGBA")
+    alpha = (np.arange(w)[None, :] * 7 + np.arange(h)[:, None] * 11) % 256
+    rgba.putalpha(Image.fromarray(alpha.astype(np.uint8), "L"))
+    save_pil("webp_lossy_rgb.webp", rgb, format="WEBP", quality=80)
+    save_pil("webp_lossy_rgba.webp", rgba, format="WEBP", quality=75)
+    save_pil("webp_lossless_rgb.webp", rgb, format="WEBP", lossless=True)
+    save_pil("webp_lossless_rgba.webp", rgba, format="WEBP", lossless=True)
+    second = Image.frombytes("RGB", (w, h), bytes(content(w, h, 3, 255, 9).astype(np.uint8).reshape(-1)))
+    save_pil("webp_animated.webp", rgb, format="WEBP", save_all=True, append_images=[second, rgb.convert("L").convert("RGB")],
+             duration=100, loop=0, quality=90)
+    save_pil("webp_animated_lossless_rgba.webp", rgba, format="WEBP", save_all=True, append_images=[second.convert("RGBA")],
+             duration=50, lossless=True)
+
+    # GIF through Pillow: an adaptive palette, a gray image (an identity table: mode L), and an
+    # animation whose later frames must not be read.
+    save_pil("gif_pillow_rgb.gif", rgb, format="GIF")
+    save_pil("gif_pillow_gray.gif", rgb.convert("L"), format="GIF")
+    save_pil("gif_pillow_animated.gif", rgb, format="GIF", save_all=True, append_images=[second, rgb.transpose(Image.FLIP_LEFT_RIGHT)],
+             duration=80, loop=0)
+
+    # GIF by hand.
+    rng = Lcg(77)
+    colours16 = [[rng.byte(), rng.byte(), rng.byte()] for _ in range(16)]
+    colours8 = [[rng.byte(), rng.byte(), rng.byte()] for _ in range(8)]
+
+    def indices(fw, fh, count, seed):
+        return content(fw, fh, 1, 255, seed)[:, :, 0] % count
+
+    # A first frame smaller than the screen, offset: index 0 around it.
+    out["gif_offset_frame.gif"] = encode_gif((w, h), [dict(pixels=indices(20, 11, 16, 11), x=9, y=5, min_code_size=4)], colours16)
+    # A first frame reaching past the screen: the canvas grows to hold it.
+    out["gif_frame_past_screen.gif"] = encode_gif((20, 10), [dict(pixels=indices(15, 12, 16, 12), x=10, y=3)], colours16)
+    out["gif_interlaced.gif"] = encode_gif((w, h), [dict(pixels=indices(w, h, 16, 13), x=0, y=0, interlace=True)], colours16)
+    out["gif_interlaced_3x5.gif"] = encode_gif((3, 5), [dict(pixels=indices(3, 5, 16, 14), x=0, y=0, interlace=True, min_code_size=4)],
+                                               colours16)
+    # A local table replaces the global one.
+    out["gif_local_palette.gif"] = encode_gif((w, h), [dict(pixels=indices(w, h, 8, 15), x=0, y=0, colours=colours8, min_code_size=3)],
+                                              colours16)
+    # A transparency index: transparent outside the frame too.
+    out["gif_transparency.gif"] = encode_gif(
+        (w, h), [dict(pixels=indices(30, 17, 16, 16), x=4, y=3, transparency=5, min_code_size=4)], colours16)
+    # An identity gray table (mode L), with and without a transparency index.
+    ramp = [[i, i, i] for i in range(256)]
+    out["gif_gray_ramp.gif"] = encode_gif((w, h), [dict(pixels=indices(w, h, 256, 17), x=0, y=0)], ramp)
+    out["gif_gray_ramp_transparency.gif"] = encode_gif(
+        (w, h), [dict(pixels=indices(25, 20, 256, 18), x=12, y=3, transparency=40, interlace=True)], ramp)
+    # A gray table that is not the identity stays a palette (RGB).
+    out["gif_gray_palette.gif"] = encode_gif((w, h), [dict(pixels=indices(w, h, 4, 19), x=0, y=0, min_code_size=2)],
+                                             [[0, 0, 0], [85, 85, 85], [170, 170, 170], [255, 255, 255]])
+    # GIF87a, no colour table at all: the indices are the gray values.
+    out["gif87a_no_table.gif"] = encode_gif((w, h), [dict(pixels=indices(w, h, 256, 20), x=0, y=0)], None, version=b"GIF87a")
+    # Indices past a 2-entry table: Pillow's palette is a gray ramp there.
+    out["gif_index_past_table.gif"] = encode_gif((w, h), [dict(pixels=indices(w, h, 8, 21), x=0, y=0, min_code_size=3)],
+                                                 [[200, 10, 30], [5, 250, 60]])
+    # An animation: frame 1 is offset and transparent, frame 2 covers it all.
+    out["gif_animated_offset.gif"] = encode_gif(
+        (w, h), [dict(pixels=indices(11, 9, 16, 22), x=3, y=2, transparency=0, min_code_size=4),
+                 dict(pixels=indices(w, h, 16, 23), x=0, y=0, colours=colours8[:4] * 4, min_code_size=4)], colours16)
     for name, data in out.items():
         with open(os.path.join(HERE, "images", name), "wb") as fh:
             fh.write(data)
@@ -329,6 +460,9 @@ def expectations(path):
     }
     if note:
         entry["note"] = note
+    if im.format == "GIF":
+        # What decode_label_map must return: np.array of the frame, its palette indices.
+        entry["label_map"] = fnv1a64(np.asarray(im).tobytes())
     return entry
 
 
