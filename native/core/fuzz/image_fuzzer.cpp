@@ -1,4 +1,4 @@
-// libFuzzer target: bytes as an image file (JPEG or PNG), decoded as images are for
+// libFuzzer target: bytes as an image file (JPEG, PNG, WebP or GIF), decoded as images are for
 // preprocessing, and as segmentation label maps are.
 #include <cstddef>
 #include <cstdint>

@@ -1,7 +1,8 @@
 """Writes the fuzz targets' seed corpora into native/core/fuzz/corpus/<target>/.
 
 Run from the repository root with a Python that has torch and Pillow (Debian: python3-torch,
-python3-pil): `python3 native/core/fuzz/make_corpus.py`. The seeds are small valid files of every
+python3-pil): `python3 native/core/fuzz/make_corpus.py [target ...]` (every target when none is
+named). The seeds are small valid files of every
 kind each reader accepts, and a few near-valid ones that stop at each of its checks; the fuzzer
 mutates from there. Inputs that once found a bug are kept beside them as regression-* files,
 which this script leaves alone.
@@ -12,6 +13,7 @@ import io
 import json
 import os
 import struct
+import sys
 import zlib
 
 import torch
@@ -254,11 +256,40 @@ def make_image():
     whole = jpeg("RGB", (16, 16), quality=50)
     write("image", "truncated.jpg", whole[: len(whole) * 3 // 4])
 
+    def pillow(image, fmt, **kwargs):
+        buffer = io.BytesIO()
+        image.save(buffer, fmt, **kwargs)
+        return buffer.getvalue()
+
+    def pattern(mode, size, shift=0):
+        image = Image.new("RGBA", size)
+        image.putdata([((x * 37 + shift) % 256, (y * 53) % 256, ((x + y) * 11) % 256, (x * 90 + y * 20) % 256)
+                       for y in range(size[1]) for x in range(size[0])])
+        return image.convert(mode)
+
+    # WebP: lossy (VP8), lossless (VP8L), lossy with alpha (VP8X + ALPH), an animation (ANIM, ANMF).
+    write("image", "lossy.webp", pillow(pattern("RGB", (8, 6)), "WEBP", quality=50))
+    write("image", "lossless_alpha.webp", pillow(pattern("RGBA", (5, 4)), "WEBP", lossless=True))
+    write("image", "lossy_alpha.webp", pillow(pattern("RGBA", (6, 5)), "WEBP", quality=40))
+    write("image", "animated.webp", pillow(pattern("RGB", (6, 4)), "WEBP", save_all=True, append_images=[pattern("RGB", (6, 4), 99)],
+                                            duration=40, quality=30))
+    whole = pillow(pattern("RGB", (8, 8)), "WEBP", lossless=True)
+    write("image", "truncated.webp", whole[: len(whole) * 2 // 3])
+    # GIF: a palette (GIF87a), a transparency index, an interlaced frame (16 rows or more), an
+    # animation (NETSCAPE2.0 loop), a gray table.
+    write("image", "palette.gif", pillow(pattern("RGB", (7, 5)).convert("P", palette=Image.ADAPTIVE, colors=8), "GIF"))
+    write("image", "transparency.gif", pillow(pattern("RGB", (6, 4)).convert("P", palette=Image.ADAPTIVE, colors=4), "GIF", transparency=1))
+    write("image", "interlaced.gif", pillow(pattern("RGB", (4, 17)).convert("P", palette=Image.ADAPTIVE, colors=16), "GIF", interlace=True))
+    write("image", "animated.gif", pillow(pattern("RGB", (5, 5)), "GIF", save_all=True, append_images=[pattern("RGB", (5, 5), 77)],
+                                          duration=30, loop=0))
+    write("image", "gray.gif", pillow(pattern("L", (6, 3)), "GIF"))
+    whole = pillow(pattern("RGB", (9, 9)), "GIF")
+    write("image", "truncated.gif", whole[: len(whole) - 10])
+
 
 if __name__ == "__main__":
-    make_safetensors()
-    make_torch_pickle()
-    make_json_config()
-    make_image()
+    targets = sys.argv[1:] or ["safetensors", "torch_pickle", "json_config", "image"]
+    for target in targets:
+        globals()["make_" + target]()
     total = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(ROOT) for f in files)
     print(f"{ROOT}: {sum(len(files) for _, _, files in os.walk(ROOT))} files, {total // 1024} KiB")
