@@ -292,7 +292,7 @@ void main();
 
   it('the CLI answers --help for each command and --version', () => {
     const cli = join(repoRoot, 'dist', 'cli', 'main.js');
-    for (const command of ['train', 'predict', 'models', 'bench']) {
+    for (const command of ['train', 'predict', 'models', 'bench', 'init']) {
       const help = execFileSync(process.execPath, [cli, command, '--help'], { encoding: 'utf8' });
       expect(help, command).toMatch(new RegExp(`^usage:\\n  visiontorch ${command} `));
       expect(help, command).not.toMatch(new RegExp(`visiontorch (?!${command} )\\w+ `));

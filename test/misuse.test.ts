@@ -1043,10 +1043,10 @@ describe('the command line', () => {
     ['predict --top-k 0', ['predict', '--model', fixture('vit-tiny-random'), '--top-k', '0', PHOTO], /--top-k must be a positive integer, got "0"/],
     ['predict with an unknown flag', ['predict', '--model', fixture('vit-tiny-random'), '--bogus', PHOTO], /Unknown option '--bogus'/],
     ['train with a job file that does not exist', ['train', 'no-such-job.yaml'], /visiontorch train: config file not found: no-such-job\.yaml/],
-  ])('%s exits with 1 and says why', (_what, args, named) => {
+  ])('%s exits with 2 (a usage or configuration error) and says why', (_what, args, named) => {
     const child = cli(...args);
     expect(child.signal, child.stderr).toBeNull();
-    expect(child.status, child.stderr).toBe(1);
+    expect(child.status, child.stderr).toBe(2);
     expect(child.stderr).toMatch(named);
   });
 });

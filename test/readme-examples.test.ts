@@ -16,7 +16,7 @@ interface Example {
 }
 
 /** Every ```ts and ```typescript block of `markdown`, but those marked no-check. */
-export function typescriptBlocks(markdown: string): Example[] {
+function typescriptBlocks(markdown: string): Example[] {
   const examples: Example[] = [];
   const lines = markdown.split('\n');
   for (let i = 0; i < lines.length; i++) {

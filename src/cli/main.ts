@@ -5,9 +5,12 @@
  *   visiontorch predict --model <id|dir> [--type T] [--task semantic|instance|panoptic] <image...> [--json]
  *   visiontorch models [--type T] [--json]
  *   visiontorch bench --model <id|dir> [--batch N] [--dtype D] [--json]
+ *   visiontorch init [path] [--force] [--json]
+ * Exit codes: 0 done, 1 the job failed, 2 a usage or configuration error, 130 (SIGINT) or 143
+ * (SIGTERM) a train run interrupted after saving its checkpoint.
  */
-import { readFileSync } from 'node:fs';
-import { extname, join } from 'node:path';
+import { existsSync, readFileSync } from 'node:fs';
+import { basename, extname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { NativeGroupOptions } from '../../binding.js';
 import { loadConfig, type ProjectConfig } from '../config/project-config.js';
@@ -22,6 +25,7 @@ import { tensor } from '../tensor.js';
 import { BaseTrainer, type TrainResult } from '../training/base-trainer.js';
 import { launchWorkers } from '../training/distributed-trainer.js';
 import { groupFromEnvironment, runRank, type WorkerJob } from '../training/distributed-worker.js';
+import { DEFAULT_JOB_FILE, FileExistsError, JOB_TEMPLATE, writeJobFile } from './init.js';
 import { DownloadReporter, formatMetricsTable, ProgressReporter } from './progress.js';
 
 const USAGE = `usage:
@@ -33,8 +37,16 @@ const USAGE = `usage:
                       [--mask-threshold M] [--draw out.png] <image...> [--json]
   visiontorch models [--type T] [--json]              architectures this build implements
   visiontorch bench --model <id|dir> [--type T] [--batch N] [--dtype D] [--iterations N] [--random-weights] [--json]
+  visiontorch init [path] [--force] [--json]          write a commented job file to start from (default ${DEFAULT_JOB_FILE})
 model types (--type; default: the task of the architecture config.json names): ${Object.values(ModelType).join(', ')}
-  visiontorch <command> --help                        that command's usage; visiontorch --version: this package's version`;
+  visiontorch <command> --help                        that command's usage; visiontorch --version: this package's version
+--json: one JSON document on stdout (progress and downloads print nothing); a failure prints
+  {"error": {"code", "message"}} on stdout instead of its message on stderr
+exit codes: 0 done; 1 the job failed; 2 a usage or configuration error (nothing was run);
+  130 (SIGINT, Ctrl-C) or 143 (SIGTERM) train was interrupted: it saved a checkpoint, which it reports`;
+
+/** The process's exit status; documented in USAGE and the README. */
+export const ExitCode = { OK: 0, FAILED: 1, USAGE: 2, SIGINT: 130, SIGTERM: 143 } as const;
 
 /** The usage lines of one command: its entry in USAGE and the lines that continue it. */
 function commandUsage(command: string): string {
@@ -48,7 +60,15 @@ function packageVersion(): string {
   return JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')).version;
 }
 
-class UsageError extends Error {}
+/** A command line or job file that cannot run: exit code 2; `showUsage` adds the usage text. */
+class UsageError extends Error {
+  constructor(
+    message: string,
+    readonly showUsage = true,
+  ) {
+    super(message);
+  }
+}
 
 /** --type, checked; absent: the model's config.json says (its architecture's task). */
 function modelType(value: string | undefined): ModelType | undefined {
@@ -266,7 +286,55 @@ function distributedSettings(values: Record<string, string | boolean | undefined
   return parseDistributedConfig(given);
 }
 
-async function train(args: string[]): Promise<void> {
+/**
+ * Stops a run on SIGINT or SIGTERM through `controller` (after the current step, with a
+ * checkpoint); a second signal quits at once. `signal()` says which one came, for the exit code;
+ * `dispose()` restores the default handlers.
+ */
+function interruptOn(controller: AbortController, what: string): { signal(): 'SIGINT' | 'SIGTERM' | undefined; dispose(): void } {
+  let received: 'SIGINT' | 'SIGTERM' | undefined;
+  const again = (signal: 'SIGINT' | 'SIGTERM') => () => process.exit(ExitCode[signal]);
+  const handlers = new Map<'SIGINT' | 'SIGTERM', () => void>();
+  const first = (signal: 'SIGINT' | 'SIGTERM') => (): void => {
+    process.stderr.write(
+      `\n${what} after this step and saving a checkpoint (${signal === 'SIGINT' ? 'Ctrl-C' : 'SIGTERM'} again to quit at once)...\n`,
+    );
+    if (received === undefined) received = signal;
+    controller.abort();
+    for (const [name, handler] of handlers) process.removeListener(name, handler);
+    handlers.clear();
+    for (const name of ['SIGINT', 'SIGTERM'] as const) {
+      handlers.set(name, again(name));
+      process.once(name, handlers.get(name)!);
+    }
+  };
+  for (const name of ['SIGINT', 'SIGTERM'] as const) {
+    handlers.set(name, first(name));
+    process.once(name, handlers.get(name)!);
+  }
+  return {
+    signal: () => received,
+    dispose: () => {
+      for (const [name, handler] of handlers) process.removeListener(name, handler);
+    },
+  };
+}
+
+/** The job file `train` was given, or the default one; a missing default says how to start one. */
+function jobFile(given: string | undefined): string {
+  if (given !== undefined) return given;
+  if (!existsSync(DEFAULT_JOB_FILE)) {
+    throw new UsageError(
+      `no job file given, and ${DEFAULT_JOB_FILE} does not exist in ${process.cwd()}.\n` +
+        `Start one with \`visiontorch init\` (writes ${DEFAULT_JOB_FILE}, every key explained), then edit it; ` +
+        'or name a job file: visiontorch train path/to/job.yaml',
+      false,
+    );
+  }
+  return DEFAULT_JOB_FILE;
+}
+
+async function train(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
@@ -279,8 +347,7 @@ async function train(args: string[]): Promise<void> {
       'master-port': { type: 'string' },
     },
   });
-  const configPath = positionals[0] ?? 'config/model_config.yaml';
-  const config = await loadConfig(configPath);
+  const config = await loadConfig(jobFile(positionals[0]));
   // Launcher flags make this process the node's launcher even where a PyTorchJob's RANK (the
   // node's) is set; without them, a launcher's environment makes it one rank.
   const launching = ['nproc-per-node', 'nnodes', 'node-rank', 'master-addr', 'master-port'].some(
@@ -294,12 +361,7 @@ async function train(args: string[]): Promise<void> {
   const model = await loadModel(config.model, values.json, { seed: config.training.seed });
   const reporter = new ProgressReporter({ json: values.json === true, logEvery: config.training.logEvery });
   const controller = new AbortController();
-  const interrupt = (): void => {
-    process.stderr.write('\nStopping after this step and saving a checkpoint (Ctrl-C again to quit at once)...\n');
-    controller.abort();
-    process.once('SIGINT', () => process.exit(130));
-  };
-  process.once('SIGINT', interrupt);
+  const interrupt = interruptOn(controller, 'Stopping');
   try {
     if (!values.json) {
       console.error(`Training ${model.architecture} (${model.loadReport.source}) with ${config.path}`);
@@ -308,14 +370,31 @@ async function train(args: string[]): Promise<void> {
     const result = await trainer.train(config.training, { signal: controller.signal, onProgress: reporter.report });
     reporter.finish();
     printResult(config, model.architecture, result, values.json === true);
+    return result.aborted ? ExitCode[interrupt.signal() ?? 'SIGINT'] : ExitCode.OK;
   } finally {
-    process.removeListener('SIGINT', interrupt);
+    interrupt.dispose();
     model.dispose();
   }
 }
 
-/** Prints a finished run: its metrics, where the model and checkpoint are, how to resume. */
+/**
+ * The checkpoint a run ended with: its directory and step (checkpoint-<step>), or null where
+ * none is on disk (another node's launcher, which saves nothing).
+ */
+function savedCheckpoint(result: TrainResult): { path: string; step: number } | null {
+  if (!result.checkpoint || !existsSync(result.checkpoint)) return null;
+  const step = /^checkpoint-(\d+)$/.exec(basename(result.checkpoint));
+  return { path: result.checkpoint, step: step ? Number(step[1]) : result.globalStep };
+}
+
+/**
+ * Prints a finished run: its metrics, where the model and checkpoint are, how to resume. An
+ * interrupted run saved no final model (the trainer writes it only at the end): it reports its
+ * checkpoint instead, with the step it holds.
+ */
 function printResult(config: ProjectConfig, architecture: string, result: TrainResult, json: boolean): void {
+  const checkpoint = savedCheckpoint(result);
+  const model = result.aborted ? null : result.outputDir;
   const summary = {
     ...result.metrics,
     train_loss: result.trainLoss,
@@ -325,14 +404,17 @@ function printResult(config: ProjectConfig, architecture: string, result: TrainR
     epoch: result.epoch,
   };
   if (json) {
-    console.log(JSON.stringify({ config: config.path, architecture, ...result }, null, 2));
+    const status = result.aborted ? 'interrupted' : 'completed';
+    console.log(JSON.stringify({ status, config: config.path, architecture, ...result, model, checkpoint }, null, 2));
     return;
   }
   console.log(formatMetricsTable(summary, result.aborted ? 'Interrupted run' : 'Results'));
-  console.log(`\nmodel:       ${result.outputDir}`);
-  console.log(`checkpoint:  ${result.checkpoint}`);
+  console.log('');
+  if (model) console.log(`model:       ${model}`);
+  else console.log(`model:       none: the run was interrupted at step ${result.globalStep}, before the final model is written`);
+  console.log(`checkpoint:  ${checkpoint ? `${checkpoint.path} (step ${checkpoint.step})` : 'none'}`);
   console.log(`metrics:     ${join(result.outputDir, 'metrics.jsonl')}, chart ${join(result.outputDir, 'training_chart.png')}`);
-  if (result.aborted) console.log(`resume with: resume_from: ${result.checkpoint}`);
+  if (result.aborted && checkpoint) console.log(`resume with: resume_from: ${checkpoint.path}  (under training: in ${config.path})`);
 }
 
 /** The job every rank runs for a YAML config: its model (seeded) and training block. */
@@ -348,7 +430,7 @@ function workerJob(config: ProjectConfig, distributed: DistributedConfig | undef
 }
 
 /** One rank of a group that torchrun, a PyTorchJob or a SLURM script started: rank 0 reports. */
-async function trainAsRank(config: ProjectConfig, group: NativeGroupOptions, json: boolean): Promise<void> {
+async function trainAsRank(config: ProjectConfig, group: NativeGroupOptions, json: boolean): Promise<number> {
   const distributed = config.distributed;
   const reporter = group.rank === 0 ? new ProgressReporter({ json, logEvery: config.training.logEvery }) : undefined;
   if (reporter && !json) {
@@ -358,18 +440,15 @@ async function trainAsRank(config: ProjectConfig, group: NativeGroupOptions, jso
   const result = await runRank(workerJob(config, distributed), group, { onProgress: reporter?.report });
   reporter?.finish();
   if (group.rank === 0) printResult(config, config.model.modelName, result, json);
+  // The group stopped together because a signal reached one of its processes.
+  return result.aborted ? ExitCode.SIGINT : ExitCode.OK;
 }
 
 /** This machine's workers of a data-parallel run (torchrun's launcher): node 0's rank 0 reports. */
-async function trainDistributed(config: ProjectConfig, distributed: DistributedConfig, json: boolean): Promise<void> {
+async function trainDistributed(config: ProjectConfig, distributed: DistributedConfig, json: boolean): Promise<number> {
   const reporter = new ProgressReporter({ json, logEvery: config.training.logEvery });
   const controller = new AbortController();
-  const interrupt = (): void => {
-    process.stderr.write('\nStopping every worker after this step and saving a checkpoint (Ctrl-C again to quit at once)...\n');
-    controller.abort();
-    process.once('SIGINT', () => process.exit(130));
-  };
-  process.once('SIGINT', interrupt);
+  const interrupt = interruptOn(controller, 'Stopping every worker');
   try {
     if (!json) {
       const ranks = distributed.numWorkers * distributed.numNodes;
@@ -393,43 +472,85 @@ async function trainDistributed(config: ProjectConfig, distributed: DistributedC
     reporter.finish();
     // Another node's launcher reports nothing of its own: node 0's rank 0 has the run's record.
     if (distributed.nodeRank === 0) printResult(config, config.model.modelName, result, json);
+    return result.aborted ? ExitCode[interrupt.signal() ?? 'SIGINT'] : ExitCode.OK;
   } finally {
-    process.removeListener('SIGINT', interrupt);
+    interrupt.dispose();
   }
 }
 
-const COMMANDS: Record<string, (args: string[]) => Promise<void>> = { train, predict, models, bench };
+/** `visiontorch init [path]`: a commented job file, never over an existing one without --force. */
+async function init(args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { force: { type: 'boolean' }, json: { type: 'boolean' } } });
+  if (positionals.length > 1) throw new UsageError(`init takes one path, got ${positionals.length}`);
+  const written = writeJobFile(positionals[0] ?? DEFAULT_JOB_FILE, JOB_TEMPLATE, values.force === true);
+  if (values.json) {
+    console.log(JSON.stringify(written, null, 2));
+    return;
+  }
+  const command = resolve(DEFAULT_JOB_FILE) === written.path ? 'visiontorch train' : `visiontorch train ${positionals[0]}`;
+  console.log(`${written.replaced ? 'replaced' : 'wrote'} ${written.path}`);
+  console.log(`Edit it (model.name, model.num_classes, data.root: every key is explained), then run: ${command}`);
+}
+
+// Each resolves with its exit code, or nothing when done (0).
+const COMMANDS: Record<string, (args: string[]) => Promise<unknown>> = { train, predict, models, bench, init };
+
+/** `error`'s stable code: the library's ERR_VISIONTORCH_* (or Node's) where it has one. */
+function errorCode(error: unknown, usage: boolean): string {
+  if (usage) return error instanceof ConfigError ? error.code : 'ERR_VISIONTORCH_USAGE';
+  const code = error !== null && typeof error === 'object' && 'code' in error ? error.code : undefined;
+  return typeof code === 'string' ? code : 'ERR_VISIONTORCH_FAILED';
+}
+
+/** Whether `error` is the caller's to fix before anything runs: exit code 2. */
+function isUsageError(error: unknown): boolean {
+  return (
+    error instanceof UsageError ||
+    error instanceof ConfigError ||
+    error instanceof FileExistsError ||
+    (error instanceof TypeError && 'code' in error && String(error.code).startsWith('ERR_PARSE_ARGS'))
+  );
+}
+
+/** Reports a failure: with --json one document on stdout, else the message (and usage where it helps) on stderr. */
+function fail(command: string | undefined, error: unknown, json: boolean): number {
+  const usage = isUsageError(error);
+  const message = error instanceof Error ? error.message : String(error);
+  if (json) {
+    const issues = error instanceof ConfigError ? { issues: error.issues } : {};
+    console.log(JSON.stringify({ error: { code: errorCode(error, usage), message, ...issues } }, null, 2));
+  } else {
+    const withUsage =
+      usage && !(error instanceof UsageError && !error.showUsage) && !(error instanceof ConfigError) && !(error instanceof FileExistsError);
+    const usageText = withUsage ? `\n${command && COMMANDS[command] ? commandUsage(command) : USAGE}` : '';
+    console.error(`${command && COMMANDS[command] ? `visiontorch ${command}: ` : 'visiontorch: '}${message}${usageText}`);
+  }
+  return usage ? ExitCode.USAGE : ExitCode.FAILED;
+}
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
-  if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
+  const json = rest.includes('--json');
+  if (command === '--help' || command === '-h' || command === 'help') {
     console.log(USAGE);
-    return command === undefined ? 1 : 0;
+    return ExitCode.OK;
   }
+  if (command === undefined) return fail(undefined, new UsageError('no command given'), json);
   if (command === '--version' || command === '-v' || command === 'version') {
     console.log(packageVersion());
-    return 0;
+    return ExitCode.OK;
   }
   const run = COMMANDS[command];
-  if (!run) {
-    console.error(`unknown command "${command}"\n${USAGE}`);
-    return 1;
-  }
+  if (!run) return fail(undefined, new UsageError(`unknown command "${command}"`), json);
   if (rest.includes('--help') || rest.includes('-h')) {
     console.log(commandUsage(command));
-    return 0;
+    return ExitCode.OK;
   }
   try {
-    await run(rest);
-    return 0;
+    const code = await run(rest);
+    return typeof code === 'number' ? code : ExitCode.OK;
   } catch (error) {
-    if (error instanceof UsageError || (error instanceof TypeError && 'code' in error && String(error.code).startsWith('ERR_PARSE_ARGS'))) {
-      console.error(`visiontorch ${command}: ${error.message}\n${USAGE}`);
-      return 1;
-    }
-    const message = error instanceof ConfigError || error instanceof Error ? error.message : String(error);
-    console.error(`visiontorch ${command}: ${message}`);
-    return 1;
+    return fail(command, error, json);
   }
 }
 

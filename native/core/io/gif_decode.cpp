@@ -7,7 +7,9 @@
 // - The frame's colour table is its local one if present, else the global one. A table whose
 //   every entry i is (i, i, i) is no palette at all: the image is mode L and its indices are the
 //   gray values. Indices past the end of a shorter table are gray (i, i, i), as Pillow's palette
-//   holds a gray ramp where the file gives no colours.
+//   holds a gray ramp where the file gives no colours. (A local identity table over a global colour
+//   table leaves Pillow inconsistent: mode L, yet convert("RGB") maps through the global table. The
+//   indices are kept as gray here, what np.array and convert("L") give.)
 // - The transparency index (graphic control extension before the frame) makes the image RGBA,
 //   what Image.convert("RGBA") gives: alpha 0 where the index is the transparent one. Otherwise
 //   mode P is RGB, mode L one channel.

@@ -419,6 +419,9 @@ def make_images(ycck_helper):
     # Indices past a 2-entry table: Pillow's palette is a gray ramp there.
     out["gif_index_past_table.gif"] = encode_gif((w, h), [dict(pixels=indices(w, h, 8, 21), x=0, y=0, min_code_size=3)],
                                                  [[200, 10, 30], [5, 250, 60]])
+    # A transparency index past the end of the table.
+    out["gif_transparency_past_table.gif"] = encode_gif(
+        (w, h), [dict(pixels=indices(w, h - 2, 4, 25), x=0, y=2, transparency=200, min_code_size=2)], colours16[:4])
     # An animation: frame 1 is offset and transparent, frame 2 covers it all.
     out["gif_animated_offset.gif"] = encode_gif(
         (w, h), [dict(pixels=indices(11, 9, 16, 22), x=3, y=2, transparency=0, min_code_size=4),
