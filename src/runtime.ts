@@ -15,7 +15,7 @@ export async function saveSafetensors(path: string, tensors: Record<string, Tens
   await native().saveSafetensors(path, tensors, metadata);
 }
 
-/** Decodes a JPEG or PNG (path, http(s) URL or bytes) to 8-bit interleaved pixels, as PIL reads it. */
+/** Decodes a JPEG, PNG, WebP or GIF (path, http(s) URL or bytes; an animation's first frame) to 8-bit interleaved pixels, as PIL reads it. */
 export async function decodeImage(image: ImageInput): Promise<{ width: number; height: number; channels: number; data: Uint8Array }> {
   return native().decodeImage(await fetchImageUrl(image, 'decodeImage'));
 }

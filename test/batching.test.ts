@@ -1,4 +1,4 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import {
@@ -15,7 +15,7 @@ import {
   type VisionModel,
 } from '../src/index.js';
 import { headerDimensions, imageDimensions } from '../src/models/image-dimensions.js';
-import { expectCode, expectError, fixture, tempDir } from './helpers.js';
+import { expectCode, expectError, fixture, repoRoot, tempDir } from './helpers.js';
 
 const loaded: VisionModel[] = [];
 afterAll(() => {
@@ -331,6 +331,18 @@ describe('micro-batching of detection and segmentation predict calls', () => {
     expect(headerDimensions(readFileSync(photos.rocket).subarray(0, 100)).truncated).toBe(true);
     expect(headerDimensions(new Uint8Array([1, 2, 3, 4]))).toEqual({ truncated: false });
     expect(await imageDimensions('/nonexistent/cat.png')).toBeUndefined();
+  });
+
+  it('reads WebP and GIF sizes as the decoder does (an offset or oversized first GIF frame included)', async () => {
+    const dir = join(repoRoot, 'native', 'core', 'tests', 'data', 'images');
+    const files = readdirSync(dir).filter((name) => name.endsWith('.webp') || name.endsWith('.gif'));
+    expect(files.length).toBeGreaterThanOrEqual(15);
+    for (const name of files) {
+      const bytes = readFileSync(join(dir, name));
+      const { width, height } = await decodeImage(bytes);
+      expect(headerDimensions(bytes), name).toEqual({ dimensions: { width, height }, truncated: false });
+      expect(headerDimensions(bytes.subarray(0, 16)).truncated, name).toBe(true);
+    }
   });
 
   it('finds the frame header of a JPEG file behind 128 KiB of other segments', async () => {

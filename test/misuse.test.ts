@@ -491,10 +491,10 @@ describe('images', () => {
     ['an empty buffer', () => new Uint8Array(0), /image 0: empty input \(0 bytes\)/],
     ['the first 200 bytes of a JPEG', () => jpeg.subarray(0, 200), /image 0: JPEG image file is truncated/],
     ['half a PNG', () => chelsea.subarray(0, chelsea.length >> 1), /image 0: PNG image file is truncated/],
-    ['a text file named photo.jpg', () => file('photo.jpg', 'hello, not an image\n'), /photo\.jpg: not a JPEG or PNG image/],
-    ['a GIF', () => GIF, /image 0: not a JPEG or PNG image/],
-    ['a BMP', () => BMP, /image 0: not a JPEG or PNG image/],
-    ['a WebP', () => WEBP, /image 0: not a JPEG or PNG image/],
+    ['a text file named photo.jpg', () => file('photo.jpg', 'hello, not an image\n'), /photo\.jpg: not a JPEG, PNG, WebP or GIF image/],
+    ['a GIF cut short', () => GIF.subarray(0, GIF.length - 8), /image 0: GIF image file is truncated/],
+    ['a BMP', () => BMP, /image 0: not a JPEG, PNG, WebP or GIF image/],
+    ['a WebP cut short', () => WEBP.subarray(0, 20), /image 0: WebP image file is truncated/],
     ['a PNG of 0x0 pixels', () => png(0, 0), /image 0: corrupt PNG header/],
     [
       'a PNG whose header checksum is wrong',
@@ -533,8 +533,13 @@ describe('images', () => {
     await expectError(vit.preprocess(PHOTO as never), ErrorCode.INVALID_ARGUMENT, /preprocess: expected one or more images/);
   });
 
-  it('decodeImage refuses a GIF as it does a corrupt image', async () => {
-    await expectError(decodeImage(GIF), ErrorCode.IMAGE, /not a JPEG or PNG image/);
+  it('decodeImage reads a GIF and a WebP as Pillow does, and refuses a BMP', async () => {
+    // Pillow: the GIF is mode P, its one pixel index 0 (white), the transparent index; the WebP a transparent black pixel.
+    const gif = await decodeImage(GIF);
+    expect([gif.width, gif.height, gif.channels, ...gif.data]).toEqual([1, 1, 4, 255, 255, 255, 0]);
+    const webp = await decodeImage(WEBP);
+    expect([webp.width, webp.height, webp.channels, ...webp.data]).toEqual([1, 1, 4, 0, 0, 0, 0]);
+    await expectError(decodeImage(BMP), ErrorCode.IMAGE, /not a JPEG, PNG, WebP or GIF image/);
   });
 });
 
