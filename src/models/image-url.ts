@@ -36,7 +36,7 @@ export function isImageUrl(image: unknown): image is string {
  * the fetches still running and rejects. `method` names the caller in messages.
  */
 export async function fetchImageUrls<T>(images: readonly T[], method: string, signal?: AbortSignal): Promise<(T | Uint8Array | string)[]> {
-  const resolved: (T | Uint8Array | string)[] = images.map((image) => (typeof image === 'string' ? localImage(image, method) : image));
+  const resolved: (T | Uint8Array | string)[] = resolveImagePaths(images, method);
   const pending = images.flatMap((image, i) => (isImageUrl(image) ? [i] : []));
   if (pending.length === 0) return resolved;
   // One failure is the call's answer: the other downloads would be wasted.
@@ -54,6 +54,14 @@ export async function fetchImageUrls<T>(images: readonly T[], method: string, si
     throw error;
   }
   return resolved;
+}
+
+/**
+ * `images` with every file:// URL replaced by its path, and other schemes refused, at once: for
+ * calls without http(s) URLs, which must reach the batcher in the order they were made.
+ */
+export function resolveImagePaths<T>(images: readonly T[], method: string): (T | string)[] {
+  return images.map((image) => (typeof image === 'string' ? localImage(image, method) : image));
 }
 
 /** One image input with a URL fetched (see fetchImageUrls). */

@@ -19,7 +19,7 @@ import { closest, describe } from '../schemas/common.js';
 import type { ModelType } from '../schemas/model-config.js';
 import type { DType, Tensor } from '../tensor.js';
 import { imageDimensions } from './image-dimensions.js';
-import { fetchImageUrls } from './image-url.js';
+import { fetchImageUrls, isImageUrl, resolveImagePaths } from './image-url.js';
 import {
   type BatchingOptions,
   type BatchingSettings,
@@ -183,8 +183,9 @@ export class VisionModel<T extends ModelType = ModelType> {
     const given = imageList(Array.isArray(images) ? images : [images], 'predict');
     const { key, run } = this.#predictor(options);
     this.handle(); // a disposed model refuses at once
-    // Fetched before batching, which then reads the sizes from the bytes as for any buffer.
-    const list = await fetchImageUrls(given, 'predict');
+    // Fetched before batching, which then reads the sizes from the bytes as for any buffer. A call
+    // without URLs goes on at once, so calls reach the batcher in the order they were made.
+    const list = given.some(isImageUrl) ? await fetchImageUrls(given, 'predict') : resolveImagePaths(given, 'predict');
     if (!this.#batcher || !this.#isBatching()) return run(list);
     const batchKey = this.#info.padsBatches ? await sameSizeBatchKey(key, list) : key;
     // Batching may have been turned off while the headers were read (a disposed model refuses in submit).
