@@ -9,7 +9,7 @@ export interface NativeTensor {
   data: Float32Array | Uint16Array | BigInt64Array | Int32Array | Uint8Array;
 }
 
-/** A file path, encoded JPEG/PNG bytes, or raw interleaved 8-bit pixels. */
+/** A file path, encoded JPEG, PNG, WebP or GIF bytes, or raw interleaved 8-bit pixels. */
 export type NativeImage = string | Uint8Array | { data: Uint8Array; width: number; height: number; channels: 1 | 3 | 4 };
 
 export interface NativeLoadOptions {
