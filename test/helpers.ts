@@ -1,5 +1,6 @@
 /** Shared by the tests: fixture locations, reference tensors, tolerance checks and error assertions. */
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -144,4 +145,38 @@ export function expectError(
     },
     (error: unknown) => expectCode(error, code, ...named),
   );
+}
+
+/**
+ * Type-checks `files` of `project` as a strict consumer would (NodeNext modules, our own
+ * declarations checked too: skipLibCheck off) with this checkout's TypeScript, writing the
+ * project's tsconfig.json first; `compilerOptions` adds or overrides options. Returns tsc's exit
+ * status and output.
+ */
+export function typeCheckConsumer(
+  project: string,
+  files: string[],
+  compilerOptions: Record<string, unknown> = {},
+): { status: number; output: string } {
+  writeFileSync(
+    join(project, 'tsconfig.json'),
+    JSON.stringify({
+      compilerOptions: {
+        module: 'nodenext',
+        moduleResolution: 'nodenext',
+        target: 'es2022',
+        strict: true,
+        noEmit: true,
+        skipLibCheck: false,
+        types: ['node'],
+        ...compilerOptions,
+      },
+      files,
+    }),
+  );
+  const tsc = spawnSync(process.execPath, [join(repoRoot, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', project], {
+    cwd: project,
+    encoding: 'utf8',
+  });
+  return { status: tsc.status ?? 1, output: `${tsc.stdout}${tsc.stderr}${tsc.error?.message ?? ''}` };
 }

@@ -9,7 +9,7 @@ import { dirname, join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HuggingFaceModelLoader } from '../src/index.js';
 import { loadFailureMessage } from '../src/native.js';
-import { fixture, repoRoot, tempDir } from './helpers.js';
+import { fixture, repoRoot, tempDir, typeCheckConsumer } from './helpers.js';
 
 const npm = (args: string[], cwd: string) =>
   spawnSync('npm', [...args, '--no-audit', '--no-fund', '--loglevel=error'], {
@@ -23,7 +23,6 @@ const packageJson = JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf
   debian: { runtime: string[]; build: string[]; libraries: Record<string, string> };
 };
 const prebuild = join(repoRoot, 'prebuilds', `linux-x64`, 'node.napi.glibc.node');
-const tsc = join(repoRoot, 'node_modules', 'typescript', 'bin', 'tsc');
 const model = fixture('vit-tiny-random');
 const photo = fixture('images', 'rocket.jpg');
 
@@ -137,26 +136,14 @@ async function main(): Promise<void> {
 void main();
 `,
     );
-    writeFileSync(
-      join(app, 'tsconfig.json'),
-      JSON.stringify({
-        compilerOptions: {
-          module: 'nodenext',
-          moduleResolution: 'nodenext',
-          target: 'es2022',
-          strict: true,
-          noUncheckedIndexedAccess: true,
-          exactOptionalPropertyTypes: true,
-          skipLibCheck: false,
-          outDir: 'out',
-          typeRoots: [join(repoRoot, 'node_modules', '@types')],
-          types: ['node'],
-        },
-        files: ['consumer.mts', 'consumer.cts'],
-      }),
-    );
-    const checked = spawnSync(process.execPath, [tsc, '-p', app], { cwd: app, encoding: 'utf8' });
-    expect(checked.status, checked.stdout).toBe(0);
+    const checked = typeCheckConsumer(app, ['consumer.mts', 'consumer.cts'], {
+      noEmit: false,
+      outDir: 'out',
+      noUncheckedIndexedAccess: true,
+      exactOptionalPropertyTypes: true,
+      typeRoots: [join(repoRoot, 'node_modules', '@types')],
+    });
+    expect(checked.status, checked.output).toBe(0);
 
     const run = (file: string) => execFileSync(process.execPath, [join(app, 'out', file)], { cwd: app, encoding: 'utf8' }).trim();
     const fromModule = JSON.parse(run('consumer.mjs')) as { architecture: string; best: { label: string; score: number } };

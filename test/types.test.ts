@@ -3,7 +3,6 @@
  * tsc type-checks this file: `npm run typecheck:tests`), and the declarations in dist/ that
  * users compile against (no @internal member left in them, a strict consumer compiles).
  */
-import { execFileSync } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, expectTypeOf, it } from 'vitest';
@@ -17,7 +16,7 @@ import {
   type SegmentPrediction,
   type VisionModel,
 } from '../src/index.js';
-import { fixture, repoRoot } from './helpers.js';
+import { fixture, repoRoot, typeCheckConsumer } from './helpers.js';
 
 const PHOTO = fixture('images', 'rocket.jpg');
 
@@ -126,27 +125,9 @@ if (any.isTask('segmentation')) {
 console.log(objects[0]?.[0]?.box.xmin);
 `,
     );
-    writeFileSync(
-      join(project, 'tsconfig.json'),
-      JSON.stringify({
-        compilerOptions: {
-          module: 'nodenext',
-          moduleResolution: 'nodenext',
-          target: 'es2022',
-          strict: true,
-          noEmit: true,
-          skipLibCheck: false,
-          noUncheckedIndexedAccess: true,
-          exactOptionalPropertyTypes: true,
-          types: ['node'],
-        },
-        files: ['consumer.ts'],
-      }),
-    );
     try {
-      execFileSync(process.execPath, [join(repoRoot, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', project], { encoding: 'utf8' });
-    } catch (error) {
-      throw new Error(`the consumer does not type-check:\n${(error as { stdout?: string }).stdout ?? String(error)}`);
+      const { status, output } = typeCheckConsumer(project, ['consumer.ts'], { noUncheckedIndexedAccess: true, exactOptionalPropertyTypes: true });
+      if (status !== 0) throw new Error(`the consumer does not type-check:\n${output}`);
     } finally {
       rmSync(project, { recursive: true, force: true });
     }
