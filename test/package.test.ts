@@ -220,6 +220,34 @@ describe('the prebuilt addon', () => {
   });
 });
 
+describe('the install step without a prebuild', () => {
+  it('says what to install to build from source instead of failing inside CMake', () => {
+    // A package with neither a prebuild nor a build, whose project lacks the build tools.
+    const dir = tempDir('visiontorch-install-');
+    try {
+      mkdirSync(join(dir, 'scripts'));
+      mkdirSync(join(dir, 'node_modules'));
+      cpSync(join(repoRoot, 'scripts', 'install-native.mjs'), join(dir, 'scripts', 'install-native.mjs'));
+      cpSync(join(repoRoot, 'package.json'), join(dir, 'package.json'));
+      symlinkSync(join(repoRoot, 'node_modules', 'node-gyp-build'), join(dir, 'node_modules', 'node-gyp-build'));
+      const install = spawnSync(process.execPath, [join(dir, 'scripts', 'install-native.mjs')], {
+        cwd: dir,
+        encoding: 'utf8',
+        env: { ...process.env, VISIONTORCH_SKIP_INSTALL_BUILD: '' },
+      });
+      expect(install.status).toBe(1);
+      expect(install.stderr).toContain('no prebuilt addon matches linux-x64');
+      expect(install.stderr).toContain(`sudo apt-get install ${packageJson.debian.build.join(' ')}`);
+      expect(install.stderr).toContain('npm install --save-dev cmake-js node-addon-api node-api-headers');
+      expect(install.stderr).toContain('missing npm packages: cmake-js, node-addon-api, node-api-headers');
+      expect(install.stderr).not.toMatch(/CMake Error/);
+      expect(existsSync(join(dir, 'build'))).toBe(false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('when the addon cannot load', () => {
   it('names a missing shared library and the Debian package that holds it', () => {
     const reason =
