@@ -11,14 +11,14 @@ import { option } from './lib.mjs';
 
 const fixtures = join(dirname(fileURLToPath(import.meta.url)), '..', 'test', 'fixtures');
 const jsonPath = option(process.argv.slice(2), 'json', undefined);
-const cases = [
+const cases = /** @type {const} */ ([
   ['vit-tiny-random', 'classification'],
   ['resnet-tiny-random', 'classification'],
   ['convnext-tiny-random', 'classification'],
   ['segformer-tiny-random', 'segmentation'],
   ['detr-tiny-random', 'object_detection'],
-];
-const modes = { float32: {}, bfloat16: { dtype: 'bfloat16' }, int8: { quantization: 'int8' } };
+]);
+const modes = /** @type {const} */ ({ float32: {}, bfloat16: { dtype: 'bfloat16' }, int8: { quantization: 'int8' } });
 
 function topClasses(values, classes) {
   const best = [];

@@ -16,7 +16,13 @@ const dtype = option(args, 'dtype', 'float32');
 const rounds = Number(option(args, 'rounds', '3'));
 const jsonPath = option(args, 'json', undefined);
 
-const modelConfig = { modelName: modelDir, modelType: 'classification', pretrained: false, dtype };
+// The command line's dtype, checked by loadModel at run time.
+const modelConfig = /** @type {import('visiontorch').LoadableConfig} */ ({
+  modelName: modelDir,
+  modelType: 'classification',
+  pretrained: false,
+  dtype,
+});
 const layouts = /** @type {const} */ (['contiguous', 'channels_last']);
 const models = {};
 for (const memoryFormat of layouts) models[memoryFormat] = await HuggingFaceModelLoader.loadModel(modelConfig, { seed: 0, memoryFormat });

@@ -153,7 +153,14 @@ for (const modelKey of options.models) {
     let modelError;
     try {
       const precision = dtype === 'int8' ? { dtype: 'float32', quantization: 'int8' } : { dtype };
-      model = await HuggingFaceModelLoader.loadModel({ modelName: configDir, modelType: entry.modelType, pretrained: false, ...precision });
+      // The command line's dtypes, checked by loadModel at run time.
+      const config = /** @type {import('visiontorch').LoadableConfig} */ ({
+        modelName: configDir,
+        modelType: entry.modelType,
+        pretrained: false,
+        ...precision,
+      });
+      model = await HuggingFaceModelLoader.loadModel(config);
     } catch (error) {
       modelError = `visiontorch could not load ${relative(process.cwd(), configDir)} as ${dtype}: ${errorMessage(error)}`;
       console.log(`  ${modelError}`);
