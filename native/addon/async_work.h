@@ -81,8 +81,11 @@ std::shared_ptr<CompletionPort> completion_port(Napi::Env env);
 
 // Runs `work` on the compute thread (vt::ComputeExecutor) and settles the returned Promise on
 // the JS thread with `to_js(result)`, or rejects it with the message of whatever `work` threw.
+// It is a short task, so it may run between the steps of a training run; `model` (the model it
+// computes with, if any) keeps it waiting while a run trains that model.
 template <typename Result>
-Napi::Promise run_async(Napi::Env env, std::function<Result()> work, std::function<Napi::Value(Napi::Env, Result&)> to_js) {
+Napi::Promise run_async(Napi::Env env, std::function<Result()> work, std::function<Napi::Value(Napi::Env, Result&)> to_js,
+                        const void* model = nullptr) {
   struct Job : Completion {
     Napi::Promise::Deferred deferred;
     std::function<Result()> work;
@@ -112,15 +115,17 @@ Napi::Promise run_async(Napi::Env env, std::function<Result()> work, std::functi
   Napi::Promise promise = job->deferred.Promise();
   std::shared_ptr<CompletionPort> port = completion_port(env);
   port->begin(env);
-  vt::ComputeExecutor::instance().post([job, port] {
-    try {
-      job->result = std::make_unique<Result>(job->work());
-    } catch (...) {
-      job->error = describe_current_exception();
-    }
-    job->work = nullptr;  // drop captured inputs (tensors, the model) on this thread
-    port->deliver(job);
-  });
+  vt::ComputeExecutor::instance().post(
+      [job, port] {
+        try {
+          job->result = std::make_unique<Result>(job->work());
+        } catch (...) {
+          job->error = describe_current_exception();
+        }
+        job->work = nullptr;  // drop captured inputs (tensors, the model) on this thread
+        port->deliver(job);
+      },
+      vt::ComputeExecutor::Kind::Short, model);
   return promise;
 }
 

@@ -87,7 +87,7 @@ Napi::Value ModelWrap::forward(const Napi::CallbackInfo& info) {
   auto inputs = std::make_shared<ModelInputs>(model_inputs_from_js(info[0]));
   return run_async<ModelOutputs>(
       info.Env(), [model, inputs] { return model->forward(*inputs); },
-      [](Napi::Env env, ModelOutputs& outputs) -> Napi::Value { return tensors_to_js(env, outputs); });
+      [](Napi::Env env, ModelOutputs& outputs) -> Napi::Value { return tensors_to_js(env, outputs); }, model.get());
 }
 
 Napi::Value ModelWrap::state_dict(const Napi::CallbackInfo& info) {
@@ -98,7 +98,8 @@ Napi::Value ModelWrap::state_dict(const Napi::CallbackInfo& info) {
         Napi::Object object = Napi::Object::New(env);
         for (const auto& [name, tensor] : state) object.Set(name, tensor_to_js(env, tensor));
         return object;
-      });
+      },
+      model.get());
 }
 
 Napi::Value ModelWrap::preprocess(const Napi::CallbackInfo& info) {
@@ -112,7 +113,8 @@ Napi::Value ModelWrap::preprocess(const Napi::CallbackInfo& info) {
         result.Set("pixelValues", tensor_to_js(env, processed.pixel_values));
         if (processed.pixel_mask.defined()) result.Set("pixelMask", tensor_to_js(env, processed.pixel_mask));
         return result;
-      });
+      },
+      model.get());
 }
 
 // predict(images, options): the model's task post-processes (see tasks/task.h); options of other
@@ -152,7 +154,8 @@ Napi::Value ModelWrap::predict(const Napi::CallbackInfo& info) {
           result.Set(static_cast<uint32_t>(i), value);
         }
         return result;
-      });
+      },
+      model.get());
 }
 
 Napi::Value ModelWrap::save(const Napi::CallbackInfo& info) {
@@ -167,7 +170,7 @@ Napi::Value ModelWrap::save(const Napi::CallbackInfo& info) {
         model->save(directory);
         return true;
       },
-      [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });
+      [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); }, model.get());
 }
 
 Napi::Value ModelWrap::load_saved(const Napi::CallbackInfo& info) {
@@ -182,7 +185,7 @@ Napi::Value ModelWrap::load_saved(const Napi::CallbackInfo& info) {
         model->load_saved(directory);
         return true;
       },
-      [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });
+      [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); }, model.get());
 }
 
 Napi::Value ModelWrap::dispose(const Napi::CallbackInfo& info) {

@@ -162,21 +162,27 @@ class TrainWorker : public Napi::AsyncProgressQueueWorker<std::string> {
   void Execute(const ExecutionProgress& progress) override {
     // The run executes on the compute thread like every other computation: libgomp stops
     // spinning between parallel regions once it manages more threads than there are cores,
-    // and a second team of threads made training 25-40% slower on 2 cores. Calls queued behind
-    // it wait for the run to end.
+    // and a second team of threads made training 25-40% slower on 2 cores. It is the long
+    // task: between steps it runs the calls queued behind it, except those on the model it
+    // trains (and another train()), which wait for the run to end.
     std::promise<void> done;
-    ComputeExecutor::instance().post([&] {
-      try {
-        result_ = trainer_->train(options_, [&](const nlohmann::json& event) {
-          std::string text = camel_case_keys(event).dump();
-          progress.Send(&text, 1);
-        });
-      } catch (...) {
-        failure_ = describe_current_exception();
-        SetError(failure_.message);
-      }
-      done.set_value();
-    });
+    ComputeExecutor::instance().post(
+        [&] {
+          try {
+            result_ = trainer_->train(
+                options_,
+                [&](const nlohmann::json& event) {
+                  std::string text = camel_case_keys(event).dump();
+                  progress.Send(&text, 1);
+                },
+                [] { ComputeExecutor::instance().run_waiting_short_tasks(); });
+          } catch (...) {
+            failure_ = describe_current_exception();
+            SetError(failure_.message);
+          }
+          done.set_value();
+        },
+        ComputeExecutor::Kind::Long, trainer_->model());
     done.get_future().wait();
   }
 
@@ -237,9 +243,8 @@ Napi::Value TrainerWrap::training_step(const Napi::CallbackInfo& info) {
   auto trainer = trainer_;
   return run_async<StepOutcome>(
       info.Env(), [trainer, inputs, return_gradients] { return trainer->training_step(*inputs, return_gradients); },
-      [return_gradients](Napi::Env env, StepOutcome& outcome) -> Napi::Value {
-        return step_outcome_to_js(env, outcome, return_gradients);
-      });
+      [return_gradients](Napi::Env env, StepOutcome& outcome) -> Napi::Value { return step_outcome_to_js(env, outcome, return_gradients); },
+      trainer->model());
 }
 
 Napi::Value TrainerWrap::train(const Napi::CallbackInfo& info) {
@@ -263,7 +268,8 @@ Napi::Value TrainerWrap::evaluate(const Napi::CallbackInfo& info) {
         Napi::Object result = Napi::Object::New(env);
         for (const auto& [name, value] : metrics) result.Set(name, value);
         return result;
-      });
+      },
+      trainer->model());
 }
 
 Napi::Value TrainerWrap::stop(const Napi::CallbackInfo& info) {

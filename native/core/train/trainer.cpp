@@ -87,6 +87,22 @@ void validate_options(const TrainingOptions& options) {
   if (options.distributed) distributed::validate(options.distributed->group);
 }
 
+// Lends the thread out between two steps of a run. What runs there never touches this run's
+// model, but it may draw from the global generator (another model's dropout, a head's random
+// initialisation): its state is put back, so the run's random stream, and so its weights, are
+// the same as without the interruption.
+void run_between_steps(const std::function<void()>& between_steps) {
+  auto generator = at::detail::getDefaultCPUGenerator();
+  torch::Tensor state;
+  {
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    state = generator.get_state();
+  }
+  between_steps();
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  generator.set_state(state);
+}
+
 // The per-metric improvement rule of early stopping and best-checkpoint tracking.
 bool lower_is_better(const std::string& metric) { return metric.find("loss") != std::string::npos; }
 
@@ -606,7 +622,7 @@ nlohmann::json Trainer::finish_run(Run& run, const EvaluationForward& forward) {
   return result;
 }
 
-nlohmann::json Trainer::train(const TrainingOptions& options, const EventSink& emit) {
+nlohmann::json Trainer::train(const TrainingOptions& options, const EventSink& emit, const std::function<void()>& between_steps) {
   std::lock_guard<std::mutex> run_lock(run_mutex_);
   Run run(options, emit);
   // The group lives as long as the run; training_step and evaluate never use it.
@@ -615,7 +631,18 @@ nlohmann::json Trainer::train(const TrainingOptions& options, const EventSink& e
     ~ClearGroup() { parallel = nullptr; }
   } clear_group{parallel_};
   start_run(run);
-  const EvaluationForward forward = evaluation_forward(options);
+  // Data-parallel ranks do not lend the thread: one rank serving requests would stall every
+  // rank at the next all-reduce, and collectives queued as requests (the addon's process group
+  // calls) would interleave with the run's at each rank's own timing.
+  const bool lends = between_steps && !run.parallel;
+  EvaluationForward forward = evaluation_forward(options);
+  if (lends) {
+    // Before each evaluation batch: its inference-mode and autocast scopes are not open yet.
+    forward = [inner = std::move(forward), &between_steps](const ModelInputs& batch) {
+      run_between_steps(between_steps);
+      return inner(batch);
+    };
+  }
   while (run.running()) {
     run.data->start_epoch(run.epoch, static_cast<size_t>(run.batch_in_epoch));
     while (run.running()) {
@@ -625,6 +652,8 @@ nlohmann::json Trainer::train(const TrainingOptions& options, const EventSink& e
       StepOutcome outcome = optimizer_step(micro_batches, false, options, run.schedule);
       reduce_step(run, outcome);
       end_step(run, outcome, *epoch_done, forward);
+      // The step's autocast, grad-mode and model-lock scopes have all closed by now.
+      if (lends) run_between_steps(between_steps);
       if (*epoch_done) break;
     }
   }

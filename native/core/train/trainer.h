@@ -85,12 +85,17 @@ class Trainer {
   // One optimizer step on one batch, with the options given at construction.
   StepOutcome training_step(const ModelInputs& batch, bool return_gradients);
   // The whole run described by `options` (its dataset); returns the run's summary.
-  nlohmann::json train(const TrainingOptions& options, const EventSink& sink);
+  // `between_steps` lends the thread out (the addon runs the requests queued behind the run):
+  // called after each optimizer step and before each evaluation batch, where no state of the
+  // step is active. Data-parallel runs never call it (see train()).
+  nlohmann::json train(const TrainingOptions& options, const EventSink& sink, const std::function<void()>& between_steps = {});
   // The task's metrics on a dataset's validation split (or on all of it when it has none):
   // loss, accuracy and top-5 accuracy; for detection loss and COCO mAP.
   Metrics evaluate(const DatasetSpec& dataset, int64_t batch_size);
   // Asks a running train() to stop after its current step (a checkpoint is saved first).
   void request_stop() { stop_requested_ = true; }
+  // The model it trains: calls on it wait while train() runs.
+  const PretrainedModel* model() const { return model_.get(); }
 
  private:
   struct Run;
