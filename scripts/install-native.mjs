@@ -73,23 +73,38 @@ const build = spawnSync(
   [cmakeJs, 'build', '--out', workDir, '--CDVISIONTORCH_BUILD_TESTS=OFF', '--parallel', String(availableParallelism())],
   { cwd: root, encoding: 'utf8', maxBuffer: 256 * 2 ** 20 },
 );
-try {
-  if (build.status !== 0) {
-    writeFileSync(log, `${build.stdout ?? ''}${build.stderr ?? ''}`);
-    const errors = `${build.stdout ?? ''}\n${build.stderr ?? ''}`.split('\n').filter((line) => /error|not found|Could NOT find/i.test(line));
-    say('the source build failed. The first errors:');
-    for (const line of errors.slice(0, 8)) say(`  ${line.trim()}`);
-    say(`the whole log: ${log}`);
-    howToBuild();
-    process.exit(1);
-  }
+// process.exit() skips finally blocks: the build folder is removed before any exit.
+const built = join(workDir, 'Release', 'visiontorch.node');
+if (build.status === 0) {
   const release = join(root, 'build', 'Release');
   mkdirSync(release, { recursive: true });
   const staged = join(release, `.visiontorch.node.${process.pid}.tmp`);
-  copyFileSync(join(workDir, 'Release', 'visiontorch.node'), staged);
+  copyFileSync(built, staged);
   spawnSync('strip', ['--strip-unneeded', staged]);
   renameSync(staged, join(release, 'visiontorch.node'));
-  say('built build/Release/visiontorch.node');
-} finally {
   rmSync(workDir, { recursive: true, force: true });
+  say('built build/Release/visiontorch.node');
+} else {
+  rmSync(workDir, { recursive: true, force: true });
+  writeFileSync(log, `${build.stdout ?? ''}${build.stderr ?? ''}`);
+  say('the source build failed. The first errors:');
+  for (const line of firstErrors(`${build.stdout ?? ''}\n${build.stderr ?? ''}`)) say(`  ${line}`);
+  say(`the whole log: ${log}`);
+  howToBuild();
+  process.exit(1);
+}
+
+/** CMake's error paragraphs and the compiler's error lines, at most 12 lines: what to act on. */
+function firstErrors(output) {
+  const lines = output.split('\n');
+  const picked = [];
+  for (let i = 0; i < lines.length && picked.length < 12; i++) {
+    if (/^CMake Error/.test(lines[i])) {
+      // CMake's message is the paragraph below its heading.
+      for (let j = i; j < lines.length && lines[j].trim() !== '' && picked.length < 12; j++) picked.push(lines[j].trim());
+    } else if (/:\d+:\d+: (fatal )?error:|Could NOT find/.test(lines[i])) {
+      picked.push(lines[i].trim());
+    }
+  }
+  return picked.length > 0 ? picked : lines.filter((line) => /error/i.test(line)).slice(0, 12);
 }

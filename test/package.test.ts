@@ -5,6 +5,7 @@
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HuggingFaceModelLoader } from '../src/index.js';
@@ -242,6 +243,43 @@ describe('the install step without a prebuild', () => {
       expect(install.stderr).toContain('missing npm packages: cmake-js, node-addon-api, node-api-headers');
       expect(install.stderr).not.toMatch(/CMake Error/);
       expect(existsSync(join(dir, 'build'))).toBe(false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('reports a failed source build by its first errors and its log, and leaves no build folder', () => {
+    // The build tools are there, but CMake cannot find a package the project asks for.
+    const dir = tempDir('visiontorch-install-');
+    const workDirs = () => readdirSync(tmpdir()).filter((name) => name.startsWith('visiontorch-build-') && !name.endsWith('.log'));
+    const before = new Set(workDirs());
+    try {
+      mkdirSync(join(dir, 'scripts'));
+      mkdirSync(join(dir, 'node_modules'));
+      cpSync(join(repoRoot, 'scripts', 'install-native.mjs'), join(dir, 'scripts', 'install-native.mjs'));
+      cpSync(join(repoRoot, 'package.json'), join(dir, 'package.json'));
+      for (const name of ['node-gyp-build', 'cmake-js', 'node-addon-api', 'node-api-headers']) {
+        symlinkSync(join(repoRoot, 'node_modules', name), join(dir, 'node_modules', name));
+      }
+      writeFileSync(
+        join(dir, 'CMakeLists.txt'),
+        'cmake_minimum_required(VERSION 3.18)\nproject(visiontorch LANGUAGES CXX)\nfind_package(VisiontorchMissingDependency REQUIRED)\n',
+      );
+      const install = spawnSync(process.execPath, [join(dir, 'scripts', 'install-native.mjs')], {
+        cwd: dir,
+        encoding: 'utf8',
+        env: { ...process.env, VISIONTORCH_SKIP_INSTALL_BUILD: '' },
+      });
+      expect(install.status, install.stderr).toBe(1);
+      expect(install.stderr).toContain('the source build failed');
+      expect(install.stderr).toContain('VisiontorchMissingDependency');
+      const log = /the whole log: (\S+)/.exec(install.stderr)?.[1];
+      expect(log).toBeDefined();
+      expect(readFileSync(log as string, 'utf8')).toContain('VisiontorchMissingDependency');
+      rmSync(log as string, { force: true });
+      expect(install.stderr).toContain(`sudo apt-get install ${packageJson.debian.build.join(' ')}`);
+      expect(existsSync(join(dir, 'build'))).toBe(false);
+      expect(workDirs().filter((name) => !before.has(name))).toEqual([]);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
