@@ -160,6 +160,13 @@ export interface NativeRuntimeInfo {
   defaultComputeThreads: number;
   /** Freed tensor memory held for reuse (see native/core/runtime/caching_allocator.h), bytes. */
   cachedMemoryBytes: number;
+  /**
+   * Threads of the most recent inference pass (0 before the first): computeThreads, or fewer for
+   * small passes and while other processes hold cores (native/core/runtime/inference_team.h).
+   */
+  lastInferenceThreads: number;
+  /** Whether inference passes found their threads waiting for cores that other processes hold. */
+  cpuContended: boolean;
 }
 
 /**

@@ -3,7 +3,7 @@
 // run (visiontorch, onnxruntime, PyTorch, visiontorch, ...) so that a busy machine slows all three
 // alike. Prepare the peers first with `bash bench/setup-peers.sh`.
 //
-//   node bench/inference.mjs [--model vit|resnet50|swin|segformer|detr|all (or a comma list)]
+//   node bench/inference.mjs [--model vit|vit-tiny|resnet50|swin|segformer|detr|all (or a comma list)]
 //                            [--batch 1,8] [--dtype float32,bfloat16,int8] [--rounds 3] [--warmup 1]
 //                            [--json results.json] [--png chart.png]
 //
@@ -11,14 +11,13 @@
 // visiontorch / onnxruntime and visiontorch / PyTorch (above 1: visiontorch is faster).
 // onnxruntime has no bf16 kernels on CPU, so bfloat16 rows compare against its fp32 numbers.
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { cpus, loadavg } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { HuggingFaceModelLoader, runtimeInfo, tensor } from '../dist/index.js';
 import { writeFileAtomically } from '../dist/render/canvas.js';
 import { RUNTIMES, renderInferenceChart } from './chart.mjs';
-import { median, startPeer } from './lib.mjs';
+import { loadOnnxRuntime, median, startPeer } from './lib.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const peersDir = join(here, '.peers');
@@ -40,7 +39,7 @@ function fail(message) {
 // ---------------------------------------------------------------------------------------------
 // Options
 
-const USAGE = `usage: node bench/inference.mjs [--model vit|resnet50|swin|segformer|detr|all (or a comma list)]
+const USAGE = `usage: node bench/inference.mjs [--model vit|vit-tiny|resnet50|swin|segformer|detr|all (or a comma list)]
          [--batch 1,8] [--dtype float32,bfloat16,int8] [--rounds 3] [--warmup 1] [--json file] [--png file]`;
 
 function parseOptions(argv) {
@@ -89,17 +88,6 @@ function parseOptions(argv) {
 // ---------------------------------------------------------------------------------------------
 // Runtimes
 
-/** onnxruntime-node from bench/.peers, where setup-peers.sh installs it outside the package's dependencies. */
-function loadOnnxRuntime() {
-  const packageDir = join(peersDir, 'node_modules', 'onnxruntime-node');
-  if (!existsSync(join(packageDir, 'package.json'))) {
-    fail(`onnxruntime-node is not installed in ${relative(process.cwd(), peersDir) || '.'}: run bash bench/setup-peers.sh`);
-  }
-  const { version } = JSON.parse(readFileSync(join(packageDir, 'package.json'), 'utf8'));
-  // A CommonJS package: require it by its directory rather than let resolution find another copy.
-  return { ort: createRequire(import.meta.url)(packageDir), version };
-}
-
 const seconds = async (run) => {
   const start = performance.now();
   await run();
@@ -115,7 +103,13 @@ const errorMessage = (error) => (error instanceof Error ? error.message : String
 
 const options = parseOptions(process.argv.slice(2));
 const threads = runtimeInfo().computeThreads;
-const { ort, version: ortVersion } = loadOnnxRuntime();
+let ort;
+let ortVersion;
+try {
+  ({ ort, version: ortVersion } = loadOnnxRuntime());
+} catch (error) {
+  fail(errorMessage(error));
+}
 for (const model of options.models) {
   const onnxPath = join(onnxDir, `${model}.onnx`);
   if (!existsSync(onnxPath)) fail(`no ONNX export of ${model} at ${relative(process.cwd(), onnxPath)}: run bash bench/setup-peers.sh`);
@@ -179,7 +173,7 @@ for (const modelKey of options.models) {
       try {
         const reply = await peer.request({
           op: 'setup',
-          model: modelKey,
+          model: entry.architecture ?? modelKey,
           config: join(configDir, 'config.json'),
           imageSize: size,
           batch,

@@ -1,10 +1,25 @@
 // Shared by the benchmarks: a line-protocol client for the Python peers, medians, argument parsing.
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join, relative } from 'node:path';
 import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
 
 /** Debian's python3 has python3-torch; a python3 earlier on PATH (pyenv, venvs) may not. */
 export const PYTHON = process.env.VISIONTORCH_BENCH_PYTHON ?? '/usr/bin/python3';
+
+/** onnxruntime-node from bench/.peers, where setup-peers.sh installs it outside the package's dependencies. */
+export function loadOnnxRuntime() {
+  const peersDir = join(dirname(fileURLToPath(import.meta.url)), '.peers');
+  const packageDir = join(peersDir, 'node_modules', 'onnxruntime-node');
+  if (!existsSync(join(packageDir, 'package.json'))) {
+    throw new Error(`onnxruntime-node is not installed in ${relative(process.cwd(), peersDir) || '.'}: run bash bench/setup-peers.sh`);
+  }
+  const { version } = JSON.parse(readFileSync(join(packageDir, 'package.json'), 'utf8'));
+  // A CommonJS package: require it by its directory rather than let resolution find another copy.
+  return { ort: createRequire(import.meta.url)(packageDir), version };
+}
 
 /** A long-lived peer process answering one JSON request per line, so peers and visiontorch can alternate. */
 export function startPeer(script) {

@@ -30,11 +30,13 @@ def is_current(target, sources):
 def export(name, entry, target):
     config = (BENCH / entry["config"] / "config.json").resolve()
     torch.manual_seed(0)
-    model = build_model(name, config)
+    # Several table entries may share one architecture (a tiny and a full-size ViT).
+    architecture = entry.get("architecture", name)
+    model = build_model(architecture, config)
     size = entry["imageSize"]
     # Batch 2 so that nothing in the trace specialises on a batch of one.
     example = torch.randn(2, 3, size, size)
-    outputs = output_names(name)
+    outputs = output_names(architecture)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         with torch.no_grad():

@@ -15,6 +15,7 @@
 #include "pretrained/registry.h"
 #include "runtime/caching_allocator.h"
 #include "runtime/executor.h"
+#include "runtime/inference_team.h"
 #include "runtime/threads.h"
 #include "trainer_wrap.h"
 
@@ -228,6 +229,8 @@ Napi::Value runtime_info_js(const Napi::CallbackInfo& info) {
   result.Set("computeThreads", compute_threads());
   result.Set("defaultComputeThreads", default_compute_threads());
   result.Set("cachedMemoryBytes", static_cast<double>(cached_cpu_memory().cached_bytes));
+  result.Set("lastInferenceThreads", last_inference_team());
+  result.Set("cpuContended", CpuContention::process().active());
   return result;
 }
 

@@ -85,6 +85,25 @@ Napi::Value ModelWrap::info(const Napi::CallbackInfo& info) {
 Napi::Value ModelWrap::forward(const Napi::CallbackInfo& info) {
   auto model = this->model(info.Env());
   auto inputs = std::make_shared<ModelInputs>(model_inputs_from_js(info[0]));
+  // A small pass on one thread runs here, as long as nothing waits on the compute thread (which
+  // keeps calls in order): its two thread hand-offs would take longer than the pass.
+  if (ComputeExecutor::instance().idle()) {
+    Napi::Env env = info.Env();
+    auto deferred = Napi::Promise::Deferred::New(env);
+    try {
+      std::optional<ModelOutputs> outputs = model->forward_if_small(*inputs);
+      if (outputs) {
+        deferred.Resolve(tensors_to_js(env, *outputs));
+        return deferred.Promise();
+      }
+    } catch (const Napi::Error& error) {
+      deferred.Reject(error.Value());
+      return deferred.Promise();
+    } catch (...) {
+      deferred.Reject(to_js_error(env, describe_current_exception()).Value());
+      return deferred.Promise();
+    }
+  }
   return run_async<ModelOutputs>(
       info.Env(), [model, inputs] { return model->forward(*inputs); },
       [](Napi::Env env, ModelOutputs& outputs) -> Napi::Value { return tensors_to_js(env, outputs); }, model.get());

@@ -414,11 +414,24 @@ ModelOutputs PretrainedModel::forward(const ModelInputs& raw_inputs) {
   c10::InferenceMode inference;
   module_->eval();
   ModelInputs inputs = move_inputs(raw_inputs, device_, dtype_, memory_format_);
+  std::optional<InferencePass> pass;
+  if (device_.is_cpu())
+    pass.emplace(inference_team_, inputs.pixel_values.defined() ? inputs.pixel_values.sizes().vec() : std::vector<int64_t>{});
   ModelOutputs outputs = module_->forward(inputs);
+  if (pass) pass->finish();
   for (auto& [name, tensor] : outputs) {
     if (name == "loss" || name.rfind("loss_dict.", 0) == 0) tensor = tensor.to(torch::kFloat32);
   }
   return outputs;
+}
+
+std::optional<ModelOutputs> PretrainedModel::forward_if_small(const ModelInputs& inputs) {
+  if (!device_.is_cpu() || !adaptive_threads_enabled() || !inputs.pixel_values.defined()) return std::nullopt;
+  {
+    std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
+    if (!lock.owns_lock() || !inference_team_.small(inputs.pixel_values.sizes().vec())) return std::nullopt;
+  }
+  return forward(inputs);
 }
 
 TensorMap PretrainedModel::state_dict() {

@@ -20,6 +20,7 @@
 #include "nn/module.h"
 #include "pretrained/registry.h"
 #include "pretrained/weights.h"
+#include "runtime/inference_team.h"
 #include "tasks/task.h"
 
 namespace vt {
@@ -70,6 +71,11 @@ class PretrainedModel {
 
   // Evaluation-mode forward without autograd; inputs are moved to the model's device and dtype.
   ModelOutputs forward(const ModelInputs& inputs);
+  // forward(), when passes over these inputs' shape were found small (see InferenceTeam: one
+  // thread, under a millisecond) and no other thread holds the model; nullopt otherwise. The
+  // addon runs such passes on the calling thread: handing them to the compute thread and back
+  // cost more than their work.
+  std::optional<ModelOutputs> forward_if_small(const ModelInputs& inputs);
   // Parameters and buffers under HuggingFace's keys, as contiguous CPU copies.
   TensorMap state_dict();
   // The image processor's output for these images: pixel_values [B, C, H, W] float32, and for
@@ -117,6 +123,7 @@ class PretrainedModel {
   torch::MemoryFormat memory_format_ = torch::MemoryFormat::Contiguous;
   std::string quantization_ = "none";
   LoadReport report_;
+  InferenceTeam inference_team_;  // per input shape: whether passes are small enough for one thread
   std::mutex mutex_;
 };
 

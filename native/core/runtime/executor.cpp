@@ -107,6 +107,11 @@ void ComputeExecutor::Impl::wait_at_exit() {
   if (executor_impl != nullptr) ComputeExecutor::instance().finish_for_exit();
 }
 
+bool ComputeExecutor::idle() const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  return !impl_->running && impl_->tasks.empty();
+}
+
 size_t ComputeExecutor::run_waiting_short_tasks() {
   Impl& impl = *impl_;
   if (std::this_thread::get_id() != impl.thread_id) return 0;

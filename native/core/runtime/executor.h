@@ -36,6 +36,10 @@ class ComputeExecutor {
   // task inside a yield) it runs nothing and returns 0.
   size_t run_waiting_short_tasks();
 
+  // Whether no task is running or queued: a snapshot, so a caller that acts on it must be fine
+  // with a task posted right after.
+  bool idle() const;
+
   // The process is exiting: drops the queued tasks, refuses new ones and waits (up to a minute)
   // for the running one, so that exit does not destroy what it computes with under it.
   void finish_for_exit();
