@@ -245,7 +245,7 @@ describe('loadConfig (YAML, snake_case)', () => {
     const cfg = await loadConfig(repoFile('config/model_config.yaml'));
     expect(cfg.path).toBe(repoFile('config/model_config.yaml'));
     expect(cfg.model).toMatchObject({
-      modelName: repoFile('config/models/vit-fashion-mnist'),
+      modelName: repoFile('config/models/resnet-fashion-mnist'),
       modelType: 'classification',
       pretrained: false,
       numClasses: 10,
