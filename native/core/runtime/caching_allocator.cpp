@@ -52,11 +52,15 @@ class CachingCpuAllocator final : public c10::Allocator {
     const size_t rounded = (bytes + kGranularity - 1) / kGranularity * kGranularity;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (auto found = free_.find(rounded); found != free_.end()) {
+      // The smallest free block that fits, up to a quarter larger: a step frees blocks of one
+      // size (weight gradients) while the next forward pass asks for slightly different ones
+      // (bf16 activations); exact sizes only kept both, 7% over PyTorch's peak in bf16 training.
+      if (auto found = free_.lower_bound(rounded); found != free_.end() && found->first <= rounded + rounded / 4) {
+        const size_t block = found->first;
         void* data = found->second;
         free_.erase(found);
-        cached_bytes_ -= rounded;
-        live_[data] = rounded;
+        cached_bytes_ -= block;
+        live_[data] = block;  // released under its own size, so it is cached as what it is
         ++reused_;
         return data;
       }

@@ -2,7 +2,8 @@
 // and allocates the same large buffers (activations, gradients) over and over; through malloc
 // each comes back as fresh pages from the kernel, and touching them costs a page fault (and a
 // page of zeroes) every 4 KiB: 5-10% of a ViT or ResNet step. Freed blocks of 256 KiB and more
-// are kept for the next allocation of the same rounded size instead, up to a cap.
+// are kept for the next allocation of the same rounded size, or up to a quarter smaller,
+// instead, up to a cap.
 #pragma once
 
 #include <cstddef>

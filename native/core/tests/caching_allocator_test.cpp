@@ -36,4 +36,28 @@ TEST(CachingAllocator, ReusesLargeBlocksAndReleasesThem) {
   EXPECT_EQ(vt::cached_cpu_memory().cached_bytes, 0u);
 }
 
+TEST(CachingAllocator, AFreeBlockUpToAQuarterLargerServesARequest) {
+  vt::install_caching_cpu_allocator();
+  vt::release_cached_cpu_memory();
+  void* block = nullptr;
+  { block = torch::empty({1024, 1024}).data_ptr(); }  // 4 MiB, now cached
+  {
+    auto too_small = torch::empty({768, 1024});  // 3 MiB: the 4 MiB block is a third larger
+    EXPECT_NE(too_small.data_ptr(), block);
+  }
+  vt::release_cached_cpu_memory();
+  { block = torch::empty({1024, 1024}).data_ptr(); }
+  const auto before = vt::cached_cpu_memory();
+  {
+    auto slightly_smaller = torch::empty({896, 1024});  // 3.5 MiB fits the 4 MiB block
+    EXPECT_EQ(slightly_smaller.data_ptr(), block);
+    EXPECT_EQ(vt::cached_cpu_memory().reused, before.reused + 1);
+    EXPECT_EQ(vt::cached_cpu_memory().cached_bytes, before.cached_bytes - (size_t{4} << 20));
+  }
+  // It comes back as the 4 MiB block it is: a full 4 MiB request reuses it.
+  EXPECT_EQ(vt::cached_cpu_memory().cached_bytes, before.cached_bytes);
+  EXPECT_EQ(torch::empty({1024, 1024}).data_ptr(), block);
+  vt::release_cached_cpu_memory();
+}
+
 }  // namespace
