@@ -10,6 +10,7 @@
 #include <thread>
 #include <utility>
 
+#include <dirent.h>
 #include <omp.h>
 #include <sched.h>
 #include <sys/syscall.h>
@@ -49,42 +50,30 @@ bool CpuContention::active() const {
   return active_;
 }
 
-void CpuContention::report(const PassTiming& timing, int full, double now) {
-  if (full <= 1 || timing.team != full || timing.run_delay_seconds < 0 || timing.seconds <= 0) return;
-  const bool waited = timing.run_delay_seconds > kContendedShare * timing.team * timing.seconds;
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (!waited) {
-    active_ = false;
-  } else {
-    // A failed probe waits twice as long for the next; a new contention starts at the first interval.
-    probe_interval_ = active_ ? std::min(2 * probe_interval_, kLongestProbeInterval) : kFirstProbeInterval;
+void CpuContention::report(const PassTiming& timing) {
+  if (timing.team <= 1 || timing.run_delay_seconds < 0 || timing.seconds <= 0) return;
+  if (timing.run_delay_seconds > kContendedShare * timing.team * timing.seconds) {
+    std::lock_guard<std::mutex> lock(mutex_);
     active_ = true;
-    next_probe_ = now + probe_interval_;
   }
 }
 
-int CpuContention::team(int full, int other_runnable, int cores, double now) {
+int CpuContention::team(int full, int other_runnable, int cores) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (!active_) return full;
-  if (now >= next_probe_) {
-    // Until report() says how the probe went (or if it never does), no second probe.
-    next_probe_ = now + probe_interval_;
-    return full;
-  }
   if (other_runnable < 0) return 1;
   const int free_cores = std::clamp(cores - other_runnable, 1, full);
   if (free_cores == full) active_ = false;
   return free_cores;
 }
 
-int InferenceTeam::choose(const std::vector<int64_t>& shape, int full, CpuContention& contention, int other_runnable, int cores,
-                          double now) {
+int InferenceTeam::choose(const std::vector<int64_t>& shape, int full, CpuContention& contention, int other_runnable, int cores) {
   if (full <= 1 || small(shape)) return 1;
-  return contention.team(full, other_runnable, cores, now);
+  return contention.team(full, other_runnable, cores);
 }
 
-void InferenceTeam::record(const std::vector<int64_t>& shape, int full, const PassTiming& timing, CpuContention& contention, double now) {
-  contention.report(timing, full, now);
+void InferenceTeam::record(const std::vector<int64_t>& shape, int full, const PassTiming& timing, CpuContention& contention) {
+  contention.report(timing);
   if (full <= 1) return;
   // Passes on a team shrunk by contention count too: one that is small on fewer threads is small.
   ShapeRecord& shape_record = shapes_[shape];
@@ -114,7 +103,23 @@ int other_runnable_tasks() {
   if (!read_small_file("/proc/loadavg", text, sizeof text)) return -1;
   int runnable = 0;
   if (std::sscanf(text, "%*f %*f %*f %d/", &runnable) != 1 || runnable < 1) return -1;
-  return runnable - 1;
+  // Less this process's own: the JavaScript thread that just queued the pass is often still
+  // running, and would hold the team at one thread on an idle machine.
+  DIR* tasks = ::opendir("/proc/self/task");
+  if (tasks == nullptr) return -1;
+  int own = 0;
+  while (const dirent* entry = ::readdir(tasks)) {
+    if (entry->d_name[0] == '.') continue;
+    char path[64];
+    std::snprintf(path, sizeof path, "/proc/self/task/%s/stat", entry->d_name);
+    // "<tid> (<name>) <state> ...": the name may hold spaces and parentheses, the state follows the last ')'.
+    char stat[512];
+    if (!read_small_file(path, stat, sizeof stat)) continue;
+    const char* close = std::strrchr(stat, ')');
+    if (close != nullptr && close[1] == ' ' && close[2] == 'R') ++own;
+  }
+  ::closedir(tasks);
+  return std::max(0, runnable - std::max(own, 1));
 }
 
 int usable_cpus() {
@@ -161,12 +166,10 @@ InferencePass::InferencePass(InferenceTeam& record, std::vector<int64_t> shape)
       team_(full_),
       adaptive_(adaptive_threads_enabled() && full_ > 1) {
   if (adaptive_) {
-    // Read the machine's runnable count only while contention is active: the cheap path stays
-    // cheap, and a full team's spinning workers would count as others.
+    // Count the runnable threads only while contention is active: the common path stays cheap.
     CpuContention& contention = CpuContention::process();
     const bool contended = contention.active();
-    team_ =
-        record_.choose(shape_, full_, contention, contended ? other_runnable_tasks() : 0, contended ? usable_cpus() : full_, now_seconds());
+    team_ = record_.choose(shape_, full_, contention, contended ? other_runnable_tasks() : 0, contended ? usable_cpus() : full_);
     // omp_set_num_threads, not at::set_num_threads: that also rebuilds libtorch's pthreadpool.
     if (team_ != full_) omp_set_num_threads(team_);
     if (team_ > 1) run_delay_before_ = run_delay_seconds(team_thread_ids(team_));
@@ -184,7 +187,7 @@ void InferencePass::finish() {
     const double after = run_delay_seconds(team_thread_ids(team_));
     if (after >= 0) timing.run_delay_seconds = after - run_delay_before_;
   }
-  record_.record(shape_, full_, timing, CpuContention::process(), now_seconds());
+  record_.record(shape_, full_, timing, CpuContention::process());
 }
 
 InferencePass::~InferencePass() {

@@ -1,14 +1,15 @@
 // How many OpenMP threads an inference pass runs on. The configured compute threads are the
 // ceiling; two things lower it:
 // - Small work. Passes over an input shape that took under kSmallPassSeconds run on one thread
-//   from then on: waking the team and meeting at its barriers costs about
-//   what the second thread saves, and one member descheduled by another process stalls the rest
-//   (a tiny ViT's 0.2 ms pass took 40 ms beside a busy process).
+//   from then on: waking the team and meeting at its barriers costs about what the second thread
+//   saves, and one member descheduled by another process stalls the rest (a tiny ViT's 0.2 ms
+//   pass took 40 ms beside a busy process).
 // - Contention. When the team's threads spent more than kContendedShare of a pass waiting for a
 //   core (Linux's schedstat run delay), other processes hold cores: OpenMP's workers spin at each
-//   barrier for a member the scheduler parked behind them. Passes then run on the cores that the
-//   machine's runnable count (/proc/loadavg) leaves free, read again before each pass, until the
-//   full team fits again or a full-team pass, tried now and then, no longer waits.
+//   barrier for a member the scheduler parked behind them. Passes then run on the cores that other
+//   processes' runnable threads (/proc/loadavg less this process's) leave free, counted again
+//   before each pass, until the full team fits again. Low-priority processes count too, and
+//   rightly: a team member that shares a core with one still waits out its time slices.
 // VISIONTORCH_ADAPTIVE_THREADS=0 keeps every pass on the full team.
 #pragma once
 
@@ -30,32 +31,25 @@ struct PassTiming {
 };
 
 // Whether other processes hold the cores: process-wide, since every model shares the machine.
-// The logic only (no clocks, no /proc: times are passed in), so that tests can drive it.
+// The logic only (no clocks, no /proc), so that tests can drive it.
 class CpuContention {
  public:
   static constexpr double kContendedShare = 0.1;
-  // While contended, a full-team pass is tried after this long, then after twice as long each
-  // time it still waits (up to kLongestProbeInterval): runnable tasks of low priority (nice)
-  // count in /proc/loadavg yet barely slow the team.
-  static constexpr double kFirstProbeInterval = 4;
-  static constexpr double kLongestProbeInterval = 64;
 
   static CpuContention& process();
 
   bool active() const;
-  // A full-team pass (`full` > 1 threads) whose threads waited on run queues for more than
-  // kContendedShare of team x seconds makes contention active; one that waited less ends it.
-  void report(const PassTiming& timing, int full, double now);
-  // The team for the next pass: `full` when contention is not active, or when a probe is due;
-  // otherwise the cores that `other_runnable` tasks leave free of `cores` (1 to full), which ends
-  // contention once `full` fits. `other_runnable` < 0 (unknown) keeps one thread.
-  int team(int full, int other_runnable, int cores, double now);
+  // A pass on `timing.team` > 1 threads whose threads waited on run queues for more than
+  // kContendedShare of team x seconds makes contention active.
+  void report(const PassTiming& timing);
+  // The team for the next pass: `full` when contention is not active; otherwise the cores that
+  // `other_runnable` tasks leave free of `cores` (1 to full), which ends contention once `full`
+  // fits. `other_runnable` < 0 (unknown) keeps one thread.
+  int team(int full, int other_runnable, int cores);
 
  private:
   mutable std::mutex mutex_;
   bool active_ = false;
-  double probe_interval_ = kFirstProbeInterval;
-  double next_probe_ = 0;
 };
 
 // One model's record of its passes per input shape, for the small-work rule.
@@ -67,8 +61,8 @@ class InferenceTeam {
   static constexpr int kTimedPasses = 3;
 
   // The team for a pass over inputs of `shape`, out of `full` threads.
-  int choose(const std::vector<int64_t>& shape, int full, CpuContention& contention, int other_runnable, int cores, double now);
-  void record(const std::vector<int64_t>& shape, int full, const PassTiming& timing, CpuContention& contention, double now);
+  int choose(const std::vector<int64_t>& shape, int full, CpuContention& contention, int other_runnable, int cores);
+  void record(const std::vector<int64_t>& shape, int full, const PassTiming& timing, CpuContention& contention);
   // Whether passes over `shape` were found small (they run on one thread).
   bool small(const std::vector<int64_t>& shape) const;
 
@@ -83,8 +77,8 @@ class InferenceTeam {
 
 // Whether VISIONTORCH_ADAPTIVE_THREADS leaves the adaptive team on (unset, or anything but "0").
 bool adaptive_threads_enabled();
-// The kernel's count of runnable tasks on the machine, less the calling thread (/proc/loadavg);
-// -1 where it cannot be read.
+// The kernel's count of runnable tasks on the machine (/proc/loadavg) less this process's own
+// (/proc/self/task); -1 where it cannot be read.
 int other_runnable_tasks();
 // Logical CPUs this process may run on.
 int usable_cpus();

@@ -23,123 +23,85 @@ TEST(InferenceTeam, SmallPassesMoveToOneThreadAfterTheTimedPasses) {
   CpuContention contention;
   InferenceTeam team;
   // The first pass (packing, allocator) is slow and not counted.
-  team.record(kShape, 2, pass(2, 0.050), contention, 0);
+  team.record(kShape, 2, pass(2, 0.050), contention);
   for (int i = 0; i < InferenceTeam::kTimedPasses; ++i) {
-    EXPECT_EQ(team.choose(kShape, 2, contention, 0, 2, 0), 2) << "decided before every timed pass ran";
-    team.record(kShape, 2, pass(2, 0.0004), contention, 0);
+    EXPECT_EQ(team.choose(kShape, 2, contention, 0, 2), 2) << "decided before every timed pass ran";
+    team.record(kShape, 2, pass(2, 0.0004), contention);
   }
   EXPECT_TRUE(team.small(kShape));
-  EXPECT_EQ(team.choose(kShape, 2, contention, 0, 2, 0), 1);
+  EXPECT_EQ(team.choose(kShape, 2, contention, 0, 2), 1);
   // Another shape of the same model is timed on its own.
-  EXPECT_EQ(team.choose({8, 3, 32, 32}, 2, contention, 0, 2, 0), 2);
+  EXPECT_EQ(team.choose({8, 3, 32, 32}, 2, contention, 0, 2), 2);
 }
 
 TEST(InferenceTeam, LargePassesKeepTheFullTeam) {
   CpuContention contention;
   InferenceTeam team;
-  for (int i = 0; i < InferenceTeam::kTimedPasses + 3; ++i) team.record(kShape, 4, pass(4, 0.120), contention, 0);
+  for (int i = 0; i < InferenceTeam::kTimedPasses + 3; ++i) team.record(kShape, 4, pass(4, 0.120), contention);
   EXPECT_FALSE(team.small(kShape));
-  EXPECT_EQ(team.choose(kShape, 4, contention, 0, 4, 0), 4);
+  EXPECT_EQ(team.choose(kShape, 4, contention, 0, 4), 4);
 }
 
 TEST(InferenceTeam, TheFastestTimedPassDecides) {
   CpuContention contention;
   InferenceTeam team;
-  team.record(kShape, 2, pass(2, 0.050), contention, 0);
-  team.record(kShape, 2, pass(2, 0.030), contention, 0);  // slowed by other work
-  team.record(kShape, 2, pass(2, 0.0005), contention, 0);
-  team.record(kShape, 2, pass(2, 0.020), contention, 0);
+  team.record(kShape, 2, pass(2, 0.050), contention);
+  team.record(kShape, 2, pass(2, 0.030), contention);  // slowed by other work
+  team.record(kShape, 2, pass(2, 0.0005), contention);
+  team.record(kShape, 2, pass(2, 0.020), contention);
   EXPECT_TRUE(team.small(kShape));
 }
 
 TEST(InferenceTeam, PassesOnATeamShrunkByContentionCount) {
   CpuContention contention;
   InferenceTeam team;
-  for (int i = 0; i < InferenceTeam::kTimedPasses + 1; ++i) team.record(kShape, 2, pass(1, 0.0003), contention, 0);
+  for (int i = 0; i < InferenceTeam::kTimedPasses + 1; ++i) team.record(kShape, 2, pass(1, 0.0003), contention);
   EXPECT_TRUE(team.small(kShape));
 }
 
 TEST(InferenceTeam, OneConfiguredThreadIsAlwaysOne) {
   CpuContention contention;
   InferenceTeam team;
-  EXPECT_EQ(team.choose(kShape, 1, contention, 0, 1, 0), 1);
+  EXPECT_EQ(team.choose(kShape, 1, contention, 0, 1), 1);
 }
 
 TEST(CpuContention, RunQueueWaitsAboveTheShareStartContention) {
   CpuContention contention;
   // 2 threads x 100 ms = 200 thread-ms; 10 ms of waiting is 5%, under the share.
-  contention.report(pass(2, 0.100, 0.010), 2, 0);
+  contention.report(pass(2, 0.100, 0.010));
   EXPECT_FALSE(contention.active());
   // 50 ms is 25%: one of the two threads waited half the pass.
-  contention.report(pass(2, 0.100, 0.050), 2, 0);
+  contention.report(pass(2, 0.100, 0.050));
   EXPECT_TRUE(contention.active());
 }
 
-TEST(CpuContention, SingleThreadPassesSmallerTeamsAndUnreadableDelaysSayNothing) {
+TEST(CpuContention, SingleThreadPassesAndUnreadableDelaysSayNothing) {
   CpuContention contention;
-  contention.report(pass(1, 0.100, 0.090), 2, 0);
-  contention.report(pass(2, 0.100, -1), 2, 0);
-  contention.report(pass(2, 0.100, 0.150), 4, 0);
+  contention.report(pass(1, 0.100, 0.090));
+  contention.report(pass(2, 0.100, -1));
   EXPECT_FALSE(contention.active());
 }
 
 TEST(CpuContention, TheTeamFitsTheFreeCoresUntilTheFullTeamFits) {
   CpuContention contention;
-  EXPECT_EQ(contention.team(4, 3, 4, 0), 4) << "not contended: the runnable count is not consulted";
-  contention.report(pass(4, 0.100, 0.200), 4, 0);
+  EXPECT_EQ(contention.team(4, 3, 4), 4) << "not contended: the runnable count is not consulted";
+  contention.report(pass(4, 0.100, 0.200));
   ASSERT_TRUE(contention.active());
-  EXPECT_EQ(contention.team(4, 3, 4, 0.1), 1);
-  EXPECT_EQ(contention.team(4, 6, 4, 0.2), 1) << "never fewer than one thread";
-  EXPECT_EQ(contention.team(4, 2, 4, 0.3), 2);
+  EXPECT_EQ(contention.team(4, 3, 4), 1);
+  EXPECT_EQ(contention.team(4, 6, 4), 1) << "never fewer than one thread";
+  EXPECT_EQ(contention.team(4, 2, 4), 2);
   EXPECT_TRUE(contention.active());
-  EXPECT_EQ(contention.team(4, -1, 4, 0.4), 1) << "an unknown count keeps one thread";
-  EXPECT_EQ(contention.team(4, 0, 4, 0.5), 4);
+  EXPECT_EQ(contention.team(4, -1, 4), 1) << "an unknown count keeps one thread";
+  EXPECT_EQ(contention.team(4, 0, 4), 4);
   EXPECT_FALSE(contention.active()) << "the full team fits again";
-}
-
-TEST(CpuContention, FullTeamProbesBackOffWhileTheyWaitAndEndContentionWhenTheyDoNot) {
-  CpuContention contention;
-  const double first = CpuContention::kFirstProbeInterval;
-  contention.report(pass(2, 0.100, 0.050), 2, 10);
-  // Other tasks stay runnable (low priority ones, say): no free core by the runnable count.
-  EXPECT_EQ(contention.team(2, 1, 2, 10 + first - 0.1), 1);
-  EXPECT_EQ(contention.team(2, 1, 2, 10 + first), 2) << "a probe is due";
-  EXPECT_EQ(contention.team(2, 1, 2, 10 + first + 0.1), 1) << "one probe at a time";
-  // The probe waited: the next comes twice as late.
-  contention.report(pass(2, 0.100, 0.050), 2, 10 + first + 0.2);
-  EXPECT_TRUE(contention.active());
-  EXPECT_EQ(contention.team(2, 1, 2, 10 + first + 0.2 + 2 * first - 0.1), 1);
-  const double second_probe = 10 + first + 0.2 + 2 * first;
-  EXPECT_EQ(contention.team(2, 1, 2, second_probe), 2);
-  // This one did not wait (the others had low priority): contention ends.
-  contention.report(pass(2, 0.100, 0.001), 2, second_probe + 0.1);
-  EXPECT_FALSE(contention.active());
-  EXPECT_EQ(contention.team(2, 1, 2, second_probe + 0.2), 2);
-  // Contention that starts again starts from the first interval.
-  contention.report(pass(2, 0.100, 0.050), 2, 100);
-  EXPECT_EQ(contention.team(2, 1, 2, 100 + first), 2);
-}
-
-TEST(CpuContention, ProbesBackOffNoFurtherThanTheLongestInterval) {
-  CpuContention contention;
-  double now = 0;
-  contention.report(pass(2, 0.100, 0.050), 2, now);
-  for (int probe = 0; probe < 10; ++probe) {
-    while (contention.team(2, 1, 2, now) == 1) now += 0.5;
-    contention.report(pass(2, 0.100, 0.050), 2, now);
-  }
-  const double start = now;
-  while (contention.team(2, 1, 2, now) == 1) now += 0.5;
-  EXPECT_LE(now - start, CpuContention::kLongestProbeInterval + 0.5);
-  EXPECT_GE(now - start, CpuContention::kLongestProbeInterval);
 }
 
 TEST(InferenceTeam, ContentionLowersTheTeamOfLargePasses) {
   CpuContention contention;
   InferenceTeam team;
-  team.record(kShape, 2, pass(2, 0.200, 0.100), contention, 0);
-  EXPECT_EQ(team.choose(kShape, 2, contention, 1, 2, 0.1), 1);
-  EXPECT_EQ(team.choose(kShape, 2, contention, 0, 2, 0.2), 2);
+  team.record(kShape, 2, pass(2, 0.200, 0.100), contention);
+  EXPECT_EQ(team.choose(kShape, 2, contention, 1, 2), 1);
+  EXPECT_EQ(team.choose(kShape, 2, contention, 0, 2), 2);
 }
 
 TEST(TeamThreads, IdsAreTheTeamsOwnAndTheirRunDelayReads) {
