@@ -50,21 +50,27 @@ bool CpuContention::active() const {
   return active_;
 }
 
-void CpuContention::report(const PassTiming& timing) {
-  if (timing.team <= 1 || timing.run_delay_seconds < 0 || timing.seconds <= 0) return;
-  if (timing.run_delay_seconds > kContendedShare * timing.team * timing.seconds) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    active_ = true;
+bool CpuContention::waited(const PassTiming& timing) {
+  return timing.team > 1 && timing.run_delay_seconds >= 0 && timing.seconds > 0 &&
+         timing.run_delay_seconds > kContendedShare * timing.team * timing.seconds;
+}
+
+void CpuContention::after_pass(const PassTiming& timing, int full, int other_runnable, int cores) {
+  if (full <= 1 || other_runnable < 0) return;
+  const bool full_team_fits = cores - other_runnable >= full;
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!active_) {
+    active_ = waited(timing) && !full_team_fits;
+  } else if (full_team_fits) {
+    active_ = false;
   }
 }
 
-int CpuContention::team(int full, int other_runnable, int cores) {
+int CpuContention::team(int full, int other_runnable, int cores) const {
   std::lock_guard<std::mutex> lock(mutex_);
   if (!active_) return full;
   if (other_runnable < 0) return 1;
-  const int free_cores = std::clamp(cores - other_runnable, 1, full);
-  if (free_cores == full) active_ = false;
-  return free_cores;
+  return std::clamp(cores - other_runnable, 1, full);
 }
 
 int InferenceTeam::choose(const std::vector<int64_t>& shape, int full, CpuContention& contention, int other_runnable, int cores) {
@@ -72,8 +78,7 @@ int InferenceTeam::choose(const std::vector<int64_t>& shape, int full, CpuConten
   return contention.team(full, other_runnable, cores);
 }
 
-void InferenceTeam::record(const std::vector<int64_t>& shape, int full, const PassTiming& timing, CpuContention& contention) {
-  contention.report(timing);
+void InferenceTeam::record(const std::vector<int64_t>& shape, int full, const PassTiming& timing) {
   if (full <= 1) return;
   // Passes on a team shrunk by contention count too: one that is small on fewer threads is small.
   ShapeRecord& shape_record = shapes_[shape];
@@ -187,7 +192,13 @@ void InferencePass::finish() {
     const double after = run_delay_seconds(team_thread_ids(team_));
     if (after >= 0) timing.run_delay_seconds = after - run_delay_before_;
   }
-  record_.record(shape_, full_, timing, CpuContention::process());
+  const bool small = record_.small(shape_);
+  record_.record(shape_, full_, timing);
+  // Small passes leave contention alone: counting runnable threads would cost a fifth of one.
+  CpuContention& contention = CpuContention::process();
+  if (!small && (contention.active() || CpuContention::waited(timing))) {
+    contention.after_pass(timing, full_, other_runnable_tasks(), usable_cpus());
+  }
 }
 
 InferencePass::~InferencePass() {

@@ -6,9 +6,10 @@
 //   pass took 40 ms beside a busy process).
 // - Contention. When the team's threads spent more than kContendedShare of a pass waiting for a
 //   core (Linux's schedstat run delay), other processes hold cores: OpenMP's workers spin at each
-//   barrier for a member the scheduler parked behind them. Passes then run on the cores that other
-//   processes' runnable threads (/proc/loadavg less this process's) leave free, counted again
-//   before each pass, until the full team fits again. Low-priority processes count too, and
+//   barrier for a member the scheduler parked behind them. If other processes' runnable threads
+//   (/proc/loadavg less this process's) still take cores when the pass ends, passes run on the
+//   cores they leave free, counted before each pass, until a pass ends with the full team's cores
+//   free. Low-priority processes count too, and
 //   rightly: a team member that shares a core with one still waits out its time slices.
 // VISIONTORCH_ADAPTIVE_THREADS=0 keeps every pass on the full team.
 #pragma once
@@ -39,13 +40,17 @@ class CpuContention {
   static CpuContention& process();
 
   bool active() const;
-  // A pass on `timing.team` > 1 threads whose threads waited on run queues for more than
-  // kContendedShare of team x seconds makes contention active.
-  void report(const PassTiming& timing);
+  // Whether a pass's threads waited on run queues for more than kContendedShare of team x seconds.
+  static bool waited(const PassTiming& timing);
+  // After a pass that was not small. Contention starts when its team waited and other
+  // processes' runnable threads still leave fewer than `full` of `cores` free as it ends: a
+  // competitor that stays, not one that spun a moment at its start (another runtime's team).
+  // It ends when, at the end of a pass, they leave `full` free. `other_runnable` < 0 (unknown)
+  // changes nothing.
+  void after_pass(const PassTiming& timing, int full, int other_runnable, int cores);
   // The team for the next pass: `full` when contention is not active; otherwise the cores that
-  // `other_runnable` tasks leave free of `cores` (1 to full), which ends contention once `full`
-  // fits. `other_runnable` < 0 (unknown) keeps one thread.
-  int team(int full, int other_runnable, int cores);
+  // `other_runnable` threads of other processes leave free of `cores` (1 to full; 1 when unknown).
+  int team(int full, int other_runnable, int cores) const;
 
  private:
   mutable std::mutex mutex_;
@@ -62,7 +67,7 @@ class InferenceTeam {
 
   // The team for a pass over inputs of `shape`, out of `full` threads.
   int choose(const std::vector<int64_t>& shape, int full, CpuContention& contention, int other_runnable, int cores);
-  void record(const std::vector<int64_t>& shape, int full, const PassTiming& timing, CpuContention& contention);
+  void record(const std::vector<int64_t>& shape, int full, const PassTiming& timing);
   // Whether passes over `shape` were found small (they run on one thread).
   bool small(const std::vector<int64_t>& shape) const;
 

@@ -23,10 +23,10 @@ TEST(InferenceTeam, SmallPassesMoveToOneThreadAfterTheTimedPasses) {
   CpuContention contention;
   InferenceTeam team;
   // The first pass (packing, allocator) is slow and not counted.
-  team.record(kShape, 2, pass(2, 0.050), contention);
+  team.record(kShape, 2, pass(2, 0.050));
   for (int i = 0; i < InferenceTeam::kTimedPasses; ++i) {
     EXPECT_EQ(team.choose(kShape, 2, contention, 0, 2), 2) << "decided before every timed pass ran";
-    team.record(kShape, 2, pass(2, 0.0004), contention);
+    team.record(kShape, 2, pass(2, 0.0004));
   }
   EXPECT_TRUE(team.small(kShape));
   EXPECT_EQ(team.choose(kShape, 2, contention, 0, 2), 1);
@@ -37,7 +37,7 @@ TEST(InferenceTeam, SmallPassesMoveToOneThreadAfterTheTimedPasses) {
 TEST(InferenceTeam, LargePassesKeepTheFullTeam) {
   CpuContention contention;
   InferenceTeam team;
-  for (int i = 0; i < InferenceTeam::kTimedPasses + 3; ++i) team.record(kShape, 4, pass(4, 0.120), contention);
+  for (int i = 0; i < InferenceTeam::kTimedPasses + 3; ++i) team.record(kShape, 4, pass(4, 0.120));
   EXPECT_FALSE(team.small(kShape));
   EXPECT_EQ(team.choose(kShape, 4, contention, 0, 4), 4);
 }
@@ -45,17 +45,17 @@ TEST(InferenceTeam, LargePassesKeepTheFullTeam) {
 TEST(InferenceTeam, TheFastestTimedPassDecides) {
   CpuContention contention;
   InferenceTeam team;
-  team.record(kShape, 2, pass(2, 0.050), contention);
-  team.record(kShape, 2, pass(2, 0.030), contention);  // slowed by other work
-  team.record(kShape, 2, pass(2, 0.0005), contention);
-  team.record(kShape, 2, pass(2, 0.020), contention);
+  team.record(kShape, 2, pass(2, 0.050));
+  team.record(kShape, 2, pass(2, 0.030));  // slowed by other work
+  team.record(kShape, 2, pass(2, 0.0005));
+  team.record(kShape, 2, pass(2, 0.020));
   EXPECT_TRUE(team.small(kShape));
 }
 
 TEST(InferenceTeam, PassesOnATeamShrunkByContentionCount) {
   CpuContention contention;
   InferenceTeam team;
-  for (int i = 0; i < InferenceTeam::kTimedPasses + 1; ++i) team.record(kShape, 2, pass(1, 0.0003), contention);
+  for (int i = 0; i < InferenceTeam::kTimedPasses + 1; ++i) team.record(kShape, 2, pass(1, 0.0003));
   EXPECT_TRUE(team.small(kShape));
 }
 
@@ -65,41 +65,48 @@ TEST(InferenceTeam, OneConfiguredThreadIsAlwaysOne) {
   EXPECT_EQ(team.choose(kShape, 1, contention, 0, 1), 1);
 }
 
-TEST(CpuContention, RunQueueWaitsAboveTheShareStartContention) {
+TEST(CpuContention, WaitsAboveTheShareWithCoresStillTakenAtTheEndStartContention) {
   CpuContention contention;
   // 2 threads x 100 ms = 200 thread-ms; 10 ms of waiting is 5%, under the share.
-  contention.report(pass(2, 0.100, 0.010));
+  contention.after_pass(pass(2, 0.100, 0.010), 2, 1, 2);
   EXPECT_FALSE(contention.active());
-  // 50 ms is 25%: one of the two threads waited half the pass.
-  contention.report(pass(2, 0.100, 0.050));
+  // 50 ms is 25%, but nothing else runs as the pass ends: a competitor that spun at its start.
+  contention.after_pass(pass(2, 0.100, 0.050), 2, 0, 2);
+  EXPECT_FALSE(contention.active());
+  // 25%, and another process still holds a core.
+  contention.after_pass(pass(2, 0.100, 0.050), 2, 1, 2);
   EXPECT_TRUE(contention.active());
 }
 
-TEST(CpuContention, SingleThreadPassesAndUnreadableDelaysSayNothing) {
+TEST(CpuContention, SingleThreadPassesAndUnknownCountsStartNothing) {
   CpuContention contention;
-  contention.report(pass(1, 0.100, 0.090));
-  contention.report(pass(2, 0.100, -1));
+  contention.after_pass(pass(1, 0.100, 0.090), 2, 1, 2);
+  contention.after_pass(pass(2, 0.100, -1), 2, 1, 2);
+  contention.after_pass(pass(2, 0.100, 0.050), 2, -1, 2);
   EXPECT_FALSE(contention.active());
 }
 
-TEST(CpuContention, TheTeamFitsTheFreeCoresUntilTheFullTeamFits) {
+TEST(CpuContention, TheTeamFitsTheFreeCoresUntilAPassEndsWithTheFullTeamsCoresFree) {
   CpuContention contention;
-  EXPECT_EQ(contention.team(4, 3, 4), 4) << "not contended: the runnable count is not consulted";
-  contention.report(pass(4, 0.100, 0.200));
+  EXPECT_EQ(contention.team(4, 3, 4), 4) << "not contended: the runnable count does not matter";
+  contention.after_pass(pass(4, 0.100, 0.200), 4, 3, 4);
   ASSERT_TRUE(contention.active());
   EXPECT_EQ(contention.team(4, 3, 4), 1);
   EXPECT_EQ(contention.team(4, 6, 4), 1) << "never fewer than one thread";
   EXPECT_EQ(contention.team(4, 2, 4), 2);
-  EXPECT_TRUE(contention.active());
   EXPECT_EQ(contention.team(4, -1, 4), 1) << "an unknown count keeps one thread";
-  EXPECT_EQ(contention.team(4, 0, 4), 4);
-  EXPECT_FALSE(contention.active()) << "the full team fits again";
+  EXPECT_EQ(contention.team(4, 0, 4), 4) << "free cores at a pass's start give it the full team";
+  EXPECT_TRUE(contention.active());
+  contention.after_pass(pass(2, 0.100), 4, 1, 4);
+  EXPECT_TRUE(contention.active()) << "a core still taken as the pass ends";
+  contention.after_pass(pass(1, 0.100), 4, 0, 4);
+  EXPECT_FALSE(contention.active()) << "the full team fits as a pass ends";
 }
 
 TEST(InferenceTeam, ContentionLowersTheTeamOfLargePasses) {
   CpuContention contention;
   InferenceTeam team;
-  team.record(kShape, 2, pass(2, 0.200, 0.100), contention);
+  contention.after_pass(pass(2, 0.200, 0.100), 2, 1, 2);
   EXPECT_EQ(team.choose(kShape, 2, contention, 1, 2), 1);
   EXPECT_EQ(team.choose(kShape, 2, contention, 0, 2), 2);
 }
