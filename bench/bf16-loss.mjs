@@ -1,7 +1,7 @@
-// Does bf16 autocast train like float32? The default job (config/model_config.yaml: a small ViT
-// on Fashion-MNIST) run for a few hundred steps twice from the same seed, once in float32 and
-// once under bf16 autocast, on the same batches:
-//   node bench/bf16-loss.mjs [--steps 300] [--json out.json] [--png out.png]
+// Does bf16 autocast train like float32? A job (default config/model_config.yaml, npm start's)
+// run for a few hundred steps twice from the same seed, once in float32 and once under bf16
+// autocast, on the same batches:
+//   node bench/bf16-loss.mjs [--config job.yaml] [--steps 300] [--json out.json] [--png out.png]
 // Prints the mean loss of each 25-step window for both and their largest relative difference.
 import { writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -19,7 +19,8 @@ const window = 25;
 const jsonPath = option(args, 'json', undefined);
 const pngPath = option(args, 'png', undefined);
 
-const config = await loadConfig(join(here, '..', 'config', 'model_config.yaml'));
+const configPath = option(args, 'config', join(here, '..', 'config', 'model_config.yaml'));
+const config = await loadConfig(configPath);
 const outputDir = await mkdtemp(join(tmpdir(), 'visiontorch-bf16-loss-'));
 
 async function lossCurve(mixedPrecision) {
@@ -58,7 +59,7 @@ console.log(`time: float32 ${fp32.seconds.toFixed(0)} s, bf16 ${bf16.seconds.toF
 if (jsonPath) {
   writeFileSync(
     jsonPath,
-    `${JSON.stringify({ benchmark: 'bf16 autocast loss against float32', config: 'config/model_config.yaml', steps, window, fp32, bf16, largestRelativeDifference }, null, 2)}\n`,
+    `${JSON.stringify({ benchmark: 'bf16 autocast loss against float32', config: configPath, steps, window, fp32, bf16, largestRelativeDifference }, null, 2)}\n`,
   );
 }
 if (pngPath) {

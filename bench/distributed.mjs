@@ -21,8 +21,8 @@ const jsonPath = option(args, 'json', undefined);
 const cores = runtimeInfo().defaultComputeThreads;
 const FASHION = '/usr/share/datasets/fashion-mnist';
 
-// The default job's model (config/model_config.yaml) at its batch and precision, and ViT-B/16 at
-// batch 8 in float32.
+// The small Fashion-MNIST ViT (config/examples/vit-fashion-mnist.yaml's) at its batch and
+// precision, and ViT-B/16 at batch 8 in float32: the PyTorch DDP peer trains the same ViT.
 const MODELS = {
   default: {
     dir: join(here, '..', 'config', 'models', 'vit-fashion-mnist'),

@@ -1,6 +1,6 @@
 // Two builds of visiontorch side by side on one machine, in one run: inference (the models of
 // bench/inference.mjs, random weights) and training steps (ViT-B/16 and ResNet-50 at batch 8,
-// the default job's small ViT at batch 128), alternating between the builds round by round, so
+// the small Fashion-MNIST ViT at batch 128), alternating between the builds round by round, so
 // that a change can be shown not to slow any case down.
 //   node bench/versions.mjs --package before/dist/index.js,after/dist/index.js
 //                           [--model vit,resnet50,segformer,detr] [--batch 1,8] [--dtype float32,bfloat16]

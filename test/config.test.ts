@@ -271,6 +271,13 @@ describe('loadConfig (YAML, snake_case)', () => {
     expect(files(example.data as Record<string, unknown>)).toEqual(files(main.data as Record<string, unknown>));
   });
 
+  it('accepts config/examples/vit-fashion-mnist.yaml: the small ViT of config/models, on the data of the default job', async () => {
+    const example = await loadConfig(repoFile('config/examples/vit-fashion-mnist.yaml'));
+    const main = await loadConfig(repoFile('config/model_config.yaml'));
+    expect(example.model).toMatchObject({ modelName: repoFile('config/models/vit-fashion-mnist'), pretrained: false, numClasses: 10, channels: 1 });
+    expect(example.data).toEqual(main.data);
+  });
+
   it('accepts config/examples/mask2former-coco-instances.yaml, whose data paths exist', async () => {
     const example = await loadConfig(repoFile('config/examples/mask2former-coco-instances.yaml'));
     expect(example.model).toMatchObject({ modelType: 'segmentation', numClasses: 4, ignoreMismatchedSizes: true });
