@@ -152,6 +152,25 @@ export interface NativeArchitecture {
   checkpoints: string[];
 }
 
+/** One operator, autograd node or visiontorch kernel in an operator profile. */
+export interface NativeOpTiming {
+  /** The training phase it ran in ("data", "forward", "backward", "clip", "optimizer"), or "" outside any. */
+  phase: string;
+  /** "aten::addmm", an autograd node ("AddmmBackward0"), a kernel ("visiontorch::autocast_linear"), or the phase itself. */
+  name: string;
+  calls: number;
+  /** Seconds in it, less the records nested inside it. */
+  selfSeconds: number;
+  totalSeconds: number;
+}
+
+export interface NativeOpProfile {
+  /** Seconds from start to stop, recorded or not. */
+  wallSeconds: number;
+  /** Largest self time first. */
+  ops: NativeOpTiming[];
+}
+
 export interface NativeRuntimeInfo {
   torchVersion: string;
   cudaAvailable: boolean;
@@ -329,6 +348,8 @@ export interface Binding {
   /** The process exits: drops queued native work and waits for the running job (main thread's 'exit' event). */
   prepareExit(): void;
   runtimeInfo(): NativeRuntimeInfo;
+  startProfiler(): Promise<void>;
+  stopProfiler(): Promise<NativeOpProfile>;
   NativeProcessGroup: new () => NativeProcessGroup;
   NativeStoreServer: new (host: string, port: number, timeoutSeconds: number) => NativeStoreServer;
   /** The group a torchrun/PyTorchJob environment describes (RANK, WORLD_SIZE, ...), or null when it describes none. */

@@ -1,4 +1,6 @@
 // visiontorch: load, run and fine-tune HuggingFace vision models from Node.js.
+
+export type { NativeOpProfile as OpProfile, NativeOpTiming as OpTiming } from '../binding.js';
 export * from './config/index.js';
 export { ErrorCode, HubError, ModelNotFoundError } from './errors.js';
 export { hubCacheDir } from './hub/cache.js';
@@ -32,7 +34,7 @@ export {
   VisionModel,
 } from './models/vision-model.js';
 export { type BoxAnnotation, drawDetections, drawSegmentation, drawSegments, type SegmentAnnotation } from './render/annotate.js';
-export { decodeImage, loadSafetensors, runtimeInfo, saveSafetensors, setNumThreads } from './runtime.js';
+export { decodeImage, loadSafetensors, runtimeInfo, saveSafetensors, setNumThreads, startProfiler, stopProfiler } from './runtime.js';
 export { type DType, numel, type Tensor, tensor, toFloat32 } from './tensor.js';
 export {
   BaseTrainer,

@@ -1,5 +1,5 @@
 /** Library-wide native functions: safetensors files, image decoding, threads. */
-import type { NativeRuntimeInfo } from '../binding.js';
+import type { NativeOpProfile, NativeRuntimeInfo } from '../binding.js';
 import { fetchImageUrl } from './models/image-url.js';
 import type { ImageInput } from './models/vision-model.js';
 import { native } from './native.js';
@@ -27,4 +27,19 @@ export function setNumThreads(threads: number): void {
 
 export function runtimeInfo(): NativeRuntimeInfo {
   return native().runtimeInfo();
+}
+
+/**
+ * Starts timing every libtorch operator, autograd node and visiontorch kernel that runs on the
+ * compute thread (every model computation: forward, predict, trainingStep, train), as
+ * torch.profiler's key_averages() counts them, grouped by training phase. Calls queued before it
+ * are not timed; one profile runs at a time.
+ */
+export async function startProfiler(): Promise<void> {
+  await native().startProfiler();
+}
+
+/** Stops the profile and returns each operator's calls and self time, largest first. */
+export async function stopProfiler(): Promise<NativeOpProfile> {
+  return native().stopProfiler();
 }

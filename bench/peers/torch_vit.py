@@ -8,6 +8,10 @@ Protocol: one JSON request per line on stdin, one JSON reply per line on stdout.
   {"op": "setup", "config": "<dir>/config.json", "batch": 8, "precision": "fp32" | "bf16", "threads": 2,
    "image_size": 224}
   {"op": "train", "steps": 5}   -> {"seconds": [per-step seconds...]}   (AdamW step, as the Trainer)
+  {"op": "train", "steps": 5, "profile": true}
+                                -> also {"profile": {"wallSeconds", "ops": [{phase, name, calls, selfSeconds,
+                                   totalSeconds}]}}: torch.profiler's operators, each step's phases
+                                   (forward, backward, clip, optimizer) as record_function scopes
   {"op": "infer", "steps": 5}   -> {"seconds": [...]}                   (no_grad forward)
 """
 import json
@@ -17,6 +21,7 @@ import time
 
 import torch
 from torch import nn
+from torch.autograd.profiler import record_function
 
 
 ACT = {"gelu": nn.GELU(), "relu": nn.ReLU(), "silu": nn.SiLU(), "gelu_new": nn.GELU(approximate="tanh")}
@@ -72,6 +77,25 @@ class ViT(nn.Module):
         return self.classifier(self.layernorm(x)[:, 0])
 
 
+PHASES = ("forward", "backward", "clip", "optimizer")
+
+
+def operator_profile(profiler, wall_seconds):
+    """Self and total time per (phase, operator), as visiontorch's stopProfiler() reports them."""
+    totals = {}
+    for event in profiler.events():
+        root = event
+        while root.cpu_parent is not None:
+            root = root.cpu_parent
+        phase = root.name if root.name in PHASES else ""
+        entry = totals.setdefault((phase, event.name), {"phase": phase, "name": event.name, "calls": 0, "selfSeconds": 0.0, "totalSeconds": 0.0})
+        entry["calls"] += 1
+        entry["selfSeconds"] += event.self_cpu_time_total / 1e6
+        entry["totalSeconds"] += event.cpu_time_total / 1e6
+    ops = sorted(totals.values(), key=lambda entry: -entry["selfSeconds"])
+    return {"wallSeconds": wall_seconds, "ops": ops}
+
+
 def main():
     state = {}
     for line in sys.stdin:
@@ -103,22 +127,33 @@ def main():
             reply = {"ok": True, "parameters": sum(p.numel() for p in model.parameters())}
         elif op in ("train", "infer"):
             model, seconds = state["model"], []
+            profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if request.get("profile") else None
+            profile_start = time.perf_counter()
+            if profiler:
+                profiler.__enter__()
             for _ in range(request["steps"]):
                 start = time.perf_counter()
                 if op == "train":
                     model.train()
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=state["bf16"]):
+                    with record_function("forward"), torch.autocast("cpu", dtype=torch.bfloat16, enabled=state["bf16"]):
                         loss = nn.functional.cross_entropy(model(state["pixels"]).float(), state["labels"])
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                    state["optimizer"].step()
-                    state["optimizer"].zero_grad(set_to_none=True)
+                    with record_function("backward"):
+                        loss.backward()
+                    with record_function("clip"):
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    with record_function("optimizer"):
+                        state["optimizer"].step()
+                        state["optimizer"].zero_grad(set_to_none=True)
                 else:
                     model.eval()
                     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=state["bf16"]):
                         model(state["pixels"])
                 seconds.append(time.perf_counter() - start)
             reply = {"seconds": seconds}
+            if profiler:
+                wall_seconds = time.perf_counter() - profile_start
+                profiler.__exit__(None, None, None)
+                reply["profile"] = operator_profile(profiler, wall_seconds)
         else:
             reply = {"error": f"unknown op {op}"}
         sys.stdout.write(json.dumps(reply) + "\n")

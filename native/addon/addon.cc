@@ -16,6 +16,7 @@
 #include "runtime/caching_allocator.h"
 #include "runtime/executor.h"
 #include "runtime/inference_team.h"
+#include "runtime/op_profile.h"
 #include "runtime/threads.h"
 #include "trainer_wrap.h"
 
@@ -220,6 +221,40 @@ Napi::Value prepare_exit_js(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// The operator profile runs on the compute thread, where every computation runs: started and
+// stopped by tasks queued in order with the calls between them.
+Napi::Value start_profiler_js(const Napi::CallbackInfo& info) {
+  return run_async<bool>(
+      info.Env(),
+      [] {
+        start_op_profile();
+        return true;
+      },
+      [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });
+}
+
+Napi::Value stop_profiler_js(const Napi::CallbackInfo& info) {
+  return run_async<OpProfile>(
+      info.Env(), [] { return stop_op_profile(); },
+      [](Napi::Env env, OpProfile& profile) -> Napi::Value {
+        Napi::Object result = Napi::Object::New(env);
+        result.Set("wallSeconds", profile.wall_seconds);
+        Napi::Array ops = Napi::Array::New(env, profile.ops.size());
+        for (size_t i = 0; i < profile.ops.size(); ++i) {
+          const OpTiming& op = profile.ops[i];
+          Napi::Object entry = Napi::Object::New(env);
+          entry.Set("phase", op.phase);
+          entry.Set("name", op.name);
+          entry.Set("calls", static_cast<double>(op.calls));
+          entry.Set("selfSeconds", op.self_seconds);
+          entry.Set("totalSeconds", op.total_seconds);
+          ops.Set(static_cast<uint32_t>(i), entry);
+        }
+        result.Set("ops", ops);
+        return result;
+      });
+}
+
 Napi::Value runtime_info_js(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object result = Napi::Object::New(env);
@@ -252,6 +287,8 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("prepareExit", Napi::Function::New<guarded<prepare_exit_js>>(env, "prepareExit"));
   exports.Set("NativeTrainer", trainer_class);
   exports.Set("runtimeInfo", Napi::Function::New<guarded<runtime_info_js>>(env, "runtimeInfo"));
+  exports.Set("startProfiler", Napi::Function::New<guarded<start_profiler_js>>(env, "startProfiler"));
+  exports.Set("stopProfiler", Napi::Function::New<guarded<stop_profiler_js>>(env, "stopProfiler"));
   exports.Set("NativeProcessGroup", ProcessGroupWrap::define(env));
   exports.Set("NativeStoreServer", StoreServerWrap::define(env));
   exports.Set("distributedEnvironment", Napi::Function::New<guarded<distributed_environment_js>>(env, "distributedEnvironment"));

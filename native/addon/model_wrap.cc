@@ -4,6 +4,7 @@
 #include "async_work.h"
 #include "convert.h"
 #include "runtime/caching_allocator.h"
+#include "runtime/op_profile.h"
 
 namespace vt::addon {
 
@@ -86,8 +87,9 @@ Napi::Value ModelWrap::forward(const Napi::CallbackInfo& info) {
   auto model = this->model(info.Env());
   auto inputs = std::make_shared<ModelInputs>(model_inputs_from_js(info[0]));
   // A small pass on one thread runs here, as long as nothing waits on the compute thread (which
-  // keeps calls in order): its two thread hand-offs would take longer than the pass.
-  if (ComputeExecutor::instance().idle()) {
+  // keeps calls in order) and no operator profile times the compute thread: its two thread
+  // hand-offs would take longer than the pass.
+  if (ComputeExecutor::instance().idle() && !op_profile_running()) {
     Napi::Env env = info.Env();
     auto deferred = Napi::Promise::Deferred::New(env);
     try {

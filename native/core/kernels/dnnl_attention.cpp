@@ -3,6 +3,7 @@
 #include "common/error.h"
 
 #ifdef VISIONTORCH_WITH_DNNL
+#include <ATen/record_function.h>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -152,6 +153,7 @@ class TrainingAttention : public torch::autograd::Function<TrainingAttention> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* context, const torch::Tensor& query, const torch::Tensor& key,
                                const torch::Tensor& value, double scale) {
+    RECORD_FUNCTION("visiontorch::training_attention", std::vector<c10::IValue>());
     const int64_t batch = query.size(0), heads = query.size(1), targets = query.size(2), sources = key.size(2);
     // Scores in the operands' dtype, as torch (and autocast) computes them; oneDNN's softmax
     // computes in float32 either way.

@@ -3,6 +3,7 @@
 #include "common/error.h"
 
 #ifdef VISIONTORCH_WITH_DNNL
+#include <ATen/record_function.h>
 #include <cstdlib>
 #include <optional>
 #include <string>
@@ -180,6 +181,7 @@ bool fusion_applies(const torch::Tensor& input, const ConvolutionBatchNorm& laye
 
 torch::Tensor FusedConvolution::run(const torch::Tensor& input, const ConvolutionBatchNorm& layer, const torch::Tensor& residual, bool relu,
                                     bool may_overwrite_residual) {
+  RECORD_FUNCTION("visiontorch::fused_convolution", std::vector<c10::IValue>());
   if (!fusion_applies(input, layer)) return {};
   const auto source = input.contiguous(torch::MemoryFormat::ChannelsLast);
   const int64_t kernel_h = layer.weight.size(2), kernel_w = layer.weight.size(3);

@@ -3,6 +3,7 @@
 #include "common/error.h"
 
 #ifdef VISIONTORCH_WITH_DNNL
+#include <ATen/record_function.h>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -268,6 +269,7 @@ class AutocastLinear : public torch::autograd::Function<AutocastLinear> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* context, const torch::Tensor& input, const torch::Tensor& weight,
                                const torch::Tensor& bias, const torch::Tensor& residual) {
+    RECORD_FUNCTION("visiontorch::autocast_linear", std::vector<c10::IValue>());
     const auto input16 = rows_of(input).to(torch::kBFloat16).contiguous();
     context->saved_data["input_dtype"] = static_cast<int64_t>(input.scalar_type());
     context->saved_data["input_sizes"] = input.sizes().vec();
@@ -307,6 +309,7 @@ class AutocastLinear : public torch::autograd::Function<AutocastLinear> {
     const auto weight_dtype = static_cast<torch::ScalarType>(context->saved_data["weight_dtype"].toInt());
     torch::Tensor grad_input, grad_weight, grad_bias, grad_residual;
     if (context->needs_input_grad(0)) {
+      RECORD_FUNCTION("visiontorch::linear_input_gradient", std::vector<c10::IValue>());
       if (context->saved_data["packed_weights"].toBool()) {
         const auto input_sizes = context->saved_data["input_sizes"].toIntVector();
         const int64_t out_features = grad16.size(1), in_features = input_sizes.back();
@@ -322,10 +325,12 @@ class AutocastLinear : public torch::autograd::Function<AutocastLinear> {
       grad_input = grad_input.view(context->saved_data["input_sizes"].toIntVector());
     }
     if (context->needs_input_grad(1)) {
+      RECORD_FUNCTION("visiontorch::linear_weight_gradient", std::vector<c10::IValue>());
       grad_weight = run_matmul(grad16.t(), input16, weight_dtype, {}, FusedActivation::None);
       if (!grad_weight.defined()) grad_weight = grad16.t().mm(input16).to(weight_dtype);
     }
     if (context->needs_input_grad(2)) {
+      RECORD_FUNCTION("visiontorch::linear_bias_gradient", std::vector<c10::IValue>());
       grad_bias = bfloat16_column_sums(grad16).to(static_cast<torch::ScalarType>(context->saved_data["bias_dtype"].toInt()));
     }
     if (context->needs_input_grad(3)) grad_residual = grad_outputs[0];
@@ -358,6 +363,7 @@ class AutocastLinear : public torch::autograd::Function<AutocastLinear> {
       const auto gradient_key = input_gradient_with_packed_weights_key(rows, out_features, in_features, input_dtype);
       if (!reads_packed_bf16_weights(Plans::instance().find(gradient_key), out_features, in_features)) return std::nullopt;
     }
+    RECORD_FUNCTION("visiontorch::pack_bf16_weights", std::vector<c10::IValue>());
     const auto bytes = torch::dtype(torch::kUInt8);
     packed.forward_operand = torch::empty({out_features * in_features * 2}, bytes);
     packed.gradient_operand = input_wants_gradient ? torch::empty({out_features * in_features * 2}, bytes) : torch::empty({0}, bytes);
@@ -372,6 +378,7 @@ class AutocastLinear : public torch::autograd::Function<AutocastLinear> {
 class AutocastGelu : public torch::autograd::Function<AutocastGelu> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* context, const torch::Tensor& input) {
+    RECORD_FUNCTION("visiontorch::autocast_gelu", std::vector<c10::IValue>());
     auto output = torch::empty_like(input);
     const auto& plan = plan_for(input.numel());
     run(plan.forward, {{DNNL_ARG_SRC, memory(plan.data, Plans::instance().engine(), input.data_ptr())},
@@ -496,6 +503,7 @@ bool dnnl_linear_applies(const torch::Tensor& input, const torch::Tensor& weight
 
 torch::Tensor dnnl_linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias, FusedActivation activation,
                           PackedLinearWeights* packed) {
+  RECORD_FUNCTION("visiontorch::linear", std::vector<c10::IValue>());
   const auto rows = rows_of(input).contiguous();
   if (packed != nullptr) {
     auto& state = packed->state();

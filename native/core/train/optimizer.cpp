@@ -1,5 +1,6 @@
 #include "train/optimizer.h"
 
+#include <ATen/record_function.h>
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -108,6 +109,7 @@ void Optimizer::zero_grad() {
 }
 
 void Optimizer::step(double lr, double gradient_scale) {
+  RECORD_FUNCTION("visiontorch::adamw", std::vector<c10::IValue>());
   torch::NoGradGuard no_grad;
   ++steps_;
   const double step = static_cast<double>(steps_);
@@ -235,6 +237,7 @@ double sum_of_squares(const torch::Tensor& values) {
 }  // namespace
 
 double gradient_norm(const NamedParameters& parameters) {
+  RECORD_FUNCTION("visiontorch::gradient_norm", std::vector<c10::IValue>());
   torch::NoGradGuard no_grad;
   double total = 0.0;
   for (const auto& [name, parameter] : parameters) {

@@ -1,6 +1,7 @@
 #include "train/trainer.h"
 
 #include <ATen/autocast_mode.h>
+#include <ATen/record_function.h>
 
 #include <chrono>
 #include <cmath>
@@ -184,9 +185,13 @@ void Trainer::prepare_module(const TrainingOptions& options) {
 Trainer::MicroStep Trainer::forward_and_loss(const ModelInputs& micro_batch, const TrainingOptions& options, const HeadConfig& head) {
   VT_CHECK(micro_batch.has_labels(), "training_step: the batch has no labels");
   VisionModule& module = *model_->module();
-  ModelInputs inputs = move_inputs(micro_batch, model_->device(), model_->dtype(), model_->memory_format());
+  ModelInputs inputs = [&] {
+    RECORD_USER_SCOPE("data");
+    return move_inputs(micro_batch, model_->device(), model_->dtype(), model_->memory_format());
+  }();
   MicroStep step;
   {
+    RECORD_USER_SCOPE("forward");
     // Data-parallel: losses normalised over the global batch, and synchronised BatchNorm, reach
     // the group through this scope.
     ReplicaScope replicas(parallel_ ? &parallel_->group() : nullptr, parallel_ && parallel_->options().sync_batch_norm);
@@ -210,6 +215,7 @@ Trainer::MicroStep Trainer::forward_and_loss(const ModelInputs& micro_batch, con
 void Trainer::backward(const MicroStep& step, double share, const TrainingOptions& options) {
   // fp16 gradients are computed on a scaled loss, so that small values survive half precision.
   const bool loss_scaling = options.mixed_precision == "fp16";
+  RECORD_USER_SCOPE("backward");
   (step.loss * (share * (loss_scaling ? loss_scale_ : 1.0))).backward();
 }
 
@@ -259,7 +265,10 @@ StepOutcome Trainer::optimizer_step(const std::vector<ModelInputs>& micro_batche
     return outcome;
   }
   // Clipping: the norm of the gradients before it, and the scale AdamW applies to them.
-  outcome.grad_norm = gradient_norm(parameters);
+  {
+    RECORD_USER_SCOPE("clip");
+    outcome.grad_norm = gradient_norm(parameters);
+  }
   if (return_gradients) {
     for (const auto& [name, parameter] : parameters) {
       if (parameter.grad().defined()) outcome.gradients[name] = parameter.grad().detach().to(torch::kCPU).clone();
@@ -275,8 +284,11 @@ StepOutcome Trainer::optimizer_step(const std::vector<ModelInputs>& micro_batche
     ++completed_steps_;
     return outcome;
   }
-  optimizer.step(outcome.learning_rate, clipping_scale(options.max_grad_norm, outcome.grad_norm));
-  optimizer.zero_grad();
+  {
+    RECORD_USER_SCOPE("optimizer");
+    optimizer.step(outcome.learning_rate, clipping_scale(options.max_grad_norm, outcome.grad_norm));
+    optimizer.zero_grad();
+  }
   ++completed_steps_;
   return outcome;
 }
