@@ -1,10 +1,18 @@
 #include "kernels/threaded.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/record_function.h>
+
+#include "common/error.h"
+
+#ifdef VISIONTORCH_WITH_DNNL
+#include <oneapi/dnnl/dnnl.h>
+#endif
 
 namespace vt::kernels {
 
@@ -52,6 +60,7 @@ torch::Tensor split_matmul(const torch::Tensor& a, const torch::Tensor& b, const
 torch::Tensor rows_of(const torch::Tensor& x) { return x.reshape({-1, x.size(-1)}); }
 
 torch::Tensor linear_without_autograd(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias) {
+  RECORD_FUNCTION("visiontorch::split_linear", std::vector<c10::IValue>());
   auto sizes = input.sizes().vec();
   sizes.back() = weight.size(0);
   return split_matmul(rows_of(input), weight.t(), bias).view(sizes);
@@ -108,33 +117,96 @@ torch::Tensor linear(const torch::Tensor& input, const torch::Tensor& weight, co
   return linear_without_autograd(input, weight, bias);
 }
 
+namespace {
+
+// The mask as [M, heads, targets, sources] (broadcast dimensions with stride 0), M dividing the
+// batch; undefined where it has another shape.
+torch::Tensor attention_mask_view(const torch::Tensor& mask, int64_t batch, int64_t heads, int64_t targets, int64_t sources) {
+  if (mask.dim() > 4) return {};
+  auto view = mask;
+  while (view.dim() < 4) view = view.unsqueeze(0);
+  const int64_t period = view.size(0);
+  if (period < 1 || batch % period != 0) return {};
+  const int64_t wanted[3] = {heads, targets, sources};
+  for (int d = 1; d < 4; ++d) {
+    if (view.size(d) != 1 && view.size(d) != wanted[d - 1]) return {};
+  }
+  return view.expand({period, heads, targets, sources});
+}
+
+// scores[targets, sources] = alpha * a[targets, k] b[sources, k]^T + beta * scores (transpose_b),
+// or alpha * a[targets, k] b[k, n] + beta * out; row-major with the given row strides.
+void small_product(bool transpose_b, int64_t rows, int64_t columns, int64_t inner, float alpha, const float* a, int64_t lda, const float* b,
+                   int64_t ldb, float beta, float* out, int64_t ldc) {
+#ifdef VISIONTORCH_WITH_DNNL
+  // oneDNN's sgemm on raw pointers: a (sample, head) pair of a small window costs a BLAS call, not
+  // a dozen tensor views and dispatcher calls.
+  if (dnnl_sgemm('N', transpose_b ? 'T' : 'N', rows, columns, inner, alpha, a, lda, b, ldb, beta, out, ldc) == dnnl_success) return;
+#endif
+  const auto options = torch::dtype(torch::kFloat32);
+  auto a_view = torch::from_blob(const_cast<float*>(a), {rows, inner}, {lda, 1}, options);
+  auto b_view = transpose_b ? torch::from_blob(const_cast<float*>(b), {columns, inner}, {ldb, 1}, options).t()
+                            : torch::from_blob(const_cast<float*>(b), {inner, columns}, {ldb, 1}, options);
+  auto out_view = torch::from_blob(out, {rows, columns}, {ldc, 1}, options);
+  at::addmm_out(out_view, out_view, a_view, b_view, beta, alpha);
+}
+
+}  // namespace
+
 bool fuses_attention(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value, const torch::Tensor& additive_mask) {
   for (const auto* t : {&query, &key, &value}) {
     if (!cpu_float(*t) || t->dim() != 4 || t->stride(3) != 1 || needs_grad(*t)) return false;
   }
-  if (additive_mask.defined() && (!cpu_float(additive_mask) || additive_mask.dim() > 4 || needs_grad(additive_mask))) return false;
+  if (additive_mask.defined()) {
+    if (!cpu_float(additive_mask) || needs_grad(additive_mask)) return false;
+    if (!attention_mask_view(additive_mask, query.size(0), query.size(1), query.size(2), key.size(2)).defined()) return false;
+  }
   return !at::autocast::is_cpu_enabled() && !at::in_parallel_region();
 }
 
 torch::Tensor attention(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value,
                         const torch::Tensor& additive_mask, double scale) {
+  RECORD_FUNCTION("visiontorch::attention", std::vector<c10::IValue>());
   const int64_t batch = query.size(0), heads = query.size(1), targets = query.size(2), sources = key.size(2);
-  auto out = torch::empty({batch, targets, heads, value.size(3)}, query.options());
+  const int64_t head_dim = query.size(3), value_dim = value.size(3);
+  auto out = torch::empty({batch, targets, heads, value_dim}, query.options());
   torch::Tensor mask;
-  if (additive_mask.defined()) mask = additive_mask.expand({batch, heads, targets, sources});
+  if (additive_mask.defined()) {
+    mask = attention_mask_view(additive_mask, batch, heads, targets, sources);
+    VT_CHECK(mask.defined(), "attention: a mask of shape ", additive_mask.sizes(), " does not fit scores of shape [", batch, ", ", heads,
+             ", ", targets, ", ", sources, "]");
+  }
+  const float* q = query.data_ptr<float>();
+  const float* k = key.data_ptr<float>();
+  const float* v = value.data_ptr<float>();
+  const float* m = mask.defined() ? mask.data_ptr<float>() : nullptr;
+  float* o = out.data_ptr<float>();
   const at::ThreadLocalState caller_state;
   at::parallel_for(0, batch * heads, 1, [&](int64_t first, int64_t last) {
     at::ThreadLocalStateGuard state(caller_state);
     torch::NoGradGuard no_grad;
     auto scores = torch::empty({targets, sources}, query.options());
+    float* s = scores.data_ptr<float>();
     for (int64_t pair = first; pair < last; ++pair) {
       const int64_t b = pair / heads, h = pair % heads;
-      // (q k^T) * scale (+ mask) in one BLAS call: alpha scales the product, beta adds the mask.
-      if (mask.defined()) scores.copy_(mask[b][h]);
-      at::addmm_out(scores, scores, query[b][h], key[b][h].t(), mask.defined() ? 1.0 : 0.0, scale);
+      // (q k^T) * scale (+ mask) in one product: alpha scales it, beta adds the mask.
+      if (m != nullptr) {
+        const float* mask_rows = m + (b % mask.size(0)) * mask.stride(0) + h * mask.stride(1);
+        for (int64_t t = 0; t < targets; ++t) {
+          const float* row = mask_rows + t * mask.stride(2);
+          float* scores_row = s + t * sources;
+          if (mask.stride(3) == 1) {
+            std::memcpy(scores_row, row, sizeof(float) * sources);
+          } else {
+            for (int64_t j = 0; j < sources; ++j) scores_row[j] = row[j * mask.stride(3)];
+          }
+        }
+      }
+      small_product(true, targets, sources, head_dim, static_cast<float>(scale), q + b * query.stride(0) + h * query.stride(1),
+                    query.stride(2), k + b * key.stride(0) + h * key.stride(1), key.stride(2), m != nullptr ? 1.0f : 0.0f, s, sources);
       at::_softmax_out(scores, scores, -1, false);
-      auto out_rows = out.select(0, b).select(1, h);
-      at::mm_out(out_rows, scores, value[b][h]);
+      small_product(false, targets, value_dim, sources, 1.0f, s, sources, v + b * value.stride(0) + h * value.stride(1), value.stride(2),
+                    0.0f, o + b * out.stride(0) + h * out.stride(2), out.stride(1));
     }
   });
   return out.transpose(1, 2);

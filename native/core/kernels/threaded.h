@@ -19,13 +19,14 @@ bool splits_linear(const torch::Tensor& input, const torch::Tensor& weight);
 torch::Tensor linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias);
 
 // Whether `attention` can run these operands: CPU float32, no gradient wanted, unit stride in the
-// last dimension, and a mask (if any) that broadcasts to [B, heads, Tq, Tk].
+// last dimension, and a mask (if any) that broadcasts to [M, heads, Tq, Tk], M dividing B: sample
+// b reads mask entry b % M (Swin's windows, image after image, each with its window's mask).
 bool fuses_attention(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value, const torch::Tensor& additive_mask);
 
 // softmax(query key^T * scale + additive_mask) value over [B, heads, T, head_dim] operands, one
-// (sample, head) pair at a time per thread: no [B, heads, Tq, Tk] score tensor, no copies to
-// gather heads. Returns [B, heads, Tq, head_dim] as a view of a [B, Tq, heads, head_dim] tensor,
-// so merging the heads back afterwards costs nothing.
+// (sample, head) pair at a time per thread, each pair's products one BLAS call on the operands in
+// place: no [B, heads, Tq, Tk] score tensor, no copies to gather heads. Returns [B, heads, Tq, head_dim] as a view of a [B, Tq, heads,
+// head_dim] tensor, so merging the heads back afterwards costs nothing.
 torch::Tensor attention(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value,
                         const torch::Tensor& additive_mask, double scale);
 

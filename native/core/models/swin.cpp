@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "common/json_config.h"
+#include "kernels/threaded.h"
 #include "losses/classification.h"
 
 namespace vt::swin {
@@ -129,12 +130,7 @@ torch::Tensor shifted_window_mask(int64_t height, int64_t width, int64_t window,
 }  // namespace
 
 SwinLayerImpl::SwinLayerImpl(const SwinConfig& config, int64_t dim, int64_t num_heads, int64_t shift_size, double drop_path)
-    : config(config),
-      dim(dim),
-      num_heads(num_heads),
-      shift_size(shift_size),
-      drop_path(drop_path),
-      act(layers::activation(config.hidden_act)) {
+    : config(config), dim(dim), num_heads(num_heads), shift_size(shift_size), drop_path(drop_path) {
   layernorm_before = register_module("layernorm_before", layers::LayerNorm(dim, config.layer_norm_eps));
   auto attention = layers::add_container(*this, "attention");
   auto self = layers::add_container(*attention, "self");
@@ -182,9 +178,14 @@ torch::Tensor SwinLayerImpl::forward(const torch::Tensor& tokens, int64_t height
   torch::Tensor additive = bias.to(windows.scalar_type());
   auto split = [&](const torch::Tensor& x) { return x.view({x.size(0), tokens_per_window, num_heads, head_dim}).transpose(1, 2); };
   auto query_heads = split(query(windows)), key_heads = split(key(windows)), value_heads = split(value(windows));
+  const bool drops_attention = training && config.attention_probs_dropout_prob > 0;
   if (shift > 0) {
     auto mask = shifted_window_mask(padded_height, padded_width, window, shift, windows.options());  // [nW, T, T]
-    additive = (additive + mask.unsqueeze(1)).repeat({batch, 1, 1, 1});                              // [B * nW, heads, T, T]
+    additive = additive + mask.unsqueeze(1);                                                         // [nW, heads, T, T]
+    // The fused kernel reads window w's mask for each image; the other paths want it repeated.
+    if (drops_attention || !kernels::fuses_attention(query_heads, key_heads, value_heads, additive)) {
+      additive = additive.repeat({batch, 1, 1, 1});  // [B * nW, heads, T, T]
+    }
   }
   auto context =
       layers::scaled_dot_product_attention(query_heads, key_heads, value_heads, additive, config.attention_probs_dropout_prob, training);
@@ -196,10 +197,11 @@ torch::Tensor SwinLayerImpl::forward(const torch::Tensor& tokens, int64_t height
   if (pad_right > 0 || pad_bottom > 0) merged = merged.slice(1, 0, height).slice(2, 0, width);
   auto residual = tokens + layers::drop_path(merged.reshape({batch, height * width, channels}), drop_path, training);
 
-  auto mlp = act(intermediate(layernorm_after(residual)));
-  mlp = torch::dropout(output(mlp), config.hidden_dropout_prob, training);
+  // The activation, and without dropout the residual sum, made by the products' kernels.
+  auto mlp = intermediate->forward_then(layernorm_after(residual), config.hidden_act);
   // transformers applies no drop path to the MLP branch of a Swin layer.
-  return residual + mlp;
+  if (training && config.hidden_dropout_prob > 0) return residual + torch::dropout(output(mlp), config.hidden_dropout_prob, training);
+  return output->forward_add(mlp, residual);
 }
 
 SwinBody::SwinBody(const SwinConfig& config, torch::nn::Module& owner) : config(config) {

@@ -52,7 +52,6 @@ class SwinLayerImpl : public torch::nn::Module {
   const SwinConfig& config;
   int64_t dim, num_heads, shift_size;
   double drop_path;
-  layers::Activation act;
   layers::LayerNorm layernorm_before{nullptr}, layernorm_after{nullptr};
   layers::Linear query{nullptr}, key{nullptr}, value{nullptr}, attention_output{nullptr}, intermediate{nullptr}, output{nullptr};
   torch::Tensor relative_position_bias_table, relative_position_index;

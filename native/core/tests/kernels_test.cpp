@@ -141,6 +141,26 @@ TEST_F(Kernels, AttentionMatchesTheUnfusedFormulaOnStridedHeads) {
   }
 }
 
+TEST_F(Kernels, AttentionReadsAWindowMaskPerImage) {
+  // Swin: 2 images of 4 windows each; window w of every image reads mask entry w, with a value
+  // dimension unlike the key's and a mask whose columns are not contiguous.
+  const int64_t images = 2, windows = 4, heads = 3, tokens = 9, head_dim = 8, value_dim = 5;
+  auto q = torch::randn({images * windows, heads, tokens, head_dim});
+  auto k = torch::randn({images * windows, heads, tokens, head_dim});
+  auto v = torch::randn({images * windows, heads, tokens, value_dim});
+  auto window_mask = torch::randn({windows, heads, tokens, tokens}) * 3;
+  const double scale = 0.3;
+  ASSERT_TRUE(vt::kernels::fuses_attention(q, k, v, window_mask));
+  const auto expected = reference_attention(q, k, v, window_mask.repeat({images, 1, 1, 1}), scale);
+  expect_close(vt::kernels::attention(q, k, v, window_mask, scale), expected);
+  auto transposed = window_mask.transpose(2, 3).contiguous().transpose(2, 3);
+  expect_close(vt::kernels::attention(q, k, v, transposed, scale), expected);
+  // A leading size that does not divide the batch, or a mismatched dimension, is not fused.
+  EXPECT_FALSE(vt::kernels::fuses_attention(q, k, v, torch::zeros({3, heads, tokens, tokens})));
+  EXPECT_FALSE(vt::kernels::fuses_attention(q, k, v, torch::zeros({1, heads, tokens, tokens + 1})));
+  EXPECT_THROW(vt::kernels::attention(q, k, v, torch::zeros({3, 1, 1, tokens}), scale), std::exception);
+}
+
 TEST_F(Kernels, AttentionIsNotFusedWhereAutogradOrAnotherDtypeNeedsTheUnfusedPath) {
   auto q = torch::randn({1, 2, 5, 8});
   EXPECT_FALSE(vt::kernels::fuses_attention(q.clone().requires_grad_(), q, q, {}));
