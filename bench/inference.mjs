@@ -1,7 +1,7 @@
 // Inference throughput of visiontorch against onnxruntime-node and PyTorch eager (Debian's
 // python3-torch), the same architectures with random weights, run alternately in rounds within one
-// run (visiontorch, onnxruntime, PyTorch, visiontorch, ...) so that a busy machine slows all three
-// alike. Prepare the peers first with `bash bench/setup-peers.sh`.
+// run (visiontorch, onnxruntime, PyTorch, visiontorch, ..., 200 ms apart) so that a busy machine
+// slows all three alike. Prepare the peers first with `bash bench/setup-peers.sh`.
 //
 //   node bench/inference.mjs [--model vit|vit-tiny|resnet50|swin|segformer|detr|all (or a comma list)]
 //                            [--batch 1,8] [--dtype float32,bfloat16,int8] [--rounds 3] [--warmup 1]
@@ -27,6 +27,8 @@ const MODELS = JSON.parse(readFileSync(modelsPath, 'utf8'));
 // int8: float32 models with dynamic int8 linear layers (visiontorch's quantization: 'int8',
 // PyTorch's quantize_dynamic); onnxruntime runs its float32 export.
 const DTYPE_ALIASES = { float32: 'float32', fp32: 'float32', bfloat16: 'bfloat16', bf16: 'bfloat16', int8: 'int8' };
+// Pause before each timed pass, ms.
+const SETTLE_MS = 200;
 const SHORT_DTYPE = { float32: 'fp32', bfloat16: 'bf16', int8: 'int8' };
 const RUNTIME_NAMES = Object.fromEntries(RUNTIMES.map((r) => [r.key, r.name]));
 
@@ -197,6 +199,9 @@ for (const modelKey of options.models) {
         const parts = [];
         for (const key of Object.keys(runners)) {
           if (failures[key]) continue;
+          // The previous runtime's threads spin for a while after its pass (onnxruntime's pool,
+          // OpenMP in the PyTorch peer): let them go quiet before timing the next.
+          await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
           try {
             const s = await runners[key]();
             if (record) samples[key].push(s);
@@ -238,7 +243,10 @@ for (const modelKey of options.models) {
           ? `${name} failed`
           : `${name} ${formatRate(result[key].imagesPerSecond)} img/s${key === 'onnxruntime' && dtype !== 'float32' ? ' (fp32)' : ''}`,
       );
-      console.log(`  => ${rates.join(', ')}`);
+      // The team the last pass ran on: fewer threads than configured means visiontorch judged
+      // the pass small or the cores taken by other processes (native/core/runtime/inference_team.h).
+      const { lastInferenceThreads, cpuContended } = runtimeInfo();
+      console.log(`  => ${rates.join(', ')}; visiontorch's last pass on ${lastInferenceThreads} threads${cpuContended ? ', contended' : ''}`);
     }
     model?.dispose();
   }

@@ -373,6 +373,47 @@ class AutocastLinear : public torch::autograd::Function<AutocastLinear> {
   }
 };
 
+// Autograd of a float32 training linear layer, each product one oneDNN matmul reading its
+// operands where they are: the weights [out, in] as the forward's [in, out] operand and as the
+// input gradient's [out, in] one, the gradient transposed for the weight gradient's. Here they
+// ran 1.4-1.6x faster than an OpenBLAS call per thread's block of rows (kernels::linear).
+class Float32Linear : public torch::autograd::Function<Float32Linear> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* context, const torch::Tensor& input, const torch::Tensor& weight,
+                               const torch::Tensor& bias) {
+    RECORD_FUNCTION("visiontorch::float32_linear", std::vector<c10::IValue>());
+    const auto rows = rows_of(input).contiguous();
+    context->save_for_backward({rows, weight});
+    context->saved_data["input_sizes"] = input.sizes().vec();
+    auto output = run_matmul(rows, weight.t(), torch::kFloat32, bias, FusedActivation::None);
+    if (!output.defined()) output = torch::addmm(bias, rows, weight.t());
+    return output.view(with_last(input, weight.size(0)));
+  }
+
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* context, torch::autograd::tensor_list grad_outputs) {
+    const auto saved = context->get_saved_variables();
+    const auto &rows = saved[0], &weight = saved[1];
+    const auto grad_rows = rows_of(grad_outputs[0]).contiguous();
+    torch::Tensor grad_input, grad_weight, grad_bias;
+    if (context->needs_input_grad(0)) {
+      RECORD_FUNCTION("visiontorch::linear_input_gradient", std::vector<c10::IValue>());
+      grad_input = run_matmul(grad_rows, weight, torch::kFloat32, {}, FusedActivation::None);
+      if (!grad_input.defined()) grad_input = grad_rows.mm(weight);
+      grad_input = grad_input.view(context->saved_data["input_sizes"].toIntVector());
+    }
+    if (context->needs_input_grad(1)) {
+      RECORD_FUNCTION("visiontorch::linear_weight_gradient", std::vector<c10::IValue>());
+      grad_weight = run_matmul(grad_rows.t(), rows, torch::kFloat32, {}, FusedActivation::None);
+      if (!grad_weight.defined()) grad_weight = grad_rows.t().mm(rows);
+    }
+    if (context->needs_input_grad(2)) {
+      RECORD_FUNCTION("visiontorch::linear_bias_gradient", std::vector<c10::IValue>());
+      grad_bias = grad_rows.sum(0);
+    }
+    return {grad_input, grad_weight, grad_bias};
+  }
+};
+
 // The exact (erf) GELU of a contiguous bfloat16 tensor through oneDNN's eltwise kernels, both
 // ways: libtorch 1.13's bfloat16 gelu_backward adds conversions around the same kernel.
 class AutocastGelu : public torch::autograd::Function<AutocastGelu> {
@@ -559,6 +600,34 @@ torch::Tensor autocast_linear(const torch::Tensor& input, const torch::Tensor& w
   return AutocastLinear::apply(input, weight, full_bias, residual.defined() ? residual.contiguous() : torch::empty({0}));
 }
 
+bool float32_linear_applies(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias) {
+  for (const auto* t : {&input, &weight, &bias}) {
+    if (!t->defined() || !t->device().is_cpu() || t->scalar_type() != torch::kFloat32) return false;
+  }
+  if (input.dim() < 1 || input.size(-1) != weight.size(1) || input.numel() == 0 || weight.dim() != 2 || !weight.is_contiguous() ||
+      bias.dim() != 1 || !bias.is_contiguous() || bias.size(0) != weight.size(0)) {
+    return false;
+  }
+  if (at::autocast::is_cpu_enabled() || at::in_parallel_region()) return false;
+  const int64_t rows = input.numel() / input.size(-1);
+  MatmulKey key{rows,
+                weight.size(1),
+                weight.size(0),
+                weight.size(1),
+                1,
+                1,
+                weight.size(1),
+                torch::kFloat32,
+                torch::kFloat32,
+                torch::kFloat32,
+                FusedActivation::None};
+  return Plans::instance().find(key) != nullptr;
+}
+
+torch::Tensor float32_linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias) {
+  return Float32Linear::apply(input, weight, bias);
+}
+
 torch::Tensor autocast_gelu(const torch::Tensor& input) {
   if (input.scalar_type() != torch::kBFloat16 || !input.device().is_cpu() || !input.is_contiguous() || input.numel() == 0) {
     return torch::gelu(input);
@@ -579,6 +648,12 @@ torch::Tensor dnnl_linear(const torch::Tensor&, const torch::Tensor&, const torc
 }
 
 bool autocast_linear_applies(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { return false; }
+
+bool float32_linear_applies(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { return false; }
+
+torch::Tensor float32_linear(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
+  fail("oneDNN linear layers are not available in this build");
+}
 
 torch::Tensor autocast_gelu(const torch::Tensor& input) { return torch::gelu(input); }
 

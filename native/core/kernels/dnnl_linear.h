@@ -49,6 +49,15 @@ bool autocast_linear_applies(const torch::Tensor& input, const torch::Tensor& we
 torch::Tensor autocast_linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias,
                               const torch::Tensor& residual = {});
 
+// Whether float32_linear runs these operands: CPU float32 input, weight and bias (defined), a
+// contiguous weight, outside autocast and outside a parallel region, and a fast oneDNN kernel for
+// the forward product.
+bool float32_linear_applies(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias);
+
+// A float32 linear layer for training, differentiable, its three products (forward, input
+// gradient, weight gradient) through oneDNN's matmul on the operands in place.
+torch::Tensor float32_linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias);
+
 // The exact (erf) GELU, differentiable, through oneDNN for a contiguous CPU bfloat16 tensor (a
 // linear layer's output under autocast); torch::gelu otherwise.
 torch::Tensor autocast_gelu(const torch::Tensor& input);

@@ -1,7 +1,9 @@
 #include "kernels/threaded.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
@@ -9,6 +11,7 @@
 #include <ATen/record_function.h>
 
 #include "common/error.h"
+#include "kernels/dnnl_linear.h"
 
 #ifdef VISIONTORCH_WITH_DNNL
 #include <oneapi/dnnl/dnnl.h>
@@ -96,6 +99,13 @@ class SplitLinear : public torch::autograd::Function<SplitLinear<WithBias>> {
   }
 };
 
+// VISIONTORCH_ONEDNN_TRAINING_PRODUCTS=0 keeps float32 training products on OpenBLAS, one call
+// per thread's block of rows. Read on each call, so that a benchmark can compare the two.
+bool onednn_training_products() {
+  const char* setting = std::getenv("VISIONTORCH_ONEDNN_TRAINING_PRODUCTS");
+  return setting == nullptr || std::string(setting) != "0";
+}
+
 bool cpu_float(const torch::Tensor& t) { return t.device().is_cpu() && t.scalar_type() == torch::kFloat32; }
 
 bool needs_grad(const torch::Tensor& t) { return t.defined() && t.requires_grad() && torch::GradMode::is_enabled(); }
@@ -112,6 +122,7 @@ bool splits_linear(const torch::Tensor& input, const torch::Tensor& weight) {
 torch::Tensor linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias) {
   if (!splits_linear(input, weight)) return torch::nn::functional::linear(input, weight, bias);
   if (needs_grad(input) || needs_grad(weight) || needs_grad(bias)) {
+    if (onednn_training_products() && float32_linear_applies(input, weight, bias)) return float32_linear(input, weight, bias);
     return bias.defined() ? SplitLinear<true>::apply(input, weight, bias) : SplitLinear<false>::apply(input, weight);
   }
   return linear_without_autograd(input, weight, bias);

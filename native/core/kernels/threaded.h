@@ -15,7 +15,9 @@ namespace vt::kernels {
 bool splits_linear(const torch::Tensor& input, const torch::Tensor& weight);
 
 // input [..., in] @ weight[out, in]^T + bias [out] (bias may be undefined), as
-// torch::nn::functional::linear, differentiable with respect to all three.
+// torch::nn::functional::linear, differentiable with respect to all three. Where a gradient is
+// wanted and oneDNN has a kernel, the three products are oneDNN's (kernels::float32_linear, faster
+// here than the split BLAS calls); VISIONTORCH_ONEDNN_TRAINING_PRODUCTS=0 keeps the split.
 torch::Tensor linear(const torch::Tensor& input, const torch::Tensor& weight, const torch::Tensor& bias);
 
 // Whether `attention` can run these operands: CPU float32, no gradient wanted, unit stride in the

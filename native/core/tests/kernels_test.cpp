@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <mutex>
 #include <set>
 
@@ -118,6 +119,37 @@ TEST_F(Kernels, LinearLeavesFrozenWeightsWithoutGradient) {
   output.sum().backward();
   expect_close(input.grad(), torch::ones({64, 400}).mm(weight), 1e-4);
   EXPECT_FALSE(weight.grad().defined());
+}
+
+TEST_F(Kernels, Float32TrainingLinearMatchesLibtorchBothWays) {
+  auto input = torch::randn({4, 50, 96});
+  auto weight = torch::randn({160, 96}) * 0.1;
+  auto bias = torch::randn({160});
+  if (!vt::kernels::float32_linear_applies(input, weight, bias)) GTEST_SKIP() << "no oneDNN float32 kernel in this build";
+  const auto grad_output = torch::randn({4, 50, 160});
+  enum class Path { OneDnn, Split, Libtorch };
+  auto run = [&](Path path) {
+    auto x = input.clone().requires_grad_(), w = weight.clone().requires_grad_(), b = bias.clone().requires_grad_();
+    torch::Tensor y;
+    if (path == Path::Libtorch) {
+      y = torch::nn::functional::linear(x, w, b);
+    } else if (path == Path::OneDnn) {
+      y = vt::kernels::float32_linear(x, w, b);
+    } else {
+      // The setting keeps kernels::linear on the split BLAS calls.
+      setenv("VISIONTORCH_ONEDNN_TRAINING_PRODUCTS", "0", 1);
+      y = vt::kernels::linear(x, w, b);
+      unsetenv("VISIONTORCH_ONEDNN_TRAINING_PRODUCTS");
+    }
+    y.backward(grad_output);
+    return std::vector<torch::Tensor>{y.detach(), x.grad(), w.grad(), b.grad()};
+  };
+  const auto reference = run(Path::Libtorch);
+  for (const Path path : {Path::OneDnn, Path::Split}) {
+    const auto ours = run(path);
+    EXPECT_EQ(ours[0].sizes(), reference[0].sizes());
+    for (size_t i = 0; i < ours.size(); ++i) expect_close(ours[i], reference[i], 1e-5);
+  }
 }
 
 TEST_F(Kernels, AttentionMatchesTheUnfusedFormulaOnStridedHeads) {
