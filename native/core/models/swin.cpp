@@ -6,7 +6,6 @@
 
 #include "common/error.h"
 #include "common/json_config.h"
-#include "kernels/threaded.h"
 #include "losses/classification.h"
 
 namespace vt::swin {
@@ -178,14 +177,9 @@ torch::Tensor SwinLayerImpl::forward(const torch::Tensor& tokens, int64_t height
   torch::Tensor additive = bias.to(windows.scalar_type());
   auto split = [&](const torch::Tensor& x) { return x.view({x.size(0), tokens_per_window, num_heads, head_dim}).transpose(1, 2); };
   auto query_heads = split(query(windows)), key_heads = split(key(windows)), value_heads = split(value(windows));
-  const bool drops_attention = training && config.attention_probs_dropout_prob > 0;
   if (shift > 0) {
-    auto mask = shifted_window_mask(padded_height, padded_width, window, shift, windows.options());  // [nW, T, T]
-    additive = additive + mask.unsqueeze(1);                                                         // [nW, heads, T, T]
-    // The fused kernel reads window w's mask for each image; the other paths want it repeated.
-    if (drops_attention || !kernels::fuses_attention(query_heads, key_heads, value_heads, additive)) {
-      additive = additive.repeat({batch, 1, 1, 1});  // [B * nW, heads, T, T]
-    }
+    // [nW, heads, T, T]: window w's mask, which each image's window w reads.
+    additive = additive + shifted_window_mask(padded_height, padded_width, window, shift, windows.options()).unsqueeze(1);
   }
   auto context =
       layers::scaled_dot_product_attention(query_heads, key_heads, value_heads, additive, config.attention_probs_dropout_prob, training);

@@ -161,19 +161,24 @@ torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const tor
   if (!drops && kernels::fuses_attention(query, key, value, additive_mask)) {
     return kernels::attention(query, key, value, additive_mask, scale);
   }
-  if (!drops && kernels::training_attention_applies(query, key, value, additive_mask)) {
+  // The fused kernel reads a per-window mask for each image; the other paths want it repeated.
+  torch::Tensor mask = additive_mask;
+  if (mask.defined() && mask.dim() == 4 && mask.size(0) > 1 && mask.size(0) < query.size(0) && query.size(0) % mask.size(0) == 0) {
+    mask = mask.repeat({query.size(0) / mask.size(0), 1, 1, 1});
+  }
+  if (!drops && kernels::training_attention_applies(query, key, value, mask)) {
     return kernels::training_attention(query, key, value, scale);
   }
 #if TORCH_VERSION_MAJOR >= 2
   // libtorch 2.x: flash / memory-efficient kernels on CUDA, with the same default scale.
   if (!query.device().is_cpu()) {
-    const auto mask = additive_mask.defined() ? c10::optional<torch::Tensor>(additive_mask) : c10::nullopt;
+    const auto sdpa_mask = mask.defined() ? c10::optional<torch::Tensor>(mask) : c10::nullopt;
 #if TORCH_VERSION_MAJOR > 2 || TORCH_VERSION_MINOR >= 1
-    return at::scaled_dot_product_attention(query, key, value, mask, drops ? dropout : 0.0, /*is_causal=*/false, scale);
+    return at::scaled_dot_product_attention(query, key, value, sdpa_mask, drops ? dropout : 0.0, /*is_causal=*/false, scale);
 #else
     // 2.0 has no scale argument: fold the requested scale into the query.
     auto scaled_query = scale == default_scale ? query : query * (scale / default_scale);
-    return at::scaled_dot_product_attention(scaled_query, key, value, mask, drops ? dropout : 0.0);
+    return at::scaled_dot_product_attention(scaled_query, key, value, sdpa_mask, drops ? dropout : 0.0);
 #endif
   }
 #endif
@@ -187,7 +192,7 @@ torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const tor
   } else {
     scores = scale_query ? torch::matmul(query * scale, key.transpose(-1, -2)) : torch::matmul(query, key.transpose(-1, -2)) * scale;
   }
-  if (additive_mask.defined()) scores = scores + additive_mask;
+  if (mask.defined()) scores = scores + mask;
   // In the scores' own dtype, as PyTorch eager and autocast do: libtorch's bf16 softmax is
   // several times faster than a float32 one with conversions around it.
   auto probs = torch::softmax(scores, -1);

@@ -81,8 +81,10 @@ TORCH_MODULE(LayerNorm);
 
 // softmax(query key^T * scale + additive_mask) value on [B, heads, T, head_dim] tensors, through
 // the fastest path that applies (fused CPU inference, oneDNN training attention, libtorch 2.x's
-// sdpa on CUDA). `additive_mask`, when defined, broadcasts to [B, heads, Tq, Tk]; `scale`
-// defaults to 1 / sqrt(head_dim) (DETR scales its queries itself and passes 1).
+// sdpa on CUDA). `additive_mask`, when defined, broadcasts to [B, heads, Tq, Tk], or has M
+// leading entries for a batch of M images' worth of samples each, sample b reading entry b % M
+// (Swin's windows, image after image); `scale` defaults to 1 / sqrt(head_dim) (DETR scales its
+// queries itself and passes 1).
 torch::Tensor scaled_dot_product_attention(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value,
                                            const torch::Tensor& additive_mask, double dropout, bool training,
                                            std::optional<double> scale = std::nullopt);

@@ -13,6 +13,7 @@
 #include "kernels/int8_linear.h"
 #include "kernels/packed_bf16_weights.h"
 #include "kernels/threaded.h"
+#include "nn/layers.h"
 #include "runtime/threads.h"
 
 namespace {
@@ -191,6 +192,20 @@ TEST_F(Kernels, AttentionReadsAWindowMaskPerImage) {
   EXPECT_FALSE(vt::kernels::fuses_attention(q, k, v, torch::zeros({3, heads, tokens, tokens})));
   EXPECT_FALSE(vt::kernels::fuses_attention(q, k, v, torch::zeros({1, heads, tokens, tokens + 1})));
   EXPECT_THROW(vt::kernels::attention(q, k, v, torch::zeros({3, 1, 1, tokens}), scale), std::exception);
+}
+
+TEST_F(Kernels, LayersAttentionTakesAWindowMaskOnEveryPath) {
+  // With a gradient wanted the fused kernel does not apply: the window mask is repeated instead.
+  const int64_t images = 2, windows = 4, heads = 2, tokens = 9, head_dim = 8;
+  auto q = torch::randn({images * windows, heads, tokens, head_dim}, torch::requires_grad());
+  auto k = torch::randn({images * windows, heads, tokens, head_dim});
+  auto v = torch::randn({images * windows, heads, tokens, head_dim});
+  auto window_mask = torch::randn({windows, heads, tokens, tokens});
+  const auto expected = reference_attention(q, k, v, window_mask.repeat({images, 1, 1, 1}), 0.5);
+  const auto output = vt::layers::scaled_dot_product_attention(q, k, v, window_mask, 0.0, true, 0.5);
+  expect_close(output, expected);
+  output.sum().backward();
+  EXPECT_TRUE(q.grad().defined());
 }
 
 TEST_F(Kernels, AttentionIsNotFusedWhereAutogradOrAnotherDtypeNeedsTheUnfusedPath) {
