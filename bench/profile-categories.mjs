@@ -6,7 +6,7 @@
 export const CATEGORIES = ['products', 'attention', 'normalisation', 'element-wise', 'copies', 'optimizer', 'data', 'framework', 'unrecorded'];
 
 const PRODUCT =
-  /^aten::(addmm|mm|matmul|linear|conv2d|convolution|_convolution|mkldnn_convolution|convolution_backward|mkldnn_linear)$|^(Addmm|Mm|Convolution|MkldnnConvolution)Backward|^visiontorch::(linear|autocast_linear|float32_linear|split_linear|fused_convolution|linear_input_gradient|linear_weight_gradient)$|^torch::autograd::CppNode<.*(AutocastLinear|SplitLinear)/;
+  /^aten::(addmm|mm|matmul|linear|conv2d|convolution|_convolution|mkldnn_convolution|convolution_backward|mkldnn_linear)$|^(Addmm|Mm|Convolution|MkldnnConvolution)Backward|^visiontorch::(linear|autocast_linear|float32_linear|split_linear|fused_convolution|linear_input_gradient|linear_weight_gradient|winograd_convolution|winograd_input_gradient|winograd_weight_gradient)$|^torch::autograd::CppNode<.*(AutocastLinear|SplitLinear)/;
 const ATTENTION =
   /^aten::(bmm|baddbmm|_softmax|softmax|_softmax_backward_data)$|^(Bmm|Softmax)Backward|^visiontorch::(attention|training_attention)$|^torch::autograd::CppNode<.*TrainingAttention/;
 const NORMALISATION = /layer_norm|batch_norm|LayerNorm|BatchNorm/;

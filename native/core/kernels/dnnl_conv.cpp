@@ -4,9 +4,7 @@
 
 #ifdef VISIONTORCH_WITH_DNNL
 #include <ATen/record_function.h>
-#include <cstdlib>
 #include <optional>
-#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -24,16 +22,6 @@ namespace {
 using dnnl::memory;
 
 bool needs_grad(const torch::Tensor& t) { return t.defined() && t.requires_grad() && torch::GradMode::is_enabled(); }
-
-// VISIONTORCH_CONV_WINOGRAD=0 keeps every convolution on the direct kernels, for outputs that
-// match PyTorch's to the last bits rather than to ~1e-6.
-bool winograd_enabled() {
-  static const bool enabled = [] {
-    const char* setting = std::getenv("VISIONTORCH_CONV_WINOGRAD");
-    return setting == nullptr || std::string(setting) != "0";
-  }();
-  return enabled;
-}
 
 // More input shapes than this (batch sizes x image sizes) start the plan cache over.
 constexpr size_t kMaxPlans = 16;

@@ -2,6 +2,7 @@
 // VISIONTORCH_WITH_DNNL.
 #pragma once
 
+#include <cstdlib>
 #include <string>
 #include <unordered_map>
 
@@ -19,6 +20,16 @@ inline dnnl::memory::data_type dnnl_type(torch::ScalarType type) {
 // the paths then leave the work to torch.
 inline bool is_reference_kernel(const dnnl::primitive_desc_base& description) {
   return std::string(description.impl_info_str()).rfind("ref", 0) == 0;
+}
+
+// VISIONTORCH_CONV_WINOGRAD=0 keeps every convolution on the direct kernels, for outputs that
+// match PyTorch's to the last bits rather than to ~1e-6.
+inline bool winograd_enabled() {
+  static const bool enabled = [] {
+    const char* setting = std::getenv("VISIONTORCH_CONV_WINOGRAD");
+    return setting == nullptr || std::string(setting) != "0";
+  }();
+  return enabled;
 }
 
 // Runs a primitive on the CPU engine and waits for it.

@@ -54,7 +54,7 @@ torch::Tensor ConvLayerImpl::forward(const torch::Tensor& input) {
   if (!activation || relu) {
     if (auto output = fused_forward(input, {}, relu); output.defined()) return output;
   }
-  auto hidden = normalization(convolution(input));
+  auto hidden = normalization(layers::conv2d(convolution, input));
   return activation ? (*activation)(hidden) : hidden;
 }
 

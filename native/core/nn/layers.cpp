@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "common/replica_group.h"
 #include "kernels/dnnl_linear.h"
+#include "kernels/dnnl_winograd_conv.h"
 #include "kernels/threaded.h"
 #include "nn/sync_batch_norm.h"
 
@@ -268,6 +269,12 @@ torch::Tensor conv2d(torch::nn::Conv2d convolution, const torch::Tensor& input) 
   const auto& weight = convolution->weight;
   const bool wants_gradient = torch::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad() ||
                                                                 (convolution->bias.defined() && convolution->bias.requires_grad()));
+  if (wants_gradient && c10::get_if<torch::enumtype::kZeros>(&options.padding_mode())) {
+    if (const auto geometry = convolution_geometry(convolution)) {
+      auto output = kernels::winograd_training_convolution(input, weight, {geometry->stride, geometry->padding, geometry->dilation, 1});
+      if (output.defined()) return output;
+    }
+  }
   if (padding == nullptr || !c10::get_if<torch::enumtype::kZeros>(&options.padding_mode()) || wants_gradient || !input.device().is_cpu() ||
       input.scalar_type() != torch::kFloat32 || weight.scalar_type() != torch::kFloat32 || input.dim() != 4 ||
       input.size(1) != weight.size(1) * options.groups() || input.numel() == 0) {
@@ -292,7 +299,7 @@ torch::Tensor ConvolutionNorm::fused(const torch::Tensor& input, const torch::Te
 torch::Tensor ConvolutionNorm::operator()(const torch::Tensor& input, const torch::Tensor& residual, bool relu,
                                           bool may_overwrite_residual) {
   if (auto output = fused(input, residual, relu, may_overwrite_residual); output.defined()) return output;
-  auto output = normalization(convolution(input));
+  auto output = normalization(conv2d(convolution, input));
   if (residual.defined()) output = output + residual;
   return relu ? torch::relu(output) : output;
 }

@@ -116,7 +116,9 @@ struct BatchNorm2dSlot {
   FrozenBatchNorm2d frozen{nullptr};
 };
 
-// convolution(input), through oneDNN for every float32 CPU input when no gradient is wanted.
+// convolution(input), through oneDNN for every float32 CPU input when no gradient is wanted, and
+// through its Winograd kernels both ways where a float32 3x3 stride-1 one trains
+// (kernels/dnnl_winograd_conv.h).
 // libtorch 1.13 sends a small single-image input to its im2col kernel and the same input in a
 // batch to oneDNN, whose results differ in the last bits: a micro-batched call would not give
 // what the call alone gives.

@@ -10,6 +10,7 @@
 #include "kernels/dnnl_attention.h"
 #include "kernels/dnnl_conv.h"
 #include "kernels/dnnl_linear.h"
+#include "kernels/dnnl_winograd_conv.h"
 #include "kernels/int8_linear.h"
 #include "kernels/packed_bf16_weights.h"
 #include "kernels/threaded.h"
@@ -348,6 +349,41 @@ TEST_F(Kernels, FusedConvolutionThreeByThreeStaysCloseToTorch) {
     if (!output.defined()) GTEST_SKIP() << "no oneDNN convolution in this build or on this CPU";
     EXPECT_TRUE(output.is_contiguous(torch::MemoryFormat::ChannelsLast));
     expect_close(output, expected, 2e-5);
+  }
+}
+
+TEST_F(Kernels, WinogradTrainingConvolutionMatchesLibtorchBothWays) {
+  // Odd image sizes leave partial tiles at the edges; a channels-last weight (as models hold them
+  // on CPU) and a contiguous one get their gradients in their own layouts.
+  for (const auto memory_format : {torch::MemoryFormat::ChannelsLast, torch::MemoryFormat::Contiguous}) {
+    const auto input = torch::randn({3, 32, 15, 17}).contiguous(torch::MemoryFormat::ChannelsLast);
+    const auto weight = (torch::randn({48, 32, 3, 3}) * 0.1).contiguous(memory_format);
+    const auto grad_output = torch::randn({3, 48, 15, 17});
+    auto run = [&](bool winograd) {
+      auto x = input.clone().requires_grad_(), w = weight.clone().requires_grad_();
+      auto y = winograd ? vt::kernels::winograd_training_convolution(x, w, {1, 1, 1, 1}) : torch::conv2d(x, w, {}, 1, 1);
+      if (!y.defined()) return std::vector<torch::Tensor>{};
+      y.backward(grad_output);
+      return std::vector<torch::Tensor>{y.detach(), x.grad(), w.grad()};
+    };
+    const auto ours = run(true);
+    if (ours.empty()) GTEST_SKIP() << "no oneDNN Winograd kernel in this build or on this CPU";
+    const auto reference = run(false);
+    EXPECT_TRUE(ours[0].is_contiguous(torch::MemoryFormat::ChannelsLast));
+    EXPECT_EQ(ours[2].strides(), weight.strides());
+    for (size_t i = 0; i < ours.size(); ++i) expect_close(ours[i], reference[i], 2e-5);
+  }
+}
+
+TEST_F(Kernels, WinogradTrainingConvolutionLeavesOtherConvolutionsToLibtorch) {
+  auto weight = torch::randn({32, 32, 3, 3}, torch::requires_grad());
+  auto input = torch::randn({2, 32, 16, 16}).contiguous(torch::MemoryFormat::ChannelsLast);
+  EXPECT_FALSE(vt::kernels::winograd_training_convolution(input, weight, {2, 1, 1, 1}).defined());  // stride 2
+  EXPECT_FALSE(vt::kernels::winograd_training_convolution(input.narrow(2, 0, 7).narrow(3, 0, 7), weight, {1, 1, 1, 1}).defined());
+  EXPECT_FALSE(vt::kernels::winograd_training_convolution(input.narrow(1, 0, 8), weight.narrow(1, 0, 8), {1, 1, 1, 1}).defined());
+  {
+    torch::NoGradGuard no_grad;  // inference has its own kernels
+    EXPECT_FALSE(vt::kernels::winograd_training_convolution(input, weight, {1, 1, 1, 1}).defined());
   }
 }
 
