@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "common/error.h"
+#include "runtime/threads.h"
 
 namespace vt::addon {
 
@@ -95,10 +96,18 @@ torch::Tensor tensor_from_js(const Napi::Value& value, const std::string& what) 
   return tensor;
 }
 
-Napi::Object tensor_to_js(Napi::Env env, const torch::Tensor& input) {
+torch::Tensor ready_for_js(const torch::Tensor& input) {
   torch::Tensor tensor = input.detach().to(torch::kCPU);
   if (tensor.scalar_type() == torch::kFloat64) tensor = tensor.to(torch::kFloat32);
-  tensor = tensor.contiguous();
+  return tensor.contiguous();
+}
+
+Napi::Object tensor_to_js(Napi::Env env, const torch::Tensor& input) {
+  torch::Tensor tensor;
+  {
+    vt::SingleThreadScope javascript_thread;
+    tensor = ready_for_js(input);
+  }
   const DTypeInfo* info = nullptr;
   for (const auto& candidate : kDTypes) {
     if (candidate.type == tensor.scalar_type()) info = &candidate;

@@ -18,6 +18,9 @@ namespace vt::addon {
 torch::Tensor tensor_from_js(const Napi::Value& value, const std::string& what);
 // A contiguous CPU copy in a fresh typed array (float64 becomes float32).
 Napi::Object tensor_to_js(Napi::Env env, const torch::Tensor& tensor);
+// The tensor as tensor_to_js copies it out (CPU, contiguous, float32 for float64): done on the
+// compute thread, it leaves tensor_to_js a plain copy on the JavaScript thread.
+torch::Tensor ready_for_js(const torch::Tensor& tensor);
 
 // An image as given to preprocess/predict, copied off the JS heap so a worker can decode it.
 struct ImageSource {

@@ -5,6 +5,7 @@
 #include "convert.h"
 #include "runtime/caching_allocator.h"
 #include "runtime/op_profile.h"
+#include "runtime/threads.h"
 
 namespace vt::addon {
 
@@ -93,7 +94,12 @@ Napi::Value ModelWrap::forward(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     auto deferred = Napi::Promise::Deferred::New(env);
     try {
-      std::optional<ModelOutputs> outputs = model->forward_if_small(*inputs);
+      std::optional<ModelOutputs> outputs;
+      {
+        // The pass found small runs on one thread; the steps around it too (SingleThreadScope).
+        vt::SingleThreadScope javascript_thread;
+        outputs = model->forward_if_small(*inputs);
+      }
       if (outputs) {
         deferred.Resolve(tensors_to_js(env, *outputs));
         return deferred.Promise();
@@ -107,7 +113,12 @@ Napi::Value ModelWrap::forward(const Napi::CallbackInfo& info) {
     }
   }
   return run_async<ModelOutputs>(
-      info.Env(), [model, inputs] { return model->forward(*inputs); },
+      info.Env(),
+      [model, inputs] {
+        ModelOutputs outputs = model->forward(*inputs);
+        for (auto& [name, tensor] : outputs) tensor = ready_for_js(tensor);
+        return outputs;
+      },
       [](Napi::Env env, ModelOutputs& outputs) -> Napi::Value { return tensors_to_js(env, outputs); }, model.get());
 }
 

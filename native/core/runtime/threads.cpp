@@ -8,6 +8,7 @@
 #include <utility>
 
 #include <dlfcn.h>
+#include <omp.h>
 
 #include <ATen/Parallel.h>
 
@@ -77,5 +78,11 @@ void apply_compute_threads() {
   int threads = compute_threads();
   if (at::get_num_threads() != threads) at::set_num_threads(threads);
 }
+
+// at::get_num_threads() first: libtorch sets each thread's OpenMP count on its first parallel
+// operator, which would undo the 1 set here. omp_set_num_threads, not at::set_num_threads: it
+// changes this thread's count alone.
+SingleThreadScope::SingleThreadScope() : previous_(at::get_num_threads()) { omp_set_num_threads(1); }
+SingleThreadScope::~SingleThreadScope() { omp_set_num_threads(previous_); }
 
 }  // namespace vt

@@ -15,4 +15,20 @@ int compute_threads();
 // so every native job calls this first on whichever worker thread runs it.
 void apply_compute_threads();
 
+// Keeps libtorch's operators on the calling thread alone while it lives: for work on a thread
+// other than the compute thread (JavaScript's). A second OpenMP team beside the compute
+// thread's makes libgomp count more threads than cores, and from then on it cuts every team's
+// spinning at its barriers short: after one SegFormer output was copied on the JavaScript
+// thread, Swin-T's batch-1 passes ran 1.5x slower for the rest of the process.
+class SingleThreadScope {
+ public:
+  SingleThreadScope();
+  ~SingleThreadScope();
+  SingleThreadScope(const SingleThreadScope&) = delete;
+  SingleThreadScope& operator=(const SingleThreadScope&) = delete;
+
+ private:
+  int previous_;
+};
+
 }  // namespace vt
