@@ -51,16 +51,13 @@ ConvLayerImpl::ConvLayerImpl(int64_t in_channels, int64_t out_channels, int64_t 
 }
 
 torch::Tensor ConvLayerImpl::forward(const torch::Tensor& input) {
-  if (!activation || relu) {
-    if (auto output = fused_forward(input, {}, relu); output.defined()) return output;
-  }
-  auto hidden = normalization(layers::conv2d(convolution, input));
-  return activation ? (*activation)(hidden) : hidden;
+  if (!activation || relu) return forward_with(input, {}, relu);
+  return (*activation)(normalization(layers::conv2d(convolution, input)));
 }
 
-torch::Tensor ConvLayerImpl::fused_forward(const torch::Tensor& input, const torch::Tensor& residual, bool with_relu,
-                                           bool may_overwrite_residual) {
-  return fused.fused(input, residual, with_relu, may_overwrite_residual);
+torch::Tensor ConvLayerImpl::forward_with(const torch::Tensor& input, const torch::Tensor& residual, bool with_relu,
+                                          bool may_overwrite_residual) {
+  return fused(input, residual, with_relu, may_overwrite_residual);
 }
 
 ResidualLayerImpl::ResidualLayerImpl(const ResNetConfig& config, int64_t in_channels, int64_t out_channels, int64_t stride)
@@ -105,9 +102,7 @@ torch::Tensor ResidualLayerImpl::run(const torch::Tensor& input, bool input_is_p
   torch::Tensor hidden = input;
   for (size_t i = 0; i + 1 < layer.size(); ++i) hidden = layer[i](hidden);
   // The last convolution, the sum and the activation in one pass where the kernel allows.
-  if (relu) {
-    if (auto output = layer.back()->fused_forward(hidden, residual, true, residual_is_private); output.defined()) return output;
-  }
+  if (relu) return layer.back()->forward_with(hidden, residual, true, residual_is_private);
   return activation(layer.back()(hidden) + residual);
 }
 

@@ -37,9 +37,9 @@ class ConvLayerImpl : public torch::nn::Module {
   ConvLayerImpl(int64_t in_channels, int64_t out_channels, int64_t kernel_size, int64_t stride, std::optional<std::string> activation,
                 bool frozen_batch_norm);
   torch::Tensor forward(const torch::Tensor& input);
-  // relu?(normalization(convolution(input)) + residual) as one oneDNN kernel (CPU inference);
-  // undefined where that path does not apply.
-  torch::Tensor fused_forward(const torch::Tensor& input, const torch::Tensor& residual, bool relu, bool may_overwrite_residual = false);
+  // relu?(normalization(convolution(input)) + residual) (`residual` may be undefined), through
+  // layers::ConvolutionNorm's fused kernels where they apply.
+  torch::Tensor forward_with(const torch::Tensor& input, const torch::Tensor& residual, bool relu, bool may_overwrite_residual = false);
   torch::nn::Conv2d convolution{nullptr};
   layers::BatchNorm2dSlot normalization;
   std::optional<layers::Activation> activation;

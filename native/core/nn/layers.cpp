@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "common/replica_group.h"
+#include "kernels/batch_norm_relu.h"
 #include "kernels/dnnl_linear.h"
 #include "kernels/dnnl_winograd_conv.h"
 #include "kernels/threaded.h"
@@ -233,6 +234,20 @@ torch::Tensor batch_norm(torch::nn::BatchNorm2d& norm, const torch::Tensor& inpu
 
 torch::Tensor BatchNorm2dSlot::operator()(const torch::Tensor& input) { return frozen ? frozen(input) : batch_norm(trainable, input); }
 
+torch::Tensor BatchNorm2dSlot::with_relu(const torch::Tensor& input, const torch::Tensor& residual) {
+  if (trainable && trainable->is_training() && trainable->options.affine() && ReplicaScope::batch_norm_group() == nullptr) {
+    const kernels::BatchNormRelu layer{trainable->weight, trainable->bias, trainable->options.eps(), residual};
+    if (kernels::batch_norm_relu_applies(input, layer)) {
+      kernels::BatchStatistics statistics;
+      auto output = kernels::batch_norm_relu(input, layer, statistics);
+      update_running_statistics(*trainable, statistics.mean, statistics.variance, static_cast<double>(statistics.count));
+      return output;
+    }
+  }
+  auto output = (*this)(input);
+  return torch::relu(residual.defined() ? output + residual : output);
+}
+
 namespace {
 
 // The convolution's geometry when it is one kernels::FusedConvolution takes.
@@ -299,9 +314,10 @@ torch::Tensor ConvolutionNorm::fused(const torch::Tensor& input, const torch::Te
 torch::Tensor ConvolutionNorm::operator()(const torch::Tensor& input, const torch::Tensor& residual, bool relu,
                                           bool may_overwrite_residual) {
   if (auto output = fused(input, residual, relu, may_overwrite_residual); output.defined()) return output;
-  auto output = normalization(conv2d(convolution, input));
-  if (residual.defined()) output = output + residual;
-  return relu ? torch::relu(output) : output;
+  auto convolved = conv2d(convolution, input);
+  if (relu) return normalization.with_relu(convolved, residual);
+  auto output = normalization(convolved);
+  return residual.defined() ? output + residual : output;
 }
 
 std::optional<kernels::ConvolutionBatchNorm> BatchNorm2dSlot::after(const torch::nn::Conv2d& convolution) const {

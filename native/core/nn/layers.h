@@ -109,6 +109,10 @@ struct BatchNorm2dSlot {
   BatchNorm2dSlot() = default;
   BatchNorm2dSlot(torch::nn::Module& parent, const std::string& name, int64_t channels, bool frozen);
   torch::Tensor operator()(const torch::Tensor& input);
+  // relu(norm(input) + residual) (`residual` may be undefined): one pass each way through
+  // kernels/batch_norm_relu.h where it applies (a trainable normalization in training mode over
+  // channels-last float32, statistics of this process alone), else step by step.
+  torch::Tensor with_relu(const torch::Tensor& input, const torch::Tensor& residual = {});
   // The convolution followed by this normalization, for kernels::FusedConvolution; nullopt while
   // batch statistics normalize (a trainable one in training mode).
   std::optional<kernels::ConvolutionBatchNorm> after(const torch::nn::Conv2d& convolution) const;

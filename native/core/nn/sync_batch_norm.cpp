@@ -57,6 +57,22 @@ struct SynchronizedBatchNorm : torch::autograd::Function<SynchronizedBatchNorm> 
 
 }  // namespace
 
+void update_running_statistics(torch::nn::BatchNorm2dImpl& norm, const torch::Tensor& mean, const torch::Tensor& variance, double count) {
+  if (!norm.options.track_running_stats()) return;
+  torch::NoGradGuard no_grad;
+  double factor = 0.0;
+  if (norm.num_batches_tracked.defined()) norm.num_batches_tracked.add_(1);
+  if (norm.options.momentum().has_value()) {
+    factor = *norm.options.momentum();
+  } else {
+    factor = 1.0 / static_cast<double>(norm.num_batches_tracked.item<int64_t>());
+  }
+  const auto device = norm.running_mean.device();
+  const auto dtype = norm.running_mean.scalar_type();
+  norm.running_mean.mul_(1 - factor).add_(mean.to(device, dtype), factor);
+  norm.running_var.mul_(1 - factor).add_((variance * (count / (count - 1))).to(device, dtype), factor);
+}
+
 torch::Tensor synchronized_batch_norm(torch::nn::BatchNorm2dImpl& norm, const torch::Tensor& input, ReplicaGroup& group) {
   const auto& options = norm.options;
   VT_CHECK(options.affine() && options.track_running_stats(), "synchronized BatchNorm needs affine weights and running statistics");
@@ -82,22 +98,7 @@ torch::Tensor synchronized_batch_norm(torch::nn::BatchNorm2dImpl& norm, const to
   auto mean = (counts * means).sum(0) / count;
   auto variance = (counts * (variances + (means - mean).pow(2))).sum(0) / count;
 
-  {
-    // Running statistics as torch's BatchNorm updates them: unbiased variance, momentum (or a
-    // cumulative average without one).
-    torch::NoGradGuard no_grad;
-    double factor = 0.0;
-    if (norm.num_batches_tracked.defined()) norm.num_batches_tracked.add_(1);
-    if (options.momentum().has_value()) {
-      factor = *options.momentum();
-    } else {
-      factor = 1.0 / static_cast<double>(norm.num_batches_tracked.item<int64_t>());
-    }
-    const auto device = norm.running_mean.device();
-    const auto dtype = norm.running_mean.scalar_type();
-    norm.running_mean.mul_(1 - factor).add_(mean.to(device, dtype), factor);
-    norm.running_var.mul_(1 - factor).add_((variance * (count / (count - 1))).to(device, dtype), factor);
-  }
+  update_running_statistics(norm, mean, variance, count);
   auto invstd = (variance + options.eps()).rsqrt().to(input.device(), input.scalar_type());
   return SynchronizedBatchNorm::apply(input, norm.weight, norm.bias, mean.to(input.device(), input.scalar_type()), invstd, count, &group);
 }

@@ -12,6 +12,11 @@
 
 namespace vt::layers {
 
+// Running statistics as torch's BatchNorm updates them from a batch's mean and biased variance
+// over `count` values per channel: the unbiased variance, momentum (or a cumulative average
+// without one), num_batches_tracked counted. Nothing without running statistics.
+void update_running_statistics(torch::nn::BatchNorm2dImpl& norm, const torch::Tensor& mean, const torch::Tensor& variance, double count);
+
 // BatchNorm2d `norm` in training mode over `input` [N, C, H, W], its statistics combined over
 // `group` (every rank calls it, in the same order). Updates the running statistics in place.
 torch::Tensor synchronized_batch_norm(torch::nn::BatchNorm2dImpl& norm, const torch::Tensor& input, ReplicaGroup& group);

@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 
+#include "kernels/batch_norm_relu.h"
 #include "kernels/dnnl_attention.h"
 #include "kernels/dnnl_conv.h"
 #include "kernels/dnnl_linear.h"
@@ -384,6 +385,41 @@ TEST_F(Kernels, WinogradTrainingConvolutionLeavesOtherConvolutionsToLibtorch) {
   {
     torch::NoGradGuard no_grad;  // inference has its own kernels
     EXPECT_FALSE(vt::kernels::winograd_training_convolution(input, weight, {1, 1, 1, 1}).defined());
+  }
+}
+
+TEST_F(Kernels, BatchNormReluMatchesLibtorchTrainingBothWays) {
+  // Channels not a multiple of the vector width, with and without a residual sum.
+  for (const bool with_residual : {false, true}) {
+    const auto input = (torch::randn({3, 40, 9, 11}) * 2 + 0.5).contiguous(torch::MemoryFormat::ChannelsLast);
+    const auto weight = torch::rand({40}) + 0.5, bias = torch::randn({40});
+    const auto residual = with_residual ? torch::randn({3, 40, 9, 11}).contiguous(torch::MemoryFormat::ChannelsLast) : torch::Tensor();
+    const auto grad_output = torch::randn({3, 40, 9, 11});
+    vt::kernels::BatchStatistics statistics;
+    auto run = [&](bool fused) {
+      auto x = input.clone().requires_grad_(), w = weight.clone().requires_grad_(), b = bias.clone().requires_grad_();
+      auto r = with_residual ? residual.clone().requires_grad_() : torch::Tensor();
+      torch::Tensor y;
+      if (fused) {
+        const vt::kernels::BatchNormRelu layer{w, b, 1e-5, r};
+        EXPECT_TRUE(vt::kernels::batch_norm_relu_applies(x, layer));
+        y = vt::kernels::batch_norm_relu(x, layer, statistics);
+      } else {
+        y = torch::batch_norm(x, w, b, {}, {}, /*training=*/true, 0.1, 1e-5, false);
+        y = torch::relu(with_residual ? y + r : y);
+      }
+      y.backward(grad_output);
+      std::vector<torch::Tensor> results{y.detach(), x.grad(), w.grad(), b.grad()};
+      if (with_residual) results.push_back(r.grad());
+      return results;
+    };
+    const auto ours = run(true), reference = run(false);
+    EXPECT_TRUE(ours[0].is_contiguous(torch::MemoryFormat::ChannelsLast));
+    for (size_t i = 0; i < ours.size(); ++i) expect_close(ours[i], reference[i], 1e-5);
+    const auto [variance, mean] = torch::var_mean(input, {0, 2, 3}, /*unbiased=*/false);
+    expect_close(statistics.mean, mean, 1e-6);
+    expect_close(statistics.variance, variance, 1e-6);
+    EXPECT_EQ(statistics.count, 3 * 9 * 11);
   }
 }
 
