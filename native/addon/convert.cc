@@ -103,10 +103,10 @@ torch::Tensor ready_for_js(const torch::Tensor& input) {
 }
 
 Napi::Object tensor_to_js(Napi::Env env, const torch::Tensor& input) {
-  torch::Tensor tensor;
-  {
+  torch::Tensor tensor = input.detach();
+  if (!tensor.device().is_cpu() || tensor.scalar_type() == torch::kFloat64 || !tensor.is_contiguous()) {
     vt::SingleThreadScope javascript_thread;
-    tensor = ready_for_js(input);
+    tensor = ready_for_js(tensor);
   }
   const DTypeInfo* info = nullptr;
   for (const auto& candidate : kDTypes) {

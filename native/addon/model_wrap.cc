@@ -5,7 +5,6 @@
 #include "convert.h"
 #include "runtime/caching_allocator.h"
 #include "runtime/op_profile.h"
-#include "runtime/threads.h"
 
 namespace vt::addon {
 
@@ -94,12 +93,11 @@ Napi::Value ModelWrap::forward(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     auto deferred = Napi::Promise::Deferred::New(env);
     try {
-      std::optional<ModelOutputs> outputs;
-      {
-        // The pass found small runs on one thread; the steps around it too (SingleThreadScope).
-        vt::SingleThreadScope javascript_thread;
-        outputs = model->forward_if_small(*inputs);
-      }
+      // A pass found small runs on a team of one (its InferencePass sets it), so it starts no
+      // OpenMP team here; no SingleThreadScope around it, whose count of 1 would make forward()
+      // restore the configured count through at::set_num_threads, which rebuilds libtorch's
+      // thread pool on every call.
+      std::optional<ModelOutputs> outputs = model->forward_if_small(*inputs);
       if (outputs) {
         deferred.Resolve(tensors_to_js(env, *outputs));
         return deferred.Promise();

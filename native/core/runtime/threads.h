@@ -19,7 +19,9 @@ void apply_compute_threads();
 // other than the compute thread (JavaScript's). A second OpenMP team beside the compute
 // thread's makes libgomp count more threads than cores, and from then on it cuts every team's
 // spinning at its barriers short: after one SegFormer output was copied on the JavaScript
-// thread, Swin-T's batch-1 passes ran 1.5x slower for the rest of the process.
+// thread, Swin-T's batch-1 passes ran 1.5x slower for the rest of the process. Not around
+// apply_compute_threads(): finding 1, it would restore the count through at::set_num_threads,
+// which rebuilds libtorch's thread pool on every call.
 class SingleThreadScope {
  public:
   SingleThreadScope();
